@@ -26,7 +26,7 @@ from reproduce import experiment
 
 FIGURES = ("bigram", "skip_trigrams", "positional_heads", "ov_eigenvalues", "eigen_hist",
            "composition_scores", "induction_attention", "ov_qk_scatter", "term_importance",
-           "induction_formation")
+           "induction_formation", "head_ablations", "induction_heads")
 
 
 class UnknownFigure(ValueError):
