@@ -80,8 +80,11 @@ def run(config, models, outdir):
 
     copying_heads = int((percentile >= config.copy_percentile).sum())
     claims.append(experiment.claim(
+        f"skip_trigrams.copying_{label}",
         f"{label}: most heads copy — attending to a token raises that same token above most of "
         f"the vocabulary (median rank of its own logit ≥ {config.copy_percentile})",
+        "FW figs 10, 11, 14",
+        f"more than half the heads have median own-logit rank ≥ {config.copy_percentile}",
         f"{copying_heads} of {L * H} heads; median own-logit rank per head over "
         f"{len(sample)} middle-frequency sources: "
         f"{', '.join(f'{x:.2f}' for x in percentile.ravel())} (random head: 0.5)",
