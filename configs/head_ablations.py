@@ -17,7 +17,7 @@ def get_config(preset: str = "cpu"):
   c = ml_collections.ConfigDict()
   c.models = ("attn2l",)  # model configs (configs/<name>.py) trained at the preset and analysed
   c.length = 50  # random middle-frequency tokens per repeat (cut to fit n_ctx)
-  c.samples = 16  # repeated sequences
+  c.samples = 16 if preset != "test" else 4  # repeated sequences
   c.icl_windows = 64 if preset != "test" else 8  # held-out windows for the ICL score
   # Head roles: previous-token score on text, induction score on repeats.  0.3 is three times
   # the most a head attending uniformly over ≥ 10 positions could score.

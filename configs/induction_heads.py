@@ -19,7 +19,7 @@ def get_config(preset: str = "cpu"):
   c.models = ("attn1l", "attn2l")  # model configs (configs/<name>.py) trained and analysed
   c.length = 25  # IH: 25 random tokens repeated 4 times, 10 samples
   c.repeats = 4
-  c.samples = 10
+  c.samples = 10 if preset != "test" else 3
   c.text_windows = 32 if preset != "test" else 8  # held-out windows for the text measures
   # Induction head: prefix-matching score ≥ 0.3, three times the most a head attending
   # uniformly over ≥ 10 positions could score (and far above every random-init head).

@@ -21,7 +21,7 @@ def get_config(preset: str = "cpu"):
   c.min_count = 50 if preset != "test" else 2  # tokens seen fewer times are left out (noise)
   c.sources_per_head = 8  # rows of each head's table
   c.top_k = 3  # destinations and outputs kept per source
-  c.corpus_tokens = 2_000_000  # training tokens searched for the trigrams' counts
+  c.corpus_tokens = 2_000_000 if preset != "test" else 100_000  # training tokens searched for the trigrams' counts
   c.window = 32  # "source … destination": the source within this many tokens before
   # A head copies when the median rank of a token's own logit within its OV column is ≥ 0.9:
   # a random head ranks it at 0.5 on average (the random-init heads are measured and shown).
