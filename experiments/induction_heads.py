@@ -106,7 +106,7 @@ def run(config, models, outdir):
     ax.axhline(float(init_copying.max()), color="#aab7b8", ls=":", lw=0.8)
     ax.set_xlim(-0.02, 1.02); ax.set_ylim(-1.05, 1.05)
     ax.set_xlabel("prefix-matching score"); ax.set_ylabel("copying score")
-    ax.set_title(f"{label}: every head (dashed: induction threshold; dotted: best random-init "
+    ax.set_title(f"{label}: every head\n(dashed: induction threshold; dotted: best random-init "
                  "copying)", fontsize=8)
     ax.legend(fontsize=7, loc="lower right")
 
@@ -121,8 +121,8 @@ def run(config, models, outdir):
     ax.set_xticks(x, names, fontsize=7, rotation=90 if L * H > 16 else 0)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("mean attention on BOS")
-    ax.set_title(f"{label}: attention on BOS when the token has no earlier copy (* induction)",
-                 fontsize=8)
+    ax.set_title(f"{label}: attention on BOS when the token has no earlier copy\n"
+                 "(* induction head)", fontsize=8)
     ax.legend(fontsize=7)
 
     ax = axes[row, 2]
@@ -133,8 +133,8 @@ def run(config, models, outdir):
     ax.axvspan(-0.3, config.averaging_window - 0.7, color="#f4ecf7", zorder=0)
     ax.set_xlabel("offset (0 = the destination itself, 1 = previous token)")
     ax.set_ylabel("mean attention on held-out text")
-    ax.set_title(f"{label}: layer-0 heads by offset (shaded: the window for 'last few tokens')",
-                 fontsize=8)
+    ax.set_title(f"{label}: layer-0 heads by offset\n(shaded: the window for 'the last few "
+                 "tokens')", fontsize=8)
     ax.legend(fontsize=6)
 
     if L == 1:
@@ -173,7 +173,7 @@ def run(config, models, outdir):
           bool(induction) and all(values[l, h] >= config.min_bos for l, h in induction)))
     averaging = [h for h in range(H)
                  if mass[h] >= config.min_window_mass and spread[h] >= config.min_spread]
-    best = int(np.argmax(np.where(mass >= config.min_window_mass, spread, -1)))
+    best = int(np.argmax(np.minimum(mass / config.min_window_mass, spread / config.min_spread)))
     claims.append(experiment.claim(
         fid(label, "layer0_averaging_head"),
         f"{label}: a layer-0 head attends over the last several tokens (FW's corrected "
@@ -184,7 +184,9 @@ def run(config, models, outdir):
         (f"averaging heads: {', '.join(f'L0H{h}' for h in averaging)}; " if averaging else
          "none; ") + "per head mass/spread: " + ", ".join(
              f"L0H{h} {mass[h]:.2f}/{spread[h]:.1f}" for h in range(H))
-        + f" (closest: L0H{best})",
+        + f"; attention on offsets 0 … {config.offsets_shown - 1} (outside the criterion): "
+        + ", ".join(f"L0H{h} {offsets[h].sum():.2f}" for h in range(H))
+        + f" (nearest to passing both: L0H{best})",
         {"mass": mass, "spread": spread}, bool(averaging)))
   experiment.save_figure(fig, outdir, "induction_heads")
   return claims
