@@ -7,7 +7,7 @@ every score comes back as [L, H] unless said otherwise.
 from __future__ import annotations
 
 import functools
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -283,8 +283,13 @@ def block_moments(f: circuits.Factored, rows: np.ndarray, cols: np.ndarray):
   return np.asarray(mean), np.asarray(jnp.sqrt(jnp.maximum(squares / n - mean ** 2, 0)))
 
 
+def _source_chunk(w: Weights, n_tokens: int, max_elements: int = 1 << 24) -> int:
+  """Sources per block so that an [L, H, n_tokens, chunk] circuit block stays ≤ max_elements."""
+  return max(1, max_elements // (w.n_layers * w.n_heads * max(n_tokens, 1)))
+
+
 def ranked_skip_trigrams(w: Weights, tokens: np.ndarray, n_sources: int = 10, k: int = 3,
-                         chunk: int = 256) -> Dict[str, np.ndarray]:
+                         chunk: Optional[int] = None) -> Dict[str, np.ndarray]:
   """Every head's strongest skip-trigrams "src … dest → out" among ``tokens`` (all three
   restricted to them), ranked by the sum of two standardised logits:
 
@@ -296,13 +301,14 @@ def ranked_skip_trigrams(w: Weights, tokens: np.ndarray, n_sources: int = 10, k:
   standardising makes "strong on both" comparable, and a sum (unlike a product) never ranks two
   large negative values as a strong trigram.  The score separates, so a source's best trigram is
   its best destination with its best output.  Sources are ranked by that best score; each keeps
-  its top ``k`` destinations and outputs.  Sources go ``chunk`` at a time: at most
-  [L, H, len(tokens), chunk] entries of either circuit exist at once.
+  its top ``k`` destinations and outputs.  Sources go ``chunk`` at a time (default: 2²⁴
+  entries): at most [L, H, len(tokens), chunk] entries of either circuit exist at once.
 
   Returns [L, H, n_sources] ``source``, ``score``; [L, H, n_sources, k] ``dest``, ``dest_z``,
   ``out``, ``out_z`` (token ids, standardised values).
   """
   tokens = np.asarray(tokens)
+  chunk = chunk or _source_chunk(w, len(tokens))
   qk, ov = circuits.qk_circuit(w, full=True), circuits.ov_circuit(w, full=True)
   scale = float(np.sqrt(w.d_head))
   qk_mean, qk_std = block_moments(qk, tokens, tokens)
@@ -328,7 +334,8 @@ def ranked_skip_trigrams(w: Weights, tokens: np.ndarray, n_sources: int = 10, k:
           "dest": pick(dest_i), "dest_z": pick(dest_z), "out": pick(out_i), "out_z": pick(out_z)}
 
 
-def own_logit_column_rank(w: Weights, tokens: np.ndarray, chunk: int = 256) -> np.ndarray:
+def own_logit_column_rank(w: Weights, tokens: np.ndarray,
+                          chunk: Optional[int] = None) -> np.ndarray:
   """Per head and token t in ``tokens``: the fraction of the other tokens s whose OV entry
   W_E W_OV W_U[s, t] is below the token's own [t, t] → [L, H, len(tokens)].
 
@@ -337,6 +344,7 @@ def own_logit_column_rank(w: Weights, tokens: np.ndarray, chunk: int = 256) -> n
   not the row, keeps tokens whose unembedding is large for every source from looking copied.
   """
   tokens = np.asarray(tokens)
+  chunk = chunk or _source_chunk(w, len(tokens))
   ov = circuits.ov_circuit(w, full=True)
   out = []
   for start in range(0, len(tokens), chunk):
