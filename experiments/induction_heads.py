@@ -63,7 +63,7 @@ def run(config, models, outdir):
   plt = experiment.pyplot()
   claims = []
   labels = list(models)
-  fig, axes = plt.subplots(len(labels), 3, figsize=(15, 4.3 * len(labels)), squeeze=False)
+  fig, axes = plt.subplots(len(labels), 3, figsize=(15, 4.8 * len(labels)), squeeze=False)
   fid = lambda lab, n: (f"induction_heads.{n}" if len(models) == 1
                         else f"induction_heads.{lab}.{n}")
   for row, label in enumerate(labels):
@@ -188,5 +188,6 @@ def run(config, models, outdir):
         + ", ".join(f"L0H{h} {offsets[h].sum():.2f}" for h in range(H))
         + f" (nearest to passing both: L0H{best})",
         {"mass": mass, "spread": spread}, bool(averaging)))
+  fig.tight_layout()
   experiment.save_figure(fig, outdir, "induction_heads")
   return claims
