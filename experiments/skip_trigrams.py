@@ -2,8 +2,9 @@
 
 A head's QK circuit W_E W_QK W_Eᵀ[dest, src] says how much ``dest`` attends to ``src``; its OV
 circuit W_E W_OV W_U[src, out] says which outputs attending to ``src`` raises.  A skip-trigram is
-scored by the sum of both entries, each standardised over the head's own block of frequent
-tokens (``scores.ranked_skip_trigrams``, which also says why a sum).  Only [vocab, chunk] blocks
+scored by the sum of both entries, each centred along its row (what depends on the destination
+alone cancels in the softmax; what depends on the source alone shifts all outputs alike) and
+standardised over the head's own block of frequent tokens (``scores.ranked_skip_trigrams``, which also says why a sum).  Only [vocab, chunk] blocks
 of either circuit are ever formed.  Each head's table lists its top sources with their best
 destinations and outputs, and how often "src … dest → out" occurs in the training text.
 
@@ -58,7 +59,7 @@ def find_bugs(ranked, counter, min_seen: int):
 def tables(model, ranked, counts, label):
   """(markdown, html) tables: one per head, a row per source."""
   tok = lambda t: experiment.show_token(model.token_strings([t])[0], 14)
-  md, page = [f"# Skip-trigrams of {label}\n", "score = z(QK) + z(OV) of the best trigram; "
+  md, page = [f"# Skip-trigrams of {label}\n", "score = z(QK) + z(OV) of the best trigram (rows centred, standardised per head); "
               "count = occurrences of \"src … dest → out\" (best dest and out) in the searched "
               "training tokens.\n"], []
   L, H, n = ranked["source"].shape
@@ -115,7 +116,8 @@ def run(config, models, outdir):
     names = lambda ids: model.token_strings(ids)
     experiment.write_json(outdir / f"skip_trigrams_{label}.json", {
         "tokens_considered": len(allowed), "min_count": config.min_count,
-        "score": "z(QK[dest, src] / sqrt(d_head)) + z(OV[src, out]), per-head standardisation",
+        "score": "z(QK[dest, src] / sqrt(d_head)) + z(OV[src, out]), rows centred, per-head "
+                 "standardisation",
         "heads": {f"L{l}H{h}": [{"source": names([ranked["source"][l, h, r]])[0],
                                  "dest": names(ranked["dest"][l, h, r]),
                                  "dest_z": ranked["dest_z"][l, h, r],

@@ -283,6 +283,14 @@ def block_moments(f: circuits.Factored, rows: np.ndarray, cols: np.ndarray):
   return np.asarray(mean), np.asarray(jnp.sqrt(jnp.maximum(squares / n - mean ** 2, 0)))
 
 
+def centred_rows(f: circuits.Factored, tokens: np.ndarray) -> circuits.Factored:
+  """The product with each row's mean over the columns ``tokens`` subtracted, still factored:
+  X[i, j] − mean_{j' ∈ tokens} X[i, j'] = left[i] (right[:, j] − mean_{j'} right[:, j'])."""
+  right = jnp.asarray(f.right)
+  mean = right[..., :, jnp.asarray(tokens)].mean(-1, keepdims=True)
+  return circuits.Factored(f.left, right - mean)
+
+
 def _source_chunk(w: Weights, n_tokens: int, max_elements: int = 1 << 24) -> int:
   """Sources per block so that an [L, H, n_tokens, chunk] circuit block stays ≤ max_elements."""
   return max(1, max_elements // (w.n_layers * w.n_heads * max(n_tokens, 1)))
@@ -296,8 +304,10 @@ def ranked_skip_trigrams(w: Weights, tokens: np.ndarray, n_sources: int = 10, k:
       score(src, dest, out) = z_QK[dest, src] + z_OV[src, out]
 
   with z_QK the attention score W_E W_QK W_Eᵀ[dest, src] / sqrt(d_head) and z_OV the logit
-  change W_E W_OV W_U[src, out], each standardised by the mean and standard deviation of its
-  head's own block over ``tokens``.  Attention logits and output logits are in different units;
+  change W_E W_OV W_U[src, out], each first centred along its row (``centred_rows``: a term that
+  depends on the destination alone cancels in the softmax over sources, one that depends on the
+  source alone shifts every output logit equally) and then standardised by the mean and standard
+  deviation of its head's own block over ``tokens``.  Attention logits and output logits are in different units;
   standardising makes "strong on both" comparable, and a sum (unlike a product) never ranks two
   large negative values as a strong trigram.  The score separates, so a source's best trigram is
   its best destination with its best output.  Sources are ranked by that best score; each keeps
@@ -309,7 +319,8 @@ def ranked_skip_trigrams(w: Weights, tokens: np.ndarray, n_sources: int = 10, k:
   """
   tokens = np.asarray(tokens)
   chunk = chunk or _source_chunk(w, len(tokens))
-  qk, ov = circuits.qk_circuit(w, full=True), circuits.ov_circuit(w, full=True)
+  qk = centred_rows(circuits.qk_circuit(w, full=True), tokens)
+  ov = centred_rows(circuits.ov_circuit(w, full=True), tokens)
   scale = float(np.sqrt(w.d_head))
   qk_mean, qk_std = block_moments(qk, tokens, tokens)
   ov_mean, ov_std = block_moments(ov, tokens, tokens)
@@ -340,12 +351,13 @@ def own_logit_column_rank(w: Weights, tokens: np.ndarray,
   W_E W_OV W_U[s, t] is below the token's own [t, t] → [L, H, len(tokens)].
 
   The column of t says which sources, when attended to, raise t most; a copying head puts t
-  itself on top (near 1), a random head anywhere (0.5 on average).  Ranking within the column,
+  itself on top (near 1), a random head anywhere (0.5 on average).  Rows are centred first
+  (``centred_rows``): a source that raises every output alike raises none of them.  Ranking within the column,
   not the row, keeps tokens whose unembedding is large for every source from looking copied.
   """
   tokens = np.asarray(tokens)
   chunk = chunk or _source_chunk(w, len(tokens))
-  ov = circuits.ov_circuit(w, full=True)
+  ov = centred_rows(circuits.ov_circuit(w, full=True), tokens)
   out = []
   for start in range(0, len(tokens), chunk):
     t = tokens[start:start + chunk]

@@ -86,6 +86,8 @@ def test_ranked_skip_trigrams_against_every_triple():
     qk = E @ np.asarray(w.W_Q[0, h]) @ np.asarray(w.W_K[0, h]).T @ E.T / np.sqrt(cfg.d_head)
     ov = E @ np.asarray(w.W_V[0, h]) @ np.asarray(w.W_O[0, h]) @ U
     qk, ov = qk[np.ix_(tokens, tokens)], ov[np.ix_(tokens, tokens)]
+    qk = qk - qk.mean(axis=1, keepdims=True)  # per destination, over sources
+    ov = ov - ov.mean(axis=1, keepdims=True)  # per source, over outputs
     zq, zo = (qk - qk.mean()) / qk.std(), (ov - ov.mean()) / ov.std()
     best = {}  # source → best score over every (dest, out)
     for si, s in enumerate(tokens):
@@ -107,6 +109,7 @@ def test_own_logit_column_rank_against_loops():
   E, U = np.asarray(w.W_E, np.float64), np.asarray(w.W_U, np.float64)
   for h in range(2):
     ov = E @ np.asarray(w.W_V[0, h]) @ np.asarray(w.W_O[0, h]) @ U
+    ov = ov - ov[:, tokens].mean(axis=1, keepdims=True)  # each source's row over the tokens
     for ti, t in enumerate(tokens):
       below = sum(ov[s, t] < ov[t, t] for s in tokens if s != t)
       assert got[0, h, ti] == pytest.approx(below / (len(tokens) - 1))
