@@ -16,7 +16,7 @@ stream and hence every training batch does not depend on the shard size.
 
 Building is streamed: the tokenizer trains on a bounded sample (``sample_bytes`` of training
 text, spread over the files in proportion to their sizes; all of it when the split is smaller),
-then the text is encoded in pieces of at most 1 MiB and written shard by shard, so peak memory
+then the text is encoded in pieces of at most 64 KiB and written shard by shard, so peak memory
 depends on the shard size and the sample size, not on the corpus size.  The build runs in
 ``<cache_dir>/.building-<key>/`` under an advisory lock (``.lock-<key>``; a second process waits
 for it and then uses the finished entry).  Every finished shard is kept with a small JSON note
@@ -276,7 +276,7 @@ def _build_split(corpus: Corpus, split: str, tok: Tokenizer, eot_id: int, dtype,
     ends.append(piece.doc_end)
     batch_chars += len(piece.text)
     last = piece
-    if batch_chars >= _ENCODE_BATCH_CHARS or len(batch) >= 256:
+    if batch_chars >= min(_ENCODE_BATCH_CHARS, shard_tokens) or len(batch) >= 256:
       before = buffered
       encode_batch()
       total_tokens += buffered - before
@@ -377,8 +377,8 @@ def _build_store(corpus: Corpus, vocab_size: int, entry: Path, tokenizer_file: O
   counts = np.zeros(vocab, np.int64)
   for note in splits["train"]:
     shard = np.load(folder / note["file"], mmap_mode="r")
-    for lo in range(0, len(shard), shard_tokens):
-      counts += np.bincount(shard[lo:lo + shard_tokens], minlength=vocab)[:vocab]
+    for lo in range(0, len(shard), 1 << 20):  # bincount copies its input as int64
+      counts += np.bincount(shard[lo:lo + (1 << 20)], minlength=vocab)[:vocab]
   n_train = sum(n["tokens"] for n in splits["train"])
   n_heldout = sum(n["tokens"] for n in splits["heldout"])
   if n_train <= int(counts[eot_id]) or n_heldout == 0:
