@@ -212,6 +212,13 @@ def _text_ranges(path: Path, n: int) -> List[Tuple[int, int]]:
 
 def _read_text(path: Path, pos: Position, select, corpus: Corpus):
   """A text file: one document (file split) or ``heldout_every`` range documents."""
+  try:
+    yield from _read_text_ranges(path, pos, select, corpus)
+  except OSError as e:
+    raise CorpusError(f"{path}: cannot read ({e})") from None
+
+
+def _read_text_ranges(path: Path, pos: Position, select, corpus: Corpus):
   size = path.stat().st_size
   ranges = [(0, size)] if select is None else _text_ranges(path, corpus.heldout_every)
   with open(path, "rb") as f:
@@ -295,8 +302,8 @@ def _read_parquet(path: Path, pos: Position, select, corpus: Corpus):
   row = first_row
   if not groups:
     return
-  for batch in pf.iter_batches(batch_size=256, row_groups=groups, columns=[corpus.jsonl_field]):
-    for text in batch.column(0).to_pylist():
+  for batch in _parquet_batches(pf, path, groups, corpus.jsonl_field):
+    for text in batch:
       unit = row
       row += 1
       if unit < pos.offset or (select is not None and not select(unit)):
@@ -308,6 +315,18 @@ def _read_parquet(path: Path, pos: Position, select, corpus: Corpus):
           last = k == len(parts) - 1
           after = Position(pos.file, row, row) if last else Position(pos.file, unit, unit, 0, k + 1)
           yield parts[k], last, after, size * row // rows
+
+
+def _parquet_batches(pf, path: Path, groups, field: str) -> Iterator[list]:
+  batches = pf.iter_batches(batch_size=256, row_groups=groups, columns=[field])
+  while True:
+    try:
+      batch = next(batches, None)
+    except Exception as e:  # pyarrow raises its own error types for damaged files
+      raise CorpusError(f"{path}: cannot read Parquet rows ({e})") from None
+    if batch is None:
+      return
+    yield batch.column(0).to_pylist()
 
 
 def _open_parquet(path: Path, field: str):
