@@ -304,3 +304,36 @@ def test_prepare_command_and_its_errors(tmp_path):
   assert out.returncode == 2 and out.stdout == ""
   assert out.stderr.strip().splitlines()[-1] == (
       f"error: {tmp_path / 'bad.jsonl'}:2: record has no field 'text' (set data.jsonl_field)")
+
+
+@pytest.mark.parametrize("kind", ["text", "one_text", "jsonl", "parquet"])
+def test_reading_restarts_exactly_from_every_piece_position(tmp_path, kind):
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  docs = [_words(n, i) for i, n in enumerate([30, 40000, 5, 25000, 60, 12])]  # two > 64 KiB
+  if kind == "text":
+    for i, d in enumerate(docs):
+      (tmp_path / f"{i}.txt").write_text(d)
+  elif kind == "one_text":  # split into byte ranges
+    (tmp_path / "a.txt").write_text("\n".join(docs))
+  elif kind == "jsonl":
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+  else:
+    pq.write_table(pa.table({"text": docs}), tmp_path / "a.parquet", row_group_size=2)
+  corpus = resolve_corpus(str(tmp_path), heldout_every=2)
+  for split in ("train", "heldout"):
+    pieces = list(corpus.pieces(split))
+    assert max(len(p.text.encode()) for p in pieces) <= 1 << 16
+    for k, piece in enumerate(pieces):
+      rest = [(p.text, p.doc_end) for p in corpus.pieces(split, piece.after)]
+      assert rest == [(p.text, p.doc_end) for p in pieces[k + 1:]], (split, k)
+
+
+def test_new_data_fields_are_validated(make_config):
+  from reproduce.config import validate  # pylint: disable=import-outside-toplevel
+  for field, value in (("tokenizer_sample_bytes", 1000), ("shard_tokens", 10)):
+    c = make_config("attn0l")
+    c.unlock()
+    c.data[field] = value
+    with pytest.raises(ValueError, match=f"data.{field}"):
+      validate(c)
