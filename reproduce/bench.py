@@ -158,6 +158,23 @@ def main(argv):
   print(json.dumps(result, indent=1))
 
 
+# Runs `python -m reproduce.prepare ARGS` and then prints this process image's own peak RSS
+# (Linux VmHWM; ru_maxrss would also count the parent, which vfork/exec carries over).
+_PEAK_RSS_CHILD = """
+import runpy, sys
+sys.argv[0] = "reproduce.prepare"
+try:
+  runpy.run_module("reproduce.prepare", run_name="__main__", alter_sys=True)
+finally:
+  print("peak_kib=" + [l.split()[1] for l in open("/proc/self/status")
+                       if l.startswith("VmHWM")][0], file=sys.stderr)
+"""
+
+
+def _peak_kib(stderr: str) -> int:
+  return int(stderr.rsplit("peak_kib=", 1)[1].split()[0])
+
+
 def bench_prepare(sizes_mb=(8, 40), sample_mib: int = 4, shard_tokens: int = 1 << 20,
                   seed: int = 0) -> dict:
   """Throughput and peak memory of ``python -m reproduce.prepare`` at corpus sizes 5× apart.
@@ -166,8 +183,8 @@ def bench_prepare(sizes_mb=(8, 40), sample_mib: int = 4, shard_tokens: int = 1 <
   files in a seeded random order, so it is real code and prose, repeated.  The tokenizer
   sample (``sample_mib``) and the shard size are smaller than both corpora, so a peak RSS that
   did not grow with the corpus would show that nothing scales with it.  Peak RSS is the child
-  process's own (``wait4``), tokens/s counts both splits over the whole command, tokenizer
-  training included.
+  process's own (Linux VmHWM), next to that of a child that only imports the command; tokens/s
+  counts both splits over the whole command, tokenizer training included.
   """
   import os  # pylint: disable=import-outside-toplevel
   import subprocess  # pylint: disable=import-outside-toplevel
@@ -190,28 +207,31 @@ def bench_prepare(sizes_mb=(8, 40), sample_mib: int = 4, shard_tokens: int = 1 <
         if sum(map(len, part)) >= 10**6 or written >= size_mb * 10**6:
           (corpus / f"part-{n_files:05d}.txt").write_bytes(b"".join(part))
           part, n_files = [], n_files + 1
-      cmd = [sys.executable, "-m", "reproduce.prepare", "--config=configs/attn2l.py:cpu",
+      cmd = [sys.executable, "-c", _PEAK_RSS_CHILD, "--config=configs/attn2l.py:cpu",
              f"--config.data.corpus={corpus}", f"--config.data.cache_dir={Path(tmp) / 'cache'}",
              f"--config.data.tokenizer_sample_bytes={sample_mib << 20}",
              f"--config.data.shard_tokens={shard_tokens}"]
       started = time.perf_counter()
       with open(Path(tmp) / "stderr.txt", "w+b") as err:
-        child = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=err)
-        stdout = child.stdout.read()
-        _, status, usage = os.wait4(child.pid, 0)  # the child's own resource usage
+        child = subprocess.run(cmd, cwd=root, stdout=subprocess.PIPE, stderr=err, check=False)
         seconds = time.perf_counter() - started
         err.seek(0)
-        if os.waitstatus_to_exitcode(status) != 0:
-          raise RuntimeError(f"prepare failed: {err.read().decode()[-2000:]}")
+        log = err.read().decode()
+      if child.returncode != 0:
+        raise RuntimeError(f"prepare failed: {log[-2000:]}")
+      stdout = child.stdout
       manifest = json.loads(stdout)
       tokens = manifest["train_tokens"] + manifest["heldout_tokens"]
       runs.append({"corpus_mb": round(written / 1e6, 1), "files": n_files, "tokens": tokens,
                    "shards": -(-manifest["train_tokens"] // shard_tokens),
                    "seconds": round(seconds, 1), "tokens_per_s": round(tokens / seconds),
                    "mb_per_s": round(written / 1e6 / seconds, 2),
-                   "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)})
+                   "peak_rss_mib": round(_peak_kib(log) / 1024, 1)})
+    imports = subprocess.run([sys.executable, "-c", _PEAK_RSS_CHILD, "--helpshort"], cwd=root,
+                             capture_output=True, text=True, check=False)
   return {"runs": runs, "tokenizer_sample_mib": sample_mib, "shard_tokens": shard_tokens,
           "vocab": 2048, "cpu_count": os.cpu_count(),
+          "imports_only_rss_mib": round(_peak_kib(imports.stderr) / 1024, 1),
           "rss_ratio_large_to_small": round(runs[-1]["peak_rss_mib"] / runs[0]["peak_rss_mib"], 3)}
 
 
