@@ -1,4 +1,5 @@
-"""Corpus resolution, the tokenizer cache, and batches as pure functions of (seed, index)."""
+"""Corpus resolution and splits, corpus hygiene, the sharded token store, and batches as pure
+functions of (seed, index)."""
 
 import gzip
 import json
