@@ -3,6 +3,7 @@
     python -m reproduce.bench train --config=configs/attn2l.py:cpu
     python -m reproduce.bench train --shape=anchor      # the issue's comparison shape
     python -m reproduce.bench circuits                  # paper-scale circuit maths, random weights
+    python -m reproduce.bench plan --config=configs/attn2l.py:paper [--devices=8] [--platform=gpu]
 
 ``train`` measures the machine's float32 matmul peak (a 4096³ product) in the same run and
 reports model FLOP utilisation against it.  Model FLOPs per token follow the usual convention:
@@ -14,12 +15,17 @@ included).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+
+import dataclasses
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 # The shape the issue compares against TransformerLens: 2 layers, d_model 128, 4 heads × 32,
 # vocab 2048, n_ctx 256, batch 16.
@@ -93,6 +99,86 @@ def bench_train(config, seconds: float = 15.0) -> dict:
   }
 
 
+def plan_train_step(config, n_devices: int = 1, platform: Optional[str] = None,
+                    peak_tflops: float = 989.0) -> dict:
+  """Compiles the training step ahead of time for the config's real shapes, with abstract
+  inputs (nothing is allocated or run), and reports XLA's FLOPs and per-device memory.
+
+  ``platform`` picks the step's rules (compute dtype, micro-batching, loss blocks; default: the
+  local backend); the compile itself is for the local backend, so off-GPU a cuDNN attention is
+  compiled as XLA's ``dot_product_attention`` with the same slicing.  ``peak_tflops`` (default:
+  an H100 SXM's dense bfloat16 rate) turns the analytic FLOPs into a step-time floor.
+  """
+  from reproduce import train as tr  # pylint: disable=import-outside-toplevel
+  m, t = config.model, config.train
+  local = jax.devices()[0].platform
+  platform = platform or local
+  if len(jax.devices()) < n_devices:
+    raise ValueError(f"--devices={n_devices} but JAX sees {len(jax.devices())} device(s)")
+  mesh = tr.data_mesh(jax.devices()[:n_devices])
+  plan = tr.plan_step(config, n_devices, platform, check_cudnn=local == "gpu")
+  if plan.attention == "cudnn" and local != "gpu":  # cannot compile cuDNN here: plan XLA's
+    config = config.copy_and_resolve_references()
+    config.train.attention = "xla"
+    plan = dataclasses.replace(tr.plan_step(config, n_devices, platform),
+                               reasons=plan.reasons + ("cuDNN cannot compile on this host; "
+                                                       "planned with XLA's attention",))
+  tx = tr.make_optimizer(config)
+  replicated = NamedSharding(mesh, P())
+  rows = NamedSharding(mesh, P("data"))
+
+  def abstract_state():
+    w = tr.initial_weights(config)
+    return tr.TrainState(jnp.zeros((), jnp.int32), w, tx.init(w))
+
+  state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+                       jax.eval_shape(abstract_state))
+  batch = jax.ShapeDtypeStruct((t.batch_size, m.n_ctx), jnp.int32, sharding=rows)
+  step = tr.compile_train_step(config, tx, mesh, plan)
+  start = time.perf_counter()
+  compiled = step.lower(state, batch, batch).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  mem = compiled.memory_analysis()
+  gib = lambda b: round(b / 2 ** 30, 3)
+  tokens = t.batch_size * m.n_ctx
+  analytic = model_flops_per_token(m) * tokens
+  unembed = 6 * m.d_model * m.d_vocab * tokens
+  per_device = analytic / n_devices
+  memory = {"arguments_gib": gib(mem.argument_size_in_bytes),
+            "outputs_gib": gib(mem.output_size_in_bytes),
+            "temporaries_gib": gib(mem.temp_size_in_bytes),
+            "aliased_gib": gib(mem.alias_size_in_bytes),
+            "generated_code_gib": gib(mem.generated_code_size_in_bytes)}
+  memory["peak_estimate_gib"] = round(memory["arguments_gib"] + memory["outputs_gib"]
+                                      + memory["temporaries_gib"] - memory["aliased_gib"], 3)
+  return {
+      "benchmark": "plan", "config": config.name, "devices": n_devices,
+      "rules_for_platform": platform, "compiled_for": local,
+      "step_plan": {"compute_dtype": plan.compute_dtype, "attention": plan.attention,
+                    "micro_batches": plan.n_micro,
+                    "loss_block_elements": plan.loss_block, "choices": list(plan.reasons)},
+      "shape": {k: m[k] for k in ("n_layers", "d_model", "n_heads", "d_head", "d_vocab", "n_ctx")}
+      | {"batch_size": t.batch_size, "tokens_per_step": tokens},
+      "compile_s": round(compile_s, 2),
+      "analytic_flops_per_step": analytic,
+      "analytic_flops_per_device": per_device,
+      "analytic_flops_per_device_outside_unembed": (analytic - unembed) / n_devices,
+      "xla_flops_per_device": cost.get("flops"),
+      "xla_flops_per_device_times_micro_batches": cost.get("flops", 0) * plan.n_micro,
+      "xla_bytes_accessed_per_device": cost.get("bytes accessed"),
+      "memory_per_device": memory,
+      "peak_tflops": peak_tflops,
+      "step_time_floor_s": round(per_device / (peak_tflops * 1e12), 4),
+      "step_time_at_40pct_mfu_s": round(per_device / (0.4 * peak_tflops * 1e12), 4),
+      "note": "XLA's cost analysis counts a loop body once: the cross-entropy's chunk scans "
+              "(and the micro-batch scan when there is one) are counted for one trip, so with "
+              "one micro-batch XLA's FLOPs compare with the analytic FLOPs outside the unembed. "
+              "Analytic: 6·N + 12·L·H·d_head·n_ctx per token (module docstring).",
+  }
+
+
 def bench_circuits(n_layers: int = 2, n_heads: int = 12, d_head: int = 64, d_model: int = 768,
                    d_vocab: int = 50000, repeats: int = 5) -> dict:
   """Paper-scale circuit maths on random weights: best-of-``repeats`` seconds, compiled."""
@@ -138,11 +224,21 @@ def main(argv):
   from absl import flags  # pylint: disable=import-outside-toplevel
   from reproduce.config import load_config, validate  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
-  if len(argv) != 2 or argv[1] not in ("train", "circuits"):
-    print("usage: python -m reproduce.bench {train|circuits} [--config=...] [--shape=anchor]",
-          file=sys.stderr)
+  if len(argv) != 2 or argv[1] not in ("train", "circuits", "plan"):
+    print("usage: python -m reproduce.bench {train|circuits|plan} [--config=...] "
+          "[--shape=anchor] [--devices=N] [--platform=gpu]", file=sys.stderr)
     sys.exit(2)
-  if argv[1] == "train":
+  if argv[1] == "plan":
+    if FLAGS.config is None:
+      print("error: plan needs --config, e.g. --config=configs/attn2l.py:paper", file=sys.stderr)
+      sys.exit(2)
+    try:
+      result = plan_train_step(validate(FLAGS.config), FLAGS.devices, FLAGS.platform,
+                               FLAGS.peak_tflops)
+    except ValueError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+  elif argv[1] == "train":
     config = FLAGS.config if FLAGS.config is not None else load_config("attn2l:cpu")
     if FLAGS.shape == "anchor":
       config.unlock()
@@ -162,7 +258,25 @@ def run_cli():
                                   lock_config=True)
   flags.DEFINE_enum("shape", None, ["anchor"], "anchor: the TransformerLens comparison shape")
   flags.DEFINE_float("seconds", 15.0, "how long to time the train step")
-  app.run(main)
+  flags.DEFINE_integer("devices", 1, "plan: devices the step is split over (on CPU, simulated)")
+  flags.DEFINE_enum("platform", None, ["cpu", "gpu", "tpu"],
+                    "plan: whose step rules to use (default: the local backend)")
+  flags.DEFINE_float("peak_tflops", 989.0, "plan: peak FLOP rate for the step-time estimate "
+                     "(default: H100 SXM dense bfloat16)")
+  flags.register_validator("devices", lambda n: n >= 1, "--devices must be >= 1")
+  app.run(_with_simulated_devices(main))
+
+
+def _with_simulated_devices(main_fn):
+  """On a CPU-only host, ``plan --devices=N`` needs N host devices, set before JAX starts."""
+  def wrapped(argv):
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    n = flags.FLAGS.devices
+    if n > 1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+      os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                 + f" --xla_force_host_platform_device_count={n}").strip()
+    return main_fn(argv)
+  return wrapped
 
 
 if __name__ == "__main__":

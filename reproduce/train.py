@@ -86,24 +86,6 @@ def initial_weights(config) -> Weights:
                       pos_init=m.pos_init, pos_scale=m.pos_scale)
 
 
-def cpu_flags() -> frozenset:
-  """The host CPU's feature flags (Linux /proc/cpuinfo; empty where unavailable)."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("flags"):
-          return frozenset(line.split(":", 1)[1].split())
-  except OSError:
-    pass
-  return frozenset()
-
-
-def cpu_has_bf16_matmul(flags=None) -> bool:
-  """Whether the CPU multiplies bfloat16 natively (AMX tiles or AVX512-BF16 dot products)."""
-  flags = cpu_flags() if flags is None else flags
-  return bool({"amx_bf16", "avx512_bf16"} & flags)
-
-
 @dataclasses.dataclass(frozen=True)
 class StepPlan:
   """How the training step computes; every field is chosen by ``plan_step`` and logged."""
@@ -132,12 +114,11 @@ def _cudnn_accepts(shape, dtype) -> Optional[str]:
   return None
 
 
-def plan_step(config, n_devices: int, platform: str, cpu_flags_=None,
-              check_cudnn: bool = True) -> StepPlan:
+def plan_step(config, n_devices: int, platform: str, check_cudnn: bool = True) -> StepPlan:
   """Resolves ``train.compute_dtype``, ``train.attention`` and ``train.micro_batch_size``.
 
-  compute_dtype "auto": bfloat16 on GPU/TPU; on CPU bfloat16 when the CPU multiplies it natively
-  (AMX or AVX512-BF16: measured faster, experiments/SPEED.md), else float32.
+  compute_dtype "auto": bfloat16 on GPU/TPU; float32 on CPU (measured faster than bfloat16 at
+  the cpu presets' shapes even with AMX, experiments/SPEED.md).
   attention "auto": cuDNN's fused kernel on GPU, explicit patterns elsewhere (on CPU the two are
   the same computation and explicit measured as fast).  cuDNN falls back to XLA's
   ``dot_product_attention`` when it cannot take the shape (not a GPU, float32, head size...).
@@ -150,12 +131,8 @@ def plan_step(config, n_devices: int, platform: str, cpu_flags_=None,
   reasons = []
   dtype = t.compute_dtype
   if dtype == "auto":
-    if platform != "cpu":
-      dtype, why = "bfloat16", f"{platform}"
-    elif cpu_has_bf16_matmul(cpu_flags() if cpu_flags_ is None else cpu_flags_):
-      dtype, why = "bfloat16", "CPU with AMX/AVX512-BF16"
-    else:
-      dtype, why = "float32", "CPU without native bfloat16 matmuls"
+    dtype = "float32" if platform == "cpu" else "bfloat16"
+    why = "measured faster on CPU" if platform == "cpu" else platform
     reasons.append(f"compute_dtype auto → {dtype} ({why})")
   attention = t.attention
   if attention == "auto":
