@@ -4,6 +4,7 @@
     python -m reproduce.bench train --shape=anchor      # the issue's comparison shape
     python -m reproduce.bench circuits                  # paper-scale circuit maths, random weights
     python -m reproduce.bench plan --config=configs/attn2l.py:paper [--devices=8] [--platform=gpu]
+    python -m reproduce.bench compare --tl-python=/path/to/venv/bin/python   # vs TransformerLens
 
 ``train`` measures the machine's float32 matmul peak (a 4096³ product) in the same run and
 reports model FLOP utilisation against it.  Model FLOPs per token follow the usual convention:
@@ -42,11 +43,12 @@ def _best_time(fn, repeats: int) -> float:
   return best
 
 
-def matmul_peak_flops(n: int = 4096, repeats: int = 3) -> float:
-  """Measured float32 FLOP/s of one n×n×n matmul on the default device."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  mm = jax.jit(jnp.matmul)
+def matmul_peak_flops(n: int = 4096, repeats: int = 3, dtype=jnp.float32) -> float:
+  """Measured FLOP/s of one n×n×n matmul on the default device (operands of ``dtype``,
+  float32 accumulation)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  mm = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
   jax.block_until_ready(mm(a, b))
   return 2 * n ** 3 / _best_time(lambda: mm(a, b), repeats)
 
@@ -179,6 +181,128 @@ def plan_train_step(config, n_devices: int = 1, platform: Optional[str] = None,
   }
 
 
+# The TransformerLens side of ``compare``: run by the given interpreter (an environment with torch
+# and transformer-lens that the project never depends on).  It reads "<steps>" lines on stdin and
+# answers each with the seconds those training steps took, so the two sides can alternate.
+_TL_WORKER = """
+import json, sys, time, torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+shape = json.loads(sys.argv[1])
+torch.set_num_threads(shape["threads"])
+torch.manual_seed(0)
+cfg = HookedTransformerConfig(
+    n_layers=shape["n_layers"], d_model=shape["d_model"], n_heads=shape["n_heads"],
+    d_head=shape["d_head"], d_vocab=shape["d_vocab"], n_ctx=shape["n_ctx"], attn_only=True,
+    normalization_type=None, positional_embedding_type="shortformer", act_fn=None,
+    device="cpu", seed=0)
+model = HookedTransformer(cfg)
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+tokens = torch.randint(0, shape["d_vocab"], (shape["batch_size"], shape["n_ctx"]))
+
+def step():
+  loss = model(tokens, return_type="loss")
+  opt.zero_grad(set_to_none=True)
+  loss.backward()
+  torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+  opt.step()
+
+for _ in range(3):
+  step()
+print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
+for line in sys.stdin:
+  n = int(line)
+  start = time.perf_counter()
+  for _ in range(n):
+    step()
+  print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+"""
+
+
+def compare_with_transformerlens(config, tl_python: str, rounds: int = 5,
+                                 seconds_per_round: float = 3.0) -> dict:
+  """Training tokens/s of our step and of TransformerLens at the same shape, timed alternately
+  in one run (round k: TransformerLens, ours, then the float32 and bfloat16 matmul peaks), best
+  round each; MFU per round against that round's peak for our compute dtype, and best rate over
+  best peak."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+  from reproduce import train as tr  # pylint: disable=import-outside-toplevel
+  m, t = config.model, config.train
+  threads = os.cpu_count() or 1
+  shape = {k: m[k] for k in ("n_layers", "d_model", "n_heads", "d_head", "d_vocab", "n_ctx")}
+  shape |= {"batch_size": t.batch_size, "threads": threads}
+  tokens_per_step = t.batch_size * m.n_ctx
+  with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+    f.write(_TL_WORKER)
+  tl = subprocess.Popen([tl_python, f.name, json.dumps(shape)], stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE, text=True)
+  try:
+    tl_info = json.loads(tl.stdout.readline() or "null")
+    if tl_info is None:
+      raise RuntimeError(f"the TransformerLens worker ({tl_python}) failed to start")
+
+    def tl_time(n):
+      tl.stdin.write(f"{n}\n")
+      tl.stdin.flush()
+      return json.loads(tl.stdout.readline())["seconds"]
+
+    mesh = tr.data_mesh()
+    tx = tr.make_optimizer(config)
+    weights = tr.initial_weights(config)
+    state = tr.TrainState(jnp.zeros((), jnp.int32), weights, tx.init(weights))
+    plan = tr.plan_step(config, mesh.size, mesh.devices.flat[0].platform)
+    step = tr.compile_train_step(config, tx, mesh, plan)
+    rng = np.random.default_rng(0)
+    batch = tr.put_batch(mesh, *(rng.integers(0, m.d_vocab, (t.batch_size, m.n_ctx))
+                                 .astype(np.int32),) * 2)
+    for _ in range(3):
+      state, _ = step(state, *batch)
+    jax.block_until_ready(state)
+
+    def ours_time(n):
+      nonlocal state
+      start = time.perf_counter()
+      for _ in range(n):
+        state, _ = step(state, *batch)
+      jax.block_until_ready(state)
+      return time.perf_counter() - start
+
+    n_tl = max(1, int(seconds_per_round / tl_time(1)))
+    n_ours = max(1, int(seconds_per_round / ours_time(1)))
+    tl_rates, our_rates, peaks32, peaks16 = [], [], [], []
+    for _ in range(rounds):  # each round: TransformerLens, ours, both matmul peaks
+      tl_rates.append(n_tl * tokens_per_step / tl_time(n_tl))
+      our_rates.append(n_ours * tokens_per_step / ours_time(n_ours))
+      peaks32.append(matmul_peak_flops(2048, 2))
+      peaks16.append(matmul_peak_flops(2048, 2, jnp.bfloat16))
+  finally:
+    tl.stdin.close()
+    tl.wait(timeout=60)
+    os.unlink(f.name)
+  flops = model_flops_per_token(m)
+  ours, theirs = max(our_rates), max(tl_rates)
+  peak32, peak16 = max(peaks32), max(peaks16)
+  own_peak = peaks16 if plan.compute_dtype == "bfloat16" else peaks32
+  mfu_rounds = [r * flops / p for r, p in zip(our_rates, own_peak)]
+  return {
+      "benchmark": "compare", "shape": shape, "device_kind": jax.devices()[0].device_kind,
+      "cpu_count": os.cpu_count(), "step_plan": plan.describe(),
+      "transformerlens": tl_info, "rounds": rounds,
+      "ours_tokens_per_s_rounds": [round(r) for r in our_rates],
+      "transformerlens_tokens_per_s_rounds": [round(r) for r in tl_rates],
+      "ratio_best": round(ours / theirs, 3),
+      "ratio_median": round(float(np.median(our_rates) / np.median(tl_rates)), 3),
+      "matmul_peak_gflops_float32": round(peak32 / 1e9, 1),
+      "matmul_peak_gflops_bfloat16": round(peak16 / 1e9, 1),
+      "mfu_ours_rounds": [round(x, 3) for x in mfu_rounds],
+      "mfu_ours_best_rates": round(ours * flops / max(own_peak), 3),
+      "mfu_ours_vs_float32_peak": round(ours * flops / peak32, 3),
+      "mfu_ours_vs_bfloat16_peak": round(ours * flops / peak16, 3),
+      "mfu_transformerlens_vs_float32_peak": round(theirs * flops / peak32, 3),
+      "load_average_after": [round(x, 2) for x in os.getloadavg()],
+  }
+
+
 def bench_circuits(n_layers: int = 2, n_heads: int = 12, d_head: int = 64, d_model: int = 768,
                    d_vocab: int = 50000, repeats: int = 5) -> dict:
   """Paper-scale circuit maths on random weights: best-of-``repeats`` seconds, compiled."""
@@ -224,11 +348,22 @@ def main(argv):
   from absl import flags  # pylint: disable=import-outside-toplevel
   from reproduce.config import load_config, validate  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
-  if len(argv) != 2 or argv[1] not in ("train", "circuits", "plan"):
-    print("usage: python -m reproduce.bench {train|circuits|plan} [--config=...] "
-          "[--shape=anchor] [--devices=N] [--platform=gpu]", file=sys.stderr)
+  if len(argv) != 2 or argv[1] not in ("train", "circuits", "plan", "compare"):
+    print("usage: python -m reproduce.bench {train|circuits|plan|compare} [--config=...] "
+          "[--shape=anchor] [--devices=N] [--platform=gpu] [--tl-python=PATH]", file=sys.stderr)
     sys.exit(2)
-  if argv[1] == "plan":
+  if argv[1] == "compare":
+    if not FLAGS["tl-python"].value:
+      print("error: compare needs --tl-python=PATH (a Python with torch and transformer-lens)",
+            file=sys.stderr)
+      sys.exit(2)
+    config = FLAGS.config if FLAGS.config is not None else load_config("attn2l:cpu")
+    config.unlock()
+    for section, fields in ANCHOR.items():
+      config[section].update(fields)
+    config.lock()
+    result = compare_with_transformerlens(validate(config), FLAGS["tl-python"].value, FLAGS.rounds)
+  elif argv[1] == "plan":
     if FLAGS.config is None:
       print("error: plan needs --config, e.g. --config=configs/attn2l.py:paper", file=sys.stderr)
       sys.exit(2)
@@ -258,6 +393,9 @@ def run_cli():
                                   lock_config=True)
   flags.DEFINE_enum("shape", None, ["anchor"], "anchor: the TransformerLens comparison shape")
   flags.DEFINE_float("seconds", 15.0, "how long to time the train step")
+  flags.DEFINE_string("tl-python", None, "compare: Python interpreter with torch and "
+                      "transformer-lens (a throwaway environment, never a project dependency)")
+  flags.DEFINE_integer("rounds", 5, "compare: alternating timing rounds")
   flags.DEFINE_integer("devices", 1, "plan: devices the step is split over (on CPU, simulated)")
   flags.DEFINE_enum("platform", None, ["cpu", "gpu", "tpu"],
                     "plan: whose step rules to use (default: the local backend)")
