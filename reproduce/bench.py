@@ -303,6 +303,42 @@ def compare_with_transformerlens(config, tl_python: str, rounds: int = 5,
   }
 
 
+# The cpu presets train at about this fraction of the in-run float32 matmul peak (README's anchor
+# measurement: MFU 0.46-0.50 on an idle 2-core machine); each figure's analysis adds roughly this
+# many seconds.  Both make a rough estimate, printed as one.
+TRAINING_PEAK_FRACTION = 0.45
+SECONDS_PER_FIGURE = 10
+
+
+def first_run_plan(names, preset: str, models_dir) -> str:
+  """What ``reproduce.figure`` is about to do, with a time estimate for this machine: the models
+  still to train (steps × tokens × FLOPs per token at ``TRAINING_PEAK_FRACTION`` of a quick
+  matmul-peak measurement) and the figures."""
+  from pathlib import Path  # pylint: disable=import-outside-toplevel
+  from reproduce.config import load_config  # pylint: disable=import-outside-toplevel
+  from reproduce.experiment import config_hash  # pylint: disable=import-outside-toplevel
+  from reproduce.figure import figure_config  # pylint: disable=import-outside-toplevel
+  needed = sorted({m for n in names for m in figure_config(n, preset).models})
+  peak = matmul_peak_flops()
+  lines, total = [], SECONDS_PER_FIGURE * len(names)
+  for name in needed:
+    c = load_config(f"{name}:{preset}")
+    done = Path(models_dir) / f"{name}-{preset}-{config_hash(c)}" / "checkpoints" / str(
+        c.train.steps)
+    if done.is_dir():
+      lines.append(f"  {name}: trained, reused")
+      continue
+    tokens = c.train.steps * c.train.batch_size * c.model.n_ctx
+    seconds = tokens * model_flops_per_token(c.model) / (TRAINING_PEAK_FRACTION * peak)
+    total += seconds
+    lines.append(f"  {name}: train {c.train.steps:,} steps, {tokens / 1e6:.1f}M tokens, "
+                 f"~{seconds / 60:.1f} min")
+  return (f"plan: {len(names)} figure(s) from {len(needed)} model(s) ({preset} preset); "
+          f"estimated {total / 60:.0f} min on this machine ({os.cpu_count()} cores, "
+          f"{peak / 1e9:.0f} GFLOP/s float32 matmuls; add ~1 min if the tokenizer is not "
+          "cached)\n" + "\n".join(lines))
+
+
 def bench_circuits(n_layers: int = 2, n_heads: int = 12, d_head: int = 64, d_model: int = 768,
                    d_vocab: int = 50000, repeats: int = 5) -> dict:
   """Paper-scale circuit maths on random weights: best-of-``repeats`` seconds, compiled."""

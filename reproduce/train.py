@@ -37,7 +37,7 @@ from reproduce.weights import ModelConfig, Weights, init_weights
 # Fields that may change between a run and its resumption (they do not change the maths).
 RESUMABLE_CHANGES = ("train.log_every", "train.eval_every", "train.eval_windows",
                      "train.checkpoint_every", "train.keep_checkpoints", "data.cache_dir",
-                     "train.compute_dtype", "train.attention")
+                     "train.compute_dtype", "train.attention", "train.loss_block_elements")
 INDUCTION_PROBE_LENGTH = 50  # random tokens per half of the eval's repeated sequence
 
 
@@ -158,8 +158,8 @@ def plan_step(config, n_devices: int, platform: str, check_cudnn: bool = True) -
   if per_device % size:
     raise ValueError(f"train.micro_batch_size={size} must divide the per-device batch "
                      f"{per_device} (batch_size {t.batch_size} over {n_devices} devices)")
-  return StepPlan(dtype, attention, per_device // size, loss_block_elements(platform),
-                  tuple(reasons))
+  block = t.loss_block_elements or loss_block_elements(platform)
+  return StepPlan(dtype, attention, per_device // size, block, tuple(reasons))
 
 
 CPU_SLICE_TOKENS = 512  # tokens per gradient-accumulation slice on CPU (experiments/SPEED.md)
@@ -171,7 +171,10 @@ def micro_batches(config, n_devices: int, platform: str) -> int:
 
 
 def loss_block_elements(platform: str) -> int:
-  """Logits held at once by the chunked cross-entropy: cache-sized on CPU, larger elsewhere."""
+  """Logits held at once by the chunked cross-entropy (``train.loss_block_elements`` = 0):
+  cache-sized on CPU (2²⁰ floats = 4 MiB; 2¹⁸ was not measurably better, experiments/SPEED.md),
+  larger on
+  accelerators."""
   return 1 << 20 if platform == "cpu" else 1 << 26
 
 
