@@ -62,7 +62,7 @@ def bench_train(config, seconds: float = 15.0) -> dict:
   """Steady-state training throughput on random tokens (data loading excluded)."""
   from reproduce import train as tr  # pylint: disable=import-outside-toplevel
   m, t = config.model, config.train
-  peak = matmul_peak_flops()
+  peak = matmul_peak_flops(2048, 3)
   mesh = tr.data_mesh()
   tx = tr.make_optimizer(config)
   weights = tr.initial_weights(config)
@@ -319,7 +319,7 @@ def first_run_plan(names, preset: str, models_dir) -> str:
   from reproduce.experiment import config_hash  # pylint: disable=import-outside-toplevel
   from reproduce.figure import figure_config  # pylint: disable=import-outside-toplevel
   needed = sorted({m for n in names for m in figure_config(n, preset).models})
-  peak = matmul_peak_flops()
+  peak = matmul_peak_flops(2048, 3)
   lines, total = [], SECONDS_PER_FIGURE * len(names)
   for name in needed:
     c = load_config(f"{name}:{preset}")
