@@ -62,7 +62,7 @@ def bench_train(config, seconds: float = 15.0) -> dict:
   """Steady-state training throughput on random tokens (data loading excluded)."""
   from reproduce import train as tr  # pylint: disable=import-outside-toplevel
   m, t = config.model, config.train
-  peak = matmul_peak_flops(2048, 3)
+  peak = matmul_peak_flops()
   mesh = tr.data_mesh()
   tx = tr.make_optimizer(config)
   weights = tr.initial_weights(config)
