@@ -232,9 +232,11 @@ def compare_with_transformerlens(config, tl_python: str, rounds: int = 5,
   shape = {k: m[k] for k in ("n_layers", "d_model", "n_heads", "d_head", "d_vocab", "n_ctx")}
   shape |= {"batch_size": t.batch_size, "threads": threads}
   tokens_per_step = t.batch_size * m.n_ctx
-  with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+  worker_dir = tempfile.mkdtemp(prefix="tl-worker-")  # private: nothing else on its sys.path
+  worker = os.path.join(worker_dir, "tl_worker.py")
+  with open(worker, "w") as f:
     f.write(_TL_WORKER)
-  tl = subprocess.Popen([tl_python, f.name, json.dumps(shape)], stdin=subprocess.PIPE,
+  tl = subprocess.Popen([tl_python, "-I", worker, json.dumps(shape)], stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE, text=True)
   try:
     tl_info = json.loads(tl.stdout.readline() or "null")
@@ -278,7 +280,8 @@ def compare_with_transformerlens(config, tl_python: str, rounds: int = 5,
   finally:
     tl.stdin.close()
     tl.wait(timeout=60)
-    os.unlink(f.name)
+    os.unlink(worker)
+    os.rmdir(worker_dir)
   flops = model_flops_per_token(m)
   ours, theirs = max(our_rates), max(tl_rates)
   peak32, peak16 = max(peaks32), max(peaks16)
