@@ -190,6 +190,7 @@ def run(config, models, outdir):
         f"{plausible} of {L * H} heads; median lift per head: "
         f"{', '.join(f'{x:.1f}' for x in head_lift.ravel())}", {"lift": head_lift},
         plausible * 2 > L * H))
+    tok = lambda t: experiment.show_token(model.token_strings([t])[0], 24)
     examples = "; ".join(
         f"{b['head']}: {tok(b['source'])} … {tok(b['d1'])} → {tok(b['o1'])} (seen "
         f"{b['seen_d1_o1']}×) and … {tok(b['d2'])} → {tok(b['o2'])} ({b['seen_d2_o2']}×), but "
