@@ -154,7 +154,8 @@ class RunCheckpoints:
         meta = dict(self.resumable.restore(step, args=ocp.args.Composite(
             meta=ocp.args.JsonRestore()))["meta"])
       except Exception as e:  # pylint: disable=broad-except
-        self._move_aside(step, f"unreadable ({type(e).__name__}: {str(e)[:200]})", log)
+        self._move_aside(step, f"checkpoint {where} is unreadable ({type(e).__name__}: "
+                         f"{str(e)[:200]})", log)
         continue
       if check_meta is not None:
         check_meta(meta)  # a config mismatch propagates: nothing is moved
@@ -166,21 +167,23 @@ class RunCheckpoints:
         packed = {"weights": dict(restored["weights"]), "opt_state": restored["opt_state"]}
         verify_arrays(str(where), packed, meta)
       except CheckpointError as e:
-        self._move_aside(step, str(e).replace(f"checkpoint {where} ", ""), log)
+        self._move_aside(step, str(e), log)
         continue
       except Exception as e:  # pylint: disable=broad-except
-        self._move_aside(step, f"unreadable ({type(e).__name__}: {str(e)[:200]})", log)
+        self._move_aside(step, f"checkpoint {where} is unreadable ({type(e).__name__}: "
+                         f"{str(e)[:200]})", log)
         continue
       weights = _unpack(packed["weights"], weights_like.to_dict())
       opt_state = _unpack(packed["opt_state"], opt_state_like)
       return step, Weights.from_dict(weights), opt_state, meta
     return None
 
-  def _move_aside(self, step: int, reason: str, log: Callable[[str], None]) -> None:
+  def _move_aside(self, step: int, problem: str, log: Callable[[str], None]) -> None:
+    """Moves checkpoint ``step`` to ``unreadable-checkpoints/`` and logs ``problem`` (a sentence
+    naming it) and where it went."""
     source = self.workdir / "checkpoints" / str(step)
     aside = self.workdir / "unreadable-checkpoints" / f"{step}-{int(time.time())}"
-    log(f"WARNING: checkpoint {source} is {reason}; moved it to {aside} and trying the "
-        "previous one")
+    log(f"WARNING: {problem}; moved it to {aside} and trying the previous one")
     if jax.process_index() == 0:  # every process decides alike; one moves
       aside.parent.mkdir(exist_ok=True)
       source.rename(aside)
@@ -268,7 +271,8 @@ def load_checkpoint(path: Path, log: Callable[[str], None] = print) -> Tuple[Wei
     except CheckpointError as e:
       reason = str(e)
     except Exception as e:  # pylint: disable=broad-except
-      reason = f"checkpoint {directory / str(step)} is unreadable ({type(e).__name__}: {str(e)[:200]})"
+      reason = (f"checkpoint {directory / str(step)} is unreadable ({type(e).__name__}: "
+                f"{str(e)[:200]})")
     errors.append(f"step {step}: {reason}")
     log(f"WARNING: {reason}; trying the previous one")
   raise CheckpointError(f"no readable checkpoint in {directory}: " + "; ".join(errors))

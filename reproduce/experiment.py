@@ -118,9 +118,10 @@ def model_from_run(label: str, path, tokens: Optional[TokenizedCorpus] = None,
 
   The corpus measurements use the checkpoint's own tokenizer (the ``tokenizer.json`` of its work
   directory, or beside a weight file; without one, figures that need text say so) on the text
-  the user names: ``corpus`` (a corpus spec), else the default corpus.  Paths stored inside the
-  checkpoint (its training corpus, its cache, its tokenizer's cache entry) are shown, never
-  followed, and caches go where ``cache_dir`` or the environment says.
+  the user names: ``corpus`` (a corpus spec), else the default corpus, sampled with the
+  checkpoint's ``data.max_files`` and ``data.heldout_every``.  Paths stored inside the checkpoint
+  (its training corpus, its cache, its tokenizer's cache entry) are shown, never followed, and
+  caches go where ``cache_dir`` or the environment says.
   """
   path = Path(path)
   cfg, weights, meta = load_with_meta(path)
@@ -139,10 +140,10 @@ def model_from_run(label: str, path, tokens: Optional[TokenizedCorpus] = None,
         + ", ".join(f"data.{k}={v!r}" for k, v in shown.items())
         + f" (recorded in it, not read); measuring on corpus {spec!r}")
   if tokens is None and tokenizer_file is not None:
-    same = stored.get("corpus") == spec  # the same text: the same file sample and split
-    text = resolve_corpus(spec, jsonl_field=stored.get("jsonl_field", "text") if same else "text",
-                          max_files=stored.get("max_files", 0) if same else 0,
-                          heldout_every=stored.get("heldout_every", 20) if same else 20)
+    # The checkpoint's sampling settings (numbers, not paths) pick the files and the split.
+    text = resolve_corpus(spec, jsonl_field=str(stored.get("jsonl_field", "text")),
+                          max_files=int(stored.get("max_files", 0)),
+                          heldout_every=int(stored.get("heldout_every", 20)))
     tokens = prepare_tokens(text, cfg.d_vocab, cache_dir or None, log=log,
                             tokenizer_file=str(tokenizer_file))
   return Model(label=label, cfg=cfg, weights=weights, meta=meta, workdir=workdir, tokens=tokens)

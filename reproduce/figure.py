@@ -141,9 +141,9 @@ def write_index(workdir) -> Path:
 
 def main(argv):
   from absl import flags  # pylint: disable=import-outside-toplevel
-  from reproduce.train import USER_ERRORS, quiet_libraries  # pylint: disable=import-outside-toplevel
+  from reproduce import train  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
-  quiet_libraries(FLAGS.verbose)
+  train.quiet_libraries(FLAGS.verbose)
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
     sys.exit(2)
@@ -170,7 +170,7 @@ def main(argv):
     except Exception as e:  # pylint: disable=broad-except
       if FLAGS.verbose:
         raise
-      known = isinstance(e, USER_ERRORS + (experiment.FigureError, RuntimeError))
+      known = isinstance(e, train.USER_ERRORS + (experiment.FigureError, RuntimeError))
       print(f"error: figure {name}: {e if known else f'{type(e).__name__}: {e}'}"
             + ("" if known else " (run with --verbose for the traceback)"), file=sys.stderr)
       failures.append(name)

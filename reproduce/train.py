@@ -446,8 +446,10 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
             f"written with a different config ({'; '.join(diffs)}); nothing was changed: use "
             "the original config or a new --workdir")
 
-    ckpts = checkpoint.RunCheckpoints(workdir, keep=t.keep_checkpoints)
     had_checkpoints = checkpoint.checkpoint_steps(workdir / "checkpoints")
+    if not had_checkpoints and lead:
+      _set_aside_earlier_start(workdir, current, log)
+    ckpts = checkpoint.RunCheckpoints(workdir, keep=t.keep_checkpoints)
     restored = ckpts.restore_latest(weights, opt_state, log=log, check_meta=same_config)
     if restored is None and had_checkpoints:
       raise checkpoint.CheckpointError(
@@ -458,8 +460,6 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
     if restored is not None:
       start, weights, opt_state, _ = restored
       log(f"resuming {workdir} from step {start}")
-    elif lead:
-      _set_aside_earlier_start(workdir, current, log)
     if lead:
       shutil.copyfile(tokens.tokenizer_path, workdir / "tokenizer.json.tmp")
       os.replace(workdir / "tokenizer.json.tmp", workdir / "tokenizer.json")
