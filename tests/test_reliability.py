@@ -279,7 +279,7 @@ def test_installed_package_runs_readme_commands_from_elsewhere(tmp_path):
                    cwd=tmp_path).stdout.strip())
   import sysconfig  # pylint: disable=import-outside-toplevel
   (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # jax & co.
-  install = _run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q",
+  install = _run([python, "-m", "pip", "install", "--no-deps", "-q",
                   str(src)], cwd=tmp_path)
   assert install.returncode == 0, install.stderr[-3000:]
   assert (site / "reproduce" / "configs" / "attn2l.py").is_file()
