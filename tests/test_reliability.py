@@ -103,9 +103,10 @@ def test_second_run_in_a_workdir_is_refused_and_a_dead_holder_is_stale(cache_dir
                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
     deadline = time.time() + LIMIT
-    while time.time() < deadline and not (workdir / "metrics.jsonl").exists():
+    lock_file = workdir / "lock"
+    while time.time() < deadline and not (lock_file.exists() and lock_file.read_text()):
       assert first.poll() is None, "the first run ended early"
-      time.sleep(0.1)
+      time.sleep(0.05)
     second = _run(_cli(workdir, cache_dir, "--config.train.steps=100000",
                        "--config.train.checkpoint_every=100000"))
     assert second.returncode == 2
