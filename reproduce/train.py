@@ -332,13 +332,14 @@ def _saved_config_conflict(workdir: Path, current: dict) -> Optional[str]:
   """Why ``workdir`` cannot take ``current``, or None.  A run with no checkpoint yet never
   conflicts (its config.json is replaced); one with checkpoints must keep its config."""
   saved_config = workdir / "config.json"
-  if not saved_config.exists():
+  if not saved_config.exists() or not checkpoint.checkpoint_steps(workdir / "checkpoints"):
     return None
   saved = read_json_file(saved_config)
   if not isinstance(saved, dict):
-    raise ValueError(f"{saved_config} is not a config (a JSON object expected)")
+    raise ValueError(f"{saved_config} is not a config (a JSON object expected); it may be "
+                     "damaged: move it aside (the checkpoints also record the config)")
   diffs = _config_differences(saved, current)
-  if diffs and checkpoint.checkpoint_steps(workdir / "checkpoints"):
+  if diffs:
     return (f"{workdir} holds a run with a different config ({'; '.join(diffs)}); "
             "use a new --workdir or the original config")
   return None
@@ -374,7 +375,13 @@ def _set_aside_earlier_start(workdir: Path, current: dict, log: Callable[[str], 
   """Starting from step 0 in a work directory whose earlier start (another config) wrote no
   checkpoint: its snapshots and metrics would mix with ours, so they are moved aside, not lost."""
   saved_config = workdir / "config.json"
-  if not saved_config.exists() or not _config_differences(read_json_file(saved_config), current):
+  if not saved_config.exists():
+    return
+  try:
+    saved = read_json_file(saved_config)
+  except ValueError:
+    saved = None  # damaged: set aside with the rest
+  if isinstance(saved, dict) and not _config_differences(saved, current):
     return
   earlier = [p for p in (workdir / "snapshots", workdir / "metrics.jsonl",
                          workdir / "config.json") if p.exists()]
