@@ -37,14 +37,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from reproduce import checkpoint, data, scores
 from reproduce.config import apply_overrides, load_config, split_config_flags, validate
-from reproduce.corpus import resolve_corpus
+from reproduce.corpus import corpus_from_config
 from reproduce.model import forward, largest_divisor_at_most, mean_loss, token_losses
 from reproduce.tokenizer import TokenizedCorpus, prepare_tokens
 from reproduce.weights import ModelConfig, Weights, init_weights
 
 # Fields that may change between a run and its resumption (they do not change the maths).
 RESUMABLE_CHANGES = ("train.log_every", "train.eval_every", "train.eval_windows",
-                     "train.checkpoint_every", "train.keep_checkpoints", "data.cache_dir")
+                     "train.checkpoint_every", "train.keep_checkpoints", "data.cache_dir",
+                     "data.shard_tokens")
 INDUCTION_PROBE_LENGTH = 50  # random tokens per half of the eval's repeated sequence
 
 
@@ -424,9 +425,10 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
   if conflict:
     raise ValueError(conflict)
 
-  corpus = resolve_corpus(config.data.corpus, jsonl_field=config.data.jsonl_field,
-                          max_files=config.data.max_files, heldout_every=config.data.heldout_every)
-  tokens = prepare_tokens(corpus, cfg.d_vocab, config.data.cache_dir or None, log=log)
+  corpus = corpus_from_config(config.data)
+  tokens = prepare_tokens(corpus, cfg.d_vocab, config.data.cache_dir or None, log=log,
+                          sample_bytes=config.data.tokenizer_sample_bytes,
+                          shard_tokens=config.data.shard_tokens)
   data.train_batch(tokens.train, t.seed, 0, 1, cfg.n_ctx, tokens.bos_id)  # long enough for n_ctx?
   data.eval_windows(tokens.heldout, 1, cfg.n_ctx, tokens.bos_id)
 
@@ -495,7 +497,8 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
             f"{'none' if good is None else 'step ' + str(good)} in {workdir / 'checkpoints'}. "
             "Lower train.lr, raise train.warmup_steps or tighten train.grad_clip.")
 
-    pool = scores.frequency_band(tokens.train, cfg.d_vocab, exclude=(tokens.bos_id, tokens.eot_id))
+    pool = scores.frequency_band(tokens.train, cfg.d_vocab, exclude=(tokens.bos_id, tokens.eot_id),
+                                 counts=tokens.counts)
     probe_length = min(INDUCTION_PROBE_LENGTH, (cfg.n_ctx - 1) // 2, len(pool))
     probe = scores.repeated_sequences(pool, tokens.bos_id, probe_length, 2, 4, seed=12345)
 
