@@ -55,6 +55,9 @@ def base_config(n_layers: int) -> ml_collections.ConfigDict:
   c.train.steps = 2000  # optimiser steps
   c.train.batch_size = 16  # sequences per step (split over all devices)
   c.train.micro_batch_size = 0  # sequences per gradient-accumulation slice per device; 0: auto
+  c.train.compute_dtype = "auto"  # "float32", "bfloat16"; auto: per backend and CPU (logged)
+  c.train.loss_block_elements = 0  # logits per cross-entropy chunk; 0: auto (per platform)
+  c.train.attention = "auto"  # "explicit", "xla", "cudnn" (dot_product_attention); auto: logged
   c.train.lr = 1e-3  # peak learning rate
   c.train.warmup_steps = 100  # linear warmup from 0
   c.train.decay_fraction = 1.0  # cosine decay over this last fraction of steps; constant before
@@ -120,6 +123,12 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                 "checkpoint_every", "keep_checkpoints"):
     need(t[field] >= 1, f"train.{field}", t[field], "must be >= 1")
   need(t.micro_batch_size >= 0, "train.micro_batch_size", t.micro_batch_size, "must be >= 0")
+  need(t.compute_dtype in ("auto", "float32", "bfloat16"), "train.compute_dtype",
+       t.compute_dtype, "must be 'auto', 'float32' or 'bfloat16'")
+  need(t.attention in ("auto", "explicit", "xla", "cudnn"), "train.attention", t.attention,
+       "must be 'auto', 'explicit', 'xla' or 'cudnn'")
+  need(t.loss_block_elements >= 0, "train.loss_block_elements", t.loss_block_elements,
+       "must be >= 0")
   need(t.lr > 0, "train.lr", t.lr, "must be > 0")
   need(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "must be >= 0")
   need(0 < t.decay_fraction <= 1, "train.decay_fraction", t.decay_fraction, "must be in (0, 1]")
