@@ -7,7 +7,8 @@ parameters.  Per layer l and head h (row vectors, PAPER.md §1):
     A = softmax(causal(q kᵀ / sqrt(d_head)))          [dest, src]
     head output = A v W_O                             added to the residual stream x
 
-and logits = x W_U after the last layer.  On request the forward also returns every layer's
+and logits = x W_U after the last layer.  Biases (b_Q, b_K, b_V, b_O, b_U) are added where present,
+and with a norm every read of the stream is normalised first (see ``residual_stream``).  On request the forward also returns every layer's
 attention patterns and every head's output, and it accepts overrides: patterns to use instead of
 computing them, and per-head outputs to add to the residual stream instead of the computed ones
 (the computed ones are still returned).  Path expansion and term importance are built on these.
