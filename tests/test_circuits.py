@@ -51,6 +51,9 @@ def test_positivity_of_known_spectra():
   assert circuits.positivity(np.array([1.0, 2.0, 0.5])) == pytest.approx(1.0)
   assert circuits.positivity(np.array([-1.0, -3.0])) == pytest.approx(-1.0)
   assert circuits.positivity(np.array([1 + 1j, 1 - 1j])) == pytest.approx(2 / (2 * np.sqrt(2)))
+  assert np.isnan(circuits.positivity(np.array([np.nan, 1.0])))  # NaN stays NaN, never 0
+  assert circuits.positivity(np.zeros(3)) == 0  # no nonzero eigenvalue: 0 by convention
+  np.testing.assert_array_equal(np.isnan(circuits.positivity(np.full((2, 3), np.nan))), True)
   _, w = random_model(n_layers=1, n_heads=2, d_model=12, d_head=4, d_vocab=23)
   copying = w.replace(W_O=np.swapaxes(np.asarray(w.W_V), -1, -2)[None][0] * 1.0,
                       W_U=np.asarray(w.W_E).T)  # W_E W_V W_Vᵀ W_Eᵀ is positive semi-definite
