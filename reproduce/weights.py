@@ -260,6 +260,8 @@ def fold_layer_norm(w: Weights) -> Weights:
   """
   if w.ln_gain is None:
     return w
+  if w.ln_bias is not None or w.ln_final_bias is not None:
+    raise ValueError("fold_layer_norm folds gains only; use fold_for_analysis for LN biases")
   D = w.d_model
   centre = jnp.eye(D) - jnp.ones((D, D)) / D
   fold = lambda gain: centre * gain[None, :]  # (I − 11ᵀ/d) diag(γ)

@@ -234,3 +234,23 @@ def test_missing_and_corrupt_files(tmp_path):
   (tmp_path / "bad.safetensors").write_bytes(b"garbage")
   with pytest.raises(WeightFormatError, match="not a readable .safetensors"):
     reproduce.load(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"blocks.0.attn.W_V": np.full((2, 10, 3), np.nan, np.float32)}, "non-finite values"),
+    ({"embed.W_E": np.zeros((17, 10), np.int32)}, "dtype int32, expected floating point"),
+    ({"ln_final.w": np.ones(10, np.float32)}, "layer-norm weights"),
+    ({"blocks.0.attn.mask": np.ones((8, 8), bool)}, "not a causal mask"),
+])
+def test_bad_tensors_are_refused(change, message):
+  config, state = tl_model(1, norm=None)
+  state.update(change)
+  with pytest.raises(WeightFormatError, match=message):
+    tl_format.from_state_dict(state, config)
+
+
+def test_missing_weight_is_named():
+  config, state = tl_model(2, norm="LN")
+  del state["blocks.1.ln1.w"]
+  with pytest.raises(WeightFormatError, match=r"missing weight blocks\.1\.ln1\.w"):
+    tl_format.from_state_dict(state, config)
