@@ -30,11 +30,13 @@ def with_random_biases(w, seed, norm_bias=True):
 
 
 @pytest.mark.parametrize("n_layers, pos, pos_after_norm, norm", [
-    (0, "standard", False, "ln"), (1, "shortformer", False, "none"),
-    (2, "standard", False, "none"), (1, "shortformer", True, "lnpre"),
+    (0, "standard", False, "ln"), (1, "shortformer", True, "lnpre"),
     (4, "shortformer", False, "ln"), (4, "shortformer", True, "ln"),
-    (4, "standard", False, "ln"), (4, "shortformer", False, "none"),
-    (4, "standard", False, "lnpre")])
+    (4, "standard", False, "ln"),
+    pytest.param(1, "shortformer", False, "none", marks=pytest.mark.slow),
+    pytest.param(2, "standard", False, "none", marks=pytest.mark.slow),
+    pytest.param(4, "shortformer", False, "none", marks=pytest.mark.slow),
+    pytest.param(4, "standard", False, "lnpre", marks=pytest.mark.slow)])
 def test_forward_matches_numpy_reference(n_layers, pos, pos_after_norm, norm):
   cfg, w = random_model(n_layers=n_layers, pos=pos, norm=norm, seed=n_layers,
                         pos_after_norm=pos_after_norm, eps=1e-4)
