@@ -41,7 +41,8 @@ def _tl_phase(out: Path) -> None:
   import numpy as np  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
   from safetensors.torch import save_file  # pylint: disable=import-outside-toplevel
-  from transformer_lens import HookedTransformer, HookedTransformerConfig  # pylint: disable=import-outside-toplevel
+  from transformer_lens import (  # pylint: disable=import-outside-toplevel
+      HookedTransformer, HookedTransformerConfig)
 
   torch.manual_seed(0)
   for name, arch in MODELS.items():
@@ -58,7 +59,8 @@ def _tl_phase(out: Path) -> None:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"))
     (directory / "config.json").write_text(json.dumps(cfg.to_dict(), default=str, indent=1))
-    tokens = torch.randint(0, cfg.d_vocab, (3, cfg.n_ctx), generator=torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, cfg.d_vocab, (3, cfg.n_ctx), generator=generator)
     ref = {"tokens": tokens.numpy()}
     with torch.no_grad():
       logits, cache = model.run_with_cache(tokens)

@@ -153,6 +153,9 @@ def main(argv):
     print(f"error: {UnknownFigure(FLAGS.name)}\n\n{describe()}", file=sys.stderr)
     sys.exit(2)
   loaded: Dict[str, experiment.Model] = {}
+  if not FLAGS.checkpoint:
+    from reproduce.bench import first_run_plan  # pylint: disable=import-outside-toplevel
+    print(first_run_plan(names, FLAGS.preset, FLAGS.models_dir or Path(FLAGS.workdir) / "models"))
   started, failures = time.time(), []
   for name in names:
     try:

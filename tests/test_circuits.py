@@ -182,8 +182,8 @@ def test_biases_as_weights_gives_identical_logits_and_every_circuit_runs():
     cfg1, w1 = biases_as_weights(cfg, w)
     assert cfg1.d_model == 13 and not w1.has_biases
     tokens = rng.integers(0, cfg.d_vocab, (2, cfg.n_ctx))
-    (logits, ex), (logits1, ex1) = (forward(c, x, tokens, return_patterns=True,
-                                            return_residual=True) for c, x in ((cfg, w), (cfg1, w1)))
+    run = lambda c, x: forward(c, x, tokens, return_patterns=True, return_residual=True)
+    (logits, ex), (logits1, ex1) = run(cfg, w), run(cfg1, w1)
     np.testing.assert_allclose(logits1, logits, rtol=1e-5, atol=1e-5 * np.abs(logits).max())
     np.testing.assert_allclose(ex1["patterns"], ex["patterns"], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(ex1["residual"][..., -1], 1.0)  # the constant dimension
@@ -205,7 +205,8 @@ def test_biases_as_weights_gives_identical_logits_and_every_circuit_runs():
 
 
 def test_circuits_refuse_weights_with_layer_norm_gains():
-  from reproduce.weights import UnfoldedLayerNormError, fold_for_analysis  # pylint: disable=import-outside-toplevel
+  from reproduce.weights import (  # pylint: disable=import-outside-toplevel
+      UnfoldedLayerNormError, fold_for_analysis)
   cfg, w = random_model(n_layers=2, norm="ln")
   for f in (circuits.ov_eigenvalues, circuits.qk_eigenvalues, circuits.positional_qk,
             lambda x: circuits.composition_scores(x, "k"), lambda x: circuits.skip_trigrams(x, [1]),

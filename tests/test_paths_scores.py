@@ -80,7 +80,8 @@ def test_path_expansion_sums_to_the_logits(n_layers, pos, norm, biases):
 
 
 def test_three_layer_chain_and_constants_match_a_hand_computation():
-  """Plain NumPy (row vectors): the chain (0, h0) → (1, h1) → (2, h2) and the direct path with biases."""
+  """Plain NumPy (row vectors): the chain (0, 1) → (1, 1) → (2, 0) and the direct path, biases
+  included."""
   cfg, w = random_model(n_layers=3, n_heads=2, pos="standard", seed=4)
   w = _with_biases(cfg, w, 4)
   tokens = np.random.default_rng(4).integers(0, cfg.d_vocab, (1, cfg.n_ctx))
