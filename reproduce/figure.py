@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import html
-import importlib
 import json
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 from reproduce import experiment
+from reproduce.config import project_module
 
 FIGURES = ("bigram", "skip_trigrams", "positional_heads", "ov_eigenvalues", "eigen_hist",
            "composition_scores", "induction_attention", "ov_qk_scatter", "term_importance",
@@ -35,15 +35,17 @@ class UnknownFigure(ValueError):
 
 
 def figure_module(name: str):
+  """``experiments/<name>.py`` (installed as ``reproduce.experiments.<name>``)."""
   if name not in FIGURES:
     raise UnknownFigure(name)
-  return importlib.import_module(f"experiments.{name}")
+  return project_module("experiments", name)
 
 
 def figure_config(name: str, preset: str):
+  """``configs/<name>.py``'s config for ``preset`` (installed as ``reproduce.configs.<name>``)."""
   if name not in FIGURES:
     raise UnknownFigure(name)
-  return importlib.import_module(f"configs.{name}").get_config(preset)
+  return project_module("configs", name).get_config(preset)
 
 
 def describe() -> str:
@@ -53,7 +55,8 @@ def describe() -> str:
 def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: Optional[str] = None,
                 models_dir: Optional[str] = None, cache_dir: Optional[str] = None,
                 log: Callable[[str], None] = print,
-                loaded: Optional[Dict[str, experiment.Model]] = None) -> dict:
+                loaded: Optional[Dict[str, experiment.Model]] = None,
+                corpus: Optional[str] = None) -> dict:
   """Makes one figure; returns its claims summary.  ``loaded`` caches models across figures."""
   module, config = figure_module(name), figure_config(name, preset)
   workdir = Path(workdir)
@@ -63,7 +66,8 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
     key = f"checkpoint:{checkpoint}"
     if key not in loaded:
       loaded[key] = experiment.model_from_run(Path(checkpoint).name or str(checkpoint),
-                                              checkpoint, cache_dir=cache_dir, log=log)
+                                              checkpoint, cache_dir=cache_dir, log=log,
+                                              corpus=corpus)
     models = {loaded[key].label: loaded[key]}
   else:
     models = {}
@@ -136,9 +140,10 @@ def write_index(workdir) -> Path:
 
 
 def main(argv):
-  from absl import flags, logging  # pylint: disable=import-outside-toplevel
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from reproduce import train  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
-  logging.set_verbosity(logging.WARNING)
+  train.quiet_libraries(FLAGS.verbose)
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
     sys.exit(2)
@@ -152,6 +157,10 @@ def main(argv):
   if FLAGS.name and FLAGS.name not in FIGURES:
     print(f"error: {UnknownFigure(FLAGS.name)}\n\n{describe()}", file=sys.stderr)
     sys.exit(2)
+  if FLAGS.corpus and not FLAGS.checkpoint:
+    print("error: --corpus chooses the text a --checkpoint is measured on; give --checkpoint too",
+          file=sys.stderr)
+    sys.exit(2)
   loaded: Dict[str, experiment.Model] = {}
   if not FLAGS.checkpoint:
     from reproduce.bench import first_run_plan  # pylint: disable=import-outside-toplevel
@@ -160,9 +169,13 @@ def main(argv):
   for name in names:
     try:
       make_figure(name, FLAGS.preset, FLAGS.workdir, FLAGS.checkpoint, FLAGS.models_dir,
-                  loaded=loaded)
-    except (experiment.FigureError, ValueError, FileNotFoundError, RuntimeError) as e:
-      print(f"error: figure {name}: {e}", file=sys.stderr)
+                  loaded=loaded, corpus=FLAGS.corpus)
+    except Exception as e:  # pylint: disable=broad-except
+      if FLAGS.verbose:
+        raise
+      known = isinstance(e, train.USER_ERRORS + (experiment.FigureError, RuntimeError))
+      print(f"error: figure {name}: {e if known else f'{type(e).__name__}: {e}'}"
+            + ("" if known else " (run with --verbose for the traceback)"), file=sys.stderr)
       failures.append(name)
   if FLAGS.all:
     print(f"wrote {write_index(FLAGS.workdir)}")
@@ -181,6 +194,10 @@ def run_cli():
   flags.DEFINE_string("models_dir", None, "trained-model cache (default <workdir>/models)")
   flags.DEFINE_string("checkpoint", None, "analyse this work dir, checkpoint step or "
                       "TransformerLens .npz/.safetensors instead of training")
+  flags.DEFINE_string("corpus", None, "with --checkpoint: the text to measure it on (a corpus "
+                      "spec, as data.corpus); default: the standard library.  Paths stored in a "
+                      "checkpoint are shown, never read")
+  flags.DEFINE_bool("verbose", False, "library logs on stderr and tracebacks on errors")
   app.run(main)
 
 
