@@ -2,6 +2,7 @@
 
     import reproduce
     config, weights = reproduce.load("runs/attn2l")          # or a TransformerLens .npz/.safetensors
+                                                             # (analysis-ready; fold=False: raw)
     logits, extras = reproduce.forward(config, weights, tokens, return_patterns=True)
 """
 

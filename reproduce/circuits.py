@@ -5,14 +5,19 @@ Convention: row vectors (PAPER.md §1).  Per head
     W_QK = W_Q W_Kᵀ   [d_model, d_model]   score(dest i, src j) = x_i W_QK x_jᵀ / sqrt(d_head)
     W_OV = W_V W_O    [d_model, d_model]   a head adds Σ_j A_ij x_j W_OV to position i
 
-The paper's (column-vector) matrices are the transposes; Frobenius norms and eigenvalues agree.
-Full circuits go through the embedding and unembedding:
+The paper's column-vector W_OV is the transpose of ours (same Frobenius norm and eigenvalues);
+its W_QK = W_Qᵀ W_K is the same matrix as our W_Q W_Kᵀ.  Full circuits go through the embedding
+and unembedding:
 
     QK circuit  W_E W_QK W_Eᵀ   [vocab, vocab]   entry [dest token, src token] = attention score
     OV circuit  W_E W_OV W_U    [vocab, vocab]   entry [src token, out token]  = logit change
 
-For a model with layer norm (``norm="ln"``), fold it first with
-``reproduce.weights.fold_layer_norm``: the circuits are then exact up to the per-token 1/σ.
+Biases are left out, as TransformerLens's circuits leave them out: b_Q, b_K add terms to the
+scores, b_O and b_U constant vectors (``weights.biases_as_weights`` turns a no-norm model with
+biases into an equivalent bias-free one whose circuits include them).  A model with layer norm
+must be folded first (``reproduce.load`` does it; ``weights.fold_for_analysis``): the circuits
+are then exact up to the per-token 1/σ, and every function here raises
+``weights.UnfoldedLayerNormError`` on weights that still carry layer-norm gains.
 
 Low-rank matrices stay factored (``Factored(left, right)`` stands for ``left @ right``): rows,
 columns, top-k entries, norms and eigenvalues are all computed at the narrow side, so no
@@ -29,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reproduce.weights import Weights
+from reproduce.weights import Weights, require_folded
 
 
 class Factored(NamedTuple):
@@ -86,8 +91,8 @@ def positivity(eigenvalues) -> np.ndarray:
   """
   lam = np.asarray(eigenvalues)
   total = np.abs(lam).sum(-1)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    return np.where(total > 0, lam.real.sum(-1) / total, 0.0)
+  with np.errstate(invalid="ignore", divide="ignore"):  # NaN eigenvalues stay NaN
+    return np.where(total != 0, lam.real.sum(-1) / total, 0.0)
 
 
 def qk_circuit(w: Weights, full: bool = True) -> Factored:
@@ -96,6 +101,7 @@ def qk_circuit(w: Weights, full: bool = True) -> Factored:
   full=False: W_QK = W_Q W_Kᵀ [d_model, d_model].  full=True: W_E W_QK W_Eᵀ [vocab, vocab],
   entry [dest token, src token] (the token-token term; positions add separate terms, below).
   """
+  require_folded(w)
   if not full:
     return Factored(w.W_Q, jnp.swapaxes(w.W_K, -1, -2))
   return Factored(jnp.einsum("vd,lhde->lhve", w.W_E, w.W_Q),
@@ -108,6 +114,7 @@ def ov_circuit(w: Weights, full: bool = True) -> Factored:
   full=False: W_OV = W_V W_O [d_model, d_model].  full=True: W_E W_OV W_U [vocab, vocab], entry
   [src token, out token] = the logit change of ``out`` per unit of attention to ``src``.
   """
+  require_folded(w)
   if not full:
     return Factored(w.W_V, w.W_O)
   return Factored(jnp.einsum("vd,lhde->lhve", w.W_E, w.W_V),
@@ -121,6 +128,7 @@ def positional_qk(w: Weights) -> jax.Array:
   Entry [dest position, src position]; with "shortformer" positions this is the whole positional
   part of a layer-0 score (plus the two token–position cross terms, ``token_position_qk``).
   """
+  require_folded(w)
   q = jnp.einsum("td,lhde->lhte", w.W_pos, w.W_Q)
   k = jnp.einsum("sd,lhde->lhse", w.W_pos, w.W_K)
   return jnp.einsum("lhte,lhse->lhts", q, k) / jnp.sqrt(jnp.float32(w.d_head))
@@ -131,6 +139,7 @@ def token_position_qk(w: Weights) -> Tuple[Factored, Factored]:
 
   W_E W_QK W_posᵀ [L, H, vocab, n_ctx] and W_pos W_QK W_Eᵀ [L, H, n_ctx, vocab], unscaled.
   """
+  require_folded(w)
   tok_q = jnp.einsum("vd,lhde->lhve", w.W_E, w.W_Q)
   pos_q = jnp.einsum("td,lhde->lhte", w.W_pos, w.W_Q)
   return (Factored(tok_q, jnp.einsum("lhde,td->lhet", w.W_K, w.W_pos)),
@@ -140,6 +149,7 @@ def token_position_qk(w: Weights) -> Tuple[Factored, Factored]:
 def positional_attention(w: Weights, n_ctx: int = 0) -> jax.Array:
   """Causal softmax of ``positional_qk`` alone: the pattern a head would have if only positions
   mattered, [L, H, T, T] (T = n_ctx or the model's context)."""
+  require_folded(w)
   scores = positional_qk(w)
   T = n_ctx or scores.shape[-1]
   scores = scores[..., :T, :T]
@@ -152,6 +162,7 @@ def unembed_embed(w: Weights) -> jax.Array:
   """W_U W_E [d_model, d_model]: the one contraction over the vocabulary that the full OV
   eigenvalues need, shared by every head.  Jitted alone: fused with the per-head products, XLA
   lays it out for them and transposes a vocab-sized operand (about 1.5× slower on CPU)."""
+  require_folded(w)
   return w.W_U @ w.W_E
 
 
@@ -166,6 +177,7 @@ def ov_eigen_matrices(w: Weights, full: bool = True) -> jax.Array:
   full: W_O (W_U W_E) W_V, the low-rank swap of (W_E W_V)(W_O W_U), with W_U W_E computed once
   for all heads.  plain: W_O W_V, the swap of W_V W_O.  Shape [L, H, d_head, d_head].
   """
+  require_folded(w)
   if not full:
     return w.W_O @ w.W_V
   return _sandwich(w.W_O, unembed_embed(w), w.W_V)
@@ -176,6 +188,7 @@ def qk_eigen_matrices(w: Weights, full: bool = True) -> jax.Array:
 
   full: W_Kᵀ (W_Eᵀ W_E) W_Q, the swap of (W_E W_Q)(W_Kᵀ W_Eᵀ); plain: W_Kᵀ W_Q.
   """
+  require_folded(w)
   keys = jnp.swapaxes(w.W_K, -1, -2)
   if not full:
     return keys @ w.W_Q
@@ -185,6 +198,7 @@ def qk_eigen_matrices(w: Weights, full: bool = True) -> jax.Array:
 @jax.jit
 def embed_gram(w: Weights) -> jax.Array:
   """W_Eᵀ W_E [d_model, d_model], shared by the full QK and K-composition eigenvalues."""
+  require_folded(w)
   return w.W_E.T @ w.W_E
 
 
@@ -255,6 +269,7 @@ def composition_scores(w: Weights, kind: str, permuted: bool = False) -> jax.Arr
   zero unless l1 < l2 (a head reads only what earlier layers wrote).  ``permuted=True`` gives
   the erratum variant (FW's original figure 19).
   """
+  require_folded(w)
   L, H = w.n_layers, w.n_heads
   Ay, By = _reader_factors(w, kind)
   out = jnp.zeros((L, H, L, H), jnp.float32)
@@ -290,6 +305,7 @@ def k_composition_qk_matrices(w: Weights, prev_layer: int, prev_head: int) -> ja
   eigenvalues are those of W_Kᵀ W_Oᵖᵀ W_Vᵖᵀ (W_Eᵀ W_E) W_Q.  Returns [L, H, d_head, d_head];
   layers ≤ prev_layer are NaN.
   """
+  require_folded(w)
   written = w.W_V[prev_layer, prev_head] @ w.W_O[prev_layer, prev_head]  # W_OV^p [D, D]
   mats = _sandwich(jnp.swapaxes(w.W_K, -1, -2), written.T @ embed_gram(w), w.W_Q)
   later = jnp.arange(w.n_layers) > prev_layer
@@ -318,6 +334,7 @@ def skip_trigrams(w: Weights, source_tokens, k: int = 10):
   it raises.  Returns dict of arrays [L, H, n_src, k]: dest_tokens, dest_scores, out_tokens,
   out_logits.  Only the rows/columns asked for are computed.
   """
+  require_folded(w)
   src = jnp.asarray(source_tokens)
   dest_scores, dest_tokens = qk_circuit(w, full=True).top_k_in_columns(src, k)
   dest_scores = dest_scores / jnp.sqrt(jnp.float32(w.d_head))

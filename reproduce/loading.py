@@ -8,17 +8,27 @@ from typing import Optional, Tuple
 import jax.numpy as jnp
 
 from reproduce import checkpoint, tl_format
-from reproduce.weights import ModelConfig, Weights, check_weights
+from reproduce.weights import ModelConfig, Weights, check_weights, fold_for_analysis
 
 
-def load_with_meta(path, tl_config: Optional[dict] = None) -> Tuple[ModelConfig, Weights, dict]:
+def load_with_meta(path, tl_config: Optional[dict] = None, fold: bool = True
+                   ) -> Tuple[ModelConfig, Weights, dict]:
   """(architecture, weights, meta) from any weight source.
 
   ``path`` may be a training work directory (its newest readable checkpoint), one checkpoint or
-  snapshot step directory, or a TransformerLens-format ``.npz`` / ``.safetensors`` file.
+  snapshot step directory, or a TransformerLens-format ``.npz`` / ``.safetensors`` file (with
+  its architecture in a ``config.json`` beside it, see ``tl_format``).
   ``meta`` holds the step, tokens seen, training config and tokenizer reference of our
   checkpoints; for weight files it holds ``{"source": "transformer_lens"}`` (plus the tokenizer
   path when a ``tokenizer.json`` lies beside the file).
+
+  ``fold=True`` (the default) returns analysis-ready weights, processed as TransformerLens's
+  default loading does (``weights.fold_for_analysis``): the same function up to a per-position
+  logit constant, and every circuit number equals a TransformerLens user's.  ``meta["folded"]``
+  says whether the layer norm is folded (True also for models without one); it is False only for
+  ``fold=False`` or a model whose ``config.foldable`` is False (layer norm with shortformer
+  positions added after it), and then ``meta["fold_problem"]`` says why.  Such weights keep
+  their gains, and the circuit functions refuse them.  ``fold=False`` gives the raw weights.
   """
   path = Path(path)
   if path.is_file() or path.suffix in (".npz", ".safetensors") + tl_format.PICKLE_SUFFIXES:
@@ -36,16 +46,26 @@ def load_with_meta(path, tl_config: Optional[dict] = None) -> Tuple[ModelConfig,
         break
   weights = Weights.from_dict({k: jnp.asarray(v, jnp.float32) for k, v in weights.to_dict().items()})
   check_weights(cfg, weights)
+  meta["folded"] = not weights.has_norm_parameters
+  if fold and not cfg.foldable:
+    meta["fold_problem"] = (
+        "layer norm with shortformer positions added after it (LN(x) + W_pos feeds W_Q and W_K): "
+        "its gain cannot be folded into the weights, so circuit analysis would not be exact")
+  elif fold:
+    cfg, weights = fold_for_analysis(cfg, weights)
+    meta["folded"] = True
   return cfg, weights, meta
 
 
-def load(path, tl_config: Optional[dict] = None) -> Tuple[ModelConfig, Weights]:
-  """(architecture, weights) from a work directory, a checkpoint step or a TL-format file."""
-  cfg, weights, _ = load_with_meta(path, tl_config)
+def load(path, tl_config: Optional[dict] = None, fold: bool = True
+         ) -> Tuple[ModelConfig, Weights]:
+  """(architecture, weights) from a work directory, a checkpoint step or a TL-format file;
+  analysis-ready (folded) unless ``fold=False`` (see ``load_with_meta``)."""
+  cfg, weights, _ = load_with_meta(path, tl_config, fold)
   return cfg, weights
 
 
-def weights_of(source, tl_config: Optional[dict] = None) -> Weights:
+def weights_of(source, tl_config: Optional[dict] = None) -> Weights:  # folded when loaded
   """The stacked weight pytree of a model object, a ``Weights``, or anything ``load`` reads."""
   from reproduce.model import AttentionOnlyTransformer  # pylint: disable=import-outside-toplevel
   if isinstance(source, Weights):

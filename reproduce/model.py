@@ -7,9 +7,11 @@ parameters.  Per layer l and head h (row vectors, PAPER.md §1):
     A = softmax(causal(q kᵀ / sqrt(d_head)))          [dest, src]
     head output = A v W_O                             added to the residual stream x
 
-and logits = x W_U after the last layer.  On request the forward also returns every layer's
-attention patterns and every head's output, and it accepts overrides: patterns to use instead of
-computing them, and per-head outputs to add to the residual stream instead of the computed ones
+and logits = x W_U after the last layer.  Biases (b_Q, b_K, b_V, b_O, b_U) are added where
+present, and with a norm every read of the stream is normalised first (see ``residual_stream``).
+On request the forward also returns every layer's attention patterns and every head's output,
+and it accepts overrides: patterns to use instead of computing them, and per-head outputs to add
+to the residual stream instead of the computed ones
 (the computed ones are still returned).  Path expansion and term importance are built on these.
 """
 
@@ -27,10 +29,30 @@ from reproduce.weights import ModelConfig, Weights, init_weights
 _MASKED = -1e30  # finite, so a fully masked row would give a uniform pattern instead of NaN
 
 
-def layer_norm(x: jax.Array, gain: jax.Array, eps: float = 1e-5) -> jax.Array:
-  """(x − mean) / sqrt(var + eps) · gain over the last axis (no bias)."""
+def layer_norm(x: jax.Array, gain: jax.Array, eps: float = 1e-5, bias=None) -> jax.Array:
+  """(x − mean) / sqrt(var + eps) · gain (+ bias) over the last axis."""
   x = x - x.mean(-1, keepdims=True)
-  return x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + eps) * gain
+  y = x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + eps) * gain
+  return y if bias is None else y + bias
+
+
+def norm_scale(x: jax.Array, eps: float) -> jax.Array:
+  """The per-token scale sqrt(var(x) + eps) that a layer norm divides by, [..., 1]."""
+  x = x - x.mean(-1, keepdims=True)
+  return jnp.sqrt((x * x).mean(-1, keepdims=True) + eps)
+
+
+def _normalise(cfg: ModelConfig, x, gain, bias, scale=None):
+  """The model's norm of ``x`` ("none": x itself); ``scale`` [..., 1] replaces sqrt(var + eps)."""
+  if cfg.norm == "none":
+    return x
+  centred = x - x.mean(-1, keepdims=True)
+  y = centred / (norm_scale(x, cfg.eps) if scale is None else scale)
+  if cfg.norm == "ln":
+    y = y * gain
+    if bias is not None:
+      y = y + bias
+  return y
 
 
 def attention_pattern(q: jax.Array, k: jax.Array, compute_dtype=None) -> jax.Array:
@@ -55,12 +77,28 @@ def _einsum(spec: str, a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
                     preferred_element_type=jnp.float32)
 
 
+def _layer(a, index):
+  return None if a is None else a[index]
+
+
 def residual_stream(cfg: ModelConfig, w: Weights, tokens: jax.Array, patterns=None,
                     head_outputs=None, keep_patterns: bool = False, keep_head_outputs: bool = False,
-                    *, compute_dtype=None, attention: str = "explicit"):
-  """Runs every layer; returns (final stream [B, T, D] before any final norm, patterns, outputs).
+                    *, norm_scales=None, keep_norm_scales: bool = False, compute_dtype=None,
+                    attention: str = "explicit"):
+  """Runs every layer; returns (final stream [B, T, D] before any final norm, patterns, outputs),
+  plus the list of norm scales as a fourth item when ``keep_norm_scales``.
 
   ``patterns`` / ``outputs`` are per-layer lists, filled only when asked for (or overridden).
+  Per layer l (row vectors, ``N`` the model's norm, b_* zero when absent):
+
+      x_qk = N(x + W_pos) (shortformer, pos_after_norm=False) | N(x) + W_pos (shortformer,
+             pos_after_norm=True) | N(x) (standard);   x_v = N(x)
+      q = x_qk W_Q + b_Q,  k = x_qk W_K + b_K,  v = x_v W_V + b_V
+      x ← x + Σ_h A_h v_h W_O^h + b_O        (b_O is not part of any head's output)
+
+  ``norm_scales`` (per-layer list or [L, B, T, 1]) replaces the per-token sqrt(var + eps) by
+  which N divides the residual stream x (frozen scales, as for term importance); the scale of
+  N(x + W_pos) is never frozen.  ``keep_norm_scales`` returns the scales used ([B, T, 1] each).
 
   Training options (analysis keeps the defaults: float32, explicit patterns):
     compute_dtype: None (float32 throughout) or e.g. ``jnp.bfloat16``: every matmul and the
@@ -82,27 +120,39 @@ def residual_stream(cfg: ModelConfig, w: Weights, tokens: jax.Array, patterns=No
   if cfg.pos == "standard":
     x = x + pos
   per_head = keep_head_outputs or head_outputs is not None
-  all_patterns, all_outputs = [], []
+  all_patterns, all_outputs, all_scales = [], [], []
+  add_bias = lambda a, b, l: a if b is None else a + b[l][None, :, None, :]  # a [B, H, T, E]
   for l in range(cfg.n_layers):
-    qk_in = x + pos if cfg.pos == "shortformer" else x
-    v_in = x
-    if cfg.norm == "ln":
-      qk_in, v_in = layer_norm(qk_in, w.ln_gain[l]), layer_norm(v_in, w.ln_gain[l])
+    gain, bias = _layer(w.ln_gain, l), _layer(w.ln_bias, l)
+    scale = None
+    if cfg.norm != "none":
+      scale = norm_scale(x, cfg.eps) if norm_scales is None else norm_scales[l]
+      all_scales.append(scale)
+    v_in = _normalise(cfg, x, gain, bias, scale)
+    if cfg.pos != "shortformer":
+      qk_in = v_in
+    elif cfg.positions_after_norm:
+      qk_in = v_in + pos
+    else:
+      qk_in = _normalise(cfg, x + pos, gain, bias)
     if attention != "explicit":
-      q, k, v = (_einsum("btd,hde->bthe", a, W[l], dt)
-                 for a, W in ((qk_in, w.W_Q), (qk_in, w.W_K), (v_in, w.W_V)))
+      q, k, v = (_einsum("btd,hde->bthe", a, W[l], dt) + (0.0 if b is None else b[l])
+                 for a, W, b in ((qk_in, w.W_Q, w.b_Q), (qk_in, w.W_K, w.b_K),
+                                 (v_in, w.W_V, w.b_V)))
       cast = (lambda a: a.astype(dt)) if dt is not None else (lambda a: a)
       z = jax.nn.dot_product_attention(cast(q), cast(k), cast(v), is_causal=True,
                                        implementation=attention)  # [B, T, H, E]
       x = x + _einsum("bthe,hed->btd", z, w.W_O[l], dt)
+      if w.b_O is not None:
+        x = x + w.b_O[l]
       continue
     if patterns is None:
-      q = _einsum("btd,hde->bhte", qk_in, w.W_Q[l], dt)
-      k = _einsum("btd,hde->bhte", qk_in, w.W_K[l], dt)
+      q = add_bias(_einsum("btd,hde->bhte", qk_in, w.W_Q[l], dt), w.b_Q, l)
+      k = add_bias(_einsum("btd,hde->bhte", qk_in, w.W_K[l], dt), w.b_K, l)
       A = attention_pattern(q, k, dt)
     else:
       A = patterns[l]
-    v = _einsum("btd,hde->bhte", v_in, w.W_V[l], dt)
+    v = add_bias(_einsum("btd,hde->bhte", v_in, w.W_V[l], dt), w.b_V, l)
     z = _einsum("bhts,bhse->bhte", A, v, dt)
     if per_head:
       out = jnp.einsum("bhte,hed->bhtd", z, w.W_O[l])  # each head's write, [B, H, T, D]
@@ -111,26 +161,45 @@ def residual_stream(cfg: ModelConfig, w: Weights, tokens: jax.Array, patterns=No
         all_outputs.append(out)
     else:
       x = x + _einsum("bhte,hed->btd", z, w.W_O[l], dt)
+    if w.b_O is not None:
+      x = x + w.b_O[l]
     if keep_patterns:
       all_patterns.append(A)
+  if keep_norm_scales:
+    if cfg.norm != "none":
+      all_scales.append(norm_scale(x, cfg.eps) if norm_scales is None
+                        else norm_scales[cfg.n_layers])
+    return x, all_patterns, all_outputs, all_scales
   return x, all_patterns, all_outputs
 
 
-def unembed_input(cfg: ModelConfig, w: Weights, x: jax.Array) -> jax.Array:
-  """What W_U reads: the final stream, after the final layer norm when there is one."""
-  return layer_norm(x, w.ln_final) if cfg.norm == "ln" else x
+def unembed_input(cfg: ModelConfig, w: Weights, x: jax.Array, scale=None) -> jax.Array:
+  """What W_U reads: the final stream, after the final norm when there is one (``scale``
+  replaces its sqrt(var + eps))."""
+  return _normalise(cfg, x, w.ln_final, w.ln_final_bias, scale)
+
+
+def unembed(cfg: ModelConfig, w: Weights, x: jax.Array, scale=None) -> jax.Array:
+  """Logits N(x) W_U + b_U of the final stream x."""
+  logits = unembed_input(cfg, w, x, scale) @ w.W_U
+  return logits if w.b_U is None else logits + w.b_U
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "return_patterns", "return_head_outputs",
-                                             "return_residual"))
+                                             "return_residual", "return_norm_scales"))
 def _forward(cfg: ModelConfig, w: Weights, tokens: jax.Array, patterns: Optional[jax.Array],
-             head_outputs: Optional[jax.Array], return_patterns: bool, return_head_outputs: bool,
-             return_residual: bool):
+             head_outputs: Optional[jax.Array], norm_scales: Optional[jax.Array],
+             return_patterns: bool, return_head_outputs: bool, return_residual: bool,
+             return_norm_scales: bool):
   B, T = tokens.shape
-  x, all_patterns, all_outputs = residual_stream(cfg, w, tokens, patterns, head_outputs,
-                                                 return_patterns, return_head_outputs)
-  logits = unembed_input(cfg, w, x) @ w.W_U
+  x, all_patterns, all_outputs, scales = residual_stream(
+      cfg, w, tokens, patterns, head_outputs, return_patterns, return_head_outputs,
+      norm_scales=norm_scales, keep_norm_scales=True)
+  logits = unembed(cfg, w, x, None if norm_scales is None else norm_scales[cfg.n_layers])
   extras = {}
+  if return_norm_scales:
+    extras["norm_scales"] = (jnp.stack(scales) if scales
+                             else jnp.ones((cfg.n_layers + 1, B, T, 1), jnp.float32))
   H, D = cfg.n_heads, cfg.d_model
   if return_patterns:
     extras["patterns"] = (jnp.stack(all_patterns) if all_patterns
@@ -144,8 +213,8 @@ def _forward(cfg: ModelConfig, w: Weights, tokens: jax.Array, patterns: Optional
 
 
 def forward(config, weights: Weights, tokens, *, patterns=None, head_outputs=None,
-            return_patterns: bool = False, return_head_outputs: bool = False,
-            return_residual: bool = False):
+            norm_scales=None, return_patterns: bool = False, return_head_outputs: bool = False,
+            return_residual: bool = False, return_norm_scales: bool = False):
   """Runs the model; returns ``(logits [B, T, vocab], extras)``.
 
   Args:
@@ -155,9 +224,13 @@ def forward(config, weights: Weights, tokens, *, patterns=None, head_outputs=Non
     patterns: optional [L, B, H, T, T]; used instead of computing the attention patterns.
     head_outputs: optional [L, B, H, T, d_model]; added to the residual stream instead of the
       computed head outputs (which are still what ``extras["head_outputs"]`` returns).
-    return_patterns / return_head_outputs / return_residual: what ``extras`` holds
-      (``"patterns"`` [L, B, H, T, T], ``"head_outputs"`` [L, B, H, T, D], ``"residual"``
-      [B, T, D], the final residual stream before any final norm).
+    norm_scales: optional [L + 1, B, T, 1]; replaces the per-token sqrt(var + eps) of every
+      norm of the residual stream (entry L: the final norm), freezing it.  Ignored by
+      ``norm="none"`` models.
+    return_patterns / return_head_outputs / return_residual / return_norm_scales: what
+      ``extras`` holds (``"patterns"`` [L, B, H, T, T], ``"head_outputs"`` [L, B, H, T, D]
+      (without b_O), ``"residual"`` [B, T, D], the final residual stream before any final
+      norm, ``"norm_scales"`` [L + 1, B, T, 1], all ones for ``norm="none"``).
   """
   cfg = ModelConfig.from_any(config)
   tokens = jnp.asarray(tokens)
@@ -173,8 +246,15 @@ def forward(config, weights: Weights, tokens, *, patterns=None, head_outputs=Non
   if head_outputs is not None and tuple(head_outputs.shape) != (L, B, H, T, cfg.d_model):
     raise ValueError(f"head_outputs must have shape {(L, B, H, T, cfg.d_model)}, "
                      f"got {tuple(head_outputs.shape)}")
-  return _forward(cfg, weights, tokens, patterns, head_outputs, return_patterns,
-                  return_head_outputs, return_residual)
+  if norm_scales is not None:
+    norm_scales = jnp.asarray(norm_scales)
+    if tuple(norm_scales.shape) != (L + 1, B, T, 1):
+      raise ValueError(f"norm_scales must have shape {(L + 1, B, T, 1)}, "
+                       f"got {tuple(norm_scales.shape)}")
+    if cfg.norm == "none":
+      norm_scales = None
+  return _forward(cfg, weights, tokens, patterns, head_outputs, norm_scales, return_patterns,
+                  return_head_outputs, return_residual, return_norm_scales)
 
 
 def token_losses(logits: jax.Array, targets: jax.Array) -> jax.Array:

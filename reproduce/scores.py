@@ -14,8 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reproduce import circuits
-from reproduce.model import (forward, largest_divisor_at_most, residual_stream, token_losses,
-                             unembed_input)
+from reproduce.model import forward, largest_divisor_at_most, residual_stream, token_losses, unembed
 from reproduce.weights import ModelConfig, Weights
 
 
@@ -152,7 +151,7 @@ def position_losses(cfg: ModelConfig, w: Weights, inputs, targets, positions, ch
 
   def losses(xy):
     x, _, _ = residual_stream(cfg, w, xy[0][:, : max(positions) + 1])
-    return token_losses(unembed_input(cfg, w, x[:, picked]) @ w.W_U, xy[1][:, picked])
+    return token_losses(unembed(cfg, w, x[:, picked]), xy[1][:, picked])
 
   B = inputs.shape[0]
   chunk = largest_divisor_at_most(B, chunk)

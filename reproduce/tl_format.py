@@ -6,20 +6,25 @@
     blocks.{l}.attn.b_Q|b_K|b_V [H, d_head], blocks.{l}.attn.b_O [d_model]
     unembed.W_U [d_model, vocab]          unembed.b_U [vocab]
     blocks.{l}.attn.mask / .IGNORE        (buffers; the mask must be causal)
-    blocks.{l}.ln1.w|b, ln_final.w|b      (only with normalization_type "LN"; biases must be 0)
+    blocks.{l}.ln1.w|b, ln_final.w|b      (only with normalization_type "LN")
 
-These are exactly our head-major shapes, so loading is renaming plus checks: biases must be zero
-(our models have none), every shape must match the config, and any other key is an error.  The
-config (TransformerLens field names: n_layers, d_model, n_heads, d_head, d_vocab, n_ctx,
-positional_embedding_type, normalization_type) comes from the caller, else from the file itself
-(safetensors metadata or an npz ``__config__`` entry, which ``save`` writes), else from a
-``config.json`` beside the file, else it is inferred from the shapes with TransformerLens's
-default ``positional_embedding_type="standard"``.  Pickle-based files are refused.
+These are exactly our head-major shapes, so loading is renaming plus checks: every shape must
+match the config and any other key is an error.  Biases are kept (all-zero ones are dropped).
+
+The architecture comes from, in this order: the ``tl_config`` the caller gives; a
+``config.json`` beside the file in TransformerLens's ``cfg.to_dict()`` form (it may hold many more
+fields; the ones that change the computation are checked, see ``_check_supported``); the
+config ``save`` embeds in the file (safetensors metadata or an npz ``__config__`` entry).  What
+none of them gives is inferred from the shapes, with TransformerLens's defaults
+(``positional_embedding_type="standard"``, ``eps=1e-5``, no normalisation unless ``ln1`` /
+``ln_final`` keys are present).  TransformerLens adds shortformer positions after the layer
+norm, so such models load with ``pos_after_norm=True``.  Pickle-based files are refused.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -30,8 +35,12 @@ from reproduce.weights import ModelConfig, Weights, check_weights
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 CONFIG_KEY = "__config__"
+SIDECAR = "config.json"
 _POS = {"standard": "standard", "shortformer": "shortformer"}
+_NORM = {None: "none", "LN": "ln", "LNPre": "lnpre"}
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(attn|ln1)\.(\w+)$")
+_SHAPE_FIELDS = ("n_layers", "n_heads", "d_head", "d_model", "d_vocab", "n_ctx")
+_ARCH_FIELDS = _SHAPE_FIELDS + ("normalization_type", "positional_embedding_type")
 
 
 class WeightFormatError(ValueError):
@@ -40,63 +49,132 @@ class WeightFormatError(ValueError):
 
 def _read_arrays(path: Path) -> Tuple[Dict[str, np.ndarray], Optional[dict]]:
   if path.suffix == ".npz":
+    with open(path, "rb") as f:
+      head = f.read(4)
+    if head[:2] != b"PK":  # every .npz is a zip archive
+      raise WeightFormatError(f"{path}: not a .npz file (no zip archive header)")
     try:
       with np.load(path, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files}
     except ValueError as e:
+      if "pickle" not in str(e).lower() and "object" not in str(e).lower():
+        raise WeightFormatError(f"{path}: not a readable .npz file ({e})") from e
       raise WeightFormatError(f"{path}: holds pickled objects, which are never loaded ({e})") from e
     except Exception as e:  # pylint: disable=broad-except
       raise WeightFormatError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e
     config = None
     if CONFIG_KEY in arrays:
-      config = json.loads(str(arrays.pop(CONFIG_KEY)))
+      config = _parse_config(str(arrays.pop(CONFIG_KEY)), f"{path} ({CONFIG_KEY})")
     return arrays, config
   if path.suffix == ".safetensors":
     from safetensors import safe_open  # pylint: disable=import-outside-toplevel
     try:
-      with safe_open(str(path), framework="flax") as f:
-        arrays = {k: np.asarray(f.get_tensor(k), np.float32) for k in f.keys()}
+      with safe_open(str(path), framework="numpy") as f:
+        arrays = {k: np.asarray(f.get_tensor(k)) for k in f.keys()}
         metadata = f.metadata() or {}
     except Exception as e:  # pylint: disable=broad-except
       raise WeightFormatError(f"{path}: not a readable .safetensors file "
                               f"({type(e).__name__}: {e})") from e
-    return arrays, json.loads(metadata["config"]) if "config" in metadata else None
+    config = None
+    if "config" in metadata:
+      config = _parse_config(metadata["config"], f"{path} (metadata)")
+    return arrays, config
   if path.suffix in PICKLE_SUFFIXES:
     raise WeightFormatError(
         f"{path}: {path.suffix} files are pickles and are never loaded (they can run code); "
-        "save the state dict as .safetensors or .npz (see BUILD.md)")
+        "save the state dict as .safetensors or .npz (see README, 'Analysing a public model')")
   raise WeightFormatError(f"{path}: unknown weight file type {path.suffix!r}; expected .npz or "
                           ".safetensors")
 
 
+def _parse_config(text: str, where: str) -> dict:
+  try:
+    config = json.loads(text)
+  except ValueError as e:
+    raise WeightFormatError(f"{where}: not valid JSON ({e})") from e
+  if not isinstance(config, dict):
+    raise WeightFormatError(f"{where}: a TransformerLens config must be a JSON object")
+  return config
+
+
+def _check_supported(tl: dict) -> None:
+  """Refuses, with the field's name, every TransformerLens option that changes the computation
+  beyond what our forward does (MLPs, rotary, grouped-query attention, ...)."""
+  get = tl.get
+  problems = [
+      (get("attn_only") is False or (get("attn_only") is None and get("d_mlp") not in
+                                     (None, 0, -1)) or bool(get("num_experts")),
+       f"the model has MLP layers (attn_only={get('attn_only')!r}, d_mlp={get('d_mlp')!r}); "
+       "only attention-only models are supported"),
+      (get("normalization_type") not in _NORM,
+       f"normalization_type {get('normalization_type')!r} is not supported (None, LN or LNPre)"),
+      (get("positional_embedding_type", "standard") not in _POS,
+       f"positional_embedding_type {get('positional_embedding_type')!r} is not supported "
+       "(standard or shortformer; rotary and alibi are not)"),
+      (get("n_key_value_heads") not in (None, get("n_heads")),
+       f"grouped-query attention (n_key_value_heads={get('n_key_value_heads')!r}, "
+       f"n_heads={get('n_heads')!r}) is not supported"),
+      (get("attention_dir", "causal") != "causal",
+       f"attention_dir {get('attention_dir')!r} is not supported (causal only)"),
+      (bool(get("use_local_attn")), "local attention (use_local_attn) is not supported"),
+      (get("use_attn_scale") is False, "use_attn_scale=False is not supported"),
+      (bool(get("use_normalization_before_and_after")),
+       "use_normalization_before_and_after is not supported"),
+      (bool(get("post_embedding_ln")), "post_embedding_ln is not supported"),
+      (bool(get("use_qk_norm")), "use_qk_norm is not supported"),
+      ((get("attn_scores_soft_cap") or -1) > 0, "attn_scores_soft_cap is not supported"),
+      ((get("output_logits_soft_cap") or -1) > 0, "output_logits_soft_cap is not supported"),
+      (get("d_vocab_out") not in (None, -1, get("d_vocab")),
+       f"d_vocab_out={get('d_vocab_out')!r} differs from d_vocab={get('d_vocab')!r}"),
+  ]
+  for bad, message in problems:
+    if bad:
+      raise WeightFormatError(message)
+  scale, d_head = get("attn_scale"), get("d_head")
+  if scale not in (None, -1.0) and d_head and not math.isclose(float(scale),
+                                                               math.sqrt(d_head), rel_tol=1e-6):
+    raise WeightFormatError(f"attn_scale={scale!r} is not sqrt(d_head)={math.sqrt(d_head):.6g}")
+
+
 def _model_config(tl: dict, arrays: Dict[str, np.ndarray]) -> ModelConfig:
   """Our architecture from a TransformerLens config (given fields win over inferred ones)."""
-  if tl.get("attn_only") is False:
-    raise WeightFormatError("the model has MLP layers (attn_only=False); only attention-only "
-                            "models are supported")
-  norm = tl.get("normalization_type")
-  if norm not in (None, "LN", "LNPre"):
-    raise WeightFormatError(f"normalization_type {norm!r} is not supported (None, LN or LNPre)")
-  pos = tl.get("positional_embedding_type", "standard")
-  if pos not in _POS:
-    raise WeightFormatError(f"positional_embedding_type {pos!r} is not supported "
-                            f"(standard or shortformer)")
+  for key in arrays:
+    if ".mlp." in key or ".ln2." in key:
+      raise WeightFormatError(f"the weights hold MLP layers ({key}); only attention-only models "
+                              "are supported")
+    if "rotary" in key:
+      raise WeightFormatError(f"the weights hold rotary embeddings ({key}); rotary positions "
+                              "are not supported")
+  _check_supported(tl)
   layers = {int(m.group(1)) for k in arrays if (m := _BLOCK_KEY.match(k))}
-  inferred = {}
-  if "embed.W_E" in arrays:
+  inferred = {"n_layers": max(layers) + 1 if layers else 0}
+  if "embed.W_E" in arrays and arrays["embed.W_E"].ndim == 2:
     inferred["d_vocab"], inferred["d_model"] = arrays["embed.W_E"].shape
-  if "pos_embed.W_pos" in arrays:
+  if "pos_embed.W_pos" in arrays and arrays["pos_embed.W_pos"].ndim == 2:
     inferred["n_ctx"] = arrays["pos_embed.W_pos"].shape[0]
-  if "blocks.0.attn.W_Q" in arrays:
+  if "blocks.0.attn.W_Q" in arrays and arrays["blocks.0.attn.W_Q"].ndim == 3:
     inferred["n_heads"], _, inferred["d_head"] = arrays["blocks.0.attn.W_Q"].shape
-  inferred["n_layers"] = max(layers) + 1 if layers else 0
   fields = {}
-  for name in ("n_layers", "n_heads", "d_head", "d_model", "d_vocab", "n_ctx"):
+  for name in _SHAPE_FIELDS:
     value = tl.get(name, inferred.get(name))
     if value is None:
       raise WeightFormatError(f"cannot infer {name}: give it in the config")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+      raise WeightFormatError(f"config field {name} must be an integer, got {value!r}")
     fields[name] = int(value)
-  return ModelConfig(**fields, pos=_POS[pos], norm="none" if norm is None else "ln")
+  if "normalization_type" in tl:
+    norm = _NORM[tl["normalization_type"]]
+  else:
+    norm = "ln" if "ln_final.w" in arrays or "blocks.0.ln1.w" in arrays else "none"
+  pos = _POS[tl.get("positional_embedding_type", "standard")]
+  eps = tl.get("eps", 1e-5)
+  if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+    raise WeightFormatError(f"config field eps must be a positive number, got {eps!r}")
+  try:
+    return ModelConfig(**fields, pos=pos, norm=norm, eps=float(eps),
+                       pos_after_norm=pos == "shortformer" and norm != "none")
+  except ValueError as e:
+    raise WeightFormatError(str(e)) from e
 
 
 def _take(arrays: Dict[str, np.ndarray], key: str, shape: tuple) -> np.ndarray:
@@ -105,21 +183,27 @@ def _take(arrays: Dict[str, np.ndarray], key: str, shape: tuple) -> np.ndarray:
   a = arrays.pop(key)
   if tuple(a.shape) != tuple(shape):
     raise WeightFormatError(f"{key} has shape {tuple(a.shape)}, expected {tuple(shape)}")
-  return np.asarray(a, np.float32)
+  if not np.issubdtype(a.dtype, np.floating):
+    raise WeightFormatError(f"{key} has dtype {a.dtype}, expected floating point")
+  a = np.asarray(a, np.float32)
+  if not np.all(np.isfinite(a)):
+    raise WeightFormatError(f"{key} holds non-finite values")
+  return a
 
 
-def _drop_zero(arrays: Dict[str, np.ndarray], key: str, shape: tuple) -> None:
-  if key in arrays:
-    b = _take(arrays, key, shape)
-    if np.any(b != 0):
-      raise WeightFormatError(f"{key} is non-zero (max |b| = {np.abs(b).max():.3g}); models "
-                              "with biases cannot be analysed exactly and are not loaded")
+def _optional(arrays: Dict[str, np.ndarray], keys, shape: tuple) -> Optional[np.ndarray]:
+  """Stacks the arrays under ``keys`` (each ``shape``; missing ones count as zero), or None when
+  every one is absent or zero."""
+  parts = [_take(arrays, k, shape) if k in arrays else np.zeros(shape, np.float32) for k in keys]
+  if not parts or not any(np.any(p != 0) for p in parts):
+    return None
+  return np.stack(parts)
 
 
 def from_state_dict(arrays: Dict[str, np.ndarray], tl_config: Optional[dict] = None
                     ) -> Tuple[ModelConfig, Weights]:
   """(config, weights) from a TransformerLens state dict; raises WeightFormatError on anything
-  that would not load exactly."""
+  that would not load exactly.  The weights are raw (see ``weights.fold_for_analysis``)."""
   arrays = dict(arrays)
   tl_config = dict(tl_config or {})
   cfg = _model_config(tl_config, arrays)
@@ -130,90 +214,118 @@ def from_state_dict(arrays: Dict[str, np.ndarray], tl_config: Optional[dict] = N
                       ("W_O", (H, dh, D))):
     W[name] = np.stack([_take(arrays, f"blocks.{l}.attn.{name}", shape) for l in range(L)]) \
         if L else np.zeros((0,) + shape, np.float32)
-  _drop_zero(arrays, "unembed.b_U", (V,))
   for l in range(L):
-    for b in ("b_Q", "b_K", "b_V"):
-      _drop_zero(arrays, f"blocks.{l}.attn.{b}", (H, dh))
-    _drop_zero(arrays, f"blocks.{l}.attn.b_O", (D,))
     mask = arrays.pop(f"blocks.{l}.attn.mask", None)
-    if mask is not None and not np.array_equal(np.asarray(mask, bool),
-                                               np.tril(np.ones(mask.shape, bool))):
+    if mask is not None and (mask.ndim != 2 or not np.array_equal(
+        np.asarray(mask, bool), np.tril(np.ones(mask.shape, bool)))):
       raise WeightFormatError(f"blocks.{l}.attn.mask is not a causal mask")
     arrays.pop(f"blocks.{l}.attn.IGNORE", None)
+  b_U = _optional(arrays, ["unembed.b_U"], (V,))
+  optional = {"b_U": None if b_U is None else b_U[0]}
+  for b in ("b_Q", "b_K", "b_V"):
+    optional[b] = _optional(arrays, [f"blocks.{l}.attn.{b}" for l in range(L)], (H, dh))
+  optional["b_O"] = _optional(arrays, [f"blocks.{l}.attn.b_O" for l in range(L)], (D,))
+  norm_keys = [k for k in arrays if k.startswith("ln_final.") or ".ln1." in k]
+  if cfg.norm != "ln" and norm_keys:
+    raise WeightFormatError(f"layer-norm weights {sorted(norm_keys)[:4]} in a model whose "
+                            f"normalization_type is {tl_config.get('normalization_type')!r}")
   if cfg.norm == "ln":
-    gains = []
-    for l in range(L):
-      gains.append(_take(arrays, f"blocks.{l}.ln1.w", (D,)) if f"blocks.{l}.ln1.w" in arrays
-                   else np.ones(D, np.float32))
-      _drop_zero(arrays, f"blocks.{l}.ln1.b", (D,))
-    W["ln_gain"] = np.stack(gains) if L else np.zeros((0, D), np.float32)
-    W["ln_final"] = (_take(arrays, "ln_final.w", (D,)) if "ln_final.w" in arrays
-                     else np.ones(D, np.float32))
-    _drop_zero(arrays, "ln_final.b", (D,))
+    W["ln_gain"] = np.stack([_take(arrays, f"blocks.{l}.ln1.w", (D,)) for l in range(L)]) \
+        if L else np.zeros((0, D), np.float32)
+    W["ln_final"] = _take(arrays, "ln_final.w", (D,))
+    optional["ln_bias"] = _optional(arrays, [f"blocks.{l}.ln1.b" for l in range(L)], (D,))
+    ln_final_bias = _optional(arrays, ["ln_final.b"], (D,))
+    optional["ln_final_bias"] = None if ln_final_bias is None else ln_final_bias[0]
   if arrays:
     raise WeightFormatError(f"unknown keys {sorted(arrays)[:10]}"
                             f"{' …' if len(arrays) > 10 else ''}; only attention-only "
                             "TransformerLens weights are supported")
+  W.update({k: v for k, v in optional.items() if v is not None})
   weights = Weights.from_dict(W)
   check_weights(cfg, weights)
   return cfg, weights
 
 
 def to_state_dict(cfg: ModelConfig, weights: Weights) -> Dict[str, np.ndarray]:
-  """Our weights under TransformerLens names, with explicit zero biases."""
+  """Our weights under TransformerLens names, with explicit zero biases where we have none
+  (naming only: ``tl_config_of`` says whether TransformerLens computes the same function)."""
   w = {k: np.asarray(v, np.float32) for k, v in weights.to_dict().items()}
-  H, D, dh, V = cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_vocab
+  L, H, D, dh, V = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_vocab
+  get = lambda name, shape: w.get(name, np.zeros(shape, np.float32))
   out = {"embed.W_E": w["W_E"], "pos_embed.W_pos": w["W_pos"], "unembed.W_U": w["W_U"],
-         "unembed.b_U": np.zeros(V, np.float32)}
-  for l in range(cfg.n_layers):
+         "unembed.b_U": get("b_U", (V,))}
+  for l in range(L):
     for name in ("W_Q", "W_K", "W_V", "W_O"):
       out[f"blocks.{l}.attn.{name}"] = w[name][l]
     for b in ("b_Q", "b_K", "b_V"):
-      out[f"blocks.{l}.attn.{b}"] = np.zeros((H, dh), np.float32)
-    out[f"blocks.{l}.attn.b_O"] = np.zeros(D, np.float32)
+      out[f"blocks.{l}.attn.{b}"] = get(b, (L, H, dh))[l]
+    out[f"blocks.{l}.attn.b_O"] = get("b_O", (L, D))[l]
     if cfg.norm == "ln":
       out[f"blocks.{l}.ln1.w"] = w["ln_gain"][l]
+      out[f"blocks.{l}.ln1.b"] = get("ln_bias", (L, D))[l]
   if cfg.norm == "ln":
     out["ln_final.w"] = w["ln_final"]
+    out["ln_final.b"] = get("ln_final_bias", (D,))
   return out
 
 
 def tl_config_of(cfg: ModelConfig) -> dict:
+  """The TransformerLens config fields of our architecture; refuses one it cannot express."""
+  if cfg.pos == "shortformer" and cfg.norm != "none" and not cfg.pos_after_norm:
+    raise WeightFormatError(
+        "this model adds shortformer positions before its layer norm (LN(x + W_pos), our "
+        "trained models' order); TransformerLens adds them after (LN(x) + W_pos), so it has no "
+        "TransformerLens equivalent")
   return {"n_layers": cfg.n_layers, "d_model": cfg.d_model, "n_heads": cfg.n_heads,
           "d_head": cfg.d_head, "d_vocab": cfg.d_vocab, "n_ctx": cfg.n_ctx, "attn_only": True,
-          "positional_embedding_type": cfg.pos,
-          "normalization_type": "LN" if cfg.norm == "ln" else None}
+          "positional_embedding_type": cfg.pos, "eps": cfg.eps,
+          "normalization_type": {"none": None, "ln": "LN", "lnpre": "LNPre"}[cfg.norm]}
 
 
 def save(path, cfg: ModelConfig, weights: Weights) -> Path:
   """Writes TransformerLens-named weights (config embedded) to ``.npz`` or ``.safetensors``."""
   path = Path(path)
+  if path.suffix not in (".npz", ".safetensors"):
+    raise WeightFormatError(f"{path}: save as .npz or .safetensors")
   state = to_state_dict(cfg, weights)
   config_json = json.dumps(tl_config_of(cfg))
   tmp = path.with_name(path.name + ".tmp" + path.suffix)
   if path.suffix == ".npz":
     np.savez(tmp, **state, **{CONFIG_KEY: np.asarray(config_json)})
-  elif path.suffix == ".safetensors":
+  else:
     from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
     save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp),
               metadata={"config": config_json})
-  else:
-    raise WeightFormatError(f"{path}: save as .npz or .safetensors")
   tmp.replace(path)
   return path
 
 
+def _config_for(path: Path, tl_config: Optional[dict], embedded: Optional[dict]) -> dict:
+  """The caller's config, else config.json beside the file, else the embedded one; a sidecar and
+  an embedded config that disagree on the architecture are an error."""
+  if tl_config is not None:
+    return dict(tl_config)
+  sidecar_path = path.parent / SIDECAR
+  sidecar = None
+  if sidecar_path.is_file():
+    candidate = _parse_config(sidecar_path.read_text(), str(sidecar_path))
+    if "d_model" in candidate:  # a TransformerLens config (others, e.g. Hugging Face's, differ)
+      sidecar = candidate
+  if sidecar is not None and embedded is not None:
+    for name in _ARCH_FIELDS:
+      if name in sidecar and name in embedded and sidecar[name] != embedded[name]:
+        raise WeightFormatError(f"{sidecar_path} says {name}={sidecar[name]!r} but the config "
+                                f"inside {path.name} says {embedded[name]!r}")
+  return dict(sidecar if sidecar is not None else embedded or {})
+
+
 def load(path, tl_config: Optional[dict] = None) -> Tuple[ModelConfig, Weights]:
-  """(config, weights) from a TransformerLens-format ``.npz`` / ``.safetensors`` file."""
+  """Raw (config, weights) from a TransformerLens-format ``.npz`` / ``.safetensors`` file."""
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"no weight file at {path}")
   arrays, embedded = _read_arrays(path)
-  if tl_config is None:
-    tl_config = embedded
-  sidecar = path.parent / "config.json"
-  if tl_config is None and sidecar.is_file():
-    candidate = json.loads(sidecar.read_text())
-    if isinstance(candidate, dict) and "d_model" in candidate:  # a TransformerLens config
-      tl_config = candidate
-  return from_state_dict(arrays, tl_config)
+  try:
+    return from_state_dict(arrays, _config_for(path, tl_config, embedded))
+  except WeightFormatError as e:
+    raise WeightFormatError(f"{path}: {e}") from None

@@ -8,9 +8,20 @@ Convention (row vectors, head-major), as in PAPER.md §1:
     W_O   [L, H, d_head, d_model]
     W_U   [d_model, vocab]              logits = x @ W_U
 
-Per head W_QK = W_Q W_Kᵀ and W_OV = W_V W_O (both d_model × d_model); the paper's column-vector
-matrices are their transposes.  With ``norm="ln"`` the model also has layer-norm gains ``ln_gain``
-[L, d_model] (applied where a layer reads the residual stream) and ``ln_final`` [d_model].
+Per head W_QK = W_Q W_Kᵀ and W_OV = W_V W_O (both d_model × d_model).  The paper's column-vector
+W_OV is the transpose of ours; its W_QK = W_Qᵀ W_K is the same matrix as our W_Q W_Kᵀ (the
+score of destination x_i and source x_j is x_i W_QK x_jᵀ here, x_iᵀ W_QK x_j there).
+
+Optional parts (``None`` when absent, and then omitted from ``to_dict``):
+
+    b_Q, b_K, b_V [L, H, d_head]    b_O [L, d_model]    b_U [vocab]        biases
+    ln_gain, ln_bias [L, d_model]   ln_final, ln_final_bias [d_model]      layer norm (norm="ln")
+
+Normalisation (``ModelConfig.norm``): "none"; "ln", (x − mean)/sqrt(var + eps) · gain (+ bias)
+wherever the residual stream is read; "lnpre", the same without gain or bias (TransformerLens's
+LNPre, and what a folded "ln" model becomes).  With shortformer positions and a norm,
+``ModelConfig.pos_after_norm`` says where W_pos enters the Q/K input: False (our trained models)
+LN(x + W_pos); True (TransformerLens) LN(x) + W_pos.
 """
 
 from __future__ import annotations
@@ -24,9 +35,15 @@ import jax.numpy as jnp
 import numpy as np
 
 POSITION_MODES = ("shortformer", "standard")
-NORM_MODES = ("none", "ln")
+NORM_MODES = ("none", "ln", "lnpre")
 POSITION_INITS = ("learned", "sinusoidal")
 WEIGHT_NAMES = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_U")
+BIAS_NAMES = ("b_Q", "b_K", "b_V", "b_O", "b_U")
+NORM_NAMES = ("ln_gain", "ln_bias", "ln_final", "ln_final_bias")
+
+
+class UnfoldedLayerNormError(ValueError):
+  """Circuit maths asked of weights that still carry layer-norm gains or biases."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +57,9 @@ class ModelConfig:
   d_vocab: int
   n_ctx: int
   pos: str = "shortformer"  # where W_pos enters: "shortformer" (Q/K inputs only) or "standard"
-  norm: str = "none"  # "none" or "ln" (layer norm with a gain, no bias, wherever the stream is read)
+  norm: str = "none"  # "none", "ln" (gain, optional bias) or "lnpre" (no gain/bias); see above
+  pos_after_norm: bool = False  # shortformer + norm: LN(x) + W_pos (True, TL) or LN(x + W_pos)
+  eps: float = 1e-5  # added to the variance inside the norm
 
   def __post_init__(self):
     for name in ("n_heads", "d_head", "d_model", "d_vocab", "n_ctx"):
@@ -52,6 +71,24 @@ class ModelConfig:
       raise ValueError(f"model.pos must be one of {POSITION_MODES}, got {self.pos!r}")
     if self.norm not in NORM_MODES:
       raise ValueError(f"model.norm must be one of {NORM_MODES}, got {self.norm!r}")
+    if not isinstance(self.pos_after_norm, bool):
+      raise ValueError(f"model.pos_after_norm must be True or False, got {self.pos_after_norm!r}")
+    if not float(self.eps) > 0:
+      raise ValueError(f"model.eps must be positive, got {self.eps!r}")
+
+  @property
+  def positions_after_norm(self) -> bool:
+    """True when W_pos is added to the already normalised Q/K input (TransformerLens's order)."""
+    return self.pos == "shortformer" and self.norm != "none" and self.pos_after_norm
+
+  @property
+  def foldable(self) -> bool:
+    """Whether the layer norm's gain and bias fold exactly into the weights (``fold_for_analysis``).
+
+    False only for "ln" with positions added after the norm: LN(x) + W_pos feeds W_Q and W_K, so
+    the gain cannot move into W_Q without also scaling the positional term.
+    """
+    return not (self.norm == "ln" and self.positions_after_norm)
 
   @classmethod
   def from_any(cls, config: Any) -> "ModelConfig":
@@ -83,6 +120,13 @@ class Weights:
   W_U: Any
   ln_gain: Optional[Any] = None
   ln_final: Optional[Any] = None
+  b_Q: Optional[Any] = None
+  b_K: Optional[Any] = None
+  b_V: Optional[Any] = None
+  b_O: Optional[Any] = None
+  b_U: Optional[Any] = None
+  ln_bias: Optional[Any] = None
+  ln_final_bias: Optional[Any] = None
 
   @property
   def n_layers(self) -> int:
@@ -121,6 +165,25 @@ class Weights:
   def replace(self, **kw) -> "Weights":
     return dataclasses.replace(self, **kw)
 
+  @property
+  def has_biases(self) -> bool:
+    return any(getattr(self, n) is not None for n in BIAS_NAMES)
+
+  @property
+  def has_norm_parameters(self) -> bool:
+    """True while layer-norm gains or biases are still separate from the weights."""
+    return any(getattr(self, n) is not None for n in NORM_NAMES)
+
+
+def require_folded(w: Weights, what: str = "circuit analysis") -> None:
+  """Raises UnfoldedLayerNormError if ``w`` still has layer-norm gains or biases."""
+  if w.has_norm_parameters:
+    raise UnfoldedLayerNormError(
+        f"{what} needs weights with the layer norm folded in, but these still carry its gain"
+        " (ln_gain/ln_final): load with reproduce.load(path) (fold=True, the default) or call "
+        "reproduce.weights.fold_for_analysis(config, weights); a model whose ModelConfig."
+        "foldable is False (layer norm with positions added after it) cannot be analysed exactly")
+
 
 def check_weights(cfg: ModelConfig, w: Weights) -> None:
   """Raises ValueError naming the first weight whose shape does not match ``cfg``."""
@@ -131,11 +194,22 @@ def check_weights(cfg: ModelConfig, w: Weights) -> None:
   }
   if cfg.norm == "ln":
     expected.update(ln_gain=(L, D), ln_final=(D,))
+  optional = {"b_Q": (L, H, dh), "b_K": (L, H, dh), "b_V": (L, H, dh), "b_O": (L, D), "b_U": (V,)}
+  if cfg.norm == "ln":
+    optional.update(ln_bias=(L, D), ln_final_bias=(D,))
   for name, shape in expected.items():
     got = getattr(w, name)
     if got is None or tuple(got.shape) != shape:
       raise ValueError(f"weight {name} has shape {None if got is None else tuple(got.shape)}, "
                        f"expected {shape} for {cfg}")
+  for name in NORM_NAMES + BIAS_NAMES:
+    got = getattr(w, name)
+    if got is None or name in expected:
+      continue
+    if name not in optional:
+      raise ValueError(f"weight {name} is present but model.norm is {cfg.norm!r}")
+    if tuple(got.shape) != optional[name]:
+      raise ValueError(f"weight {name} has shape {tuple(got.shape)}, expected {optional[name]}")
 
 
 def sinusoidal_positions(n_ctx: int, d_model: int) -> np.ndarray:
@@ -186,6 +260,8 @@ def fold_layer_norm(w: Weights) -> Weights:
   """
   if w.ln_gain is None:
     return w
+  if w.ln_bias is not None or w.ln_final_bias is not None:
+    raise ValueError("fold_layer_norm folds gains only; use fold_for_analysis for LN biases")
   D = w.d_model
   centre = jnp.eye(D) - jnp.ones((D, D)) / D
   fold = lambda gain: centre * gain[None, :]  # (I − 11ᵀ/d) diag(γ)
@@ -193,3 +269,93 @@ def fold_layer_norm(w: Weights) -> Weights:
   f = lambda W: jnp.einsum("lde,lhef->lhdf", per_layer, W)
   return w.replace(W_Q=f(w.W_Q), W_K=f(w.W_K), W_V=f(w.W_V), W_U=fold(w.ln_final) @ w.W_U,
                    ln_gain=None, ln_final=None)
+
+
+def _f64(a):
+  return None if a is None else np.asarray(jax.device_get(a), np.float64)
+
+
+def fold_for_analysis(cfg: ModelConfig, w: Weights) -> tuple:
+  """(config, weights) processed as TransformerLens's default loading does; same function.
+
+  TransformerLens's ``from_pretrained`` defaults (fold_ln, center_writing_weights,
+  center_unembed, fold_value_biases), in its order and under its rules (row vectors):
+
+  1. fold the layer norm ("ln" only): for every reader W (W_Q, W_K, W_V of layer l; W_U) with
+     bias b, b ← b + β W, then W ← (I − 11ᵀ/d) diag(γ) W (gain, then centring over d_model).
+     The norm becomes "lnpre" (normalisation without gain or bias).
+  2. centre the writing weights ("ln"/"lnpre"): W_E, W_pos, W_O and b_O minus their mean over
+     d_model (the norm removes that mean anyway).
+  3. centre the unembedding: W_U and b_U minus their mean over the vocabulary (every logit at a
+     position moves by the same amount; softmax is unchanged).
+  4. fold the value biases: b_O ← b_O + Σ_h b_Vʰ W_Oʰ (patterns sum to 1), b_V ← 0 (dropped).
+
+  TransformerLens skips steps 1-3 for shortformer positions (it adds W_pos after the norm, which
+  a gain cannot fold past); so do we, except for our own "ln" models with positions inside the
+  norm (``pos_after_norm=False``), whose norm folds exactly (steps 1, 2 and 4).  When
+  ``cfg.foldable`` is False the weights keep their gains and the circuit functions refuse them.
+  Logits are unchanged except for a per-position constant from step 3.
+  """
+  W = {k: _f64(v) for k, v in w.to_dict().items()}
+  D, L, H, dh = cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_head
+  shortformer = cfg.pos == "shortformer"
+  fold_norm = cfg.norm == "ln" and cfg.foldable
+  centre_writers = cfg.norm in ("ln", "lnpre") and (not shortformer or fold_norm)
+  centre_unembed = not shortformer
+  centre = lambda a, axis: a - a.mean(axis, keepdims=True)
+  if fold_norm:
+    gain, beta = W.pop("ln_gain"), W.pop("ln_bias", np.zeros((L, D)))
+    for name, bias in (("W_Q", "b_Q"), ("W_K", "b_K"), ("W_V", "b_V")):
+      W[bias] = W.get(bias, np.zeros((L, H, dh))) + np.einsum("ld,lhde->lhe", beta, W[name])
+      W[name] = centre(gain[:, None, :, None] * W[name], -2)
+    gain_f, beta_f = W.pop("ln_final"), W.pop("ln_final_bias", np.zeros(D))
+    W["b_U"] = W.get("b_U", np.zeros(cfg.d_vocab)) + beta_f @ W["W_U"]
+    W["W_U"] = centre(gain_f[:, None] * W["W_U"], 0)
+    cfg = dataclasses.replace(cfg, norm="lnpre")
+  if centre_writers:
+    for name in ("W_E", "W_pos", "W_O", "b_O"):
+      if name in W:
+        W[name] = centre(W[name], -1)
+  if centre_unembed:
+    W["W_U"] = centre(W["W_U"], -1)
+    if "b_U" in W:
+      W["b_U"] = centre(W["b_U"], -1)
+  if "b_V" in W:
+    b_V = W.pop("b_V")
+    W["b_O"] = W.get("b_O", np.zeros((L, D))) + np.einsum("lhe,lhed->ld", b_V, W["W_O"])
+    if centre_writers:
+      W["b_O"] = centre(W["b_O"], -1)
+  return cfg, Weights.from_dict({k: jnp.asarray(v, jnp.float32) for k, v in W.items()})
+
+
+def biases_as_weights(cfg: ModelConfig, w: Weights) -> tuple:
+  """An exactly equivalent bias-free model whose residual stream has one more dimension, always 1.
+
+  Only for ``norm="none"`` (a norm would rescale the constant).  Row vectors: x̃ = [x − c_l, 1]
+  where c_l = Σ_{l' < l} b_Oˡ' is the constant the earlier layers' output biases have added by
+  layer l.  Then every affine reader becomes linear:
+
+      x W + b = [x − c_l, 1] [[W], [b + c_l W]]   for W_Q, W_K, W_V of layer l (c_L for W_U)
+
+  W_E gains a last column of ones, W_pos and W_O a last column of zeros (nothing writes the
+  constant, and W_pos never reaches it), so the constant dimension stays exactly 1.  Logits and
+  patterns are identical; every circuit function runs on the result (d_model + 1 dimensions).
+  """
+  if cfg.norm != "none":
+    raise ValueError(f"biases_as_weights needs a model without layer norm (model.norm is "
+                     f"{cfg.norm!r}): normalisation would rescale the constant dimension")
+  W = {k: _f64(v) for k, v in w.to_dict().items()}
+  L, H, D, dh, V = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_vocab
+  b_O = W.pop("b_O", np.zeros((L, D)))
+  offsets = np.concatenate([np.zeros((1, D)), np.cumsum(b_O, 0)])  # c_0 … c_L
+  pad_column = lambda a, value: np.concatenate(
+      [a, np.full(a.shape[:-1] + (1,), value)], axis=-1)
+  out = {"W_E": pad_column(W["W_E"], 1.0), "W_pos": pad_column(W["W_pos"], 0.0),
+         "W_O": pad_column(W["W_O"], 0.0)}
+  for name, bias in (("W_Q", "b_Q"), ("W_K", "b_K"), ("W_V", "b_V")):
+    b = W.pop(bias, np.zeros((L, H, dh))) + np.einsum("ld,lhde->lhe", offsets[:L], W[name])
+    out[name] = np.concatenate([W[name], b[:, :, None, :]], axis=2)
+  b_U = W.pop("b_U", np.zeros(V)) + offsets[L] @ W["W_U"]
+  out["W_U"] = np.concatenate([W["W_U"], b_U[None]], axis=0)
+  cfg = dataclasses.replace(cfg, d_model=D + 1)
+  return cfg, Weights.from_dict({k: jnp.asarray(v, jnp.float32) for k, v in out.items()})

@@ -1,20 +1,33 @@
 """A slow, obviously correct NumPy forward pass over TransformerLens-named weights (float64).
 
-Written from the formulas of PAPER.md §1–2 with explicit loops over layers, heads and positions,
-independent of the JAX model code.
+Written from the formulas of PAPER.md §1–2 (and TransformerLens's documented block: biases on
+q, k, v and the layer output, ln1 before attention, positions added after ln1 for shortformer)
+with explicit loops over layers, heads and positions, independent of the JAX model code.
 """
 
 import numpy as np
 
 
-def _layer_norm(x, gain):
+def _norm(x, sd, prefix, norm, eps):
+  if norm is None:
+    return x
   x = x - x.mean(-1, keepdims=True)
-  return x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-5) * gain
+  x = x / np.sqrt((x * x).mean(-1, keepdims=True) + eps)
+  if norm == "LN":
+    x = x * sd[f"{prefix}.w"] + sd.get(f"{prefix}.b", 0.0)
+  return x
 
 
-def reference_logits(state, tokens, n_layers, n_heads, pos="shortformer", norm=None):
-  """Logits [T, vocab] for one sequence, from a TransformerLens-style state dict."""
+def reference_logits(state, tokens, n_layers, n_heads, pos="shortformer", norm=None,
+                     pos_after_norm=False, eps=1e-5):
+  """Logits [T, vocab] for one sequence, from a TransformerLens-style state dict.
+
+  ``norm``: None, "LN" (ln1.w/b, ln_final.w/b; b optional) or "LNPre".  Shortformer positions
+  enter the Q/K input as LN(x) + W_pos when ``pos_after_norm`` (TransformerLens), else as
+  LN(x + W_pos) (our trained models).  Missing biases count as zero.
+  """
   sd = {k: np.asarray(v, np.float64) for k, v in state.items()}
+  zero = lambda shape: np.zeros(shape)
   T = len(tokens)
   x = sd["embed.W_E"][tokens]
   p = sd["pos_embed.W_pos"][:T]
@@ -22,23 +35,31 @@ def reference_logits(state, tokens, n_layers, n_heads, pos="shortformer", norm=N
     x = x + p
   for l in range(n_layers):
     write = np.zeros_like(x)
+    ln = f"blocks.{l}.ln1"
+    v_in = _norm(x, sd, ln, norm, eps)
+    if pos == "standard":
+      qk_in = v_in
+    elif norm is None:
+      qk_in = x + p
+    elif pos_after_norm:
+      qk_in = v_in + p
+    else:
+      qk_in = _norm(x + p, sd, ln, norm, eps)
     for h in range(n_heads):
-      qk_in = x + p if pos == "shortformer" else x
-      v_in = x
-      if norm == "LN":
-        gain = sd[f"blocks.{l}.ln1.w"]
-        qk_in, v_in = _layer_norm(qk_in, gain), _layer_norm(v_in, gain)
-      W_Q, W_K = sd[f"blocks.{l}.attn.W_Q"][h], sd[f"blocks.{l}.attn.W_K"][h]
-      W_V, W_O = sd[f"blocks.{l}.attn.W_V"][h], sd[f"blocks.{l}.attn.W_O"][h]
+      a_ = f"blocks.{l}.attn."
+      W_Q, W_K = sd[a_ + "W_Q"][h], sd[a_ + "W_K"][h]
+      W_V, W_O = sd[a_ + "W_V"][h], sd[a_ + "W_O"][h]
       d_head = W_Q.shape[1]
+      b_Q = sd.get(a_ + "b_Q", zero((n_heads, d_head)))[h]
+      b_K = sd.get(a_ + "b_K", zero((n_heads, d_head)))[h]
+      b_V = sd.get(a_ + "b_V", zero((n_heads, d_head)))[h]
       for i in range(T):
-        q = qk_in[i] @ W_Q
-        scores = np.array([q @ (qk_in[j] @ W_K) for j in range(i + 1)]) / np.sqrt(d_head)
+        q = qk_in[i] @ W_Q + b_Q
+        scores = np.array([q @ (qk_in[j] @ W_K + b_K) for j in range(i + 1)]) / np.sqrt(d_head)
         a = np.exp(scores - scores.max())
         a /= a.sum()
-        z = sum(a[j] * (v_in[j] @ W_V) for j in range(i + 1))
+        z = sum(a[j] * (v_in[j] @ W_V + b_V) for j in range(i + 1))
         write[i] += z @ W_O
-    x = x + write
-  if norm == "LN":
-    x = _layer_norm(x, sd["ln_final.w"])
-  return x @ sd["unembed.W_U"]
+    x = x + write + sd.get(f"blocks.{l}.attn.b_O", 0.0)
+  x = _norm(x, sd, "ln_final", norm, eps)
+  return x @ sd["unembed.W_U"] + sd.get("unembed.b_U", 0.0)

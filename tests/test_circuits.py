@@ -51,6 +51,9 @@ def test_positivity_of_known_spectra():
   assert circuits.positivity(np.array([1.0, 2.0, 0.5])) == pytest.approx(1.0)
   assert circuits.positivity(np.array([-1.0, -3.0])) == pytest.approx(-1.0)
   assert circuits.positivity(np.array([1 + 1j, 1 - 1j])) == pytest.approx(2 / (2 * np.sqrt(2)))
+  assert np.isnan(circuits.positivity(np.array([np.nan, 1.0])))  # NaN stays NaN, never 0
+  assert circuits.positivity(np.zeros(3)) == 0  # no nonzero eigenvalue: 0 by convention
+  np.testing.assert_array_equal(np.isnan(circuits.positivity(np.full((2, 3), np.nan))), True)
   _, w = random_model(n_layers=1, n_heads=2, d_model=12, d_head=4, d_vocab=23)
   copying = w.replace(W_O=np.swapaxes(np.asarray(w.W_V), -1, -2)[None][0] * 1.0,
                       W_U=np.asarray(w.W_E).T)  # W_E W_V W_Vᵀ W_Eᵀ is positive semi-definite
@@ -102,13 +105,21 @@ def test_composition_scores_equal_the_explicit_frobenius_ratio(kind, permuted):
           if l1 >= l2:
             assert scores[l1, h1, l2, h2] == 0
             continue
-          Ax, Bx = f("W_V", l1, h1), f("W_O", l1, h1)
-          Ay, By = {"q": (f("W_Q", l2, h2), f("W_K", l2, h2).T),
-                    "k": (f("W_K", l2, h2), f("W_Q", l2, h2).T),
-                    "v": (f("W_V", l2, h2), f("W_O", l2, h2))}[kind]
-          X, Y = Ax @ Bx, Ay @ By
-          product = By @ Ax @ Bx @ Ay if permuted else X @ Y
-          expected = np.linalg.norm(product) / (np.linalg.norm(X) * np.linalg.norm(Y))
+          if not permuted:  # the paper's column-vector form: W_OV = W_Oᵀ W_Vᵀ (ours
+            # transposed), W_QK = W_Qᵀ W_K with its W_Q, W_K our W_Qᵀ, W_Kᵀ; h1 writes, h2 reads
+            ov1 = f("W_O", l1, h1).T @ f("W_V", l1, h1).T
+            qk2 = f("W_Q", l2, h2) @ f("W_K", l2, h2).T
+            ov2 = f("W_O", l2, h2).T @ f("W_V", l2, h2).T
+            reader = {"q": qk2.T, "k": qk2, "v": ov2}[kind]
+            expected = np.linalg.norm(reader @ ov1) / (np.linalg.norm(reader) *
+                                                      np.linalg.norm(ov1))
+          else:  # the erratum's cyclic permutation of the row-vector factors
+            Ax, Bx = f("W_V", l1, h1), f("W_O", l1, h1)
+            Ay, By = {"q": (f("W_Q", l2, h2), f("W_K", l2, h2).T),
+                      "k": (f("W_K", l2, h2), f("W_Q", l2, h2).T),
+                      "v": (f("W_V", l2, h2), f("W_O", l2, h2))}[kind]
+            expected = np.linalg.norm(By @ Ax @ Bx @ Ay) / (np.linalg.norm(Ax @ Bx) *
+                                                            np.linalg.norm(Ay @ By))
           assert scores[l1, h1, l2, h2] == pytest.approx(expected, rel=1e-4)
 
 
@@ -158,3 +169,74 @@ def test_batched_eigenvalues_equal_a_per_head_loop(model):
       scale = np.abs(batched[l, h]).max()  # float32 products: agree to ~1e-6 of the spectrum
       np.testing.assert_allclose(np.sort_complex(circuits.ov_eigenvalues(single)[0, 0]),
                                  np.sort_complex(batched[l, h]), rtol=0, atol=1e-5 * scale)
+
+
+def test_biases_as_weights_gives_identical_logits_and_every_circuit_runs():
+  from reproduce.model import forward  # pylint: disable=import-outside-toplevel
+  from reproduce.weights import biases_as_weights  # pylint: disable=import-outside-toplevel
+  for pos in ("shortformer", "standard"):
+    cfg, w = random_model(n_layers=3, n_heads=2, pos=pos, seed=11)
+    rng = np.random.default_rng(11)
+    r = lambda *shape: np.asarray(0.5 * rng.normal(size=shape), np.float32)
+    w = w.replace(b_Q=r(3, 2, 4), b_K=r(3, 2, 4), b_V=r(3, 2, 4), b_O=r(3, 12), b_U=r(23))
+    cfg1, w1 = biases_as_weights(cfg, w)
+    assert cfg1.d_model == 13 and not w1.has_biases
+    tokens = rng.integers(0, cfg.d_vocab, (2, cfg.n_ctx))
+    run = lambda c, x: forward(c, x, tokens, return_patterns=True, return_residual=True)
+    (logits, ex), (logits1, ex1) = run(cfg, w), run(cfg1, w1)
+    np.testing.assert_allclose(logits1, logits, rtol=1e-5, atol=1e-5 * np.abs(logits).max())
+    np.testing.assert_allclose(ex1["patterns"], ex["patterns"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ex1["residual"][..., -1], 1.0)  # the constant dimension
+  # Every circuit function runs on it; spot-check one against the dense matrices.
+  ov = circuits.ov_eigenvalues(w1)
+  d = _dense(w1, 2, 1)
+  _same_multiset(ov[2, 1], _nonzero_eigs(d["ov_full"], 4), tol=1e-4)
+  circuits.qk_eigenvalues(w1)
+  circuits.ov_eigenvalues(w1, full=False)
+  circuits.qk_eigenvalues(w1, full=False)
+  circuits.positional_qk(w1)
+  circuits.token_position_qk(w1)
+  circuits.positional_attention(w1)
+  for kind in circuits.COMPOSITION_KINDS:
+    assert circuits.composition_scores(w1, kind).shape == (3, 2, 3, 2)
+  circuits.k_composition_qk_eigenvalues(w1, 0, 1)
+  got = circuits.skip_trigrams(w1, [3], k=2)
+  np.testing.assert_array_equal(got["out_tokens"][2, 1, 0], np.argsort(-d["ov_full"][3])[:2])
+
+
+def test_circuits_refuse_weights_with_layer_norm_gains():
+  from reproduce.weights import (  # pylint: disable=import-outside-toplevel
+      UnfoldedLayerNormError, fold_for_analysis)
+  cfg, w = random_model(n_layers=2, norm="ln")
+  for f in (circuits.ov_eigenvalues, circuits.qk_eigenvalues, circuits.positional_qk,
+            lambda x: circuits.composition_scores(x, "k"), lambda x: circuits.skip_trigrams(x, [1]),
+            lambda x: circuits.k_composition_qk_eigenvalues(x, 0, 0)):
+    with pytest.raises(UnfoldedLayerNormError, match="layer norm folded"):
+      f(w)
+  _, folded = fold_for_analysis(cfg, w)
+  circuits.ov_eigenvalues(folded)
+
+
+def test_folding_our_layer_norm_model_keeps_its_function():
+  """Our own "ln" models (positions inside the norm) fold exactly, biases and LN biases too."""
+  from reproduce.model import forward  # pylint: disable=import-outside-toplevel
+  from reproduce.weights import fold_for_analysis  # pylint: disable=import-outside-toplevel
+  for pos in ("shortformer", "standard"):
+    cfg, w = random_model(n_layers=2, norm="ln", pos=pos, seed=2)
+    rng = np.random.default_rng(2)
+    r = lambda *shape, mean=0.0: np.asarray(mean + 0.3 * rng.normal(size=shape), np.float32)
+    w = w.replace(ln_gain=r(2, 12, mean=1.0), ln_final=r(12, mean=1.0), ln_bias=r(2, 12),
+                  ln_final_bias=r(12), b_V=r(2, 3, 4), b_O=r(2, 12), b_Q=r(2, 3, 4))
+    cfg_f, w_f = fold_for_analysis(cfg, w)
+    assert cfg_f.norm == "lnpre" and not w_f.has_norm_parameters and w_f.b_V is None
+    tokens = rng.integers(0, cfg.d_vocab, (2, cfg.n_ctx))
+    logits, f_logits = forward(cfg, w, tokens)[0], forward(cfg_f, w_f, tokens)[0]
+    shift = np.asarray(f_logits - logits)
+    np.testing.assert_allclose(shift, np.broadcast_to(shift.mean(-1, keepdims=True), shift.shape),
+                               atol=1e-4 * np.abs(logits).max())
+    # Folded reading weights are (I − 11ᵀ/d) diag(γ) W: the explicit matrices, per layer.
+    D = 12
+    centre = np.eye(D) - np.ones((D, D)) / D
+    for l in range(2):
+      expected = centre @ np.diag(np.asarray(w.ln_gain[l])) @ np.asarray(w.W_V[l, 1])
+      np.testing.assert_allclose(w_f.W_V[l, 1], expected, rtol=1e-5, atol=1e-6)

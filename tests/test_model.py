@@ -1,5 +1,7 @@
 """The forward pass against a NumPy reference, the causal mask, and the override semantics."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,20 +15,63 @@ from reproduce.tl_format import to_state_dict
 from reproduce.weights import ModelConfig
 
 
-@pytest.mark.parametrize("n_layers", [0, 1, 2])
-@pytest.mark.parametrize("pos", ["shortformer", "standard"])
-@pytest.mark.parametrize("norm", ["none", "ln"])
-def test_forward_matches_numpy_reference(n_layers, pos, norm):
-  cfg, w = random_model(n_layers=n_layers, pos=pos, norm=norm, seed=n_layers)
-  if norm == "ln":  # non-trivial gains
-    w = w.replace(ln_gain=1 + 0.3 * jax.random.normal(jax.random.key(7), w.ln_gain.shape),
-                  ln_final=1 + 0.3 * jax.random.normal(jax.random.key(8), w.ln_final.shape))
+def with_random_biases(w, seed, norm_bias=True):
+  """``w`` with every bias (and, for "ln", non-trivial gains and LN biases) random."""
+  rng = np.random.default_rng(seed)
+  r = lambda shape, mean=0.0: jnp.asarray(mean + 0.3 * rng.normal(size=shape), jnp.float32)
+  L, H, dh, D = w.W_Q.shape[0], w.W_Q.shape[1], w.d_head, w.d_model
+  w = w.replace(b_Q=r((L, H, dh)), b_K=r((L, H, dh)), b_V=r((L, H, dh)), b_O=r((L, D)),
+                b_U=r((w.d_vocab,)))
+  if w.ln_gain is not None:
+    w = w.replace(ln_gain=r((L, D), 1.0), ln_final=r((D,), 1.0))
+    if norm_bias:
+      w = w.replace(ln_bias=r((L, D)), ln_final_bias=r((D,)))
+  return w
+
+
+@pytest.mark.parametrize("n_layers, pos, pos_after_norm, norm", [
+    (0, "standard", False, "ln"), (1, "shortformer", True, "lnpre"),
+    (4, "shortformer", False, "ln"), (4, "shortformer", True, "ln"),
+    (4, "standard", False, "ln"),
+    pytest.param(1, "shortformer", False, "none", marks=pytest.mark.slow),
+    pytest.param(2, "standard", False, "none", marks=pytest.mark.slow),
+    pytest.param(4, "shortformer", False, "none", marks=pytest.mark.slow),
+    pytest.param(4, "standard", False, "lnpre", marks=pytest.mark.slow)])
+def test_forward_matches_numpy_reference(n_layers, pos, pos_after_norm, norm):
+  cfg, w = random_model(n_layers=n_layers, pos=pos, norm=norm, seed=n_layers,
+                        pos_after_norm=pos_after_norm, eps=1e-4)
+  w = with_random_biases(w, seed=n_layers)
   tokens = np.random.default_rng(0).integers(0, cfg.d_vocab, (2, cfg.n_ctx))
   logits, _ = forward(cfg, w, tokens)
   for b in range(2):
     ref = reference_logits(to_state_dict(cfg, w), tokens[b], n_layers, cfg.n_heads, pos=pos,
-                           norm="LN" if norm == "ln" else None)
-    np.testing.assert_allclose(np.asarray(logits[b]), ref, rtol=1e-4, atol=1e-4)
+                           norm={"none": None, "ln": "LN", "lnpre": "LNPre"}[norm],
+                           pos_after_norm=pos_after_norm, eps=1e-4)
+    np.testing.assert_allclose(np.asarray(logits[b]), ref, rtol=1e-4,
+                               atol=1e-5 * np.abs(ref).max())
+
+
+def test_positions_before_and_after_the_norm_are_different_models():
+  cfg, w = random_model(n_layers=1, norm="ln")
+  tokens = np.arange(cfg.n_ctx)[None] % cfg.d_vocab
+  after = dataclasses.replace(cfg, pos_after_norm=True)
+  assert after != cfg and after.positions_after_norm and not cfg.positions_after_norm
+  assert not np.allclose(forward(cfg, w, tokens)[0], forward(after, w, tokens)[0], atol=1e-3)
+  assert cfg.foldable and not after.foldable
+
+
+def test_frozen_norm_scales_reproduce_the_logits():
+  cfg, w = random_model(n_layers=2, norm="ln", pos="standard")
+  w = with_random_biases(w, 5)
+  tokens = np.random.default_rng(5).integers(0, cfg.d_vocab, (2, cfg.n_ctx))
+  logits, ex = forward(cfg, w, tokens, return_norm_scales=True, return_residual=True)
+  x = np.asarray(ex["residual"], np.float64)
+  np.testing.assert_allclose(ex["norm_scales"][-1, ..., 0],
+                             np.sqrt(x.var(-1) + cfg.eps), rtol=1e-5)
+  again, _ = forward(cfg, w, tokens, norm_scales=ex["norm_scales"])
+  np.testing.assert_allclose(again, logits, rtol=1e-5, atol=1e-5)
+  doubled, _ = forward(cfg, w, tokens, norm_scales=2 * ex["norm_scales"])
+  assert not np.allclose(doubled, logits, atol=1e-2)
 
 
 def test_causal_mask():

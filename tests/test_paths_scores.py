@@ -37,14 +37,69 @@ def induction_model(V=20, T=33, gain=8.0, copy=1.0):
   return cfg, Weights(W_E=f(E), W_pos=f(P), W_Q=f(Q), W_K=f(K), W_V=f(Vw), W_O=f(O), W_U=f(U))
 
 
-@pytest.mark.parametrize("n_layers", [0, 1, 2])
-@pytest.mark.parametrize("pos", ["shortformer", "standard"])
-def test_path_expansion_sums_to_the_logits(n_layers, pos):
-  cfg, w = random_model(n_layers=n_layers, pos=pos, seed=n_layers)
-  tokens = np.random.default_rng(0).integers(0, cfg.d_vocab, (3, cfg.n_ctx))
+def _with_biases(cfg, w, seed):
+  """Random biases everywhere (and random LN gains/biases for norm="ln")."""
+  rng = np.random.default_rng(seed)
+  r = lambda shape, mean=0.0: jnp.asarray(mean + 0.3 * rng.normal(size=shape), jnp.float32)
+  L, H, dh, D = cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.d_model
+  w = w.replace(b_Q=r((L, H, dh)), b_K=r((L, H, dh)), b_V=r((L, H, dh)), b_O=r((L, D)),
+                b_U=r((cfg.d_vocab,)))
+  if cfg.norm == "ln":
+    w = w.replace(ln_gain=r((L, D), 1.0), ln_final=r((D,), 1.0), ln_bias=r((L, D)),
+                  ln_final_bias=r((D,)))
+  return w
+
+
+@pytest.mark.parametrize("n_layers, pos, norm, biases", [
+    (0, "shortformer", "none", False), (2, "standard", "none", True),
+    (3, "shortformer", "none", True), (4, "standard", "lnpre", True),
+    (4, "shortformer", "ln", True),
+    pytest.param(1, "standard", "none", False, marks=pytest.mark.slow),
+    pytest.param(2, "shortformer", "none", False, marks=pytest.mark.slow),
+    pytest.param(3, "standard", "ln", True, marks=pytest.mark.slow),
+    pytest.param(4, "shortformer", "none", False, marks=pytest.mark.slow)])
+def test_path_expansion_sums_to_the_logits(n_layers, pos, norm, biases):
+  cfg, w = random_model(n_layers=n_layers, pos=pos, norm=norm, seed=n_layers, n_heads=2,
+                        pos_after_norm=norm != "none")
+  if biases:
+    w = _with_biases(cfg, w, n_layers)
+  tokens = np.random.default_rng(0).integers(0, cfg.d_vocab, (2, cfg.n_ctx))
   terms = path_expansion(cfg, w, tokens)
   scale = float(np.abs(terms["logits"]).max())
   np.testing.assert_allclose(sum_of_paths(terms), terms["logits"], rtol=0, atol=1e-5 * scale)
+  np.testing.assert_allclose(terms["orders"].sum(0), terms["logits"], rtol=0, atol=1e-5 * scale)
+  n_chains = {0: 0, 1: 0, 2: 1, 3: 4, 4: 11}[n_layers]  # increasing layer tuples of length ≥ 2
+  assert len(terms.get("chains", {})) == n_chains
+  for layers, chain in terms.get("chains", {}).items():
+    assert chain.shape == (2,) * len(layers) + (2, cfg.n_ctx, cfg.d_vocab)
+  assert terms["orders"].shape[0] == n_layers + 1
+  if n_layers == 4:  # a lower max_order leaves exactly the higher orders out
+    partial = path_expansion(cfg, w, tokens, max_order=2)
+    np.testing.assert_allclose(sum_of_paths(partial), terms["orders"][:3].sum(0), rtol=0,
+                               atol=1e-5 * scale)
+
+
+def test_three_layer_chain_and_constants_match_a_hand_computation():
+  """Plain NumPy (row vectors): the chain (0, 1) → (1, 1) → (2, 0) and the direct path, biases
+  included."""
+  cfg, w = random_model(n_layers=3, n_heads=2, pos="standard", seed=4)
+  w = _with_biases(cfg, w, 4)
+  tokens = np.random.default_rng(4).integers(0, cfg.d_vocab, (1, cfg.n_ctx))
+  terms = path_expansion(cfg, w, tokens)
+  _, ex = forward(cfg, w, tokens, return_patterns=True)
+  A = np.asarray(ex["patterns"], np.float64)[:, 0]
+  f = lambda n: np.asarray(getattr(w, n), np.float64)
+  x0 = f("W_E")[tokens[0]] + f("W_pos")[:cfg.n_ctx]
+  ov = lambda l, h: f("W_V")[l, h] @ f("W_O")[l, h]
+  b_O = f("b_O")
+  direct = (x0 + b_O.sum(0)) @ f("W_U") + f("b_U")
+  np.testing.assert_allclose(terms["direct"][0], direct, rtol=1e-4, atol=1e-4)
+  head_1_0 = (A[1, 0] @ (x0 + b_O[0]) @ ov(1, 0) + f("b_V")[1, 0] @ f("W_O")[1, 0]) @ f("W_U")
+  np.testing.assert_allclose(terms["heads"][1, 0, 0], head_1_0, rtol=1e-4, atol=1e-4)
+  first = A[0, 1] @ x0 @ ov(0, 1) + f("b_V")[0, 1] @ f("W_O")[0, 1]
+  chain = A[2, 0] @ A[1, 1] @ first @ ov(1, 1) @ ov(2, 0) @ f("W_U")
+  np.testing.assert_allclose(terms["chains"][(0, 1, 2)][1, 1, 0, 0], chain, rtol=1e-4,
+                             atol=1e-4)
 
 
 def test_path_terms_match_a_hand_computation():
@@ -63,30 +118,32 @@ def test_path_terms_match_a_hand_computation():
                              rtol=1e-4, atol=1e-5)
 
 
-def test_path_expansion_refuses_layer_norm():
-  cfg, w = random_model(n_layers=1, norm="ln")
-  with pytest.raises(ValueError, match="exact only without layer norm"):
-    path_expansion(cfg, w, np.zeros((1, 4), np.int32))
-
-
-@pytest.mark.parametrize("n_layers", [1, 2])
-def test_term_importance_with_all_orders_equals_the_normal_loss(n_layers):
-  cfg, w = random_model(n_layers=n_layers, seed=5)
+@pytest.mark.parametrize("n_layers, norm", [
+    (2, "none"), (3, "ln"), (4, "none"), pytest.param(1, "none", marks=pytest.mark.slow)])
+def test_term_importance_equals_the_losses_of_path_sums(n_layers, norm):
+  cfg, w = random_model(n_layers=n_layers, n_heads=2, seed=5, norm=norm, pos="standard")
+  if norm == "ln":
+    w = _with_biases(cfg, w, 5)
   rng = np.random.default_rng(2)
-  inputs = rng.integers(0, cfg.d_vocab, (4, cfg.n_ctx))
-  targets = rng.integers(0, cfg.d_vocab, (4, cfg.n_ctx))
+  inputs = rng.integers(0, cfg.d_vocab, (3, cfg.n_ctx))
+  targets = rng.integers(0, cfg.d_vocab, (3, cfg.n_ctx))
   out = term_importance(cfg, w, inputs, targets)
+  terms = path_expansion(cfg, w, inputs)
+  loss = lambda logits: float(token_losses(logits, targets).mean())
   assert len(out["losses"]) == n_layers + 1
   assert out["losses"][-1] == pytest.approx(float(out["loss_full"]), abs=1e-5)
-  direct = token_losses(jnp.asarray(w.W_E)[inputs] @ w.W_U, targets).mean()
-  assert out["losses"][0] == pytest.approx(float(direct), abs=1e-5)
+  cumulative = np.cumsum(np.asarray(terms["orders"], np.float64), axis=0)
+  for k in range(n_layers + 1):  # losses[k]: every path through at most k heads
+    assert out["losses"][k] == pytest.approx(loss(cumulative[k]), abs=1e-4)
   np.testing.assert_allclose(out["marginal"], out["losses"][:-1] - out["losses"][1:])
-  assert out["first_order_by_layer"][0] == pytest.approx(
-      out["losses"][1] if n_layers == 1 else out["first_order_by_layer"][0])
-  if n_layers == 1:  # one layer: its first-order terms are all there is
-    assert out["first_order_by_layer"][0] == pytest.approx(out["losses"][1], abs=1e-5)
-  else:  # the second-order terms make up the difference between L1 and L2
-    assert not np.isclose(out["losses"][1], out["losses"][2], atol=1e-4)
+  for l in range(n_layers):
+    only_layer = terms["direct"] + terms["heads"][l].sum(0)
+    assert out["first_order_by_layer"][l] == pytest.approx(loss(only_layer), abs=1e-4)
+    for h in range(2):
+      only_head = terms["direct"] + terms["heads"][l, h]
+      assert out["first_order_by_head"][l, h] == pytest.approx(loss(only_head), abs=1e-4)
+  if n_layers > 1:  # higher orders matter: the losses are not all equal
+    assert not np.isclose(out["losses"][1], out["losses"][-1], atol=1e-4)
 
 
 def test_hand_built_induction_circuit_scores_high_and_random_low():

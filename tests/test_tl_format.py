@@ -1,4 +1,5 @@
-"""TransformerLens-format weights: round trips, parity, and every refusal."""
+"""TransformerLens-format weights: round trips, parity with a NumPy reference (biases, layer norm,
+both positional types, 4 layers), the analysis fold, and every refusal."""
 
 import json
 
@@ -8,15 +9,92 @@ import pytest
 import reproduce
 from conftest import random_model
 from reference import reference_logits
-from reproduce import tl_format
+from reproduce import circuits, tl_format
 from reproduce.tl_format import WeightFormatError
+from reproduce.weights import UnfoldedLayerNormError
+
+
+def tl_model(n_layers=4, pos="standard", norm="LN", n_heads=2, d_head=3, d_model=10, d_vocab=17,
+             n_ctx=8, seed=0):
+  """(TransformerLens config, state dict) with every bias and the LN gains/biases random."""
+  rng = np.random.default_rng(seed)
+  r = lambda *shape, std=0.4: (std * rng.normal(size=shape)).astype(np.float32)
+  L, H, D, dh = n_layers, n_heads, d_model, d_head
+  state = {"embed.W_E": r(d_vocab, D, std=1.0), "pos_embed.W_pos": r(n_ctx, D, std=1.0),
+           "unembed.W_U": r(D, d_vocab), "unembed.b_U": r(d_vocab)}
+  for l in range(L):
+    a = f"blocks.{l}.attn."
+    state.update({a + "W_Q": r(H, D, dh), a + "W_K": r(H, D, dh), a + "W_V": r(H, D, dh),
+                  a + "W_O": r(H, dh, D), a + "b_Q": r(H, dh), a + "b_K": r(H, dh),
+                  a + "b_V": r(H, dh), a + "b_O": r(D),
+                  a + "mask": np.tril(np.ones((n_ctx, n_ctx), bool)),
+                  a + "IGNORE": np.array(-np.inf, np.float32)})
+    if norm == "LN":
+      state[f"blocks.{l}.ln1.w"] = 1 + r(D, std=0.3)
+      state[f"blocks.{l}.ln1.b"] = r(D, std=0.3)
+  if norm == "LN":
+    state["ln_final.w"], state["ln_final.b"] = 1 + r(D, std=0.3), r(D, std=0.3)
+  config = {"n_layers": L, "d_model": D, "n_heads": H, "d_head": dh, "d_vocab": d_vocab,
+            "n_ctx": n_ctx, "d_mlp": None, "attn_only": True, "normalization_type": norm,
+            "positional_embedding_type": pos, "eps": 1e-4, "act_fn": None, "use_attn_result":
+            False, "n_key_value_heads": None, "rotary_dim": None, "attn_scale": np.sqrt(dh),
+            "use_attn_scale": True, "d_vocab_out": d_vocab, "model_name": "random"}
+  return config, state
+
+
+def write_tl_model(directory, config, state, suffix=".safetensors"):
+  """Weights plus a config.json beside them, as a TransformerLens model repository has."""
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / "config.json").write_text(json.dumps(config))
+  path = directory / f"model{suffix}"
+  if suffix == ".npz":
+    np.savez(path, **state)
+  else:
+    from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items() if v.ndim > 0
+               and v.dtype != bool}, str(path))
+  return path
+
+
+@pytest.mark.parametrize("norm", [None, "LN", "LNPre"])
+@pytest.mark.parametrize("pos", ["standard", "shortformer"])
+def test_four_layer_model_with_biases_matches_the_reference(tmp_path, pos, norm):
+  config, state = tl_model(4, pos=pos, norm=norm, seed=len(pos) + len(str(norm)))
+  path = write_tl_model(tmp_path, config, state, ".npz" if norm == "LN" else ".safetensors")
+  cfg, w = reproduce.load(path, fold=False)
+  assert (cfg.n_layers, cfg.pos, cfg.eps) == (4, pos, 1e-4)
+  assert cfg.norm == {None: "none", "LN": "ln", "LNPre": "lnpre"}[norm]
+  assert cfg.positions_after_norm == (pos == "shortformer" and norm is not None)
+  tokens = np.random.default_rng(1).integers(0, config["d_vocab"], (2, config["n_ctx"]))
+  logits = np.asarray(reproduce.forward(cfg, w, tokens)[0])
+  for b in range(2):
+    ref = reference_logits(state, tokens[b], 4, 2, pos=pos, norm=norm, pos_after_norm=True,
+                           eps=1e-4)
+    np.testing.assert_allclose(logits[b], ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+  # The analysis-ready load: same patterns, logits up to one constant per position.
+  folded_cfg, folded, meta = reproduce.load_with_meta(path)
+  if not cfg.foldable:  # LN with positions after it: kept raw, and the circuits refuse it
+    assert norm == "LN" and pos == "shortformer" and not meta["folded"]
+    assert "cannot be folded" in meta["fold_problem"] and folded.ln_gain is not None
+    with pytest.raises(UnfoldedLayerNormError, match="layer norm folded"):
+      circuits.ov_eigenvalues(folded)
+    return
+  assert meta["folded"] and not folded.has_norm_parameters and folded.b_V is None
+  assert folded_cfg.norm == ("none" if norm is None else "lnpre")
+  f_logits, f_ex = reproduce.forward(folded_cfg, folded, tokens, return_patterns=True)
+  _, ex = reproduce.forward(cfg, w, tokens, return_patterns=True)
+  np.testing.assert_allclose(f_ex["patterns"], ex["patterns"], rtol=1e-4, atol=1e-5)
+  shift = np.asarray(f_logits) - logits
+  np.testing.assert_allclose(shift, shift.mean(-1, keepdims=True) + 0 * shift,
+                             atol=2e-5 * np.abs(logits).max())
+  circuits.ov_eigenvalues(folded)  # analysable
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
 def test_round_trip_and_parity(tmp_path, suffix):
   cfg, w = random_model(n_layers=2)
   path = reproduce.save_transformer_lens(tmp_path / f"model{suffix}", cfg, w)
-  cfg2, w2 = reproduce.load(path)
+  cfg2, w2 = reproduce.load(path, fold=False)
   assert cfg2 == cfg
   for name, a in w.to_dict().items():
     np.testing.assert_array_equal(np.asarray(getattr(w2, name)), np.asarray(a))
@@ -32,7 +110,7 @@ def test_state_dict_with_tl_buffers_and_standard_positions_loads(tmp_path):
   state["blocks.0.attn.mask"] = np.tril(np.ones((cfg.n_ctx, cfg.n_ctx), bool))
   state["blocks.0.attn.IGNORE"] = np.array(-1e5, np.float32)
   np.savez(tmp_path / "tl.npz", **state)  # no embedded config: inferred, TL's default positions
-  cfg2, w2 = reproduce.load(tmp_path / "tl.npz")
+  cfg2, w2 = reproduce.load(tmp_path / "tl.npz", fold=False)
   assert cfg2 == cfg and cfg2.pos == "standard"
   tokens = np.arange(cfg.n_ctx) % cfg.d_vocab
   ref = reference_logits(state, tokens, 1, cfg.n_heads, pos="standard")
@@ -55,11 +133,66 @@ def _state(**changes):
   return cfg, state
 
 
-def test_nonzero_bias_is_refused():
-  cfg, state = _state()
-  state["blocks.0.attn.b_V"] = np.full((cfg.n_heads, cfg.d_head), 0.1, np.float32)
-  with pytest.raises(WeightFormatError, match=r"blocks\.0\.attn\.b_V is non-zero"):
-    tl_format.from_state_dict(state, tl_format.tl_config_of(cfg))
+def test_biases_round_trip_and_zero_biases_are_dropped(tmp_path):
+  config, state = tl_model(2, norm="LN")
+  cfg, w = tl_format.from_state_dict(state, config)
+  assert w.b_V is not None and w.ln_bias is not None
+  cfg2, w2 = reproduce.load(reproduce.save_transformer_lens(tmp_path / "m.npz", cfg, w),
+                            fold=False)
+  assert cfg2 == cfg
+  for name, a in w.to_dict().items():
+    np.testing.assert_array_equal(np.asarray(getattr(w2, name)), np.asarray(a))
+  _, plain = tl_format.from_state_dict(tl_format.to_state_dict(*random_model(n_layers=1)))
+  assert not plain.has_biases  # the explicit zero biases of to_state_dict come back as None
+
+
+def test_our_order_of_positions_and_layer_norm_is_never_saved_as_transformer_lens(tmp_path):
+  cfg, w = random_model(n_layers=1, norm="ln")  # shortformer, LN(x + W_pos)
+  assert not cfg.pos_after_norm
+  with pytest.raises(WeightFormatError, match="no TransformerLens equivalent"):
+    reproduce.save_transformer_lens(tmp_path / "m.npz", cfg, w)
+  assert not (tmp_path / "m.npz").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(positional_embedding_type="rotary", rotary_dim=3), "rotary and alibi are not"),
+    (dict(n_key_value_heads=1), "grouped-query attention"),
+    (dict(attn_only=False, d_mlp=40), "MLP layers"),
+    (dict(normalization_type="RMS"), "normalization_type 'RMS' is not supported"),
+    (dict(attn_scale=1.0), "attn_scale=1.0 is not sqrt"),
+    (dict(attention_dir="bidirectional"), "causal only"),
+    (dict(n_heads="2"), "n_heads must be an integer"),
+    (dict(eps=0), "eps must be a positive number"),
+])
+def test_unsupported_configs_are_refused(tmp_path, change, message):
+  config, state = tl_model(1, norm=None)
+  path = write_tl_model(tmp_path, dict(config, **change), state)
+  with pytest.raises(WeightFormatError, match=message):
+    reproduce.load(path)
+
+
+@pytest.mark.parametrize("key, message", [
+    ("blocks.0.mlp.W_in", "MLP layers"), ("blocks.0.ln2.w", "MLP layers"),
+    ("blocks.0.attn.rotary_sin", "rotary"), ("blocks.0.attn.W_X", "unknown keys"),
+])
+def test_unsupported_keys_are_refused(key, message):
+  config, state = tl_model(1, norm=None)
+  state[key] = np.zeros(3, np.float32)
+  with pytest.raises(WeightFormatError, match=message):
+    tl_format.from_state_dict(state, config)
+
+
+def test_config_files_that_cannot_be_used(tmp_path):
+  config, state = tl_model(1, norm=None)
+  path = write_tl_model(tmp_path, config, state)
+  (tmp_path / "config.json").write_text("{not json")
+  with pytest.raises(WeightFormatError, match=r"config\.json: not valid JSON"):
+    reproduce.load(path)
+  cfg, w = random_model(n_layers=1, pos="standard")
+  saved = reproduce.save_transformer_lens(tmp_path / "ours.npz", cfg, w)  # embeds its config
+  (tmp_path / "config.json").write_text(json.dumps(dict(tl_format.tl_config_of(cfg), n_ctx=99)))
+  with pytest.raises(WeightFormatError, match="n_ctx=99 but the config inside ours.npz"):
+    reproduce.load(saved)
 
 
 def test_shape_mismatch_is_refused():
@@ -70,8 +203,8 @@ def test_shape_mismatch_is_refused():
 
 
 def test_unknown_key_is_refused():
-  cfg, state = _state(**{"blocks.0.mlp.W_in": np.zeros((3, 3), np.float32)})
-  with pytest.raises(WeightFormatError, match=r"unknown keys \['blocks\.0\.mlp\.W_in'\]"):
+  cfg, state = _state(**{"blocks.0.attn.W_in": np.zeros((3, 3), np.float32)})
+  with pytest.raises(WeightFormatError, match=r"unknown keys \['blocks\.0\.attn\.W_in'\]"):
     tl_format.from_state_dict(state, tl_format.tl_config_of(cfg))
 
 
@@ -90,6 +223,9 @@ def test_pickles_are_refused(tmp_path):
   np.savez(tmp_path / "objects.npz", a=np.array([{"x": 1}], dtype=object))
   with pytest.raises(WeightFormatError, match="pickled objects"):
     reproduce.load(tmp_path / "objects.npz")
+  (tmp_path / "text.npz").write_text("W_E = [1, 2, 3]\n")
+  with pytest.raises(WeightFormatError, match=r"text\.npz: not a \.npz file"):
+    reproduce.load(tmp_path / "text.npz")
 
 
 def test_missing_and_corrupt_files(tmp_path):
@@ -98,3 +234,23 @@ def test_missing_and_corrupt_files(tmp_path):
   (tmp_path / "bad.safetensors").write_bytes(b"garbage")
   with pytest.raises(WeightFormatError, match="not a readable .safetensors"):
     reproduce.load(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"blocks.0.attn.W_V": np.full((2, 10, 3), np.nan, np.float32)}, "non-finite values"),
+    ({"embed.W_E": np.zeros((17, 10), np.int32)}, "dtype int32, expected floating point"),
+    ({"ln_final.w": np.ones(10, np.float32)}, "layer-norm weights"),
+    ({"blocks.0.attn.mask": np.ones((8, 8), bool)}, "not a causal mask"),
+])
+def test_bad_tensors_are_refused(change, message):
+  config, state = tl_model(1, norm=None)
+  state.update(change)
+  with pytest.raises(WeightFormatError, match=message):
+    tl_format.from_state_dict(state, config)
+
+
+def test_missing_weight_is_named():
+  config, state = tl_model(2, norm="LN")
+  del state["blocks.1.ln1.w"]
+  with pytest.raises(WeightFormatError, match=r"missing weight blocks\.1\.ln1\.w"):
+    tl_format.from_state_dict(state, config)
