@@ -30,8 +30,12 @@ class CheckpointError(RuntimeError):
 
 
 def _manager(directory: Path, max_to_keep: Optional[int], read_only: bool = False):
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                         read_only=read_only)
+  # In a multi-process job every manager needs its own barrier names: the checkpoint and the
+  # snapshot of the same step are written at once and would otherwise share them.
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=Path(directory).name))
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     return ocp.CheckpointManager(directory.absolute(), options=options)

@@ -189,7 +189,7 @@ class _Metrics:
 
   def __init__(self, path: Path, resume_step: int):
     self.path = path
-    if path.exists():
+    if path.exists() and jax.process_index() == 0:
       kept = [line for line in path.read_text().splitlines()
               if line.strip() and json.loads(line).get("step", 0) <= resume_step]
       tmp = path.with_suffix(".tmp")
@@ -280,7 +280,10 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
 
   try:
     replicated = NamedSharding(mesh, P())
-    state = jax.device_put(TrainState(jnp.asarray(start, jnp.int32), weights, opt_state), replicated)
+    # From host values: every process holds the whole state, and a restored checkpoint's arrays,
+    # committed to one local device, cannot be moved across processes directly.
+    state = jax.device_put(
+        jax.device_get(TrainState(jnp.asarray(start, jnp.int32), weights, opt_state)), replicated)
     step_fn = compile_train_step(config, tx, mesh)
     schedule = learning_rate_schedule(t)
     heldout_inputs, heldout_targets = data.eval_windows(tokens.heldout, t.eval_windows, cfg.n_ctx,
@@ -304,8 +307,12 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
     probe = scores.repeated_sequences(pool, tokens.bos_id, probe_length, 2, 4, seed=12345)
 
     def evaluate_now(step, w):
+      """Process 0 evaluates a host copy of the (replicated) weights; the others skip it."""
+      if jax.process_index() != 0:
+        return None
       rec = {"step": step, "tokens": step * tokens_per_step}
-      rec.update(evaluate(cfg, w, heldout_inputs, heldout_targets, probe, probe_length))
+      rec.update(evaluate(cfg, jax.device_get(w), heldout_inputs, heldout_targets, probe,
+                          probe_length))
       metrics.write(rec)
       return rec
 
@@ -347,9 +354,10 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
         window_start, window_steps = time.time(), 0
       if done % t.eval_every == 0 or done == t.steps:
         rec = evaluate_now(done, state.weights)
-        log(f"  eval step {done}: held-out loss {rec['heldout_loss']:.4f}"
-            + (f", previous-token max {rec['previous_token_max']}, induction max "
-               f"{rec.get('induction_max')}" if cfg.n_layers else ""))
+        if rec is not None:
+          log(f"  eval step {done}: held-out loss {rec['heldout_loss']:.4f}"
+              + (f", previous-token max {rec['previous_token_max']}, induction max "
+                 f"{rec.get('induction_max')}" if cfg.n_layers else ""))
       if done in snapshots:
         ckpts.save_snapshot(done, state.weights, meta(done))
       if done % t.checkpoint_every == 0 or done == t.steps:
@@ -363,15 +371,28 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
                      config=config, tokens=tokens)
 
 
+def initialize_distributed(coordinator_address: Optional[str] = None,
+                           num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None) -> None:
+  """Joins a multi-process job: ``jax.distributed.initialize`` with whatever is given; the rest
+  comes from the cluster (SLURM, Open MPI, TPU VM metadata) or from ``$JAX_COORDINATOR_ADDRESS``,
+  ``$JAX_NUM_PROCESSES`` and ``$JAX_PROCESS_ID``.  On CPU the processes' collectives use gloo."""
+  env = lambda name: int(os.environ[name]) if os.environ.get(name) else None
+  num_processes = num_processes if num_processes is not None else env("JAX_NUM_PROCESSES")
+  process_id = process_id if process_id is not None else env("JAX_PROCESS_ID")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
 def main(argv):
   from absl import flags, logging  # pylint: disable=import-outside-toplevel
   del argv
   FLAGS = flags.FLAGS
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
   if FLAGS.distributed:
-    jax.distributed.initialize()
+    initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  log = print if jax.process_index() == 0 else (lambda *_: None)
   try:
-    train(FLAGS.config, FLAGS.workdir)
+    train(FLAGS.config, FLAGS.workdir, log=log)
   except (ValueError, FileNotFoundError, TrainingDiverged, checkpoint.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -384,6 +405,12 @@ def run_cli():
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "run directory (created; resumed if it holds a run)")
   flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-process jobs)")
+  flags.DEFINE_string("coordinator_address", None, "with --distributed: host:port of process 0 "
+                      "(default: $JAX_COORDINATOR_ADDRESS or the cluster's)")
+  flags.DEFINE_integer("num_processes", None, "with --distributed: processes in the job "
+                       "(default: $JAX_NUM_PROCESSES or the cluster's)")
+  flags.DEFINE_integer("process_id", None, "with --distributed: this process's index "
+                       "(default: $JAX_PROCESS_ID or the cluster's)")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)
 
