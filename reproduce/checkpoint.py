@@ -125,14 +125,19 @@ class RunCheckpoints:
 def _restore_weights(directory: Path, step: int) -> Tuple[Weights, dict]:
   mngr = _manager(directory, None, read_only=True)
   try:
+    meta = dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+    if meta.get("format") != FORMAT:
+      raise CheckpointError(f"{directory / str(step)} is not a circuits-repro checkpoint")
+    shapes = meta.get("weight_shapes", {})
+    # An explicit one-device target: a checkpoint written by a multi-process job records that
+    # job's devices, which Orbax will not restore onto another topology by itself.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = {k: jax.ShapeDtypeStruct(tuple(s) if 0 not in s else (1,), np.float32,
+                                      sharding=device) for k, s in shapes.items()}
     restored = mngr.restore(step, args=ocp.args.Composite(
-        weights=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+        weights=ocp.args.StandardRestore(target)))
   finally:
     mngr.close()
-  meta = dict(restored["meta"])
-  if meta.get("format") != FORMAT:
-    raise CheckpointError(f"{directory / str(step)} is not a circuits-repro checkpoint")
-  shapes = meta.get("weight_shapes", {})
   weights = {k: np.zeros(shapes[k], np.float32) if 0 in shapes.get(k, [1]) else np.asarray(v)
              for k, v in dict(restored["weights"]).items()}
   return Weights.from_dict(weights), meta
