@@ -93,6 +93,17 @@ def config_hash(config) -> str:
   return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
 
 
+def model_run(name: str, preset: str, models_dir: Path, cache_dir: Optional[str] = None):
+  """(config, work directory) of the model ``configs/<name>.py:<preset>`` in ``models_dir``:
+  ``<name>-<preset>-<hash of the config>``."""
+  config = load_config(f"{name}:{preset}")
+  if cache_dir:
+    config.unlock()
+    config.data.cache_dir = cache_dir
+    config.lock()
+  return config, Path(models_dir) / f"{name}-{preset}-{config_hash(config)}"
+
+
 def trained_model(name: str, preset: str, models_dir: Path, cache_dir: Optional[str] = None,
                   log: Callable[[str], None] = print) -> Model:
   """The model ``configs/<name>.py:<preset>``, trained into ``models_dir`` unless already there.
@@ -101,12 +112,7 @@ def trained_model(name: str, preset: str, models_dir: Path, cache_dir: Optional[
   finished one is reused as is (an interrupted one resumes).
   """
   from reproduce.train import train  # pylint: disable=import-outside-toplevel
-  config = load_config(f"{name}:{preset}")
-  if cache_dir:
-    config.unlock()
-    config.data.cache_dir = cache_dir
-    config.lock()
-  workdir = Path(models_dir) / f"{name}-{preset}-{config_hash(config)}"
+  config, workdir = model_run(name, preset, models_dir, cache_dir)
   result = train(config, workdir, log=log)
   return model_from_run(name, workdir, tokens=result.tokens)
 

@@ -2,6 +2,7 @@
 
     python -m reproduce.figure --name eigen_hist           # cpu preset, outputs in figures/
     python -m reproduce.figure --all                       # every figure, plus figures/index.html
+    python -m reproduce.figure --all --preset=paper --workdir=DIR   # the paper-scale batch job
     python -m reproduce.figure --list
     python -m reproduce.figure --name composition_scores --checkpoint=runs/attn2l
     python -m reproduce.figure --name ov_eigenvalues --checkpoint=model.safetensors
@@ -9,6 +10,9 @@
 Each figure writes ``<workdir>/<name>/``: the picture (PNG and SVG), the numbers behind it, and
 ``claims.json`` (the paper's statement, our measured value, whether it holds).  Models go to
 ``<workdir>/models/`` (or ``--models_dir``) and are reused by every figure that needs them.
+``--all`` is one resumable batch job: it trains the models first, skips every figure whose
+``claims.json`` already matches the current models and figure config, and, re-run after an
+interruption, continues where it stopped.
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
     claims = module.run(config, models, out.path)
     summary = {
         "figure": name, "description": module.DESCRIPTION, "preset": preset,
+        "figure_config": config.to_dict(),
         "models": {label: {"source": str(m.workdir or m.meta.get("path", "")),
                            "step": m.meta.get("step"), "tokens_seen": m.meta.get("tokens_seen"),
                            "architecture": m.cfg.to_dict()} for label, m in models.items()},
@@ -92,6 +97,63 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
   for c in claims:
     log(f"  [{'holds' if c['holds'] else 'FAILS'}] {c['claim']} — {c['measured']}")
   return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# The batch job (--all): train every model first, then make each figure not already made.
+
+
+def figure_is_current(name: str, preset: str, workdir, models_dir=None, cache_dir=None) -> bool:
+  """Whether ``<workdir>/<name>/claims.json`` came from this figure config and preset, and from
+  the finished runs the preset names now: the same run directories (keyed by their configs'
+  hashes) at their final steps.  A folder is only ever swapped in whole, so then it is complete."""
+  path = Path(workdir) / name / "claims.json"
+  try:
+    summary = json.loads(path.read_text())
+  except (OSError, ValueError):
+    return False
+  config = figure_config(name, preset)
+  models_dir = Path(models_dir or Path(workdir) / "models")
+  expected = {}
+  for model_name in config.models:
+    model_config, run = experiment.model_run(model_name, preset, models_dir, cache_dir)
+    expected[model_name] = [str(run), model_config.train.steps]
+  recorded = {label: [m.get("source"), m.get("step")]
+              for label, m in summary.get("models", {}).items()}
+  same_config = summary.get("figure_config") == json.loads(json.dumps(config.to_dict()))
+  return summary.get("preset") == preset and same_config and recorded == expected
+
+
+def make_all(preset: str, workdir, models_dir: Optional[str] = None,
+             cache_dir: Optional[str] = None, log: Callable[[str], None] = print):
+  """Every figure as one resumable batch job; returns the names of the figures that failed.
+
+  Figures already made from the current models and configs are skipped.  The models the others
+  need are trained first, in order (0L, 1L, 2L): a finished run is found by its directory and
+  reused, an interrupted one resumes from its newest checkpoint, and a training error stops the
+  job before any figure is attempted.  Re-running the same command after a pre-emption therefore
+  continues where it stopped.
+  """
+  todo = []
+  for name in FIGURES:
+    if figure_is_current(name, preset, workdir, models_dir, cache_dir):
+      log(f"figure {name}: up to date, skipped")
+    else:
+      todo.append(name)
+  needed = list(dict.fromkeys(m for name in todo for m in figure_config(name, preset).models))
+  loaded: Dict[str, experiment.Model] = {}
+  for model_name in needed:
+    loaded[f"{model_name}:{preset}"] = experiment.trained_model(
+        model_name, preset, Path(models_dir or Path(workdir) / "models"), cache_dir=cache_dir,
+        log=log)
+  failures = []
+  for name in todo:
+    try:
+      make_figure(name, preset, workdir, None, models_dir, cache_dir, log=log, loaded=loaded)
+    except (experiment.FigureError, ValueError, FileNotFoundError, RuntimeError) as e:
+      print(f"error: figure {name}: {e}", file=sys.stderr)
+      failures.append(name)
+  return failures
 
 
 def write_index(workdir) -> Path:
@@ -154,6 +216,12 @@ def main(argv):
     sys.exit(2)
   loaded: Dict[str, experiment.Model] = {}
   started, failures = time.time(), []
+  if FLAGS.all and not FLAGS.checkpoint:
+    try:
+      failures, names = make_all(FLAGS.preset, FLAGS.workdir, FLAGS.models_dir), ()
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # a model could not be trained
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
   for name in names:
     try:
       make_figure(name, FLAGS.preset, FLAGS.workdir, FLAGS.checkpoint, FLAGS.models_dir,

@@ -28,7 +28,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from reproduce import checkpoint, data, scores
-from reproduce.config import validate
+from reproduce.config import check_corpus_size, validate
 from reproduce.corpus import resolve_corpus
 from reproduce.model import forward, largest_divisor_at_most, mean_loss, token_losses
 from reproduce.tokenizer import TokenizedCorpus, prepare_tokens
@@ -36,7 +36,8 @@ from reproduce.weights import ModelConfig, Weights, init_weights
 
 # Fields that may change between a run and its resumption (they do not change the maths).
 RESUMABLE_CHANGES = ("train.log_every", "train.eval_every", "train.eval_windows",
-                     "train.checkpoint_every", "train.keep_checkpoints", "data.cache_dir")
+                     "train.checkpoint_every", "train.keep_checkpoints", "data.cache_dir",
+                     "data.max_epochs")
 INDUCTION_PROBE_LENGTH = 50  # random tokens per half of the eval's repeated sequence
 
 
@@ -260,6 +261,7 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
   corpus = resolve_corpus(config.data.corpus, jsonl_field=config.data.jsonl_field,
                           max_files=config.data.max_files, heldout_every=config.data.heldout_every)
   tokens = prepare_tokens(corpus, cfg.d_vocab, config.data.cache_dir or None, log=log)
+  check_corpus_size(config, len(tokens.train))
   if jax.process_index() == 0:
     shutil.copyfile(tokens.tokenizer_path, workdir / "tokenizer.json.tmp")
     os.replace(workdir / "tokenizer.json.tmp", workdir / "tokenizer.json")
