@@ -93,26 +93,29 @@ def config_hash(config) -> str:
   return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
 
 
-def model_run(name: str, preset: str, models_dir: Path, cache_dir: Optional[str] = None):
+def model_run(name: str, preset: str, models_dir: Path, cache_dir: Optional[str] = None,
+              corpus: Optional[str] = None):
   """(config, work directory) of the model ``configs/<name>.py:<preset>`` in ``models_dir``:
-  ``<name>-<preset>-<hash of the config>``."""
+  ``<name>-<preset>-<hash of the config>``; ``corpus`` replaces the config's ``data.corpus``."""
   config = load_config(f"{name}:{preset}")
+  config.unlock()
   if cache_dir:
-    config.unlock()
     config.data.cache_dir = cache_dir
-    config.lock()
+  if corpus:
+    config.data.corpus = corpus
+  config.lock()
   return config, Path(models_dir) / f"{name}-{preset}-{config_hash(config)}"
 
 
 def trained_model(name: str, preset: str, models_dir: Path, cache_dir: Optional[str] = None,
-                  log: Callable[[str], None] = print) -> Model:
+                  log: Callable[[str], None] = print, corpus: Optional[str] = None) -> Model:
   """The model ``configs/<name>.py:<preset>``, trained into ``models_dir`` unless already there.
 
   The run directory is keyed by the config's hash, so a changed config trains a new model and a
   finished one is reused as is (an interrupted one resumes).
   """
   from reproduce.train import train  # pylint: disable=import-outside-toplevel
-  config, workdir = model_run(name, preset, models_dir, cache_dir)
+  config, workdir = model_run(name, preset, models_dir, cache_dir, corpus)
   result = train(config, workdir, log=log)
   return model_from_run(name, workdir, tokens=result.tokens)
 

@@ -2,7 +2,7 @@
 
     python -m reproduce.figure --name eigen_hist           # cpu preset, outputs in figures/
     python -m reproduce.figure --all                       # every figure, plus figures/index.html
-    python -m reproduce.figure --all --preset=paper --workdir=DIR   # the paper-scale batch job
+    python -m reproduce.figure --all --preset=paper --corpus=/data/text --workdir=DIR  # batch job
     python -m reproduce.figure --list
     python -m reproduce.figure --name composition_scores --checkpoint=runs/attn2l
     python -m reproduce.figure --name ov_eigenvalues --checkpoint=model.safetensors
@@ -57,8 +57,10 @@ def describe() -> str:
 def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: Optional[str] = None,
                 models_dir: Optional[str] = None, cache_dir: Optional[str] = None,
                 log: Callable[[str], None] = print,
-                loaded: Optional[Dict[str, experiment.Model]] = None) -> dict:
-  """Makes one figure; returns its claims summary.  ``loaded`` caches models across figures."""
+                loaded: Optional[Dict[str, experiment.Model]] = None,
+                corpus: Optional[str] = None) -> dict:
+  """Makes one figure; returns its claims summary.  ``loaded`` caches models across figures;
+  ``corpus`` replaces the model configs' ``data.corpus``."""
   module, config = figure_module(name), figure_config(name, preset)
   workdir = Path(workdir)
   loaded = {} if loaded is None else loaded
@@ -76,7 +78,7 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
       if key not in loaded:
         loaded[key] = experiment.trained_model(model_name, preset,
                                                Path(models_dir or workdir / "models"),
-                                               cache_dir=cache_dir, log=log)
+                                               cache_dir=cache_dir, log=log, corpus=corpus)
       models[model_name] = loaded[key]
   log(f"figure {name}: analysing {', '.join(models)}")
   out = experiment.OutputDir(workdir / name)
@@ -103,7 +105,8 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
 # The batch job (--all): train every model first, then make each figure not already made.
 
 
-def figure_is_current(name: str, preset: str, workdir, models_dir=None, cache_dir=None) -> bool:
+def figure_is_current(name: str, preset: str, workdir, models_dir=None, cache_dir=None,
+                      corpus: Optional[str] = None) -> bool:
   """Whether ``<workdir>/<name>/claims.json`` came from this figure config and preset, and from
   the finished runs the preset names now: the same run directories (keyed by their configs'
   hashes) at their final steps.  A folder is only ever swapped in whole, so then it is complete."""
@@ -116,7 +119,7 @@ def figure_is_current(name: str, preset: str, workdir, models_dir=None, cache_di
   models_dir = Path(models_dir or Path(workdir) / "models")
   expected = {}
   for model_name in config.models:
-    model_config, run = experiment.model_run(model_name, preset, models_dir, cache_dir)
+    model_config, run = experiment.model_run(model_name, preset, models_dir, cache_dir, corpus)
     expected[model_name] = [str(run), model_config.train.steps]
   recorded = {label: [m.get("source"), m.get("step")]
               for label, m in summary.get("models", {}).items()}
@@ -125,7 +128,8 @@ def figure_is_current(name: str, preset: str, workdir, models_dir=None, cache_di
 
 
 def make_all(preset: str, workdir, models_dir: Optional[str] = None,
-             cache_dir: Optional[str] = None, log: Callable[[str], None] = print):
+             cache_dir: Optional[str] = None, log: Callable[[str], None] = print,
+             corpus: Optional[str] = None):
   """Every figure as one resumable batch job; returns the names of the figures that failed.
 
   Figures already made from the current models and configs are skipped.  The models the others
@@ -136,7 +140,7 @@ def make_all(preset: str, workdir, models_dir: Optional[str] = None,
   """
   todo = []
   for name in FIGURES:
-    if figure_is_current(name, preset, workdir, models_dir, cache_dir):
+    if figure_is_current(name, preset, workdir, models_dir, cache_dir, corpus):
       log(f"figure {name}: up to date, skipped")
     else:
       todo.append(name)
@@ -145,11 +149,12 @@ def make_all(preset: str, workdir, models_dir: Optional[str] = None,
   for model_name in needed:
     loaded[f"{model_name}:{preset}"] = experiment.trained_model(
         model_name, preset, Path(models_dir or Path(workdir) / "models"), cache_dir=cache_dir,
-        log=log)
+        log=log, corpus=corpus)
   failures = []
   for name in todo:
     try:
-      make_figure(name, preset, workdir, None, models_dir, cache_dir, log=log, loaded=loaded)
+      make_figure(name, preset, workdir, None, models_dir, cache_dir, log=log, loaded=loaded,
+                  corpus=corpus)
     except (experiment.FigureError, ValueError, FileNotFoundError, RuntimeError) as e:
       print(f"error: figure {name}: {e}", file=sys.stderr)
       failures.append(name)
@@ -218,14 +223,15 @@ def main(argv):
   started, failures = time.time(), []
   if FLAGS.all and not FLAGS.checkpoint:
     try:
-      failures, names = make_all(FLAGS.preset, FLAGS.workdir, FLAGS.models_dir), ()
+      failures = make_all(FLAGS.preset, FLAGS.workdir, FLAGS.models_dir, corpus=FLAGS.corpus)
+      names = ()
     except (ValueError, FileNotFoundError, RuntimeError) as e:  # a model could not be trained
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
   for name in names:
     try:
       make_figure(name, FLAGS.preset, FLAGS.workdir, FLAGS.checkpoint, FLAGS.models_dir,
-                  loaded=loaded)
+                  loaded=loaded, corpus=FLAGS.corpus)
     except (experiment.FigureError, ValueError, FileNotFoundError, RuntimeError) as e:
       print(f"error: figure {name}: {e}", file=sys.stderr)
       failures.append(name)
@@ -244,6 +250,9 @@ def run_cli():
   flags.DEFINE_enum("preset", "cpu", ["test", "cpu", "paper"], "model preset to train/use")
   flags.DEFINE_string("workdir", "figures", "output folder")
   flags.DEFINE_string("models_dir", None, "trained-model cache (default <workdir>/models)")
+  flags.DEFINE_string("corpus", None, "train the models on this corpus (local files, directories, "
+                      "globs; comma-separated) instead of their configs' data.corpus; the "
+                      "paper preset needs one")
   flags.DEFINE_string("checkpoint", None, "analyse this work dir, checkpoint step or "
                       "TransformerLens .npz/.safetensors instead of training")
   app.run(main)
