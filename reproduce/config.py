@@ -40,10 +40,12 @@ def base_config(n_layers: int) -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.corpus = "stdlib"  # "stdlib" or comma-separated local files, directories, globs
-  c.data.jsonl_field = "text"  # field holding the text in .jsonl files
+  c.data.jsonl_field = "text"  # field (column) holding the text in .jsonl(.gz) / .parquet files
   c.data.max_files = 0  # > 0: use that many files, evenly spaced (quick runs)
-  c.data.heldout_every = 20  # every n-th file is held out for evaluation
+  c.data.heldout_every = 20  # every n-th file (or document, if too few files) is held out
   c.data.cache_dir = ""  # tokenizer/token cache; empty: $CIRCUITS_REPRO_CACHE or ~/.cache
+  c.data.tokenizer_sample_bytes = 64 << 20  # the tokenizer trains on at most this much text
+  c.data.shard_tokens = 1 << 24  # tokens per shard of the token store (bounds prepare's memory)
   c.data.max_epochs = 20.0  # training refuses to pass over its corpus more often than this
 
   c.train = ml_collections.ConfigDict()
@@ -119,6 +121,9 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
        "must name 'stdlib' or local files")
   need(d.max_files >= 0, "data.max_files", d.max_files, "must be >= 0")
   need(d.heldout_every >= 2, "data.heldout_every", d.heldout_every, "must be >= 2")
+  need(d.tokenizer_sample_bytes >= 1 << 20, "data.tokenizer_sample_bytes",
+       d.tokenizer_sample_bytes, "must be >= 1 MiB (1048576)")
+  need(d.shard_tokens >= 1 << 16, "data.shard_tokens", d.shard_tokens, "must be >= 65536")
   need(d.max_epochs > 0, "data.max_epochs", d.max_epochs, "must be > 0")
   for field in ("steps", "batch_size", "log_every", "eval_every", "eval_windows",
                 "checkpoint_every", "keep_checkpoints"):

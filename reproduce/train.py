@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from reproduce import checkpoint, data, scores
 from reproduce.config import check_corpus_size, validate
-from reproduce.corpus import resolve_corpus
+from reproduce.corpus import corpus_from_config
 from reproduce.model import forward, largest_divisor_at_most, mean_loss, token_losses
 from reproduce.tokenizer import TokenizedCorpus, prepare_tokens
 from reproduce.weights import ModelConfig, Weights, init_weights
@@ -37,7 +37,7 @@ from reproduce.weights import ModelConfig, Weights, init_weights
 # Fields that may change between a run and its resumption (they do not change the maths).
 RESUMABLE_CHANGES = ("train.log_every", "train.eval_every", "train.eval_windows",
                      "train.checkpoint_every", "train.keep_checkpoints", "data.cache_dir",
-                     "data.max_epochs")
+                     "data.shard_tokens", "data.max_epochs")
 INDUCTION_PROBE_LENGTH = 50  # random tokens per half of the eval's repeated sequence
 
 
@@ -258,9 +258,10 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
       raise ValueError(f"{workdir} holds a run with a different config ({'; '.join(diffs)}); "
                        "use a new --workdir or the original config")
 
-  corpus = resolve_corpus(config.data.corpus, jsonl_field=config.data.jsonl_field,
-                          max_files=config.data.max_files, heldout_every=config.data.heldout_every)
-  tokens = prepare_tokens(corpus, cfg.d_vocab, config.data.cache_dir or None, log=log)
+  corpus = corpus_from_config(config.data)
+  tokens = prepare_tokens(corpus, cfg.d_vocab, config.data.cache_dir or None, log=log,
+                          sample_bytes=config.data.tokenizer_sample_bytes,
+                          shard_tokens=config.data.shard_tokens)
   check_corpus_size(config, len(tokens.train))
   if jax.process_index() == 0:
     shutil.copyfile(tokens.tokenizer_path, workdir / "tokenizer.json.tmp")
@@ -304,7 +305,8 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
             f"{'step ' + str(good[-1]) if good else 'none'} in {workdir / 'checkpoints'}. "
             "Lower train.lr, raise train.warmup_steps or tighten train.grad_clip.")
 
-    pool = scores.frequency_band(tokens.train, cfg.d_vocab, exclude=(tokens.bos_id, tokens.eot_id))
+    pool = scores.frequency_band(tokens.train, cfg.d_vocab, exclude=(tokens.bos_id, tokens.eot_id),
+                                 counts=tokens.counts)
     probe_length = min(INDUCTION_PROBE_LENGTH, (cfg.n_ctx - 1) // 2, len(pool))
     probe = scores.repeated_sequences(pool, tokens.bos_id, probe_length, 2, 4, seed=12345)
 
