@@ -2,7 +2,7 @@
 
     python -m reproduce.figure --name eigen_hist           # cpu preset, outputs in figures/
     python -m reproduce.figure --all                       # every figure, plus figures/index.html
-    python -m reproduce.figure --all --preset=paper --corpus=/data/text --workdir=DIR  # batch job
+    python -m reproduce.figure --all --preset=paper --train_corpus=/data/text --workdir=DIR
     python -m reproduce.figure --list
     python -m reproduce.figure --name composition_scores --checkpoint=runs/attn2l
     python -m reproduce.figure --name ov_eigenvalues --checkpoint=model.safetensors
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import html
-import importlib
 import json
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 from reproduce import experiment
+from reproduce.config import project_module
 
 FIGURES = ("bigram", "skip_trigrams", "positional_heads", "ov_eigenvalues", "eigen_hist",
            "composition_scores", "induction_attention", "ov_qk_scatter", "term_importance",
@@ -39,15 +39,17 @@ class UnknownFigure(ValueError):
 
 
 def figure_module(name: str):
+  """``experiments/<name>.py`` (installed as ``reproduce.experiments.<name>``)."""
   if name not in FIGURES:
     raise UnknownFigure(name)
-  return importlib.import_module(f"experiments.{name}")
+  return project_module("experiments", name)
 
 
 def figure_config(name: str, preset: str):
+  """``configs/<name>.py``'s config for ``preset`` (installed as ``reproduce.configs.<name>``)."""
   if name not in FIGURES:
     raise UnknownFigure(name)
-  return importlib.import_module(f"configs.{name}").get_config(preset)
+  return project_module("configs", name).get_config(preset)
 
 
 def describe() -> str:
@@ -58,9 +60,9 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
                 models_dir: Optional[str] = None, cache_dir: Optional[str] = None,
                 log: Callable[[str], None] = print,
                 loaded: Optional[Dict[str, experiment.Model]] = None,
-                corpus: Optional[str] = None) -> dict:
+                corpus: Optional[str] = None, train_corpus: Optional[str] = None) -> dict:
   """Makes one figure; returns its claims summary.  ``loaded`` caches models across figures;
-  ``corpus`` replaces the model configs' ``data.corpus``."""
+  ``train_corpus`` replaces the model configs' ``data.corpus`` (not with ``checkpoint``)."""
   module, config = figure_module(name), figure_config(name, preset)
   workdir = Path(workdir)
   loaded = {} if loaded is None else loaded
@@ -69,7 +71,8 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
     key = f"checkpoint:{checkpoint}"
     if key not in loaded:
       loaded[key] = experiment.model_from_run(Path(checkpoint).name or str(checkpoint),
-                                              checkpoint, cache_dir=cache_dir, log=log)
+                                              checkpoint, cache_dir=cache_dir, log=log,
+                                              corpus=corpus)
     models = {loaded[key].label: loaded[key]}
   else:
     models = {}
@@ -78,7 +81,8 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
       if key not in loaded:
         loaded[key] = experiment.trained_model(model_name, preset,
                                                Path(models_dir or workdir / "models"),
-                                               cache_dir=cache_dir, log=log, corpus=corpus)
+                                               cache_dir=cache_dir, log=log,
+                                               corpus=train_corpus)
       models[model_name] = loaded[key]
   log(f"figure {name}: analysing {', '.join(models)}")
   out = experiment.OutputDir(workdir / name)
@@ -106,7 +110,7 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
 
 
 def figure_is_current(name: str, preset: str, workdir, models_dir=None, cache_dir=None,
-                      corpus: Optional[str] = None) -> bool:
+                      train_corpus: Optional[str] = None) -> bool:
   """Whether ``<workdir>/<name>/claims.json`` came from this figure config and preset, and from
   the finished runs the preset names now: the same run directories (keyed by their configs'
   hashes) at their final steps.  A folder is only ever swapped in whole, so then it is complete."""
@@ -119,7 +123,8 @@ def figure_is_current(name: str, preset: str, workdir, models_dir=None, cache_di
   models_dir = Path(models_dir or Path(workdir) / "models")
   expected = {}
   for model_name in config.models:
-    model_config, run = experiment.model_run(model_name, preset, models_dir, cache_dir, corpus)
+    model_config, run = experiment.model_run(model_name, preset, models_dir, cache_dir,
+                                             train_corpus)
     expected[model_name] = [str(run), model_config.train.steps]
   recorded = {label: [m.get("source"), m.get("step")]
               for label, m in summary.get("models", {}).items()}
@@ -129,7 +134,7 @@ def figure_is_current(name: str, preset: str, workdir, models_dir=None, cache_di
 
 def make_all(preset: str, workdir, models_dir: Optional[str] = None,
              cache_dir: Optional[str] = None, log: Callable[[str], None] = print,
-             corpus: Optional[str] = None):
+             train_corpus: Optional[str] = None):
   """Every figure as one resumable batch job; returns the names of the figures that failed.
 
   Figures already made from the current models and configs are skipped.  The models the others
@@ -140,7 +145,7 @@ def make_all(preset: str, workdir, models_dir: Optional[str] = None,
   """
   todo = []
   for name in FIGURES:
-    if figure_is_current(name, preset, workdir, models_dir, cache_dir, corpus):
+    if figure_is_current(name, preset, workdir, models_dir, cache_dir, train_corpus):
       log(f"figure {name}: up to date, skipped")
     else:
       todo.append(name)
@@ -149,12 +154,12 @@ def make_all(preset: str, workdir, models_dir: Optional[str] = None,
   for model_name in needed:
     loaded[f"{model_name}:{preset}"] = experiment.trained_model(
         model_name, preset, Path(models_dir or Path(workdir) / "models"), cache_dir=cache_dir,
-        log=log, corpus=corpus)
+        log=log, corpus=train_corpus)
   failures = []
   for name in todo:
     try:
       make_figure(name, preset, workdir, None, models_dir, cache_dir, log=log, loaded=loaded,
-                  corpus=corpus)
+                  train_corpus=train_corpus)
     except (experiment.FigureError, ValueError, FileNotFoundError, RuntimeError) as e:
       print(f"error: figure {name}: {e}", file=sys.stderr)
       failures.append(name)
@@ -203,9 +208,10 @@ def write_index(workdir) -> Path:
 
 
 def main(argv):
-  from absl import flags, logging  # pylint: disable=import-outside-toplevel
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from reproduce import train  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
-  logging.set_verbosity(logging.WARNING)
+  train.quiet_libraries(FLAGS.verbose)
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
     sys.exit(2)
@@ -219,21 +225,33 @@ def main(argv):
   if FLAGS.name and FLAGS.name not in FIGURES:
     print(f"error: {UnknownFigure(FLAGS.name)}\n\n{describe()}", file=sys.stderr)
     sys.exit(2)
+  if FLAGS.corpus and not FLAGS.checkpoint:
+    print("error: --corpus chooses the text a --checkpoint is measured on; give --checkpoint too",
+          file=sys.stderr)
+    sys.exit(2)
   loaded: Dict[str, experiment.Model] = {}
+  if not FLAGS.checkpoint:
+    from reproduce.bench import first_run_plan  # pylint: disable=import-outside-toplevel
+    print(first_run_plan(names, FLAGS.preset, FLAGS.models_dir or Path(FLAGS.workdir) / "models"))
   started, failures = time.time(), []
   if FLAGS.all and not FLAGS.checkpoint:
     try:
-      failures = make_all(FLAGS.preset, FLAGS.workdir, FLAGS.models_dir, corpus=FLAGS.corpus)
+      failures = make_all(FLAGS.preset, FLAGS.workdir, FLAGS.models_dir,
+                          train_corpus=FLAGS.train_corpus)
       names = ()
-    except (ValueError, FileNotFoundError, RuntimeError) as e:  # a model could not be trained
+    except train.USER_ERRORS + (RuntimeError,) as e:  # a model could not be trained
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
   for name in names:
     try:
       make_figure(name, FLAGS.preset, FLAGS.workdir, FLAGS.checkpoint, FLAGS.models_dir,
-                  loaded=loaded, corpus=FLAGS.corpus)
-    except (experiment.FigureError, ValueError, FileNotFoundError, RuntimeError) as e:
-      print(f"error: figure {name}: {e}", file=sys.stderr)
+                  loaded=loaded, corpus=FLAGS.corpus, train_corpus=FLAGS.train_corpus)
+    except Exception as e:  # pylint: disable=broad-except
+      if FLAGS.verbose:
+        raise
+      known = isinstance(e, train.USER_ERRORS + (experiment.FigureError, RuntimeError))
+      print(f"error: figure {name}: {e if known else f'{type(e).__name__}: {e}'}"
+            + ("" if known else " (run with --verbose for the traceback)"), file=sys.stderr)
       failures.append(name)
   if FLAGS.all:
     print(f"wrote {write_index(FLAGS.workdir)}")
@@ -250,11 +268,15 @@ def run_cli():
   flags.DEFINE_enum("preset", "cpu", ["test", "cpu", "paper"], "model preset to train/use")
   flags.DEFINE_string("workdir", "figures", "output folder")
   flags.DEFINE_string("models_dir", None, "trained-model cache (default <workdir>/models)")
-  flags.DEFINE_string("corpus", None, "train the models on this corpus (local files, directories, "
-                      "globs; comma-separated) instead of their configs' data.corpus; the "
-                      "paper preset needs one")
+  flags.DEFINE_string("train_corpus", None, "train the models on this corpus (local files, "
+                      "directories, globs; comma-separated) instead of their configs' "
+                      "data.corpus; the paper preset needs one")
   flags.DEFINE_string("checkpoint", None, "analyse this work dir, checkpoint step or "
                       "TransformerLens .npz/.safetensors instead of training")
+  flags.DEFINE_string("corpus", None, "with --checkpoint: the text to measure it on (a corpus "
+                      "spec, as data.corpus); default: the standard library.  Paths stored in a "
+                      "checkpoint are shown, never read")
+  flags.DEFINE_bool("verbose", False, "library logs on stderr and tracebacks on errors")
   app.run(main)
 
 

@@ -3,20 +3,28 @@
     python -m reproduce.train --config=configs/attn2l.py:cpu --workdir=runs/attn2l
     python -m reproduce.train --config=configs/attn2l.py:test --config.train.steps=60 --workdir=/tmp/w
 
-Running the same command again resumes from the newest readable checkpoint (exactly: batch i is a
+Running the same command again resumes from the newest sound checkpoint (exactly: batch i is a
 pure function of (seed, i)).  The work directory gets ``config.json``, ``tokenizer.json``,
-``metrics.jsonl`` (one JSON record per log/eval step), ``checkpoints/`` and ``snapshots/``.
+``metrics.jsonl`` (one JSON record per log/eval step), ``checkpoints/``, ``snapshots/`` and
+``lock`` (held while a run trains there: one writer per work directory).  Everything that can be
+checked (config, batch arithmetic, corpus, data length, a writable work directory, the config of
+the run already there) is checked before anything is written, so a failed start never blocks the
+corrected retry; a work directory with no checkpoint yet may be restarted with a new config.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import functools
 import json
 import math
 import os
 import shutil
+import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -28,7 +36,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from reproduce import checkpoint, data, scores
-from reproduce.config import check_corpus_size, validate
+from reproduce.config import (apply_overrides, check_corpus_size, load_config,
+                              split_config_flags, validate)
 from reproduce.corpus import corpus_from_config
 from reproduce.model import forward, largest_divisor_at_most, mean_loss, token_losses
 from reproduce.tokenizer import TokenizedCorpus, prepare_tokens
@@ -37,12 +46,76 @@ from reproduce.weights import ModelConfig, Weights, init_weights
 # Fields that may change between a run and its resumption (they do not change the maths).
 RESUMABLE_CHANGES = ("train.log_every", "train.eval_every", "train.eval_windows",
                      "train.checkpoint_every", "train.keep_checkpoints", "data.cache_dir",
-                     "data.shard_tokens", "data.max_epochs")
+                     "data.shard_tokens", "train.compute_dtype", "train.attention",
+                     "train.loss_block_elements", "data.max_epochs")
 INDUCTION_PROBE_LENGTH = 50  # random tokens per half of the eval's repeated sequence
 
 
 class TrainingDiverged(RuntimeError):
   """The loss became NaN or infinite."""
+
+
+class WorkdirLocked(RuntimeError):
+  """Another live process is training in the work directory."""
+
+
+class WorkdirLock:
+  """An advisory lock on ``<workdir>/lock``, which names its holder (PID, host, start time).
+
+  ``fcntl.flock`` is released by the OS when the holder exits, however it exits, so a lock file
+  left by a killed run is stale by construction: it is reported and taken over.  Where the file
+  system has no flock, a lock file naming a live process on this host, or any process on another
+  host, is respected.
+  """
+
+  def __init__(self, workdir: Path, log: Callable[[str], None] = print):
+    self.path = Path(workdir) / "lock"
+    self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    previous = self._holder()
+    try:
+      fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) and not self._held_by_other(previous):
+        previous = None  # no flock here: an abandoned lock file is taken over below
+      else:
+        os.close(self.fd)
+        who = (f"PID {previous.get('pid')} on host {previous.get('host')}, started "
+               f"{previous.get('started')}") if previous else "holder unknown"
+        raise WorkdirLocked(f"{workdir} is in use by another training run ({who}; lock file "
+                            f"{self.path}); wait for it to end or use another --workdir") from None
+    if previous and previous.get("pid"):
+      log(f"stale lock {self.path} from PID {previous.get('pid')} on host "
+          f"{previous.get('host')} (no longer running) taken over")
+    os.ftruncate(self.fd, 0)
+    os.write(self.fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+
+  def _holder(self) -> Optional[dict]:
+    try:
+      holder = json.loads(os.pread(self.fd, 4096, 0) or b"null")
+    except ValueError:
+      return None
+    return holder if isinstance(holder, dict) else None
+
+  @staticmethod
+  def _held_by_other(holder: Optional[dict]) -> bool:
+    if not holder or holder.get("pid") in (None, os.getpid()):
+      return False
+    if holder.get("host") != socket.gethostname():
+      return True
+    try:
+      os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+      return False
+    except (OSError, ValueError):
+      return True
+    return True
+
+  def release(self) -> None:
+    if self.fd is not None:
+      os.ftruncate(self.fd, 0)
+      os.close(self.fd)  # closing releases the flock
+      self.fd = None
 
 
 @jax.tree_util.register_dataclass
@@ -86,45 +159,116 @@ def initial_weights(config) -> Weights:
                       pos_init=m.pos_init, pos_scale=m.pos_scale)
 
 
-def micro_batches(config, n_devices: int, platform: str) -> int:
-  """How many gradient-accumulation slices a step's batch is cut into.
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+  """How the training step computes; every field is chosen by ``plan_step`` and logged."""
+  compute_dtype: str  # "float32" or "bfloat16": the matmul/attention operand dtype
+  attention: str  # "explicit", "xla" or "cudnn" (see model.residual_stream)
+  n_micro: int  # gradient-accumulation slices per step
+  loss_block: int  # logits held at once by the chunked cross-entropy
+  reasons: tuple = ()  # one line per automatic choice or fallback
 
-  On CPU, slices of about 512 tokens per device keep every activation in cache (several times
-  faster than one big batch).  On accelerators a slice is as large as it can be while one
-  layer's attention patterns stay under 2²⁹ floats (2 GiB).  A set ``train.micro_batch_size``
-  wins; it must divide the per-device batch.
+  def describe(self) -> str:
+    return (f"step: compute {self.compute_dtype}, attention {self.attention}, "
+            f"{self.n_micro} micro-batch(es), loss blocks of {self.loss_block:,} logits"
+            + "".join(f"\n  {r}" for r in self.reasons))
+
+
+def _cudnn_accepts(shape, dtype) -> Optional[str]:
+  """None if cuDNN's fused attention compiles (forward and backward) for q/k/v of ``shape``
+  [B, T, H, E] and ``dtype``; otherwise the error's first line."""
+  spec = jax.ShapeDtypeStruct(shape, dtype)
+  attend = lambda q, k, v: jax.nn.dot_product_attention(
+      q, k, v, is_causal=True, implementation="cudnn").astype(jnp.float32).sum()
+  try:
+    jax.jit(jax.grad(attend, argnums=(0, 1, 2))).lower(spec, spec, spec).compile()
+  except Exception as e:  # pylint: disable=broad-except  # any refusal means: use XLA
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+  return None
+
+
+def plan_step(config, n_devices: int, platform: str, check_cudnn: bool = True) -> StepPlan:
+  """Resolves ``train.compute_dtype``, ``train.attention`` and ``train.micro_batch_size``.
+
+  compute_dtype "auto": bfloat16 on GPU/TPU; float32 on CPU (measured faster than bfloat16 at
+  the cpu presets' shapes even with AMX, experiments/SPEED.md).
+  attention "auto": cuDNN's fused kernel on GPU, explicit patterns elsewhere (on CPU the two are
+  the same computation and explicit measured as fast).  cuDNN falls back to XLA's
+  ``dot_product_attention`` when it cannot take the shape (not a GPU, float32, head size...).
+  Micro-batches: a set ``train.micro_batch_size`` wins (it must divide the per-device batch).
+  Otherwise, with cuDNN nothing [T, T]-sized is materialised, so the whole per-device batch is
+  one slice; with materialised patterns a slice keeps one layer's patterns under 2²⁹ floats on an
+  accelerator, and on CPU holds about ``CPU_SLICE_TOKENS`` tokens (activations stay in cache).
   """
-  m = config.model
-  per_device = config.train.batch_size // n_devices
-  size = config.train.micro_batch_size
+  t, m = config.train, config.model
+  reasons = []
+  dtype = t.compute_dtype
+  if dtype == "auto":
+    dtype = "float32" if platform == "cpu" else "bfloat16"
+    why = "measured faster on CPU" if platform == "cpu" else platform
+    reasons.append(f"compute_dtype auto → {dtype} ({why})")
+  attention = t.attention
+  if attention == "auto":
+    attention = "cudnn" if platform == "gpu" else "explicit"
+    reasons.append(f"attention auto → {attention} ({platform})")
+  per_device = t.batch_size // n_devices
+  if attention == "cudnn":
+    size = t.micro_batch_size or per_device
+    refusal = ("not a GPU" if platform != "gpu" else
+               _cudnn_accepts((size, m.n_ctx, m.n_heads, m.d_head), jnp.dtype(dtype))
+               if check_cudnn else None)
+    if refusal:
+      attention = "xla"
+      reasons.append(f"cuDNN attention cannot take this step ({refusal}); using XLA's")
+  size = t.micro_batch_size
   if size == 0:
-    budget = 512 // m.n_ctx if platform == "cpu" else (1 << 29) // (m.n_heads * m.n_ctx ** 2)
-    size = largest_divisor_at_most(per_device, budget)
+    if attention == "cudnn":
+      size = per_device
+    elif platform == "cpu":
+      size = largest_divisor_at_most(per_device, CPU_SLICE_TOKENS // m.n_ctx)
+    else:
+      size = largest_divisor_at_most(per_device, (1 << 29) // (m.n_heads * m.n_ctx ** 2))
   if per_device % size:
     raise ValueError(f"train.micro_batch_size={size} must divide the per-device batch "
-                     f"{per_device} (batch_size {config.train.batch_size} over {n_devices} devices)")
-  return per_device // size
+                     f"{per_device} (batch_size {t.batch_size} over {n_devices} devices)")
+  block = t.loss_block_elements or loss_block_elements(platform)
+  return StepPlan(dtype, attention, per_device // size, block, tuple(reasons))
+
+
+CPU_SLICE_TOKENS = 512  # tokens per gradient-accumulation slice on CPU (experiments/SPEED.md)
+
+
+def micro_batches(config, n_devices: int, platform: str) -> int:
+  """How many gradient-accumulation slices a step's batch is cut into (see ``plan_step``)."""
+  return plan_step(config, n_devices, platform, check_cudnn=False).n_micro
 
 
 def loss_block_elements(platform: str) -> int:
-  """Logits held at once by the chunked cross-entropy: cache-sized on CPU, larger elsewhere."""
+  """Logits held at once by the chunked cross-entropy (``train.loss_block_elements`` = 0):
+  cache-sized on CPU (2²⁰ floats = 4 MiB; 2¹⁸ was not measurably better, experiments/SPEED.md),
+  larger on
+  accelerators."""
   return 1 << 20 if platform == "cpu" else 1 << 26
 
 
-def train_step(config, tx: optax.GradientTransformation, n_micro: int, block: int,
+def train_step(config, tx: optax.GradientTransformation, plan: StepPlan,
                state: TrainState, inputs, targets):
   """One AdamW step → (new state, {"loss", "grad_norm"}).  Pure; jitted by ``compile_train_step``.
 
-  The gradient is the mean over ``n_micro`` equal slices of the batch (slice j holds rows j,
-  j + n_micro, …, so every device works on every slice): the same as the full-batch gradient.
+  The gradient is the mean over ``plan.n_micro`` equal slices of the batch (slice j holds rows
+  j, j + n_micro, …, so every device works on every slice): the same as the full-batch gradient.
+  Weights, gradients and optimiser state are float32 whatever ``plan.compute_dtype``.
   """
   cfg = ModelConfig.from_any(config)
   frozen_pos = config.model.pos_init == "sinusoidal"
+  n_micro = plan.n_micro
+  dtype = None if plan.compute_dtype == "float32" else jnp.dtype(plan.compute_dtype)
 
   def loss_fn(weights, x, y):
     if frozen_pos:
       weights = weights.replace(W_pos=jax.lax.stop_gradient(weights.W_pos))
-    return mean_loss(cfg, weights, x, y, block)
+    return mean_loss(cfg, weights, x, y, plan.loss_block, compute_dtype=dtype,
+                     attention=plan.attention)
 
   grad_fn = jax.value_and_grad(loss_fn)
   if n_micro == 1:
@@ -150,13 +294,19 @@ def data_mesh(devices=None) -> Mesh:
   return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
 
 
-def compile_train_step(config, tx, mesh: Mesh):
-  """The jitted step: weights and optimiser state replicated, batch rows split over ``data``."""
+def compile_train_step(config, tx, mesh: Mesh, plan: Optional[StepPlan] = None,
+                       log: Optional[Callable[[str], None]] = None):
+  """The jitted step: weights and optimiser state replicated, batch rows split over ``data``.
+
+  ``plan`` defaults to ``plan_step`` for the mesh's platform; ``log`` receives its description.
+  """
   replicated = NamedSharding(mesh, P())
   rows = NamedSharding(mesh, P("data"))
-  platform = mesh.devices.flat[0].platform
-  step = functools.partial(train_step, config, tx, micro_batches(config, mesh.size, platform),
-                           loss_block_elements(platform))
+  if plan is None:
+    plan = plan_step(config, mesh.size, mesh.devices.flat[0].platform)
+  if log is not None:
+    log(plan.describe())
+  step = functools.partial(train_step, config, tx, plan)
   return jax.jit(step, in_shardings=(replicated, rows, rows),
                  out_shardings=(replicated, replicated), donate_argnums=0)
 
@@ -172,27 +322,60 @@ def put_batch(mesh: Mesh, inputs: np.ndarray, targets: np.ndarray):
 
 
 def _config_differences(saved: dict, current: dict):
+  """``["section.field: saved → current", …]`` for every field that differs, except the
+  ``RESUMABLE_CHANGES``; fields present on one side only count as differences."""
   diffs = []
-  for section, fields in current.items():
-    if not isinstance(fields, dict):
-      if saved.get(section) != fields:
-        diffs.append(section)
-      continue
-    for k, v in fields.items():
-      name = f"{section}.{k}"
-      if name not in RESUMABLE_CHANGES and saved.get(section, {}).get(k) != v:
-        diffs.append(f"{name}: {saved.get(section, {}).get(k)!r} → {v!r}")
+  for section in sorted(set(saved) | set(current), key=str):
+    old, new = saved.get(section), current.get(section)
+    if isinstance(old, dict) or isinstance(new, dict):
+      old, new = old if isinstance(old, dict) else {}, new if isinstance(new, dict) else {}
+      for k in sorted(set(old) | set(new)):
+        name = f"{section}.{k}"
+        if name not in RESUMABLE_CHANGES and old.get(k) != new.get(k):
+          diffs.append(f"{name}: {old.get(k)!r} → {new.get(k)!r}")
+    elif old != new:
+      diffs.append(f"{section}: {old!r} → {new!r}")
   return diffs
 
 
-class _Metrics:
-  """Appends JSON records to ``metrics.jsonl``; on resume, drops records past the resumed step."""
+def read_json_file(path: Path):
+  """The JSON in ``path``; a ValueError naming the file when it is not valid JSON."""
+  try:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is not valid JSON ({e}); it may be damaged: move it aside "
+                     "(the checkpoints also record the config) or use another --workdir") from None
 
-  def __init__(self, path: Path, resume_step: int):
+
+class _Metrics:
+  """Appends JSON records to ``metrics.jsonl``; on resume, drops records past the resumed step.
+
+  A last line cut short (a run killed while writing it) is dropped with a warning; any other line
+  that is not a JSON record is an error naming the file and line.
+  """
+
+  def __init__(self, path: Path, resume_step: int, log: Callable[[str], None] = print):
     self.path = path
     if path.exists() and jax.process_index() == 0:
-      kept = [line for line in path.read_text().splitlines()
-              if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+      text = path.read_text(encoding="utf-8", errors="replace")
+      lines = text.splitlines()
+      kept = []
+      for n, line in enumerate(lines, 1):
+        if not line.strip():
+          continue
+        try:
+          record = json.loads(line)
+          if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+        except ValueError as e:
+          if n == len(lines) and not text.endswith("\n"):
+            log(f"WARNING: {path}:{n} is an unfinished record (the run was stopped while "
+                "writing it); dropped")
+            continue
+          raise ValueError(f"{path}:{n} is not a metrics record ({e}); move the file aside "
+                           "to continue") from None
+        if resume_step and record.get("step", 0) <= resume_step:
+          kept.append(line)
       tmp = path.with_suffix(".tmp")
       tmp.write_text("".join(line + "\n" for line in kept))
       os.replace(tmp, path)
@@ -201,6 +384,45 @@ class _Metrics:
     if jax.process_index() == 0:
       with open(self.path, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def check_workdir(workdir: Path) -> None:
+  """Raises OSError naming the problem unless ``workdir`` is, or can be made, a writable directory.
+
+  Nothing is left behind: the probe file is removed at once.
+  """
+  workdir = Path(workdir).absolute()
+  existing = workdir
+  while not existing.exists() and not existing.is_symlink():
+    existing = existing.parent
+  if not existing.is_dir():
+    where = workdir if existing == workdir else f"{existing} (on the path to {workdir})"
+    raise NotADirectoryError(f"work directory problem: {where} is a file, not a directory; "
+                             "choose another --workdir")
+  try:
+    fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=existing)
+    os.close(fd)
+    os.unlink(probe)
+  except OSError as e:
+    raise PermissionError(f"work directory {workdir} cannot be written ({existing}: "
+                          f"{e.strerror}); choose another --workdir") from None
+
+
+def _saved_config_conflict(workdir: Path, current: dict) -> Optional[str]:
+  """Why ``workdir`` cannot take ``current``, or None.  A run with no checkpoint yet never
+  conflicts (its config.json is replaced); one with checkpoints must keep its config."""
+  saved_config = workdir / "config.json"
+  if not saved_config.exists() or not checkpoint.checkpoint_steps(workdir / "checkpoints"):
+    return None
+  saved = read_json_file(saved_config)
+  if not isinstance(saved, dict):
+    raise ValueError(f"{saved_config} is not a config (a JSON object expected); it may be "
+                     "damaged: move it aside (the checkpoints also record the config)")
+  diffs = _config_differences(saved, current)
+  if diffs:
+    return (f"{workdir} holds a run with a different config ({'; '.join(diffs)}); "
+            "use a new --workdir or the original config")
+  return None
 
 
 def _format_seconds(s: float) -> str:
@@ -229,6 +451,28 @@ def evaluate(cfg: ModelConfig, weights: Weights, heldout_inputs, heldout_targets
   return record
 
 
+def _set_aside_earlier_start(workdir: Path, current: dict, log: Callable[[str], None]) -> None:
+  """Starting from step 0 in a work directory whose earlier start (another config) wrote no
+  checkpoint: its snapshots and metrics would mix with ours, so they are moved aside, not lost."""
+  saved_config = workdir / "config.json"
+  if not saved_config.exists():
+    return
+  try:
+    saved = read_json_file(saved_config)
+  except ValueError:
+    saved = None  # damaged: set aside with the rest
+  if isinstance(saved, dict) and not _config_differences(saved, current):
+    return
+  earlier = [p for p in (workdir / "snapshots", workdir / "metrics.jsonl",
+                         workdir / "config.json") if p.exists()]
+  aside = workdir / f"earlier-start-{time.strftime('%Y%m%d-%H%M%S')}"
+  aside.mkdir()
+  for p in earlier:
+    p.rename(aside / p.name)
+  log(f"{workdir} had no checkpoint yet: starting over with the new config; the earlier start's "
+      f"files are in {aside}")
+
+
 @dataclasses.dataclass
 class TrainResult:
   workdir: Path
@@ -240,54 +484,85 @@ class TrainResult:
 
 def train(config, workdir, *, log: Callable[[str], None] = print,
           devices=None) -> TrainResult:
-  """Trains (or resumes, or finds finished) the run in ``workdir``; returns its final state."""
+  """Trains (or resumes, or finds finished) the run in ``workdir``; returns its final state.
+
+  Checks everything it can before writing anything; then holds ``<workdir>/lock`` (process 0 of
+  a multi-process job only: all processes share the work directory) until it returns.
+  """
   validate(config)
   t = config.train
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   cfg = ModelConfig.from_any(config)
   mesh = data_mesh(devices)
   if t.batch_size % mesh.size:
     raise ValueError(f"train.batch_size={t.batch_size} must be a multiple of the {mesh.size} "
                      "devices it is split over")
-
-  saved_config = workdir / "config.json"
-  if saved_config.exists():
-    diffs = _config_differences(json.loads(saved_config.read_text()), config.to_dict())
-    if diffs:
-      raise ValueError(f"{workdir} holds a run with a different config ({'; '.join(diffs)}); "
-                       "use a new --workdir or the original config")
+  micro_batches(config, mesh.size, mesh.devices.flat[0].platform)  # raises if it cannot divide
+  check_workdir(workdir)
+  current = config.to_dict()
+  conflict = _saved_config_conflict(workdir, current)  # early, before minutes of tokenizing
+  if conflict:
+    raise ValueError(conflict)
 
   corpus = corpus_from_config(config.data)
   tokens = prepare_tokens(corpus, cfg.d_vocab, config.data.cache_dir or None, log=log,
                           sample_bytes=config.data.tokenizer_sample_bytes,
                           shard_tokens=config.data.shard_tokens)
+  data.train_batch(tokens.train, t.seed, 0, 1, cfg.n_ctx, tokens.bos_id)  # long enough for n_ctx?
+  data.eval_windows(tokens.heldout, 1, cfg.n_ctx, tokens.bos_id)
   check_corpus_size(config, len(tokens.train))
-  if jax.process_index() == 0:
-    shutil.copyfile(tokens.tokenizer_path, workdir / "tokenizer.json.tmp")
-    os.replace(workdir / "tokenizer.json.tmp", workdir / "tokenizer.json")
-    tmp = workdir / "config.json.tmp"
-    tmp.write_text(json.dumps(config.to_dict(), indent=1))
-    os.replace(tmp, saved_config)
 
-  tx = make_optimizer(config)
-  weights = initial_weights(config)
-  opt_state = tx.init(weights)
-  ckpts = checkpoint.RunCheckpoints(workdir, keep=t.keep_checkpoints)
-  restored = ckpts.restore_latest(weights, opt_state, log=log)
-  start = 0
-  if restored is not None:
-    start, weights, opt_state, _ = restored
-    log(f"resuming {workdir} from step {start}")
-  metrics = _Metrics(workdir / "metrics.jsonl", start)
-
+  lead = jax.process_index() == 0
   try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    lock = WorkdirLock(workdir, log=log) if lead else None
+  except OSError as e:
+    raise PermissionError(f"work directory {workdir} cannot be written ({e.strerror})") from None
+  ckpts = None
+  try:
+    conflict = _saved_config_conflict(workdir, current)  # again, now that no one else writes
+    if conflict:
+      raise ValueError(conflict)
+    tx = make_optimizer(config)
+    weights = initial_weights(config)
+    opt_state = tx.init(weights)
+
+    def same_config(meta):
+      diffs = _config_differences(meta.get("config", {}), current)
+      if diffs:
+        raise checkpoint.CheckpointConfigMismatch(
+            f"config mismatch: checkpoint {workdir / 'checkpoints' / str(meta.get('step'))} was "
+            f"written with a different config ({'; '.join(diffs)}); nothing was changed: use "
+            "the original config or a new --workdir")
+
+    had_checkpoints = checkpoint.checkpoint_steps(workdir / "checkpoints")
+    if not had_checkpoints and lead:
+      _set_aside_earlier_start(workdir, current, log)
+    ckpts = checkpoint.RunCheckpoints(workdir, keep=t.keep_checkpoints)
+    restored = ckpts.restore_latest(weights, opt_state, log=log, check_meta=same_config)
+    if restored is None and had_checkpoints:
+      raise checkpoint.CheckpointError(
+          f"no sound checkpoint left in {workdir / 'checkpoints'} (each was moved to "
+          f"{workdir / 'unreadable-checkpoints'}, reasons above); run again to start over "
+          "from step 0")
+    start = 0
+    if restored is not None:
+      start, weights, opt_state, _ = restored
+      log(f"resuming {workdir} from step {start}")
+    if lead:
+      shutil.copyfile(tokens.tokenizer_path, workdir / "tokenizer.json.tmp")
+      os.replace(workdir / "tokenizer.json.tmp", workdir / "tokenizer.json")
+      tmp = workdir / "config.json.tmp"
+      tmp.write_text(json.dumps(current, indent=1))
+      os.replace(tmp, workdir / "config.json")
+    metrics = _Metrics(workdir / "metrics.jsonl", start, log=log)
+
     replicated = NamedSharding(mesh, P())
     # From host values: every process holds the whole state, and a restored checkpoint's arrays,
     # committed to one local device, cannot be moved across processes directly.
     state = jax.device_put(
         jax.device_get(TrainState(jnp.asarray(start, jnp.int32), weights, opt_state)), replicated)
-    step_fn = compile_train_step(config, tx, mesh)
+    step_fn = compile_train_step(config, tx, mesh, log=log)
     schedule = learning_rate_schedule(t)
     heldout_inputs, heldout_targets = data.eval_windows(tokens.heldout, t.eval_windows, cfg.n_ctx,
                                                         tokens.bos_id)
@@ -299,10 +574,10 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
     def check_finite(step, loss):
       if not math.isfinite(loss):
         ckpts.wait()
-        good = checkpoint.checkpoint_steps(workdir / "checkpoints")
+        good = checkpoint.last_sound_step(workdir / "checkpoints")  # read back and verified
         raise TrainingDiverged(
             f"loss became {loss} at step {step}; the last good checkpoint is "
-            f"{'step ' + str(good[-1]) if good else 'none'} in {workdir / 'checkpoints'}. "
+            f"{'none' if good is None else 'step ' + str(good)} in {workdir / 'checkpoints'}. "
             "Lower train.lr, raise train.warmup_steps or tighten train.grad_clip.")
 
     pool = scores.frequency_band(tokens.train, cfg.d_vocab, exclude=(tokens.bos_id, tokens.eot_id),
@@ -369,10 +644,30 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
         ckpts.save(done, state.weights, state.opt_state, meta(done))
     ckpts.wait()
   finally:
-    ckpts.close()
+    if ckpts is not None:
+      ckpts.close()
+    if lock is not None:
+      lock.release()
   final = int(state.step)
   return TrainResult(workdir=workdir, step=final, weights=jax.device_get(state.weights),
                      config=config, tokens=tokens)
+
+
+def quiet_libraries(verbose: bool) -> None:
+  """Library log lines and warnings off stderr (our own messages stay) unless ``verbose``."""
+  import logging  # pylint: disable=import-outside-toplevel
+  import warnings  # pylint: disable=import-outside-toplevel
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  if verbose:
+    absl_logging.set_verbosity(absl_logging.INFO)
+    return
+  absl_logging.set_verbosity(absl_logging.FATAL)  # Orbax logs every file it writes, and retries
+  logging.getLogger("absl").setLevel(logging.CRITICAL)
+  warnings.simplefilter("ignore")
+
+
+# Errors that are the user's to fix: one line, exit code 2.
+USER_ERRORS = (ValueError, OSError, TrainingDiverged, WorkdirLocked, checkpoint.CheckpointError)
 
 
 def initialize_distributed(coordinator_address: Optional[str] = None,
@@ -387,28 +682,35 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
   jax.distributed.initialize(coordinator_address, num_processes, process_id)
 
 
-def main(argv):
-  from absl import flags, logging  # pylint: disable=import-outside-toplevel
-  del argv
+def main(argv, overrides=()):
+  from absl import flags  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
-  if FLAGS.distributed:
-    initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  log = print if jax.process_index() == 0 else (lambda *_: None)
+  quiet_libraries(FLAGS.verbose)
   try:
-    train(FLAGS.config, FLAGS.workdir, log=log)
-  except (ValueError, FileNotFoundError, TrainingDiverged, checkpoint.CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    if len(argv) > 1:
+      raise ValueError(f"unexpected arguments {argv[1:]}")
+    if FLAGS.distributed:
+      initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    config = apply_overrides(load_config(FLAGS.config), overrides)
+    train(config, FLAGS.workdir, log=print if jax.process_index() == 0 else (lambda *_: None))
+  except Exception as e:  # pylint: disable=broad-except
+    if FLAGS.verbose:
+      raise
+    if isinstance(e, USER_ERRORS):
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+    print(f"error: {type(e).__name__}: {e} (run with --verbose for the traceback)",
+          file=sys.stderr)
+    sys.exit(1)
 
 
 def run_cli():
   from absl import app, flags  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/attn2l.py:cpu",
-                                  lock_config=True)
+  flags.DEFINE_string("config", None, "config file and variant, e.g. configs/attn2l.py:cpu; "
+                      "--config.section.field=value overrides one field")
   flags.DEFINE_string("workdir", None, "run directory (created; resumed if it holds a run)")
   flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-process jobs)")
+  flags.DEFINE_bool("verbose", False, "library logs on stderr and tracebacks on errors")
   flags.DEFINE_string("coordinator_address", None, "with --distributed: host:port of process 0 "
                       "(default: $JAX_COORDINATOR_ADDRESS or the cluster's)")
   flags.DEFINE_integer("num_processes", None, "with --distributed: processes in the job "
@@ -416,7 +718,12 @@ def run_cli():
   flags.DEFINE_integer("process_id", None, "with --distributed: this process's index "
                        "(default: $JAX_PROCESS_ID or the cluster's)")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  try:
+    argv, overrides = split_config_flags(sys.argv)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  app.run(functools.partial(main, overrides=overrides), argv=argv)
 
 
 if __name__ == "__main__":
