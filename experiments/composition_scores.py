@@ -62,8 +62,11 @@ def run(config, models, outdir):
     top = np.unravel_index(np.argmax(k_excess), k_excess.shape)
     induction = [h for l, h in roles.induction_heads() if l == 1]
     claims.append(experiment.claim(
+        f"composition_scores.k_prev_to_induction_{label}",
         f"{label}: the strongest K-composition is from the previous-token head into an induction "
-        "head",
+        "head", "FW fig 26",
+        "argmax over layer-0 × layer-1 pairs of K-composition − baseline is (previous-token "
+        "head, an induction head)",
         f"largest K − baseline: {roles.label(0, top[0])} → {roles.label(1, top[1])} "
         f"(+{k_excess[top]:.3f}); previous-token head L0H{prev}, induction heads "
         f"{['L1H%d' % h for h in induction] or 'none'}",
@@ -72,7 +75,9 @@ def run(config, models, outdir):
     if induction:
       ratio = max(correct["k"][prev, h] for h in induction) / correct["baseline"]
       claims.append(experiment.claim(
-          f"{label}: that K-composition is well above the random baseline",
+          f"composition_scores.k_above_baseline_{label}",
+          f"{label}: that K-composition is well above the random baseline", "FW fig 26",
+          "max over induction heads of K-comp(prev, h) / baseline ≥ 1.5",
           f"{ratio:.2f}× the baseline {correct['baseline']:.3f} "
           f"(FW: baseline ≈ 1/√d_model = {model.cfg.d_model ** -0.5:.3f})",
           ratio, ratio >= 1.5))

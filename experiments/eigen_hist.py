@@ -49,17 +49,22 @@ def run(config, models, outdir):
     per_layer = "; ".join(f"layer {l}: {int((trained[l] > config.copying_threshold).sum())}/{H}"
                           for l in range(L))
     claims.append(experiment.claim(
+        f"eigen_hist.copying_{label}",
         f"{label}: most heads copy (OV positivity > {config.copying_threshold}; FW's 1L model: "
         "10 of 12)" if L == 1 else
         f"{label}: heads that copy (OV positivity > {config.copying_threshold}) are common",
+        "FW fig 16", f"count of heads with positivity > {config.copying_threshold}: "
+        + ("> half" if L == 1 else "≥ 1"),
         f"{copying} of {L * H} heads ({per_layer})", trained,
         copying * 2 > L * H if L == 1 else copying >= 1))
     mean_random = float(random.mean())
     claims.append(experiment.claim(
-        f"{label}: at random init positivity is near 0 (|mean| < "
-        f"{config.random_init_max_abs_mean})",
+        f"eigen_hist.random_init_{label}",
+        f"{label}: at random init OV positivity is near 0",
+        "control: random init",
+        f"|mean positivity over heads| < {config.random_init_max_abs_mean}",
         f"mean {mean_random:+.3f} over {L * H} heads ({init_source})", random,
-        abs(mean_random) < config.random_init_max_abs_mean))
+        abs(mean_random) < config.random_init_max_abs_mean, kind="control"))
   fig.tight_layout()
   experiment.save_figure(fig, outdir, "eigen_hist")
   experiment.write_json(outdir / "eigen_hist.json", numbers)

@@ -136,13 +136,17 @@ def run(config, models, outdir):
 
     best = np.unravel_index(np.argmax(induction), induction.shape)
     claims.append(experiment.claim(
+        f"induction_attention.stripe_{label}",
         f"{label}: a head attends along the induction stripe (offset −{n - 1}) on repeated random "
-        f"tokens (score ≥ {config.min_induction})",
+        f"tokens (score ≥ {config.min_induction})", "FW §7 (induction heads)",
+        f"max over heads of the mean attention on the stripe ≥ {config.min_induction}",
         f"best: L{best[0]}H{best[1]} with {induction[best]:.2f}", induction,
         induction[best] >= config.min_induction))
     claims.append(experiment.claim(
+        f"induction_attention.repeat_loss_{label}",
         f"{label}: the loss drops once the random sequence repeats (by ≥ {config.min_loss_drop} "
-        "nats)",
+        "nats)", "FW §7 (induction heads)",
+        f"mean loss on the first copy − mean loss on the repeats ≥ {config.min_loss_drop} nats",
         f"{first:.2f} nats on the first copy, {later:.2f} on the repeats", [first, later],
         first - later >= config.min_loss_drop))
   return claims

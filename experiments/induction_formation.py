@@ -117,15 +117,18 @@ def run(config, models, outdir):
     if L >= 2:
       if window is None:
         claims.append(experiment.claim(
-            f"{label}: induction heads form in a narrow window of training", "no head reached "
+            f"induction_formation.abrupt_{label}",
+            f"{label}: induction heads form in a narrow window of training", "IH §3",
+            f"some head reaches prefix matching ≥ {config.formed}", "no head reached "
             f"prefix matching {config.formed} (best final {best[-1]:.2f})", best, False))
         continue
       a, b = window
       ratio = tokens[b] / max(tokens[a], 1)
       claims.append(experiment.claim(
-          f"{label}: induction heads form abruptly — prefix matching goes from < "
-          f"{config.unformed} to ≥ {config.formed} within a factor of "
-          f"{config.max_window_ratio:g} in tokens",
+          f"induction_formation.abrupt_{label}",
+          f"{label}: induction heads form abruptly", "IH §3",
+          f"best prefix matching goes from < {config.unformed} to ≥ {config.formed} within a "
+          f"factor of {config.max_window_ratio:g} in tokens",
           f"between {tokens[a]:,.0f} and {tokens[b]:,.0f} tokens (×{ratio:.1f}); best score "
           f"{best[a]:.2f} → {best[b]:.2f}, final {best[-1]:.2f}",
           {"tokens": [tokens[a], tokens[b]], "best": [best[a], best[b]]},
@@ -139,8 +142,10 @@ def run(config, models, outdir):
       icl_inside = (icl[hi_i] - icl[lo_i]) / np.log10(hi / lo)
       icl_before = (icl[a] - icl[decade_i]) / max(np.log10(tokens[a] / tokens[decade_i]), 1e-9)
       claims.append(experiment.claim(
-          f"{label}: the in-context-learning score falls in the same window, at least twice as "
-          "fast as over the decade of training before it",
+          f"induction_formation.icl_in_window_{label}",
+          f"{label}: the in-context-learning score falls in the same window", "IH §3",
+          "ICL change per decade of tokens from one snapshot before to one after the window < "
+          "min(0, 2 × its change per decade over the decade before)",
           f"ICL {icl[lo_i]:+.3f} → {icl[hi_i]:+.3f} from one snapshot before to one after the "
           f"window ({icl_inside:+.2f} nats per decade of tokens) vs {icl[decade_i]:+.3f} → "
           f"{icl[a]:+.3f} over the decade before ({icl_before:+.2f} per decade)",
@@ -149,15 +154,19 @@ def run(config, models, outdir):
       loss_before = slope_per_decade(train_loss[:, 0], train_loss[:, 1], tokens[a] / 10,
                                      tokens[a])
       claims.append(experiment.claim(
-          f"{label}: the training loss bends in that window: it falls faster than over the "
-          "decade before",
+          f"induction_formation.loss_bump_{label}",
+          f"{label}: the training loss bends in that window", "IH §3",
+          "least-squares slope of training loss per decade around the window < over the decade "
+          "before",
           f"{loss_inside:+.2f} nats per decade of tokens around the window vs {loss_before:+.2f} "
           "in the decade before", {"inside": loss_inside, "before": loss_before},
           loss_inside < loss_before))
     else:
       icl_drop = icl.max() - icl[-1]
       claims.append(experiment.claim(
-          f"{label}: a one-layer model never forms induction heads",
+          f"induction_formation.none_in_1l_{label}",
+          f"{label}: a one-layer model never forms induction heads", "IH §3",
+          f"best prefix matching at every snapshot < {config.unformed}",
           f"best prefix-matching score at any snapshot: {best.max():.2f}" if L else
           "no attention layers", best, best.max() < config.unformed))
       numbers[label]["icl_fall"] = icl_drop

@@ -47,8 +47,10 @@ def run(config, models, outdir):
                            else f"ov_eigenvalues_{label}")
     copying = int((pos > config.copying_threshold).sum())
     claims.append(experiment.claim(
+        f"ov_eigenvalues.copying_{label}",
         f"{label}: most heads' OV eigenvalues are mostly positive — the heads copy "
         f"(positivity > {config.copying_threshold}; FW's 1L model: 10 of 12)",
+        "FW fig 15", f"more than half the heads have positivity > {config.copying_threshold}",
         f"{copying} of {L * H} heads; positivity per head "
         f"{', '.join(f'{p:+.2f}' for p in pos.ravel())}",
         pos, copying * 2 > L * H))

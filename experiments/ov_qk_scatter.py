@@ -46,8 +46,11 @@ def run(config, models, outdir):
     upper_right = [h for h in induction if ov[h] > 0 and qk[h] > 0]
     where = ", ".join(f"L1H{h} at ({ov[h]:.2f}, {qk[h]:.2f})" for h in induction) or "none found"
     claims.append(experiment.claim(
+        f"ov_qk_scatter.upper_right_{label}",
         f"{label}: induction heads sit in the upper-right quadrant, near (1, 1): they copy and "
         "match the previous token by K-composition",
+        "FW fig 22", "every head with induction score ≥ "
+        f"{config.role_threshold} has both positivities > 0",
         f"induction heads (score ≥ {config.role_threshold}): {where}",
         {f"L1H{h}": [float(ov[h]), float(qk[h])] for h in induction},
         bool(induction) and len(upper_right) == len(induction)))

@@ -53,8 +53,11 @@ def run(config, models, outdir):
     l, h = np.unravel_index(np.argmax(np.maximum(offsets["offset0"], offsets["offset1"])), (L, H))
     kind = "self" if offsets["offset0"][l, h] >= offsets["offset1"][l, h] else "previous token"
     claims.append(experiment.claim(
+        f"positional_heads.positional_{label}",
         f"{label}: some heads are positional, attending to themselves or the previous token "
         f"(≥ {config.min_offset_attention} of the positional attention)",
+        "FW fig 13", f"max over heads of mean positional attention at offset 0 or 1 ≥ "
+        f"{config.min_offset_attention}",
         f"strongest: L{l}H{h} puts {best:.2f} on the {kind}",
         {"offset0": offsets["offset0"], "offset1": offsets["offset1"]},
         best >= config.min_offset_attention))

@@ -74,19 +74,44 @@ class Model:
     return data.eval_windows(self.tokens.heldout, n, self.cfg.n_ctx, self.tokens.bos_id)
 
 
-def claim(statement: str, measured: str, value, holds: bool) -> dict:
-  """One row of claims.json: the paper's statement, what we measured, whether it holds."""
-  def plain(v):
-    if isinstance(v, (np.floating, np.integer)):
-      return v.item()
-    if isinstance(v, np.ndarray):
-      return v.tolist()
-    if isinstance(v, dict):
-      return {k: plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-      return [plain(x) for x in v]
-    return v
-  return {"claim": statement, "measured": measured, "value": plain(value), "holds": bool(holds)}
+CLAIM_KINDS = ("paper", "control")
+
+
+def plain(v):
+  """``v`` with NumPy scalars and arrays turned into Python numbers and lists (for JSON)."""
+  if isinstance(v, (np.floating, np.integer, np.bool_)):
+    return v.item()
+  if isinstance(v, np.ndarray):
+    return v.tolist()
+  if isinstance(v, dict):
+    return {k: plain(x) for k, x in v.items()}
+  if isinstance(v, (list, tuple)):
+    return [plain(x) for x in v]
+  return v
+
+
+def claim(claim_id: str, statement: str, source: str, criterion: str, measured: str, value,
+          holds: bool, kind: str = "paper") -> dict:
+  """One row of claims.json.
+
+  Args:
+    claim_id: unique across all figures, ``<figure>.<what>`` (e.g.
+      ``eigen_hist.copying_majority_1l``).
+    statement: what the paper says, in our words, about the model(s) and layer(s) measured.
+    source: where the paper says it ("FW fig 16", "IH §3"); for a control, what it checks.
+    criterion: the test in words and as computed, with its threshold values.
+    measured: what we measured, in words with the numbers.
+    value: the numbers behind ``measured`` (JSON-able after ``plain``).
+    holds: whether the criterion holds.
+    kind: "paper" for a statement of the papers, "control" for a sanity baseline.
+  """
+  if kind not in CLAIM_KINDS:
+    raise ValueError(f"claim {claim_id!r}: kind must be one of {CLAIM_KINDS}, not {kind!r}")
+  if not claim_id or not source or not criterion:
+    raise ValueError(f"claim {claim_id!r}: id, source and criterion are required")
+  return {"id": claim_id, "kind": kind, "statement": statement, "source": source,
+          "criterion": criterion, "measured": measured, "value": plain(value),
+          "holds": bool(holds)}
 
 
 def config_hash(config) -> str:
@@ -94,28 +119,33 @@ def config_hash(config) -> str:
 
 
 def model_run(name: str, preset: str, models_dir: Path, cache_dir: Optional[str] = None,
-              corpus: Optional[str] = None):
+              corpus: Optional[str] = None, seed: Optional[int] = None):
   """(config, work directory) of the model ``configs/<name>.py:<preset>`` in ``models_dir``:
-  ``<name>-<preset>-<hash of the config>``; ``corpus`` replaces the config's ``data.corpus``."""
+  ``<name>-<preset>-<hash of the config>``; ``corpus`` and ``seed`` replace the config's
+  ``data.corpus`` and ``train.seed``."""
   config = load_config(f"{name}:{preset}")
   config.unlock()
   if cache_dir:
     config.data.cache_dir = cache_dir
   if corpus:
     config.data.corpus = corpus
+  if seed is not None:
+    config.train.seed = int(seed)
   config.lock()
   return config, Path(models_dir) / f"{name}-{preset}-{config_hash(config)}"
 
 
 def trained_model(name: str, preset: str, models_dir: Path, cache_dir: Optional[str] = None,
-                  log: Callable[[str], None] = print, corpus: Optional[str] = None) -> Model:
+                  log: Callable[[str], None] = print, seed: Optional[int] = None,
+                  corpus: Optional[str] = None) -> Model:
   """The model ``configs/<name>.py:<preset>``, trained into ``models_dir`` unless already there.
 
   The run directory is keyed by the config's hash, so a changed config trains a new model and a
-  finished one is reused as is (an interrupted one resumes).
+  finished one is reused as is (an interrupted one resumes).  ``seed`` overrides the config's
+  ``train.seed`` (init and data order); None keeps the preset's.
   """
   from reproduce.train import train  # pylint: disable=import-outside-toplevel
-  config, workdir = model_run(name, preset, models_dir, cache_dir, corpus)
+  config, workdir = model_run(name, preset, models_dir, cache_dir, corpus, seed)
   result = train(config, workdir, log=log)
   return model_from_run(name, workdir, tokens=result.tokens)
 

@@ -30,7 +30,7 @@ from reproduce.config import project_module
 
 FIGURES = ("bigram", "skip_trigrams", "positional_heads", "ov_eigenvalues", "eigen_hist",
            "composition_scores", "induction_attention", "ov_qk_scatter", "term_importance",
-           "induction_formation")
+           "induction_formation", "head_ablations", "induction_heads")
 
 
 class UnknownFigure(ValueError):
@@ -100,8 +100,8 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
   except BaseException:
     out.discard()
     raise
-  for c in claims:
-    log(f"  [{'holds' if c['holds'] else 'FAILS'}] {c['claim']} — {c['measured']}")
+  for line in claim_lines(claims):
+    log(line)
   return summary
 
 
@@ -166,11 +166,41 @@ def make_all(preset: str, workdir, models_dir: Optional[str] = None,
   return failures
 
 
+def claim_lines(claims) -> list:
+  """The CLI's view of a figure's claims: one line each, then the paper/control tally."""
+  lines = [f"  [{'holds' if c['holds'] else 'FAILS'}] {c['kind']} {c['id']} ({c['source']}): "
+           f"{c['statement']} — {c['measured']}" for c in claims]
+  return lines + [f"  {tally(claims)}"]
+
+
+def tally(claims) -> str:
+  """'paper claims: 7 of 9 hold; controls: 2 of 2 hold', counting the two kinds apart."""
+  parts = []
+  for kind, name in (("paper", "paper claims"), ("control", "controls")):
+    of_kind = [c for c in claims if c["kind"] == kind]
+    parts.append(f"{name}: {sum(c['holds'] for c in of_kind)} of {len(of_kind)} hold")
+  return "; ".join(parts)
+
+
+def _claims_table(title: str, claims) -> str:
+  """An HTML table of claims of one kind (empty string when there are none)."""
+  if not claims:
+    return ""
+  rows = "".join(
+      f"<tr class=\"{'ok' if c['holds'] else 'no'}\"><td><code>{html.escape(c['id'])}</code>"
+      f"<br><span class='kind'>{html.escape(c['source'])}</span></td>"
+      f"<td>{html.escape(c['statement'])}</td><td>{html.escape(c['criterion'])}</td>"
+      f"<td>{html.escape(c['measured'])}</td>"
+      f"<td>{'holds' if c['holds'] else 'does not hold'}</td></tr>" for c in claims)
+  return (f"<h3>{html.escape(title)}</h3><table><tr><th>id, source</th><th>statement</th>"
+          f"<th>criterion</th><th>measured</th><th></th></tr>{rows}</table>")
+
+
 def write_index(workdir) -> Path:
   """``index.html``: every figure present in ``workdir`` with its picture and claims table,
   self-contained (pictures embedded), so it opens offline anywhere."""
   workdir = Path(workdir)
-  parts = []
+  parts, all_claims = [], []
   for name in FIGURES:
     claims_file = workdir / name / "claims.json"
     if not claims_file.is_file():
@@ -179,26 +209,28 @@ def write_index(workdir) -> Path:
     pictures = "".join(
         f'<img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" '
         f'alt="{html.escape(p.stem)}">' for p in sorted((workdir / name).glob("*.png")))
-    rows = "".join(
-        f"<tr class=\"{'ok' if c['holds'] else 'no'}\"><td>{html.escape(c['claim'])}</td>"
-        f"<td>{html.escape(c['measured'])}</td><td>{'holds' if c['holds'] else 'does not hold'}"
-        "</td></tr>" for c in summary["claims"])
+    all_claims.extend(summary["claims"])
+    tables = "".join(_claims_table(title, [c for c in summary["claims"] if c["kind"] == kind])
+                     for kind, title in (("paper", "paper claims"), ("control", "controls")))
     extra = ""
     if (workdir / name / f"{name}.html").is_file():
       extra = f'<p><a href="{name}/{name}.html">interactive view</a></p>'
     models = ", ".join(f"{k} (step {v.get('step')})" for k, v in summary["models"].items())
     parts.append(f'<section id="{name}"><h2>{name}</h2><p>{html.escape(summary["description"])}'
                  f'</p><p class="models">models: {html.escape(models)}; preset '
-                 f'{html.escape(summary["preset"])}</p>{pictures}{extra}<table><tr><th>paper'
-                 f'</th><th>measured</th><th></th></tr>{rows}</table></section>')
+                 f'{html.escape(summary["preset"])}; {html.escape(tally(summary["claims"]))}</p>'
+                 f'{pictures}{extra}{tables}</section>')
   page = ("<!doctype html><html><head><meta charset='utf-8'><title>circuits-repro figures</title>"
           "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
           "img{max-width:100%;border:1px solid #ddd;margin:.5em 0}table{border-collapse:collapse;"
           "width:100%;font-size:90%}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;"
           "vertical-align:top}tr.ok td:last-child{color:#176b2c;font-weight:bold}tr.no "
           "td:last-child{color:#a11;font-weight:bold}.models{color:#666;font-size:90%}"
-          "section{margin-bottom:3em}</style></head><body><h1>A Mathematical Framework for "
-          "Transformer Circuits — reproduced</h1>"
+          "section{margin-bottom:3em}.kind{font-size:80%;color:#666}</style></head><body>"
+          "<h1>A Mathematical Framework for Transformer Circuits — reproduced</h1>"
+          f"<p class='tally'>All figures: {html.escape(tally(all_claims))}. Paper claims are "
+          "statements of the papers (FW: A Mathematical Framework for Transformer Circuits; IH: "
+          "In-context Learning and Induction Heads); controls are sanity baselines.</p>"
           + "".join(f'<a href="#{n}">{n}</a> · ' for n in FIGURES
                     if (workdir / n / "claims.json").is_file())
           + "".join(parts) + "</body></html>")

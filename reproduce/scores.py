@@ -216,3 +216,193 @@ def bigram_statistics(w: Weights, train_tokens: np.ndarray, min_count: int = 20,
                 "log_model": log_model[frequent], "log_empirical": log_emp[frequent],
                 "count": counts[frequent]},
   }
+
+
+# ----------------------------------------------------------------------------------------------
+# Mechanism: ablations, attention by offset, resting on BOS, ranked skip-trigrams
+
+
+def zero_ablated(w: Weights, heads: Sequence) -> Weights:
+  """The weights with each (layer, head) in ``heads`` zero-ablated: its W_O set to 0.
+
+  A head's write to the residual stream is A v W_O, so a zero W_O removes exactly that head's
+  output; every later layer then reads the ablated stream (total, not direct-only, ablation).
+  """
+  W_O = np.array(w.W_O)
+  for layer, head in heads:
+    W_O[layer, head] = 0
+  return w.replace(W_O=jnp.asarray(W_O))
+
+
+def repeat_loss_drop(config, w: Weights, tokens: np.ndarray, length: int) -> Dict[str, float]:
+  """On BOS + ``length`` tokens repeated: mean next-token loss when predicting the first
+  occurrence (targets 1..length), on the repeats (targets length+1..end), and their difference
+  (the drop: what in-context copying buys)."""
+  logits, _ = forward(config, w, tokens)
+  losses = np.asarray(token_losses(logits[:, :-1], jnp.asarray(tokens)[:, 1:]))  # target t+1
+  first, repeat = losses[:, :length].mean(), losses[:, length:].mean()
+  return {"first": float(first), "repeat": float(repeat), "drop": float(first - repeat)}
+
+
+def attention_by_offset(patterns, n_offsets: int) -> np.ndarray:
+  """Mean A[dest i, src i − o] for o = 0 … n_offsets − 1 over batch and destinations
+  i ≥ n_offsets (so that every offset exists and none is BOS) → [L, H, n_offsets]."""
+  patterns = np.asarray(patterns)
+  T = patterns.shape[-1]
+  dest = np.arange(n_offsets, T)
+  return np.stack([patterns[..., dest, dest - o].mean(axis=(1, 3)) for o in range(n_offsets)],
+                  axis=-1)
+
+
+def first_occurrences(tokens: np.ndarray) -> np.ndarray:
+  """[B, T] bool: position i ≥ 1 holds a token that does not occur at positions 1 … i−1."""
+  tokens = np.asarray(tokens)
+  T = tokens.shape[1]
+  earlier = (tokens[:, :, None] == tokens[:, None, :]) & (np.arange(T)[None, :] <
+                                                           np.arange(T)[:, None])[None]
+  earlier[:, :, 0] = False  # position 0 is BOS, not an earlier copy
+  first = ~earlier.any(-1)
+  first[:, 0] = False
+  return first
+
+
+def bos_attention(patterns, mask: np.ndarray) -> np.ndarray:
+  """Mean attention on position 0 (BOS) over the destinations where ``mask`` [B, T] is true,
+  per head → [L, H]."""
+  on_bos = np.asarray(patterns)[..., 0]  # [L, B, H, T]
+  m = np.asarray(mask, np.float64)[None, :, None, :]
+  return (on_bos * m).sum(axis=(1, 3)) / max(float(m.sum()), 1.0)
+
+
+def block_moments(f: circuits.Factored, rows: np.ndarray, cols: np.ndarray):
+  """Mean and standard deviation of the entries of the block (left @ right)[rows, cols] of
+  every head, [L, H] each, without forming it: Σ entries = (1ᵀ left_r)(right_c 1) and
+  Σ entries² = tr((left_rᵀ left_r)(right_c right_cᵀ))."""
+  left = jnp.asarray(f.left)[..., jnp.asarray(rows), :]
+  right = jnp.asarray(f.right)[..., :, jnp.asarray(cols)]
+  n = len(rows) * len(cols)
+  total = jnp.einsum("...r,...r->...", left.sum(-2), right.sum(-1))
+  squares = jnp.einsum("...ab,...ba->...", jnp.swapaxes(left, -1, -2) @ left,
+                       right @ jnp.swapaxes(right, -1, -2))
+  mean = total / n
+  return np.asarray(mean), np.asarray(jnp.sqrt(jnp.maximum(squares / n - mean ** 2, 0)))
+
+
+def centred_rows(f: circuits.Factored, tokens: np.ndarray) -> circuits.Factored:
+  """The product with each row's mean over the columns ``tokens`` subtracted, still factored:
+  X[i, j] − mean_{j' ∈ tokens} X[i, j'] = left[i] (right[:, j] − mean_{j'} right[:, j'])."""
+  right = jnp.asarray(f.right)
+  mean = right[..., :, jnp.asarray(tokens)].mean(-1, keepdims=True)
+  return circuits.Factored(f.left, right - mean)
+
+
+def _source_chunk(w: Weights, n_tokens: int, max_elements: int = 1 << 24) -> int:
+  """Sources per block so that an [L, H, n_tokens, chunk] circuit block stays ≤ max_elements."""
+  return max(1, max_elements // (w.n_layers * w.n_heads * max(n_tokens, 1)))
+
+
+def ranked_skip_trigrams(w: Weights, tokens: np.ndarray, n_sources: int = 10, k: int = 3,
+                         chunk: Optional[int] = None) -> Dict[str, np.ndarray]:
+  """Every head's strongest skip-trigrams "src … dest → out" among ``tokens`` (all three
+  restricted to them), ranked by the sum of two standardised logits:
+
+      score(src, dest, out) = z_QK[dest, src] + z_OV[src, out]
+
+  with z_QK the attention score W_E W_QK W_Eᵀ[dest, src] / sqrt(d_head) and z_OV the logit
+  change W_E W_OV W_U[src, out], each first centred along its row (``centred_rows``: a term that
+  depends on the destination alone cancels in the softmax over sources, one that depends on the
+  source alone shifts every output logit equally) and then standardised by the mean and standard
+  deviation of its head's own block over ``tokens``.  Attention logits and output logits are in different units;
+  standardising makes "strong on both" comparable, and a sum (unlike a product) never ranks two
+  large negative values as a strong trigram.  The score separates, so a source's best trigram is
+  its best destination with its best output.  Sources are ranked by that best score; each keeps
+  its top ``k`` destinations and outputs.  Sources go ``chunk`` at a time (default: 2²⁴
+  entries): at most [L, H, len(tokens), chunk] entries of either circuit exist at once.
+
+  Returns [L, H, n_sources] ``source``, ``score``; [L, H, n_sources, k] ``dest``, ``dest_z``,
+  ``out``, ``out_z`` (token ids, standardised values).
+  """
+  tokens = np.asarray(tokens)
+  chunk = chunk or _source_chunk(w, len(tokens))
+  qk = centred_rows(circuits.qk_circuit(w, full=True), tokens)
+  ov = centred_rows(circuits.ov_circuit(w, full=True), tokens)
+  scale = float(np.sqrt(w.d_head))
+  qk_mean, qk_std = block_moments(qk, tokens, tokens)
+  ov_mean, ov_std = block_moments(ov, tokens, tokens)
+  qk_mean, qk_std = qk_mean / scale, qk_std / scale
+  dest_z, dest_i, out_z, out_i = [], [], [], []
+  for start in range(0, len(tokens), chunk):
+    src = tokens[start:start + chunk]
+    cols = qk.left[..., jnp.asarray(tokens), :] @ qk.right[..., :, jnp.asarray(src)] / scale
+    z = (jnp.swapaxes(cols, -1, -2) - qk_mean[..., None, None]) / qk_std[..., None, None]
+    values, index = jax.lax.top_k(z, k)  # [L, H, chunk, k]
+    dest_z.append(np.asarray(values)); dest_i.append(tokens[np.asarray(index)])
+    rows = ov.left[..., jnp.asarray(src), :] @ ov.right[..., :, jnp.asarray(tokens)]
+    z = (rows - ov_mean[..., None, None]) / ov_std[..., None, None]
+    values, index = jax.lax.top_k(z, k)
+    out_z.append(np.asarray(values)); out_i.append(tokens[np.asarray(index)])
+  dest_z, dest_i = np.concatenate(dest_z, -2), np.concatenate(dest_i, -2)
+  out_z, out_i = np.concatenate(out_z, -2), np.concatenate(out_i, -2)
+  best = dest_z[..., 0] + out_z[..., 0]  # [L, H, n_tokens]
+  order = np.argsort(-best, axis=-1, kind="stable")[..., :n_sources]
+  pick = lambda a: np.take_along_axis(a, order[..., None], axis=-2)
+  return {"source": tokens[order], "score": np.take_along_axis(best, order, -1),
+          "dest": pick(dest_i), "dest_z": pick(dest_z), "out": pick(out_i), "out_z": pick(out_z)}
+
+
+def own_logit_column_rank(w: Weights, tokens: np.ndarray,
+                          chunk: Optional[int] = None) -> np.ndarray:
+  """Per head and token t in ``tokens``: the fraction of the other tokens s whose OV entry
+  W_E W_OV W_U[s, t] is below the token's own [t, t] → [L, H, len(tokens)].
+
+  The column of t says which sources, when attended to, raise t most; a copying head puts t
+  itself on top (near 1), a random head anywhere (0.5 on average).  Rows are centred first
+  (``centred_rows``): a source that raises every output alike raises none of them.  Ranking within the column,
+  not the row, keeps tokens whose unembedding is large for every source from looking copied.
+  """
+  tokens = np.asarray(tokens)
+  chunk = chunk or _source_chunk(w, len(tokens))
+  ov = centred_rows(circuits.ov_circuit(w, full=True), tokens)
+  out = []
+  for start in range(0, len(tokens), chunk):
+    t = tokens[start:start + chunk]
+    cols = np.asarray(ov.left[..., jnp.asarray(tokens), :] @ ov.right[..., :, jnp.asarray(t)])
+    own = cols[..., start + np.arange(len(t)), np.arange(len(t))]  # [L, H, chunk]
+    out.append(((cols < own[..., None, :]).sum(-2)) / (len(tokens) - 1))
+  return np.concatenate(out, -1)
+
+
+class SkipTrigramCounter:
+  """Counts of skip-trigrams in a token array: "s … d → o" occurs at position p when
+  tokens[p] = d, tokens[p + 1] = o and s is among the ``window`` tokens before p."""
+
+  def __init__(self, tokens: np.ndarray, window: int):
+    self.tokens = np.asarray(tokens, np.int64)
+    self.window = window
+    self.vocab = int(self.tokens.max()) + 1
+    codes = self.tokens[:-1] * self.vocab + self.tokens[1:]
+    self._order = np.argsort(codes, kind="stable")
+    self._sorted = codes[self._order]
+    self._before = {}
+
+  def _source_before(self, s: int) -> np.ndarray:
+    """[len(tokens)] bool: s occurs in tokens[p − window : p]."""
+    if s not in self._before:
+      c = np.concatenate([[0], np.cumsum(self.tokens == s)])  # c[p] = #s in tokens[:p]
+      p = np.arange(len(self.tokens))
+      self._before[s] = c[p] - c[np.maximum(p - self.window, 0)] > 0
+    return self._before[s]
+
+  def count(self, s: int, d: int, o: int) -> int:
+    """How many positions p hold "s … d → o"."""
+    code = d * self.vocab + o
+    lo, hi = np.searchsorted(self._sorted, [code, code + 1])
+    return int(self._source_before(int(s))[self._order[lo:hi]].sum())
+
+  def lift(self, s: int, d: int) -> float:
+    """P(s in the window before p | tokens[p] = d) / P(s in the window before p): how much more
+    often the source precedes this destination than a random position (1: no relation)."""
+    before = self._source_before(int(s))
+    at_d = self.tokens == d
+    base = before.mean()
+    return float(before[at_d].mean() / base) if at_d.any() and base > 0 else float("nan")

@@ -35,8 +35,24 @@ def test_figure_writes_picture_numbers_and_claims(figures, name):
   claims = json.loads((out / "claims.json").read_text())
   assert claims["figure"] == name and claims["preset"] == "test" and claims["claims"]
   for c in claims["claims"]:
-    assert set(c) == {"claim", "measured", "value", "holds"} and isinstance(c["holds"], bool)
+    assert set(c) == {"id", "kind", "statement", "source", "criterion", "measured", "value",
+                      "holds"}
+    assert isinstance(c["holds"], bool) and c["kind"] in ("paper", "control")
+    assert c["id"].startswith(f"{name}.") and c["source"] and c["criterion"]
+    if c["kind"] == "paper":
+      assert c["source"].startswith(("FW", "IH")), c
   assert summaries[name]["claims"] == claims["claims"]
+
+
+def test_claim_ids_are_unique_across_figures(figures):
+  _, summaries, _ = figures
+  ids = [c["id"] for s in summaries.values() for c in s["claims"]]
+  assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
+
+
+def test_claim_record_rejects_unknown_kinds():
+  with pytest.raises(ValueError, match="kind must be one of"):
+    experiment.claim("x.y", "s", "FW fig 1", "c", "m", 1, True, kind="padding")
 
 
 def test_models_are_trained_once_and_shared(figures):

@@ -1,0 +1,29 @@
+"""Figure `head_ablations` (IH §5, ablations): zero one head's output and measure what the model
+loses in context.
+
+    python -m reproduce.figure --name head_ablations
+
+Every head of the 2L model is zero-ablated in turn (its W_O set to 0, so later layers read the
+ablated stream), and so are all induction heads together.  Measured: the fraction of the loss
+drop on repeated random tokens (first occurrence → repeat) and of the in-context-learning score
+that the ablation removes.  Expected (IH): ablating the induction heads, or the previous-token
+head that feeds them, removes most of both; ablating another head of the same layer does not.
+"""
+
+import ml_collections
+
+
+def get_config(preset: str = "cpu"):
+  c = ml_collections.ConfigDict()
+  c.models = ("attn2l",)  # model configs (configs/<name>.py) trained at the preset and analysed
+  c.length = 50  # random middle-frequency tokens per repeat (cut to fit n_ctx)
+  c.samples = 16 if preset != "test" else 4  # repeated sequences
+  c.icl_windows = 64 if preset != "test" else 8  # held-out windows for the ICL score
+  # Head roles: previous-token score on text, induction score on repeats.  0.3 is three times
+  # the most a head attending uniformly over ≥ 10 positions could score.
+  c.role_threshold = 0.3
+  # "Most" of the loss drop / ICL score: more than half of what the unablated model has (the
+  # baseline is the unablated model, 0 removed; ablating everything in context removes 1).
+  c.most_removed = 0.5
+  c.lock()
+  return c

@@ -1,0 +1,38 @@
+"""Figure `induction_heads` (IH §2-3 and FW fig 26): what the induction heads do besides matching.
+
+    python -m reproduce.figure --name induction_heads
+
+Per head of the 1L and 2L models: IH's prefix-matching score against its copying score (both on
+BOS + 25 random middle-frequency tokens × 4), the random-init heads beside them; attention on BOS
+from tokens with no earlier copy (first occurrences in repeated random tokens and in held-out
+text); the mean attention of every layer-0 head at offsets 0, 1, 2, … on text.  Expected: the 2L
+model's induction heads copy (copying score above every random-init head), rest on BOS when
+there is nothing to copy, and the 1L model has no prefix-matching head; FW's 2L model also has a
+layer-0 head that averages over the last few tokens (ours may not: reported either way).
+"""
+
+import ml_collections
+
+
+def get_config(preset: str = "cpu"):
+  c = ml_collections.ConfigDict()
+  c.models = ("attn1l", "attn2l")  # model configs (configs/<name>.py) trained and analysed
+  c.length = 25  # IH: 25 random tokens repeated 4 times, 10 samples
+  c.repeats = 4
+  c.samples = 10 if preset != "test" else 3
+  c.text_windows = 32 if preset != "test" else 8  # held-out windows for the text measures
+  # Induction head: prefix-matching score ≥ 0.3, three times the most a head attending
+  # uniformly over ≥ 10 positions could score (and far above every random-init head).
+  c.role_threshold = 0.3
+  # "Most of their attention on BOS": more than half (uniform attention over the visible
+  # positions puts 1/(i+1) there, measured and drawn beside it).
+  c.min_bos = 0.5
+  # Averaging head (FW fig 26): over offsets 0 … window−1 ("the last few tokens") it holds most
+  # of its attention (≥ 0.5) and spreads it: exp(entropy) of that profile ≥ 2.5, where a
+  # previous-token or self-attending head scores 1 and an even split over 3 tokens scores 3.
+  c.averaging_window = 4
+  c.min_window_mass = 0.5
+  c.min_spread = 2.5
+  c.offsets_shown = 8
+  c.lock()
+  return c

@@ -1,0 +1,193 @@
+"""Induction heads beyond the stripe (IH §2-3, FW fig 26): copying, resting on BOS, and the
+layer-0 heads that feed them.
+
+- IH's prefix-matching and copying scores of every head (``scores.prefix_matching_score``,
+  ``scores.copying_score``: mean-subtracted, ReLU, rescaled to [−1, 1]) on BOS + 25 random
+  tokens × 4; the same scores at random init give the range a head can reach by chance.
+- Attention on BOS from destinations whose token has no earlier copy: the first repeat of
+  those sequences, and first occurrences in held-out text (``scores.first_occurrences``), next to
+  what uniform attention over the visible positions would put there.
+- Every layer-0 head's mean attention at offsets 0, 1, 2, … on held-out text, to find a head
+  that averages over the last few tokens (FW fig 26) if there is one.
+"""
+
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from reproduce import experiment, scores
+from reproduce.loading import load
+from reproduce.model import forward
+from reproduce.weights import init_weights
+
+DESCRIPTION = ("Prefix matching vs copying of every head, induction heads resting on BOS, "
+               "layer-0 averaging heads")
+
+
+def initial_weights(model):
+  """The run's step-0 snapshot, or a fresh N(0, 0.02²) init of the same shapes."""
+  if model.workdir is not None and (Path(model.workdir) / "snapshots" / "0").is_dir():
+    return load(Path(model.workdir) / "snapshots" / "0")[1], "the run's step-0 snapshot"
+  return init_weights(model.cfg, jax.random.key(0)), "a fresh N(0, 0.02²) init"
+
+
+def uniform_bos(mask: np.ndarray) -> float:
+  """Mean of 1/(i+1) over the masked destinations: BOS's share under uniform causal attention."""
+  i = np.nonzero(np.asarray(mask))[1]
+  return float(np.mean(1.0 / (i + 1))) if len(i) else float("nan")
+
+
+def averaging_profile(offsets: np.ndarray, window: int):
+  """(mass, spread) of each head's offset profile [..., n_offsets] over the first ``window``
+  offsets: mass = Σ p_o, spread = exp(entropy of p_o / mass) (the effective number of offsets)."""
+  p = offsets[..., :window]
+  mass = p.sum(-1)
+  q = p / np.maximum(mass[..., None], 1e-12)
+  spread = np.exp(-(q * np.log(np.maximum(q, 1e-12))).sum(-1))
+  return mass, spread
+
+
+def measure(model, w, config):
+  cfg = model.cfg
+  length = min(config.length, (cfg.n_ctx - 1) // config.repeats)
+  probe = scores.repeated_sequences(model.sampling_pool(), model.bos_id, length, config.repeats,
+                                    config.samples)
+  prefix = np.asarray(scores.prefix_matching_score(cfg, w, model.sampling_pool(), model.bos_id,
+                                                   length, config.repeats, config.samples))
+  copying = np.asarray(scores.copying_score(cfg, w, probe))
+  return probe, prefix, copying
+
+
+def run(config, models, outdir):
+  plt = experiment.pyplot()
+  claims = []
+  labels = list(models)
+  fig, axes = plt.subplots(len(labels), 3, figsize=(15, 4.8 * len(labels)), squeeze=False)
+  fid = lambda lab, n: (f"induction_heads.{n}" if len(models) == 1
+                        else f"induction_heads.{lab}.{n}")
+  for row, label in enumerate(labels):
+    model = models[label]
+    experiment.require_tokens(model, "induction_heads")
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    probe, prefix, copying = measure(model, model.weights, config)
+    init, init_source = initial_weights(model)
+    _, init_prefix, init_copying = measure(model, init, config)
+    _, ex = forward(model.cfg, model.weights, probe, return_patterns=True)
+    first_probe = scores.first_occurrences(probe)
+    bos_probe = scores.bos_attention(ex["patterns"], first_probe)
+    text = model.heldout_windows(config.text_windows)[0]
+    _, ex = forward(model.cfg, model.weights, text, return_patterns=True)
+    first_text = scores.first_occurrences(text)
+    bos_text = scores.bos_attention(ex["patterns"], first_text)
+    offsets = scores.attention_by_offset(ex["patterns"][:1], config.offsets_shown)[0]  # [H, o]
+    mass, spread = averaging_profile(offsets, config.averaging_window)
+    induction = [(l, h) for l in range(1, L) for h in range(H)
+                 if prefix[l, h] >= config.role_threshold]
+    baseline = {"probe": uniform_bos(first_probe), "text": uniform_bos(first_text)}
+    experiment.write_json(outdir / f"induction_heads_{label}.json", {
+        "prefix_matching": prefix, "copying": copying, "random_init_prefix_matching":
+        init_prefix, "random_init_copying": init_copying, "random_init_source": init_source,
+        "induction_heads": [f"L{l}H{h}" for l, h in induction],
+        "bos_attention_first_occurrence_random": bos_probe,
+        "bos_attention_first_occurrence_text": bos_text, "uniform_bos_share": baseline,
+        "layer0_attention_by_offset": offsets, "layer0_window_mass": mass,
+        "layer0_spread": spread})
+
+    ax = axes[row, 0]
+    ax.scatter(init_prefix.ravel(), init_copying.ravel(), marker="x", c="#aab7b8", s=25,
+               label=f"random init ({init_source})")
+    for l in range(L):
+      ax.scatter(prefix[l], copying[l], s=45, label=f"layer {l}", alpha=0.9)
+      for h in range(H):
+        ax.annotate(f"L{l}H{h}", (prefix[l, h], copying[l, h]), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")
+    ax.axvline(config.role_threshold, color="#888", ls="--", lw=0.8)
+    ax.axhline(float(init_copying.max()), color="#aab7b8", ls=":", lw=0.8)
+    ax.set_xlim(-0.02, 1.02); ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel("prefix-matching score"); ax.set_ylabel("copying score")
+    ax.set_title(f"{label}: every head\n(dashed: induction threshold; dotted: best random-init "
+                 "copying)", fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
+
+    ax = axes[row, 1]
+    x = np.arange(L * H)
+    ax.bar(x - 0.2, bos_probe.ravel(), 0.4, label="first repeat of random tokens", color="#2471a3")
+    ax.bar(x + 0.2, bos_text.ravel(), 0.4, label="first occurrences in text", color="#7fb3d5")
+    ax.axhline(baseline["probe"], color="#2471a3", ls=":", lw=0.8,
+               label="uniform attention (random)")
+    ax.axhline(baseline["text"], color="#7fb3d5", ls=":", lw=0.8, label="uniform attention (text)")
+    names = [f"L{l}H{h}" + ("*" if (l, h) in induction else "") for l in range(L) for h in range(H)]
+    ax.set_xticks(x, names, fontsize=7, rotation=90 if L * H > 16 else 0)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("mean attention on BOS")
+    ax.set_title(f"{label}: attention on BOS when the token has no earlier copy\n"
+                 "(* induction head)", fontsize=8)
+    ax.legend(fontsize=7)
+
+    ax = axes[row, 2]
+    for h in range(H):
+      ax.plot(range(config.offsets_shown), offsets[h], marker="o", ms=3,
+              label=f"L0H{h}: last {config.averaging_window} hold {mass[h]:.2f}, spread "
+                    f"{spread[h]:.1f}")
+    ax.axvspan(-0.3, config.averaging_window - 0.7, color="#f4ecf7", zorder=0)
+    ax.set_xlabel("offset (0 = the destination itself, 1 = previous token)")
+    ax.set_ylabel("mean attention on held-out text")
+    ax.set_title(f"{label}: layer-0 heads by offset\n(shaded: the window for 'the last few "
+                 "tokens')", fontsize=8)
+    ax.legend(fontsize=6)
+
+    if L == 1:
+      claims.append(experiment.claim(
+          fid(label, "no_prefix_matching_in_1l"),
+          f"{label}: a one-layer model has no induction head", "IH §3",
+          f"every head's prefix-matching score < {config.role_threshold}",
+          f"largest prefix-matching score {prefix.max():.2f} (L0H{int(np.argmax(prefix[0]))}); "
+          f"random init largest {init_prefix.max():.2f}", {"prefix_matching": prefix},
+          bool(prefix.max() < config.role_threshold)))
+      continue
+    names_of = lambda hs: ", ".join(f"L{l}H{h}" for l, h in hs) or "none"
+    claims.append(experiment.claim(
+        fid(label, "induction_heads_copy"),
+        f"{label}: induction heads also copy (IH's copying score)", "IH §2 (copying score)",
+        f"every head with prefix-matching score ≥ {config.role_threshold} in layers ≥ 1 has a "
+        f"copying score above the largest of the random-init heads ({init_copying.max():.2f})",
+        f"{names_of(induction)}: copying "
+        + (", ".join(f"{copying[l, h]:.2f}" for l, h in induction) or "—")
+        + f" (random init: {init_copying.min():.2f} … {init_copying.max():.2f})",
+        {f"L{l}H{h}": float(copying[l, h]) for l, h in induction},
+        bool(induction) and all(copying[l, h] > init_copying.max() for l, h in induction)))
+    for where, values, mask in (("random", bos_probe, "the first repeat of random tokens"),
+                                ("text", bos_text, "tokens of held-out text not seen earlier "
+                                                   "in the window")):
+      claims.append(experiment.claim(
+          fid(label, f"induction_heads_rest_on_bos_{where}"),
+          f"{label}: induction heads put most of their attention on BOS when the current token "
+          f"has no earlier copy ({where})", "FW §7, IH §2",
+          f"mean attention on position 0 over {mask} ≥ {config.min_bos} for every induction "
+          "head",
+          f"{names_of(induction)}: "
+          + (", ".join(f"{values[l, h]:.2f}" for l, h in induction) or "—")
+          + f" (uniform attention would give {baseline[where if where == 'text' else 'probe']:.2f})",
+          {f"L{l}H{h}": float(values[l, h]) for l, h in induction},
+          bool(induction) and all(values[l, h] >= config.min_bos for l, h in induction)))
+    averaging = [h for h in range(H)
+                 if mass[h] >= config.min_window_mass and spread[h] >= config.min_spread]
+    best = int(np.argmax(np.minimum(mass / config.min_window_mass, spread / config.min_spread)))
+    claims.append(experiment.claim(
+        fid(label, "layer0_averaging_head"),
+        f"{label}: a layer-0 head attends over the last several tokens (FW's corrected "
+        "composition figure: the induction heads also compose with such a head)", "FW fig 26",
+        f"a layer-0 head with ≥ {config.min_window_mass} of its attention on offsets 0 … "
+        f"{config.averaging_window - 1} on text and spread exp(entropy) ≥ {config.min_spread} "
+        "over them",
+        (f"averaging heads: {', '.join(f'L0H{h}' for h in averaging)}; " if averaging else
+         "none; ") + "per head mass/spread: " + ", ".join(
+             f"L0H{h} {mass[h]:.2f}/{spread[h]:.1f}" for h in range(H))
+        + f"; attention on offsets 0 … {config.offsets_shown - 1} (outside the criterion): "
+        + ", ".join(f"L0H{h} {offsets[h].sum():.2f}" for h in range(H))
+        + f" (nearest to passing both: L0H{best})",
+        {"mass": mass, "spread": spread}, bool(averaging)))
+  fig.tight_layout()
+  experiment.save_figure(fig, outdir, "induction_heads")
+  return claims
