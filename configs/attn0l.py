@@ -5,6 +5,9 @@
 cpu preset: d_model 128, vocab 2048, 1,500 steps × 16 × 256 tokens (6.1M tokens), about 35 s
 on a 2-core laptop (≈200k tokens/s).  Expected: held-out loss ≈ 4.17; the figure's log-prob
 correlation with the empirical bigram table ≈ 0.92 and KL ≈ 0.16 nats.
+
+paper preset: d_model 768, vocab 50,000, n_ctx 2048, 10.5B tokens like the attention models (see
+``reproduce.config.preset``); needs ``--config.data.corpus`` pointing at ~1B+ tokens of text.
 """
 
 from reproduce.config import preset

@@ -7,6 +7,14 @@ vocab 2048, n_ctx 256, fixed sinusoidal positions in Q/K, AdamW at a constant 1e
 warmup steps with a cosine over the last 25%; 3,000 steps × 4,096 tokens (12.3M tokens), about
 3.5 minutes on a 2-core laptop (≈60k tokens/s).  Expected: 10 of 12 heads with OV positivity
 > 0.5; held-out loss ≈ 3.4; no prefix matching at any snapshot.
+
+paper preset: 12 heads × 64, d_model 768, vocab 50,000, n_ctx 2048, 10.5B tokens (see
+``reproduce.config.preset``); needs ``--config.data.corpus`` pointing at ~1B+ tokens of text.
+``paper_32x128`` is FW's other one-layer model, 32 heads × d_head 128 on the same residual width
+and schedule (its own model name, ``attn1l_32x128``, so it never shares a run directory):
+
+    python -m reproduce.train --config=configs/attn1l.py:paper_32x128 --workdir=runs/attn1l-wide \
+        --config.data.corpus=/data/text
 """
 
 from reproduce.config import preset
@@ -18,5 +26,14 @@ CPU = {
 }
 
 
+WIDE = "paper_32x128"
+
+
 def get_config(variant: str = "cpu"):
+  if variant == WIDE:
+    c = preset(1, "paper", model=dict(n_heads=32, d_head=128))
+    c.unlock()
+    c.name = "attn1l_32x128"
+    c.lock()
+    return c
   return preset(1, variant, **(CPU if variant == "cpu" else {}))

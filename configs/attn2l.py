@@ -8,6 +8,10 @@ the last 25%; 5,000 steps × 4,096 tokens (20.5M tokens), about 5.5 minutes on a
 (≈60k tokens/s).  Expected: a previous-token head in layer 0 (score ≈ 1 on text) by ~2M tokens,
 then an induction head in layer 1 forming between ~4M and ~10M tokens (prefix matching 0.05 →
 0.6), with the ICL score falling from ≈ +0.2 to ≈ −0.3 across that window; held-out loss ≈ 2.5.
+
+paper preset: 12 heads × 64, d_model 768, vocab 50,000, n_ctx 2048, 20,000 steps × 2¹⁹ tokens
+(10.5B; IH sees induction heads form after ~1-3B), 64 log-spaced snapshots (see
+``reproduce.config.preset``); needs ``--config.data.corpus`` pointing at ~1B+ tokens of text.
 """
 
 from reproduce.config import preset

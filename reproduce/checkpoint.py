@@ -77,8 +77,12 @@ def verify_arrays(where: str, trees: dict, meta: dict) -> None:
 
 
 def _manager(directory: Path, max_to_keep: Optional[int], read_only: bool = False):
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                         read_only=read_only)
+  # In a multi-process job every manager needs its own barrier names: the checkpoint and the
+  # snapshot of the same step are written at once and would otherwise share them.
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=Path(directory).name))
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     return ocp.CheckpointManager(directory.absolute(), options=options)
@@ -202,13 +206,19 @@ def _restore_weights(directory: Path, step: int) -> Tuple[Weights, dict]:
   """One checkpoint's weights and meta, checked against its recorded checksums."""
   mngr = _manager(directory, None, read_only=True)
   try:
+    meta = dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+    if meta.get("format") != FORMAT:
+      raise CheckpointError(f"{directory / str(step)} is not a circuits-repro checkpoint")
+    # An explicit one-device target: a checkpoint written by a multi-process job records that
+    # job's devices, which Orbax will not restore onto another topology by itself.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = {k: jax.ShapeDtypeStruct(tuple(s) if 0 not in s else (1,), np.float32,
+                                      sharding=device)
+              for k, s in meta.get("weight_shapes", {}).items()}
     restored = mngr.restore(step, args=ocp.args.Composite(
-        weights=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+        weights=ocp.args.StandardRestore(target)))
   finally:
     mngr.close()
-  meta = dict(restored["meta"])
-  if meta.get("format") != FORMAT:
-    raise CheckpointError(f"{directory / str(step)} is not a circuits-repro checkpoint")
   packed = {k: np.asarray(v) for k, v in dict(restored["weights"]).items()}
   verify_arrays(str(directory / str(step)), {"weights": packed},
                 dict(meta, checksums={"weights": meta["checksums"]["weights"]})

@@ -118,8 +118,26 @@ def config_hash(config) -> str:
   return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
 
 
+def model_run(name: str, preset: str, models_dir: Path, cache_dir: Optional[str] = None,
+              corpus: Optional[str] = None, seed: Optional[int] = None):
+  """(config, work directory) of the model ``configs/<name>.py:<preset>`` in ``models_dir``:
+  ``<name>-<preset>-<hash of the config>``; ``corpus`` and ``seed`` replace the config's
+  ``data.corpus`` and ``train.seed``."""
+  config = load_config(f"{name}:{preset}")
+  config.unlock()
+  if cache_dir:
+    config.data.cache_dir = cache_dir
+  if corpus:
+    config.data.corpus = corpus
+  if seed is not None:
+    config.train.seed = int(seed)
+  config.lock()
+  return config, Path(models_dir) / f"{name}-{preset}-{config_hash(config)}"
+
+
 def trained_model(name: str, preset: str, models_dir: Path, cache_dir: Optional[str] = None,
-                  log: Callable[[str], None] = print, seed: Optional[int] = None) -> Model:
+                  log: Callable[[str], None] = print, seed: Optional[int] = None,
+                  corpus: Optional[str] = None) -> Model:
   """The model ``configs/<name>.py:<preset>``, trained into ``models_dir`` unless already there.
 
   The run directory is keyed by the config's hash, so a changed config trains a new model and a
@@ -127,15 +145,7 @@ def trained_model(name: str, preset: str, models_dir: Path, cache_dir: Optional[
   ``train.seed`` (init and data order); None keeps the preset's.
   """
   from reproduce.train import train  # pylint: disable=import-outside-toplevel
-  config = load_config(f"{name}:{preset}")
-  if cache_dir or seed is not None:
-    config.unlock()
-    if cache_dir:
-      config.data.cache_dir = cache_dir
-    if seed is not None:
-      config.train.seed = int(seed)
-    config.lock()
-  workdir = Path(models_dir) / f"{name}-{preset}-{config_hash(config)}"
+  config, workdir = model_run(name, preset, models_dir, cache_dir, corpus, seed)
   result = train(config, workdir, log=log)
   return model_from_run(name, workdir, tokens=result.tokens)
 

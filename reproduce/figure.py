@@ -2,6 +2,7 @@
 
     python -m reproduce.figure --name eigen_hist           # cpu preset, outputs in figures/
     python -m reproduce.figure --all                       # every figure, plus figures/index.html
+    python -m reproduce.figure --all --preset=paper --train_corpus=/data/text --workdir=DIR
     python -m reproduce.figure --list
     python -m reproduce.figure --name composition_scores --checkpoint=runs/attn2l
     python -m reproduce.figure --name ov_eigenvalues --checkpoint=model.safetensors
@@ -9,6 +10,9 @@
 Each figure writes ``<workdir>/<name>/``: the picture (PNG and SVG), the numbers behind it, and
 ``claims.json`` (the paper's statement, our measured value, whether it holds).  Models go to
 ``<workdir>/models/`` (or ``--models_dir``) and are reused by every figure that needs them.
+``--all`` is one resumable batch job: it trains the models first, skips every figure whose
+``claims.json`` already matches the current models and figure config, and, re-run after an
+interruption, continues where it stopped.
 """
 
 from __future__ import annotations
@@ -56,8 +60,9 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
                 models_dir: Optional[str] = None, cache_dir: Optional[str] = None,
                 log: Callable[[str], None] = print,
                 loaded: Optional[Dict[str, experiment.Model]] = None,
-                corpus: Optional[str] = None) -> dict:
-  """Makes one figure; returns its claims summary.  ``loaded`` caches models across figures."""
+                corpus: Optional[str] = None, train_corpus: Optional[str] = None) -> dict:
+  """Makes one figure; returns its claims summary.  ``loaded`` caches models across figures;
+  ``train_corpus`` replaces the model configs' ``data.corpus`` (not with ``checkpoint``)."""
   module, config = figure_module(name), figure_config(name, preset)
   workdir = Path(workdir)
   loaded = {} if loaded is None else loaded
@@ -76,7 +81,8 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
       if key not in loaded:
         loaded[key] = experiment.trained_model(model_name, preset,
                                                Path(models_dir or workdir / "models"),
-                                               cache_dir=cache_dir, log=log)
+                                               cache_dir=cache_dir, log=log,
+                                               corpus=train_corpus)
       models[model_name] = loaded[key]
   log(f"figure {name}: analysing {', '.join(models)}")
   out = experiment.OutputDir(workdir / name)
@@ -84,6 +90,7 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
     claims = module.run(config, models, out.path)
     summary = {
         "figure": name, "description": module.DESCRIPTION, "preset": preset,
+        "figure_config": config.to_dict(),
         "models": {label: {"source": str(m.workdir or m.meta.get("path", "")),
                            "step": m.meta.get("step"), "tokens_seen": m.meta.get("tokens_seen"),
                            "architecture": m.cfg.to_dict()} for label, m in models.items()},
@@ -96,6 +103,67 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
   for line in claim_lines(claims):
     log(line)
   return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# The batch job (--all): train every model first, then make each figure not already made.
+
+
+def figure_is_current(name: str, preset: str, workdir, models_dir=None, cache_dir=None,
+                      train_corpus: Optional[str] = None) -> bool:
+  """Whether ``<workdir>/<name>/claims.json`` came from this figure config and preset, and from
+  the finished runs the preset names now: the same run directories (keyed by their configs'
+  hashes) at their final steps.  A folder is only ever swapped in whole, so then it is complete."""
+  path = Path(workdir) / name / "claims.json"
+  try:
+    summary = json.loads(path.read_text())
+  except (OSError, ValueError):
+    return False
+  config = figure_config(name, preset)
+  models_dir = Path(models_dir or Path(workdir) / "models")
+  expected = {}
+  for model_name in config.models:
+    model_config, run = experiment.model_run(model_name, preset, models_dir, cache_dir,
+                                             train_corpus)
+    expected[model_name] = [str(run), model_config.train.steps]
+  recorded = {label: [m.get("source"), m.get("step")]
+              for label, m in summary.get("models", {}).items()}
+  same_config = summary.get("figure_config") == json.loads(json.dumps(config.to_dict()))
+  return summary.get("preset") == preset and same_config and recorded == expected
+
+
+def make_all(preset: str, workdir, models_dir: Optional[str] = None,
+             cache_dir: Optional[str] = None, log: Callable[[str], None] = print,
+             train_corpus: Optional[str] = None):
+  """Every figure as one resumable batch job; returns the names of the figures that failed.
+
+  Figures already made from the current models and configs are skipped.  The models the others
+  need are trained first, in order (0L, 1L, 2L): a finished run is found by its directory and
+  reused, an interrupted one resumes from its newest checkpoint, and a training error stops the
+  job before any figure is attempted.  Re-running the same command after a pre-emption therefore
+  continues where it stopped.
+  """
+  todo = []
+  for name in FIGURES:
+    if figure_is_current(name, preset, workdir, models_dir, cache_dir, train_corpus):
+      log(f"figure {name}: up to date, skipped")
+    else:
+      todo.append(name)
+  needed = list(dict.fromkeys(m for name in todo for m in figure_config(name, preset).models))
+  loaded: Dict[str, experiment.Model] = {}
+  for model_name in needed:
+    loaded[f"{model_name}:{preset}"] = experiment.trained_model(
+        model_name, preset, Path(models_dir or Path(workdir) / "models"), cache_dir=cache_dir,
+        log=log, corpus=train_corpus)
+  failures = []
+  for name in todo:
+    try:
+      make_figure(name, preset, workdir, None, models_dir, cache_dir, log=log, loaded=loaded,
+                  train_corpus=train_corpus)
+    except (experiment.FigureError, ValueError, FileNotFoundError, RuntimeError) as e:
+      print(f"error: figure {name}: {e}", file=sys.stderr)
+      failures.append(name)
+  return failures
 
 
 def claim_lines(claims) -> list:
@@ -198,10 +266,18 @@ def main(argv):
     from reproduce.bench import first_run_plan  # pylint: disable=import-outside-toplevel
     print(first_run_plan(names, FLAGS.preset, FLAGS.models_dir or Path(FLAGS.workdir) / "models"))
   started, failures = time.time(), []
+  if FLAGS.all and not FLAGS.checkpoint:
+    try:
+      failures = make_all(FLAGS.preset, FLAGS.workdir, FLAGS.models_dir,
+                          train_corpus=FLAGS.train_corpus)
+      names = ()
+    except train.USER_ERRORS + (RuntimeError,) as e:  # a model could not be trained
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
   for name in names:
     try:
       make_figure(name, FLAGS.preset, FLAGS.workdir, FLAGS.checkpoint, FLAGS.models_dir,
-                  loaded=loaded, corpus=FLAGS.corpus)
+                  loaded=loaded, corpus=FLAGS.corpus, train_corpus=FLAGS.train_corpus)
     except Exception as e:  # pylint: disable=broad-except
       if FLAGS.verbose:
         raise
@@ -224,6 +300,9 @@ def run_cli():
   flags.DEFINE_enum("preset", "cpu", ["test", "cpu", "paper"], "model preset to train/use")
   flags.DEFINE_string("workdir", "figures", "output folder")
   flags.DEFINE_string("models_dir", None, "trained-model cache (default <workdir>/models)")
+  flags.DEFINE_string("train_corpus", None, "train the models on this corpus (local files, "
+                      "directories, globs; comma-separated) instead of their configs' "
+                      "data.corpus; the paper preset needs one")
   flags.DEFINE_string("checkpoint", None, "analyse this work dir, checkpoint step or "
                       "TransformerLens .npz/.safetensors instead of training")
   flags.DEFINE_string("corpus", None, "with --checkpoint: the text to measure it on (a corpus "

@@ -36,7 +36,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from reproduce import checkpoint, data, scores
-from reproduce.config import apply_overrides, load_config, split_config_flags, validate
+from reproduce.config import (apply_overrides, check_corpus_size, load_config,
+                              split_config_flags, validate)
 from reproduce.corpus import corpus_from_config
 from reproduce.model import forward, largest_divisor_at_most, mean_loss, token_losses
 from reproduce.tokenizer import TokenizedCorpus, prepare_tokens
@@ -46,7 +47,7 @@ from reproduce.weights import ModelConfig, Weights, init_weights
 RESUMABLE_CHANGES = ("train.log_every", "train.eval_every", "train.eval_windows",
                      "train.checkpoint_every", "train.keep_checkpoints", "data.cache_dir",
                      "data.shard_tokens", "train.compute_dtype", "train.attention",
-                     "train.loss_block_elements")
+                     "train.loss_block_elements", "data.max_epochs")
 INDUCTION_PROBE_LENGTH = 50  # random tokens per half of the eval's repeated sequence
 
 
@@ -509,6 +510,7 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
                           shard_tokens=config.data.shard_tokens)
   data.train_batch(tokens.train, t.seed, 0, 1, cfg.n_ctx, tokens.bos_id)  # long enough for n_ctx?
   data.eval_windows(tokens.heldout, 1, cfg.n_ctx, tokens.bos_id)
+  check_corpus_size(config, len(tokens.train))
 
   lead = jax.process_index() == 0
   try:
@@ -556,7 +558,10 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
     metrics = _Metrics(workdir / "metrics.jsonl", start, log=log)
 
     replicated = NamedSharding(mesh, P())
-    state = jax.device_put(TrainState(jnp.asarray(start, jnp.int32), weights, opt_state), replicated)
+    # From host values: every process holds the whole state, and a restored checkpoint's arrays,
+    # committed to one local device, cannot be moved across processes directly.
+    state = jax.device_put(
+        jax.device_get(TrainState(jnp.asarray(start, jnp.int32), weights, opt_state)), replicated)
     step_fn = compile_train_step(config, tx, mesh, log=log)
     schedule = learning_rate_schedule(t)
     heldout_inputs, heldout_targets = data.eval_windows(tokens.heldout, t.eval_windows, cfg.n_ctx,
@@ -581,8 +586,12 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
     probe = scores.repeated_sequences(pool, tokens.bos_id, probe_length, 2, 4, seed=12345)
 
     def evaluate_now(step, w):
+      """Process 0 evaluates a host copy of the (replicated) weights; the others skip it."""
+      if jax.process_index() != 0:
+        return None
       rec = {"step": step, "tokens": step * tokens_per_step}
-      rec.update(evaluate(cfg, w, heldout_inputs, heldout_targets, probe, probe_length))
+      rec.update(evaluate(cfg, jax.device_get(w), heldout_inputs, heldout_targets, probe,
+                          probe_length))
       metrics.write(rec)
       return rec
 
@@ -624,9 +633,10 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
         window_start, window_steps = time.time(), 0
       if done % t.eval_every == 0 or done == t.steps:
         rec = evaluate_now(done, state.weights)
-        log(f"  eval step {done}: held-out loss {rec['heldout_loss']:.4f}"
-            + (f", previous-token max {rec['previous_token_max']}, induction max "
-               f"{rec.get('induction_max')}" if cfg.n_layers else ""))
+        if rec is not None:
+          log(f"  eval step {done}: held-out loss {rec['heldout_loss']:.4f}"
+              + (f", previous-token max {rec['previous_token_max']}, induction max "
+                 f"{rec.get('induction_max')}" if cfg.n_layers else ""))
       if done in snapshots:
         ckpts.save_snapshot(done, state.weights, meta(done))
       if done % t.checkpoint_every == 0 or done == t.steps:
@@ -660,6 +670,18 @@ def quiet_libraries(verbose: bool) -> None:
 USER_ERRORS = (ValueError, OSError, TrainingDiverged, WorkdirLocked, checkpoint.CheckpointError)
 
 
+def initialize_distributed(coordinator_address: Optional[str] = None,
+                           num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None) -> None:
+  """Joins a multi-process job: ``jax.distributed.initialize`` with whatever is given; the rest
+  comes from the cluster (SLURM, Open MPI, TPU VM metadata) or from ``$JAX_COORDINATOR_ADDRESS``,
+  ``$JAX_NUM_PROCESSES`` and ``$JAX_PROCESS_ID``.  On CPU the processes' collectives use gloo."""
+  env = lambda name: int(os.environ[name]) if os.environ.get(name) else None
+  num_processes = num_processes if num_processes is not None else env("JAX_NUM_PROCESSES")
+  process_id = process_id if process_id is not None else env("JAX_PROCESS_ID")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
 def main(argv, overrides=()):
   from absl import flags  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
@@ -668,9 +690,9 @@ def main(argv, overrides=()):
     if len(argv) > 1:
       raise ValueError(f"unexpected arguments {argv[1:]}")
     if FLAGS.distributed:
-      jax.distributed.initialize()
+      initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     config = apply_overrides(load_config(FLAGS.config), overrides)
-    train(config, FLAGS.workdir)
+    train(config, FLAGS.workdir, log=print if jax.process_index() == 0 else (lambda *_: None))
   except Exception as e:  # pylint: disable=broad-except
     if FLAGS.verbose:
       raise
@@ -689,6 +711,12 @@ def run_cli():
   flags.DEFINE_string("workdir", None, "run directory (created; resumed if it holds a run)")
   flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-process jobs)")
   flags.DEFINE_bool("verbose", False, "library logs on stderr and tracebacks on errors")
+  flags.DEFINE_string("coordinator_address", None, "with --distributed: host:port of process 0 "
+                      "(default: $JAX_COORDINATOR_ADDRESS or the cluster's)")
+  flags.DEFINE_integer("num_processes", None, "with --distributed: processes in the job "
+                       "(default: $JAX_NUM_PROCESSES or the cluster's)")
+  flags.DEFINE_integer("process_id", None, "with --distributed: this process's index "
+                       "(default: $JAX_PROCESS_ID or the cluster's)")
   flags.mark_flags_as_required(["config", "workdir"])
   try:
     argv, overrides = split_config_flags(sys.argv)

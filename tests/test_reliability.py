@@ -99,6 +99,7 @@ def test_non_finite_weights_are_refused(trained_2l, tmp_path):
 def test_second_run_in_a_workdir_is_refused_and_a_dead_holder_is_stale(cache_dir, tmp_path):
   workdir = tmp_path / "shared"
   first = subprocess.Popen(_cli(workdir, cache_dir, "--config.train.steps=100000",
+                                "--config.data.max_epochs=1e4",  # 230 passes over the corpus
                                 "--config.train.checkpoint_every=100000"),
                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
@@ -108,7 +109,7 @@ def test_second_run_in_a_workdir_is_refused_and_a_dead_holder_is_stale(cache_dir
       assert first.poll() is None, "the first run ended early"
       time.sleep(0.05)
     second = _run(_cli(workdir, cache_dir, "--config.train.steps=100000",
-                       "--config.train.checkpoint_every=100000"))
+                       "--config.data.max_epochs=1e4", "--config.train.checkpoint_every=100000"))
     assert second.returncode == 2
     assert second.stderr.count("\n") == 1, second.stderr  # one line
     assert "in use by another training run" in second.stderr
