@@ -53,8 +53,10 @@ def describe() -> str:
 def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: Optional[str] = None,
                 models_dir: Optional[str] = None, cache_dir: Optional[str] = None,
                 log: Callable[[str], None] = print,
-                loaded: Optional[Dict[str, experiment.Model]] = None) -> dict:
-  """Makes one figure; returns its claims summary.  ``loaded`` caches models across figures."""
+                loaded: Optional[Dict[str, experiment.Model]] = None,
+                seed: Optional[int] = None) -> dict:
+  """Makes one figure; returns its claims summary.  ``loaded`` caches models across figures;
+  ``seed`` trains the models with that training seed instead of the preset's."""
   module, config = figure_module(name), figure_config(name, preset)
   workdir = Path(workdir)
   loaded = {} if loaded is None else loaded
@@ -68,18 +70,18 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
   else:
     models = {}
     for model_name in config.models:
-      key = f"{model_name}:{preset}"
+      key = f"{model_name}:{preset}" + ("" if seed is None else f":seed{seed}")
       if key not in loaded:
         loaded[key] = experiment.trained_model(model_name, preset,
                                                Path(models_dir or workdir / "models"),
-                                               cache_dir=cache_dir, log=log)
+                                               cache_dir=cache_dir, log=log, seed=seed)
       models[model_name] = loaded[key]
   log(f"figure {name}: analysing {', '.join(models)}")
   out = experiment.OutputDir(workdir / name)
   try:
     claims = module.run(config, models, out.path)
     summary = {
-        "figure": name, "description": module.DESCRIPTION, "preset": preset,
+        "figure": name, "description": module.DESCRIPTION, "preset": preset, "seed": seed,
         "models": {label: {"source": str(m.workdir or m.meta.get("path", "")),
                            "step": m.meta.get("step"), "tokens_seen": m.meta.get("tokens_seen"),
                            "architecture": m.cfg.to_dict()} for label, m in models.items()},
@@ -108,6 +110,63 @@ def tally(claims) -> str:
     of_kind = [c for c in claims if c["kind"] == kind]
     parts.append(f"{name}: {sum(c['holds'] for c in of_kind)} of {len(of_kind)} hold")
   return "; ".join(parts)
+
+
+def seed_workdir(workdir, seed_index: int) -> Path:
+  """Where the figures of the ``seed_index``-th seed go: ``workdir`` itself for the first."""
+  return Path(workdir) if seed_index == 0 else Path(workdir) / f"seed{seed_index}"
+
+
+def seed_table(workdir, n_seeds: int) -> list:
+  """Per claim (in figure order): how many of the ``n_seeds`` runs it holds for.
+
+  Reads ``claims.json`` of every figure under each seed's folder; a claim missing from a seed
+  (its figure failed, or the claim was not made) counts as not holding there.
+  """
+  rows: Dict[str, dict] = {}
+  for index in range(n_seeds):
+    for name in FIGURES:
+      path = seed_workdir(workdir, index) / name / "claims.json"
+      if not path.is_file():
+        continue
+      for c in json.loads(path.read_text())["claims"]:
+        row = rows.setdefault(c["id"], {"id": c["id"], "kind": c["kind"], "source": c["source"],
+                                         "statement": c["statement"], "figure": name,
+                                         "holds": [None] * n_seeds, "measured": [None] * n_seeds})
+        row["holds"][index], row["measured"][index] = c["holds"], c["measured"]
+  for row in rows.values():
+    row["seeds_holding"] = sum(bool(h) for h in row["holds"])
+  return list(rows.values())
+
+
+def seed_table_markdown(rows, n_seeds: int) -> str:
+  """The seed table as Markdown: one row per claim, paper claims first."""
+  lines = ["| claim | kind | source | holds on | " + " | ".join(
+      f"seed {i}" for i in range(n_seeds)) + " |", "|---|---|---|---|" + "---|" * n_seeds]
+  for row in sorted(rows, key=lambda r: r["kind"] != "paper"):
+    cells = ["—" if m is None else ("✓ " if h else "✗ ") + m.replace("|", "/")
+             for h, m in zip(row["holds"], row["measured"])]
+    lines.append(f"| `{row['id']}` | {row['kind']} | {row['source']} | "
+                 f"{row['seeds_holding']} of {n_seeds} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def _seed_section(workdir: Path) -> str:
+  """index.html's table of claims across seeds, when ``seeds.json`` is present."""
+  path = workdir / "seeds.json"
+  if not path.is_file():
+    return ""
+  seeds = json.loads(path.read_text())
+  n = seeds["n_seeds"]
+  rows = "".join(
+      f"<tr class=\"{'ok' if r['seeds_holding'] == n else 'no'}\"><td><code>"
+      f"{html.escape(r['id'])}</code></td><td>{r['kind']}</td><td>{html.escape(r['source'])}"
+      f"</td><td>{html.escape(r['statement'])}</td><td>{r['seeds_holding']} of {n}</td></tr>"
+      for r in sorted(seeds["claims"], key=lambda r: r["kind"] != "paper"))
+  return (f"<section id='seeds'><h2>Claims across {n} training seeds</h2><p>The figures below "
+          "are seed 0's; seeds 1 and later are under <code>seed1/</code>, … </p><table><tr>"
+          f"<th>id</th><th>kind</th><th>source</th><th>statement</th><th>holds on</th></tr>"
+          f"{rows}</table></section>")
 
 
 def _claims_table(title: str, claims) -> str:
@@ -161,7 +220,7 @@ def write_index(workdir) -> Path:
           "In-context Learning and Induction Heads); controls are sanity baselines.</p>"
           + "".join(f'<a href="#{n}">{n}</a> · ' for n in FIGURES
                     if (workdir / n / "claims.json").is_file())
-          + "".join(parts) + "</body></html>")
+          + _seed_section(workdir) + "".join(parts) + "</body></html>")
   path = workdir / "index.html"
   path.write_text(page)
   return path
@@ -184,17 +243,35 @@ def main(argv):
   if FLAGS.name and FLAGS.name not in FIGURES:
     print(f"error: {UnknownFigure(FLAGS.name)}\n\n{describe()}", file=sys.stderr)
     sys.exit(2)
+  if FLAGS.seeds < 1 or (FLAGS.seeds > 1 and FLAGS.checkpoint):
+    print("error: --seeds must be ≥ 1, and a --checkpoint has one seed only", file=sys.stderr)
+    sys.exit(2)
   loaded: Dict[str, experiment.Model] = {}
-  started, failures = time.time(), []
-  for name in names:
-    try:
-      make_figure(name, FLAGS.preset, FLAGS.workdir, FLAGS.checkpoint, FLAGS.models_dir,
-                  loaded=loaded)
-    except (experiment.FigureError, ValueError, FileNotFoundError, RuntimeError) as e:
-      print(f"error: figure {name}: {e}", file=sys.stderr)
-      failures.append(name)
+  started, failures, all_claims = time.time(), [], []
+  models_dir = FLAGS.models_dir or str(Path(FLAGS.workdir) / "models")
+  for index in range(FLAGS.seeds):
+    seed = None if FLAGS.seeds == 1 else index
+    if seed is not None:
+      print(f"=== seed {seed}: figures in {seed_workdir(FLAGS.workdir, index)}")
+    for name in names:
+      try:
+        summary = make_figure(name, FLAGS.preset, seed_workdir(FLAGS.workdir, index),
+                              FLAGS.checkpoint, models_dir, loaded=loaded, seed=seed)
+        all_claims.extend(summary["claims"])
+      except (experiment.FigureError, ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: figure {name}{'' if seed is None else f' (seed {seed})'}: {e}",
+              file=sys.stderr)
+        failures.append(name)
+  if FLAGS.seeds > 1:
+    rows = seed_table(FLAGS.workdir, FLAGS.seeds)
+    experiment.write_json(Path(FLAGS.workdir) / "seeds.json",
+                          {"n_seeds": FLAGS.seeds, "preset": FLAGS.preset, "claims": rows})
+    table = Path(FLAGS.workdir) / "seeds.md"
+    table.write_text(seed_table_markdown(rows, FLAGS.seeds))
+    print(f"wrote {table}")
   if FLAGS.all:
     print(f"wrote {write_index(FLAGS.workdir)}")
+  print(tally(all_claims) + (f" (over {FLAGS.seeds} seeds)" if FLAGS.seeds > 1 else ""))
   print(f"done in {time.time() - started:.0f}s")
   if failures:
     sys.exit(1)
@@ -208,6 +285,9 @@ def run_cli():
   flags.DEFINE_enum("preset", "cpu", ["test", "cpu", "paper"], "model preset to train/use")
   flags.DEFINE_string("workdir", "figures", "output folder")
   flags.DEFINE_string("models_dir", None, "trained-model cache (default <workdir>/models)")
+  flags.DEFINE_integer("seeds", 1, "train every model with this many seeds (0, 1, …) and report "
+                       "per claim how many it holds for; seed 0's figures go to --workdir, seed "
+                       "s's to <workdir>/seed<s>")
   flags.DEFINE_string("checkpoint", None, "analyse this work dir, checkpoint step or "
                       "TransformerLens .npz/.safetensors instead of training")
   app.run(main)
