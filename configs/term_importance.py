@@ -14,8 +14,8 @@ def get_config(preset: str = "cpu"):
   c = ml_collections.ConfigDict()
   c.models = ("attn2l",)  # model configs (configs/<name>.py) trained at the preset and analysed
   c.windows = 32  # held-out windows
-  # At random init every head's output is ≈ 0, so each effect is ≈ 0 nats: 0.5 nats is ≈ 10% of
-  # the direct path's loss (a bigram model's ≈ 4.5 nats), an effect no untrained head has.
+  # At random init every head's output is ≈ 0, so each effect is ≈ 0 nats; 0.5 nats is ≈ 10% of
+  # the direct path's loss (L0 ≈ 5.5 nats in RECIPE.md's run A), an effect no untrained head has.
   c.min_first_order = 0.5
   # "Small" virtual heads: at most a fifth of the first-order effect (FW: the first order
   # dominates).
