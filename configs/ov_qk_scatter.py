@@ -17,8 +17,9 @@ def get_config(preset: str = "cpu"):
   # head spread over the probe's 50-token repeat.
   c.role_threshold = 0.3
   c.samples = 8
-  # "Near (1, 1)": FW's induction heads; random-init heads spread over about ±0.3 on both axes
-  # (drawn as the grey box and reported in the claim), so 0.8 is far outside chance.
+  # "Near (1, 1)": FW's induction heads.  Random-init heads stay within ±0.2 on both axes (cpu 2L
+  # step-0 snapshot: OV −0.06…+0.08, K-comp QK −0.17…+0.03; drawn as the grey box and reported
+  # in the claim), so 0.8 is far outside chance.
   c.near_one = 0.8
   # "Upper right" for the other heads: half-way from the random-init centre (0) to 1.
   c.others_below = 0.5
