@@ -5,9 +5,11 @@
     python -m reproduce.figure --list
     python -m reproduce.figure --name composition_scores --checkpoint=runs/attn2l
     python -m reproduce.figure --name ov_eigenvalues --checkpoint=model.safetensors
+    python -m reproduce.figure --all --seeds=3             # 3 training seeds; seeds.md tallies
 
 Each figure writes ``<workdir>/<name>/``: the picture (PNG and SVG), the numbers behind it, and
-``claims.json`` (the paper's statement, our measured value, whether it holds).  Models go to
+``claims.json`` (per claim: id, kind "paper" or "control", the statement and its source, the
+criterion, the measured value, whether it holds; see ``experiment.claim``).  Models go to
 ``<workdir>/models/`` (or ``--models_dir``) and are reused by every figure that needs them.
 """
 
