@@ -3,6 +3,9 @@
     python -m reproduce.bench train --config=configs/attn2l.py:cpu
     python -m reproduce.bench train --shape=anchor      # the issue's comparison shape
     python -m reproduce.bench circuits                  # paper-scale circuit maths, random weights
+    python -m reproduce.bench plan --config=configs/attn2l.py:paper [--devices=8] [--platform=gpu]
+    python -m reproduce.bench compare --tl-python=/path/to/venv/bin/python   # vs TransformerLens
+    python -m reproduce.bench prepare                   # token-store build: tokens/s, peak RSS
 
 ``train`` measures the machine's float32 matmul peak (a 4096³ product) in the same run and
 reports model FLOP utilisation against it.  Model FLOPs per token follow the usual convention:
@@ -14,12 +17,17 @@ included).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+
+import dataclasses
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 # The shape the issue compares against TransformerLens: 2 layers, d_model 128, 4 heads × 32,
 # vocab 2048, n_ctx 256, batch 16.
@@ -36,11 +44,12 @@ def _best_time(fn, repeats: int) -> float:
   return best
 
 
-def matmul_peak_flops(n: int = 4096, repeats: int = 3) -> float:
-  """Measured float32 FLOP/s of one n×n×n matmul on the default device."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  mm = jax.jit(jnp.matmul)
+def matmul_peak_flops(n: int = 4096, repeats: int = 3, dtype=jnp.float32) -> float:
+  """Measured FLOP/s of one n×n×n matmul on the default device (operands of ``dtype``,
+  float32 accumulation)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  mm = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
   jax.block_until_ready(mm(a, b))
   return 2 * n ** 3 / _best_time(lambda: mm(a, b), repeats)
 
@@ -93,6 +102,247 @@ def bench_train(config, seconds: float = 15.0) -> dict:
   }
 
 
+def plan_train_step(config, n_devices: int = 1, platform: Optional[str] = None,
+                    peak_tflops: float = 989.0) -> dict:
+  """Compiles the training step ahead of time for the config's real shapes, with abstract
+  inputs (nothing is allocated or run), and reports XLA's FLOPs and per-device memory.
+
+  ``platform`` picks the step's rules (compute dtype, micro-batching, loss blocks; default: the
+  local backend); the compile itself is for the local backend, so off-GPU a cuDNN attention is
+  compiled as XLA's ``dot_product_attention`` with the same slicing.  ``peak_tflops`` (default:
+  an H100 SXM's dense bfloat16 rate) turns the analytic FLOPs into a step-time floor.
+  """
+  from reproduce import train as tr  # pylint: disable=import-outside-toplevel
+  m, t = config.model, config.train
+  local = jax.devices()[0].platform
+  platform = platform or local
+  if len(jax.devices()) < n_devices:
+    raise ValueError(f"--devices={n_devices} but JAX sees {len(jax.devices())} device(s)")
+  mesh = tr.data_mesh(jax.devices()[:n_devices])
+  plan = tr.plan_step(config, n_devices, platform, check_cudnn=local == "gpu")
+  if plan.attention == "cudnn" and local != "gpu":  # cannot compile cuDNN here: plan XLA's
+    config = config.copy_and_resolve_references()
+    config.train.attention = "xla"
+    plan = dataclasses.replace(tr.plan_step(config, n_devices, platform),
+                               reasons=plan.reasons + ("cuDNN cannot compile on this host; "
+                                                       "planned with XLA's attention",))
+  tx = tr.make_optimizer(config)
+  replicated = NamedSharding(mesh, P())
+  rows = NamedSharding(mesh, P("data"))
+
+  def abstract_state():
+    w = tr.initial_weights(config)
+    return tr.TrainState(jnp.zeros((), jnp.int32), w, tx.init(w))
+
+  state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+                       jax.eval_shape(abstract_state))
+  batch = jax.ShapeDtypeStruct((t.batch_size, m.n_ctx), jnp.int32, sharding=rows)
+  step = tr.compile_train_step(config, tx, mesh, plan)
+  start = time.perf_counter()
+  compiled = step.lower(state, batch, batch).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  mem = compiled.memory_analysis()
+  gib = lambda b: round(b / 2 ** 30, 3)
+  tokens = t.batch_size * m.n_ctx
+  analytic = model_flops_per_token(m) * tokens
+  unembed = 6 * m.d_model * m.d_vocab * tokens
+  per_device = analytic / n_devices
+  memory = {"arguments_gib": gib(mem.argument_size_in_bytes),
+            "outputs_gib": gib(mem.output_size_in_bytes),
+            "temporaries_gib": gib(mem.temp_size_in_bytes),
+            "aliased_gib": gib(mem.alias_size_in_bytes),
+            "generated_code_gib": gib(mem.generated_code_size_in_bytes)}
+  memory["peak_estimate_gib"] = round(memory["arguments_gib"] + memory["outputs_gib"]
+                                      + memory["temporaries_gib"] - memory["aliased_gib"], 3)
+  return {
+      "benchmark": "plan", "config": config.name, "devices": n_devices,
+      "rules_for_platform": platform, "compiled_for": local,
+      "step_plan": {"compute_dtype": plan.compute_dtype, "attention": plan.attention,
+                    "micro_batches": plan.n_micro,
+                    "loss_block_elements": plan.loss_block, "choices": list(plan.reasons)},
+      "shape": {k: m[k] for k in ("n_layers", "d_model", "n_heads", "d_head", "d_vocab", "n_ctx")}
+      | {"batch_size": t.batch_size, "tokens_per_step": tokens},
+      "compile_s": round(compile_s, 2),
+      "analytic_flops_per_step": analytic,
+      "analytic_flops_per_device": per_device,
+      "analytic_flops_per_device_outside_unembed": (analytic - unembed) / n_devices,
+      "xla_flops_per_device": cost.get("flops"),
+      "xla_flops_per_device_times_micro_batches": cost.get("flops", 0) * plan.n_micro,
+      "xla_bytes_accessed_per_device": cost.get("bytes accessed"),
+      "memory_per_device": memory,
+      "peak_tflops": peak_tflops,
+      "step_time_floor_s": round(per_device / (peak_tflops * 1e12), 4),
+      "step_time_at_40pct_mfu_s": round(per_device / (0.4 * peak_tflops * 1e12), 4),
+      "note": "XLA's cost analysis counts a loop body once: the cross-entropy's chunk scans "
+              "(and the micro-batch scan when there is one) are counted for one trip, so with "
+              "one micro-batch XLA's FLOPs compare with the analytic FLOPs outside the unembed. "
+              "Analytic: 6·N + 12·L·H·d_head·n_ctx per token (module docstring).",
+  }
+
+
+# The TransformerLens side of ``compare``: run by the given interpreter (an environment with torch
+# and transformer-lens that the project never depends on).  It reads "<steps>" lines on stdin and
+# answers each with the seconds those training steps took, so the two sides can alternate.
+_TL_WORKER = """
+import json, sys, time, torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+shape = json.loads(sys.argv[1])
+torch.set_num_threads(shape["threads"])
+torch.manual_seed(0)
+cfg = HookedTransformerConfig(
+    n_layers=shape["n_layers"], d_model=shape["d_model"], n_heads=shape["n_heads"],
+    d_head=shape["d_head"], d_vocab=shape["d_vocab"], n_ctx=shape["n_ctx"], attn_only=True,
+    normalization_type=None, positional_embedding_type="shortformer", act_fn=None,
+    device="cpu", seed=0)
+model = HookedTransformer(cfg)
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+tokens = torch.randint(0, shape["d_vocab"], (shape["batch_size"], shape["n_ctx"]))
+
+def step():
+  loss = model(tokens, return_type="loss")
+  opt.zero_grad(set_to_none=True)
+  loss.backward()
+  torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+  opt.step()
+
+for _ in range(3):
+  step()
+print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
+for line in sys.stdin:
+  n = int(line)
+  start = time.perf_counter()
+  for _ in range(n):
+    step()
+  print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+"""
+
+
+def compare_with_transformerlens(config, tl_python: str, rounds: int = 5,
+                                 seconds_per_round: float = 3.0) -> dict:
+  """Training tokens/s of our step and of TransformerLens at the same shape, timed alternately
+  in one run (round k: TransformerLens, ours, then the float32 and bfloat16 matmul peaks), best
+  round each; MFU per round against that round's peak for our compute dtype, and best rate over
+  best peak."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+  from reproduce import train as tr  # pylint: disable=import-outside-toplevel
+  m, t = config.model, config.train
+  threads = os.cpu_count() or 1
+  shape = {k: m[k] for k in ("n_layers", "d_model", "n_heads", "d_head", "d_vocab", "n_ctx")}
+  shape |= {"batch_size": t.batch_size, "threads": threads}
+  tokens_per_step = t.batch_size * m.n_ctx
+  worker_dir = tempfile.mkdtemp(prefix="tl-worker-")  # private: nothing else on its sys.path
+  worker = os.path.join(worker_dir, "tl_worker.py")
+  with open(worker, "w") as f:
+    f.write(_TL_WORKER)
+  tl = subprocess.Popen([tl_python, "-I", worker, json.dumps(shape)], stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE, text=True)
+  try:
+    tl_info = json.loads(tl.stdout.readline() or "null")
+    if tl_info is None:
+      raise RuntimeError(f"the TransformerLens worker ({tl_python}) failed to start")
+
+    def tl_time(n):
+      tl.stdin.write(f"{n}\n")
+      tl.stdin.flush()
+      return json.loads(tl.stdout.readline())["seconds"]
+
+    mesh = tr.data_mesh()
+    tx = tr.make_optimizer(config)
+    weights = tr.initial_weights(config)
+    state = tr.TrainState(jnp.zeros((), jnp.int32), weights, tx.init(weights))
+    plan = tr.plan_step(config, mesh.size, mesh.devices.flat[0].platform)
+    step = tr.compile_train_step(config, tx, mesh, plan)
+    rng = np.random.default_rng(0)
+    batch = tr.put_batch(mesh, *(rng.integers(0, m.d_vocab, (t.batch_size, m.n_ctx))
+                                 .astype(np.int32),) * 2)
+    for _ in range(3):
+      state, _ = step(state, *batch)
+    jax.block_until_ready(state)
+
+    def ours_time(n):
+      nonlocal state
+      start = time.perf_counter()
+      for _ in range(n):
+        state, _ = step(state, *batch)
+      jax.block_until_ready(state)
+      return time.perf_counter() - start
+
+    n_tl = max(1, int(seconds_per_round / tl_time(1)))
+    n_ours = max(1, int(seconds_per_round / ours_time(1)))
+    tl_rates, our_rates, peaks32, peaks16 = [], [], [], []
+    for _ in range(rounds):  # each round: TransformerLens, ours, both matmul peaks
+      tl_rates.append(n_tl * tokens_per_step / tl_time(n_tl))
+      our_rates.append(n_ours * tokens_per_step / ours_time(n_ours))
+      peaks32.append(matmul_peak_flops(2048, 2))
+      peaks16.append(matmul_peak_flops(2048, 2, jnp.bfloat16))
+  finally:
+    tl.stdin.close()
+    tl.wait(timeout=60)
+    os.unlink(worker)
+    os.rmdir(worker_dir)
+  flops = model_flops_per_token(m)
+  ours, theirs = max(our_rates), max(tl_rates)
+  peak32, peak16 = max(peaks32), max(peaks16)
+  own_peak = peaks16 if plan.compute_dtype == "bfloat16" else peaks32
+  mfu_rounds = [r * flops / p for r, p in zip(our_rates, own_peak)]
+  return {
+      "benchmark": "compare", "shape": shape, "device_kind": jax.devices()[0].device_kind,
+      "cpu_count": os.cpu_count(), "step_plan": plan.describe(),
+      "transformerlens": tl_info, "rounds": rounds,
+      "ours_tokens_per_s_rounds": [round(r) for r in our_rates],
+      "transformerlens_tokens_per_s_rounds": [round(r) for r in tl_rates],
+      "ratio_best": round(ours / theirs, 3),
+      "ratio_median": round(float(np.median(our_rates) / np.median(tl_rates)), 3),
+      "matmul_peak_gflops_float32": round(peak32 / 1e9, 1),
+      "matmul_peak_gflops_bfloat16": round(peak16 / 1e9, 1),
+      "mfu_ours_rounds": [round(x, 3) for x in mfu_rounds],
+      "mfu_ours_best_rates": round(ours * flops / max(own_peak), 3),
+      "mfu_ours_vs_float32_peak": round(ours * flops / peak32, 3),
+      "mfu_ours_vs_bfloat16_peak": round(ours * flops / peak16, 3),
+      "mfu_transformerlens_vs_float32_peak": round(theirs * flops / peak32, 3),
+      "load_average_after": [round(x, 2) for x in os.getloadavg()],
+  }
+
+
+# The cpu presets train at about this fraction of the in-run float32 matmul peak (README's anchor
+# measurement: MFU 0.46-0.50 on an idle 2-core machine); each figure's analysis adds roughly this
+# many seconds.  Both make a rough estimate, printed as one.
+TRAINING_PEAK_FRACTION = 0.45
+SECONDS_PER_FIGURE = 10
+
+
+def first_run_plan(names, preset: str, models_dir) -> str:
+  """What ``reproduce.figure`` is about to do, with a time estimate for this machine: the models
+  still to train (steps × tokens × FLOPs per token at ``TRAINING_PEAK_FRACTION`` of a quick
+  matmul-peak measurement) and the figures."""
+  from pathlib import Path  # pylint: disable=import-outside-toplevel
+  from reproduce.config import load_config  # pylint: disable=import-outside-toplevel
+  from reproduce.experiment import config_hash  # pylint: disable=import-outside-toplevel
+  from reproduce.figure import figure_config  # pylint: disable=import-outside-toplevel
+  needed = sorted({m for n in names for m in figure_config(n, preset).models})
+  peak = matmul_peak_flops(2048, 3)
+  lines, total = [], SECONDS_PER_FIGURE * len(names)
+  for name in needed:
+    c = load_config(f"{name}:{preset}")
+    done = Path(models_dir) / f"{name}-{preset}-{config_hash(c)}" / "checkpoints" / str(
+        c.train.steps)
+    if done.is_dir():
+      lines.append(f"  {name}: trained, reused")
+      continue
+    tokens = c.train.steps * c.train.batch_size * c.model.n_ctx
+    seconds = tokens * model_flops_per_token(c.model) / (TRAINING_PEAK_FRACTION * peak)
+    total += seconds
+    lines.append(f"  {name}: train {c.train.steps:,} steps, {tokens / 1e6:.1f}M tokens, "
+                 f"~{seconds / 60:.1f} min")
+  return (f"plan: {len(names)} figure(s) from {len(needed)} model(s) ({preset} preset); "
+          f"estimated {total / 60:.0f} min on this machine ({os.cpu_count()} cores, "
+          f"{peak / 1e9:.0f} GFLOP/s float32 matmuls; add ~1 min if the tokenizer is not "
+          "cached)\n" + "\n".join(lines))
+
+
 def bench_circuits(n_layers: int = 2, n_heads: int = 12, d_head: int = 64, d_model: int = 768,
                    d_vocab: int = 50000, repeats: int = 5) -> dict:
   """Paper-scale circuit maths on random weights: best-of-``repeats`` seconds, compiled."""
@@ -138,11 +388,32 @@ def main(argv):
   from absl import flags  # pylint: disable=import-outside-toplevel
   from reproduce.config import load_config, validate  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
-  if len(argv) != 2 or argv[1] not in ("train", "circuits"):
-    print("usage: python -m reproduce.bench {train|circuits} [--config=...] [--shape=anchor]",
-          file=sys.stderr)
+  if len(argv) != 2 or argv[1] not in ("train", "circuits", "plan", "compare", "prepare"):
+    print("usage: python -m reproduce.bench {train|circuits|plan|compare|prepare} [--config=...] "
+          "[--shape=anchor] [--devices=N] [--platform=gpu] [--tl-python=PATH]", file=sys.stderr)
     sys.exit(2)
-  if argv[1] == "train":
+  if argv[1] == "compare":
+    if not FLAGS["tl-python"].value:
+      print("error: compare needs --tl-python=PATH (a Python with torch and transformer-lens)",
+            file=sys.stderr)
+      sys.exit(2)
+    config = FLAGS.config if FLAGS.config is not None else load_config("attn2l:cpu")
+    config.unlock()
+    for section, fields in ANCHOR.items():
+      config[section].update(fields)
+    config.lock()
+    result = compare_with_transformerlens(validate(config), FLAGS["tl-python"].value, FLAGS.rounds)
+  elif argv[1] == "plan":
+    if FLAGS.config is None:
+      print("error: plan needs --config, e.g. --config=configs/attn2l.py:paper", file=sys.stderr)
+      sys.exit(2)
+    try:
+      result = plan_train_step(validate(FLAGS.config), FLAGS.devices, FLAGS.platform,
+                               FLAGS.peak_tflops)
+    except ValueError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+  elif argv[1] == "train":
     config = FLAGS.config if FLAGS.config is not None else load_config("attn2l:cpu")
     if FLAGS.shape == "anchor":
       config.unlock()
@@ -150,9 +421,88 @@ def main(argv):
         config[section].update(fields)
       config.lock()
     result = bench_train(validate(config), seconds=FLAGS.seconds)
+  elif argv[1] == "prepare":
+    result = bench_prepare()
   else:
     result = bench_circuits()
   print(json.dumps(result, indent=1))
+
+
+# Runs `python -m reproduce.prepare ARGS` and then prints this process image's own peak RSS
+# (Linux VmHWM; ru_maxrss would also count the parent, which vfork/exec carries over).
+_PEAK_RSS_CHILD = """
+import runpy, sys
+sys.argv[0] = "reproduce.prepare"
+try:
+  runpy.run_module("reproduce.prepare", run_name="__main__", alter_sys=True)
+finally:
+  print("peak_kib=" + [l.split()[1] for l in open("/proc/self/status")
+                       if l.startswith("VmHWM")][0], file=sys.stderr)
+"""
+
+
+def _peak_kib(stderr: str) -> int:
+  return int(stderr.rsplit("peak_kib=", 1)[1].split()[0])
+
+
+def bench_prepare(sizes_mb=(8, 40), sample_mib: int = 4, shard_tokens: int = 1 << 20,
+                  seed: int = 0) -> dict:
+  """Throughput and peak memory of ``python -m reproduce.prepare`` at corpus sizes 5× apart.
+
+  Each corpus is written to a temporary folder as 1 MB text files of whole standard-library
+  files in a seeded random order, so it is real code and prose, repeated.  The tokenizer
+  sample (``sample_mib``) and the shard size are smaller than both corpora, so a peak RSS that
+  did not grow with the corpus would show that nothing scales with it.  Peak RSS is the child
+  process's own (Linux VmHWM), next to that of a child that only imports the command; tokens/s
+  counts both splits over the whole command, tokenizer training included.
+  """
+  import os  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+  from pathlib import Path  # pylint: disable=import-outside-toplevel
+  from reproduce.corpus import stdlib_files  # pylint: disable=import-outside-toplevel
+  sources = stdlib_files()
+  rng = np.random.default_rng(seed)
+  root = Path(__file__).resolve().parent.parent
+  runs = []
+  with tempfile.TemporaryDirectory(prefix="bench-prepare-") as tmp:
+    for size_mb in sizes_mb:
+      corpus = Path(tmp) / f"corpus-{size_mb}mb"
+      corpus.mkdir()
+      written, part, n_files = 0, [], 0
+      while written < size_mb * 10**6:
+        text = sources[int(rng.integers(len(sources)))].read_bytes()
+        part.append(text)
+        written += len(text)
+        if sum(map(len, part)) >= 10**6 or written >= size_mb * 10**6:
+          (corpus / f"part-{n_files:05d}.txt").write_bytes(b"".join(part))
+          part, n_files = [], n_files + 1
+      cmd = [sys.executable, "-c", _PEAK_RSS_CHILD, "--config=configs/attn2l.py:cpu",
+             f"--config.data.corpus={corpus}", f"--config.data.cache_dir={Path(tmp) / 'cache'}",
+             f"--config.data.tokenizer_sample_bytes={sample_mib << 20}",
+             f"--config.data.shard_tokens={shard_tokens}"]
+      started = time.perf_counter()
+      with open(Path(tmp) / "stderr.txt", "w+b") as err:
+        child = subprocess.run(cmd, cwd=root, stdout=subprocess.PIPE, stderr=err, check=False)
+        seconds = time.perf_counter() - started
+        err.seek(0)
+        log = err.read().decode()
+      if child.returncode != 0:
+        raise RuntimeError(f"prepare failed: {log[-2000:]}")
+      stdout = child.stdout
+      manifest = json.loads(stdout)
+      tokens = manifest["train_tokens"] + manifest["heldout_tokens"]
+      runs.append({"corpus_mb": round(written / 1e6, 1), "files": n_files, "tokens": tokens,
+                   "shards": -(-manifest["train_tokens"] // shard_tokens),
+                   "seconds": round(seconds, 1), "tokens_per_s": round(tokens / seconds),
+                   "mb_per_s": round(written / 1e6 / seconds, 2),
+                   "peak_rss_mib": round(_peak_kib(log) / 1024, 1)})
+    imports = subprocess.run([sys.executable, "-c", _PEAK_RSS_CHILD, "--helpshort"], cwd=root,
+                             capture_output=True, text=True, check=False)
+  return {"runs": runs, "tokenizer_sample_mib": sample_mib, "shard_tokens": shard_tokens,
+          "vocab": 2048, "cpu_count": os.cpu_count(),
+          "imports_only_rss_mib": round(_peak_kib(imports.stderr) / 1024, 1),
+          "rss_ratio_large_to_small": round(runs[-1]["peak_rss_mib"] / runs[0]["peak_rss_mib"], 3)}
 
 
 def run_cli():
@@ -162,7 +512,28 @@ def run_cli():
                                   lock_config=True)
   flags.DEFINE_enum("shape", None, ["anchor"], "anchor: the TransformerLens comparison shape")
   flags.DEFINE_float("seconds", 15.0, "how long to time the train step")
-  app.run(main)
+  flags.DEFINE_string("tl-python", None, "compare: Python interpreter with torch and "
+                      "transformer-lens (a throwaway environment, never a project dependency)")
+  flags.DEFINE_integer("rounds", 5, "compare: alternating timing rounds")
+  flags.DEFINE_integer("devices", 1, "plan: devices the step is split over (on CPU, simulated)")
+  flags.DEFINE_enum("platform", None, ["cpu", "gpu", "tpu"],
+                    "plan: whose step rules to use (default: the local backend)")
+  flags.DEFINE_float("peak_tflops", 989.0, "plan: peak FLOP rate for the step-time estimate "
+                     "(default: H100 SXM dense bfloat16)")
+  flags.register_validator("devices", lambda n: n >= 1, "--devices must be >= 1")
+  app.run(_with_simulated_devices(main))
+
+
+def _with_simulated_devices(main_fn):
+  """On a CPU-only host, ``plan --devices=N`` needs N host devices, set before JAX starts."""
+  def wrapped(argv):
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    n = flags.FLAGS.devices
+    if n > 1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+      os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                 + f" --xla_force_host_platform_device_count={n}").strip()
+    return main_fn(argv)
+  return wrapped
 
 
 if __name__ == "__main__":

@@ -39,16 +39,21 @@ def base_config(n_layers: int) -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.corpus = "stdlib"  # "stdlib" or comma-separated local files, directories, globs
-  c.data.jsonl_field = "text"  # field holding the text in .jsonl files
+  c.data.jsonl_field = "text"  # field (column) holding the text in .jsonl(.gz) / .parquet files
   c.data.max_files = 0  # > 0: use that many files, evenly spaced (quick runs)
-  c.data.heldout_every = 20  # every n-th file is held out for evaluation
+  c.data.heldout_every = 20  # every n-th file (or document, if too few files) is held out
   c.data.cache_dir = ""  # tokenizer/token cache; empty: $CIRCUITS_REPRO_CACHE or ~/.cache
+  c.data.tokenizer_sample_bytes = 64 << 20  # the tokenizer trains on at most this much text
+  c.data.shard_tokens = 1 << 24  # tokens per shard of the token store (bounds prepare's memory)
 
   c.train = ml_collections.ConfigDict()
   c.train.seed = 0  # init and data order; batch i depends only on (seed, i)
   c.train.steps = 2000  # optimiser steps
   c.train.batch_size = 16  # sequences per step (split over all devices)
   c.train.micro_batch_size = 0  # sequences per gradient-accumulation slice per device; 0: auto
+  c.train.compute_dtype = "auto"  # "float32", "bfloat16"; auto: per backend and CPU (logged)
+  c.train.loss_block_elements = 0  # logits per cross-entropy chunk; 0: auto (per platform)
+  c.train.attention = "auto"  # "explicit", "xla", "cudnn" (dot_product_attention); auto: logged
   c.train.lr = 1e-3  # peak learning rate
   c.train.warmup_steps = 100  # linear warmup from 0
   c.train.decay_fraction = 1.0  # cosine decay over this last fraction of steps; constant before
@@ -107,10 +112,19 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
        "must name 'stdlib' or local files")
   need(d.max_files >= 0, "data.max_files", d.max_files, "must be >= 0")
   need(d.heldout_every >= 2, "data.heldout_every", d.heldout_every, "must be >= 2")
+  need(d.tokenizer_sample_bytes >= 1 << 20, "data.tokenizer_sample_bytes",
+       d.tokenizer_sample_bytes, "must be >= 1 MiB (1048576)")
+  need(d.shard_tokens >= 1 << 16, "data.shard_tokens", d.shard_tokens, "must be >= 65536")
   for field in ("steps", "batch_size", "log_every", "eval_every", "eval_windows",
                 "checkpoint_every", "keep_checkpoints"):
     need(t[field] >= 1, f"train.{field}", t[field], "must be >= 1")
   need(t.micro_batch_size >= 0, "train.micro_batch_size", t.micro_batch_size, "must be >= 0")
+  need(t.compute_dtype in ("auto", "float32", "bfloat16"), "train.compute_dtype",
+       t.compute_dtype, "must be 'auto', 'float32' or 'bfloat16'")
+  need(t.attention in ("auto", "explicit", "xla", "cudnn"), "train.attention", t.attention,
+       "must be 'auto', 'explicit', 'xla' or 'cudnn'")
+  need(t.loss_block_elements >= 0, "train.loss_block_elements", t.loss_block_elements,
+       "must be >= 0")
   need(t.lr > 0, "train.lr", t.lr, "must be > 0")
   need(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "must be >= 0")
   need(0 < t.decay_fraction <= 1, "train.decay_fraction", t.decay_fraction, "must be in (0, 1]")

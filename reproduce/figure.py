@@ -249,6 +249,9 @@ def main(argv):
     print("error: --seeds must be ≥ 1, and a --checkpoint has one seed only", file=sys.stderr)
     sys.exit(2)
   loaded: Dict[str, experiment.Model] = {}
+  if not FLAGS.checkpoint:
+    from reproduce.bench import first_run_plan  # pylint: disable=import-outside-toplevel
+    print(first_run_plan(names, FLAGS.preset, FLAGS.models_dir or Path(FLAGS.workdir) / "models"))
   started, failures, all_claims = time.time(), [], []
   models_dir = FLAGS.models_dir or str(Path(FLAGS.workdir) / "models")
   for index in range(FLAGS.seeds):

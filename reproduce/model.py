@@ -33,20 +33,49 @@ def layer_norm(x: jax.Array, gain: jax.Array, eps: float = 1e-5) -> jax.Array:
   return x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + eps) * gain
 
 
-def attention_pattern(q: jax.Array, k: jax.Array) -> jax.Array:
-  """Causal softmax(q kᵀ / sqrt(d_head)) for q, k [B, H, T, d_head] → [B, H, T(dest), T(src)]."""
+def attention_pattern(q: jax.Array, k: jax.Array, compute_dtype=None) -> jax.Array:
+  """Causal softmax(q kᵀ / sqrt(d_head)) for q, k [B, H, T, d_head] → [B, H, T(dest), T(src)].
+
+  The product q kᵀ may run in ``compute_dtype``; the scores and the softmax are float32."""
   T = q.shape[2]
-  scores = jnp.einsum("bhte,bhse->bhts", q, k) / jnp.sqrt(jnp.float32(q.shape[-1]))
+  scores = _einsum("bhte,bhse->bhts", q, k, compute_dtype) / jnp.sqrt(jnp.float32(q.shape[-1]))
   causal = jnp.tril(jnp.ones((T, T), bool))
   return jax.nn.softmax(jnp.where(causal, scores, _MASKED), axis=-1)
 
 
+ATTENTION_IMPLEMENTATIONS = ("explicit", "xla", "cudnn")
+
+
+def _einsum(spec: str, a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
+  """``einsum`` with both operands cast to ``compute_dtype`` (None: as they are) and a float32
+  result: the products run in the compute dtype, the accumulation and the output in float32."""
+  if compute_dtype is None:
+    return jnp.einsum(spec, a, b)
+  return jnp.einsum(spec, a.astype(compute_dtype), b.astype(compute_dtype),
+                    preferred_element_type=jnp.float32)
+
+
 def residual_stream(cfg: ModelConfig, w: Weights, tokens: jax.Array, patterns=None,
-                    head_outputs=None, keep_patterns: bool = False, keep_head_outputs: bool = False):
+                    head_outputs=None, keep_patterns: bool = False, keep_head_outputs: bool = False,
+                    *, compute_dtype=None, attention: str = "explicit"):
   """Runs every layer; returns (final stream [B, T, D] before any final norm, patterns, outputs).
 
   ``patterns`` / ``outputs`` are per-layer lists, filled only when asked for (or overridden).
+
+  Training options (analysis keeps the defaults: float32, explicit patterns):
+    compute_dtype: None (float32 throughout) or e.g. ``jnp.bfloat16``: every matmul and the
+      attention take that dtype's operands, while the residual stream, the softmax and every
+      accumulation stay float32.
+    attention: "explicit" builds each pattern as above; "xla" / "cudnn" call
+      ``jax.nn.dot_product_attention`` with that implementation (same maths, patterns never
+      returned; cuDNN's flash kernel never materialises them).
   """
+  if attention not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f"attention must be one of {ATTENTION_IMPLEMENTATIONS}, got {attention!r}")
+  if attention != "explicit" and (patterns is not None or keep_patterns or keep_head_outputs
+                                  or head_outputs is not None):
+    raise ValueError("pattern/head-output overrides and returns need attention='explicit'")
+  dt = compute_dtype
   B, T = tokens.shape
   x = w.W_E[tokens]  # [B, T, D]
   pos = w.W_pos[:T]
@@ -59,21 +88,29 @@ def residual_stream(cfg: ModelConfig, w: Weights, tokens: jax.Array, patterns=No
     v_in = x
     if cfg.norm == "ln":
       qk_in, v_in = layer_norm(qk_in, w.ln_gain[l]), layer_norm(v_in, w.ln_gain[l])
+    if attention != "explicit":
+      q, k, v = (_einsum("btd,hde->bthe", a, W[l], dt)
+                 for a, W in ((qk_in, w.W_Q), (qk_in, w.W_K), (v_in, w.W_V)))
+      cast = (lambda a: a.astype(dt)) if dt is not None else (lambda a: a)
+      z = jax.nn.dot_product_attention(cast(q), cast(k), cast(v), is_causal=True,
+                                       implementation=attention)  # [B, T, H, E]
+      x = x + _einsum("bthe,hed->btd", z, w.W_O[l], dt)
+      continue
     if patterns is None:
-      q = jnp.einsum("btd,hde->bhte", qk_in, w.W_Q[l])
-      k = jnp.einsum("btd,hde->bhte", qk_in, w.W_K[l])
-      A = attention_pattern(q, k)
+      q = _einsum("btd,hde->bhte", qk_in, w.W_Q[l], dt)
+      k = _einsum("btd,hde->bhte", qk_in, w.W_K[l], dt)
+      A = attention_pattern(q, k, dt)
     else:
       A = patterns[l]
-    v = jnp.einsum("btd,hde->bhte", v_in, w.W_V[l])
-    z = jnp.einsum("bhts,bhse->bhte", A, v)
+    v = _einsum("btd,hde->bhte", v_in, w.W_V[l], dt)
+    z = _einsum("bhts,bhse->bhte", A, v, dt)
     if per_head:
       out = jnp.einsum("bhte,hed->bhtd", z, w.W_O[l])  # each head's write, [B, H, T, D]
       x = x + (out if head_outputs is None else head_outputs[l]).sum(1)
       if keep_head_outputs:
         all_outputs.append(out)
     else:
-      x = x + jnp.einsum("bhte,hed->btd", z, w.W_O[l])
+      x = x + _einsum("bhte,hed->btd", z, w.W_O[l], dt)
     if keep_patterns:
       all_patterns.append(A)
   return x, all_patterns, all_outputs
@@ -153,54 +190,78 @@ def largest_divisor_at_most(n: int, limit: int) -> int:
   return max(c for c in range(1, max(1, min(n, limit)) + 1) if n % c == 0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _chunked_ce(x, W_U, targets, chunk):
-  return _chunked_ce_fwd(x, W_U, targets, chunk)[0]
+def _cast(a: jax.Array, dtype) -> jax.Array:
+  return a if dtype is None else a.astype(dtype)
 
 
-def _chunked_ce_fwd(x, W_U, targets, chunk):
+def _logits(xc: jax.Array, W_U: jax.Array, dtype) -> jax.Array:
+  """One chunk's logits in float32 (products in ``dtype`` when given, W_U already cast)."""
+  return jnp.dot(_cast(xc, dtype), W_U, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _chunked_ce(x, W_U, targets, chunk, dtype):
+  return _chunked_ce_fwd(x, W_U, targets, chunk, dtype)[0]
+
+
+def _chunked_ce_fwd(x, W_U, targets, chunk, dtype):
+  W = _cast(W_U, dtype)
+
   def body(_, xt):
     xc, tc = xt
-    logits = xc @ W_U
+    logits = _logits(xc, W, dtype)
     return None, jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, tc[:, None], -1)[:, 0]
-  _, losses = jax.lax.scan(body, None, (x.reshape(-1, chunk, x.shape[-1]), targets.reshape(-1, chunk)))
+  _, losses = jax.lax.scan(body, None, (x.reshape(-1, chunk, x.shape[-1]),
+                                        targets.reshape(-1, chunk)))
   return losses.reshape(-1), (x, W_U, targets)
 
 
-def _chunked_ce_bwd(chunk, residuals, g):
+def _chunked_ce_bwd(chunk, dtype, residuals, g):
   x, W_U, targets = residuals
+  W = _cast(W_U, dtype)
+
   def body(dW, xtg):  # recompute the chunk's logits; d loss/d logits = softmax − onehot
     xc, tc, gc = xtg
-    logits = xc @ W_U
-    d = (jax.nn.softmax(logits, -1) - jax.nn.one_hot(tc, W_U.shape[1], dtype=logits.dtype)) * gc[:, None]
-    return dW + xc.T @ d, d @ W_U.T
-  dW, dx = jax.lax.scan(body, jnp.zeros_like(W_U), (x.reshape(-1, chunk, x.shape[-1]),
-                                                    targets.reshape(-1, chunk), g.reshape(-1, chunk)))
-  return dx.reshape(x.shape), dW, None
+    logits = _logits(xc, W, dtype)
+    d = (jax.nn.softmax(logits, -1) - jax.nn.one_hot(tc, W_U.shape[1], dtype=logits.dtype))
+    d = _cast(d * gc[:, None], dtype)
+    dW = dW + jnp.dot(_cast(xc, dtype).T, d, preferred_element_type=jnp.float32)
+    return dW, jnp.dot(d, W.T, preferred_element_type=jnp.float32).astype(x.dtype)
+  dW, dx = jax.lax.scan(body, jnp.zeros(W_U.shape, jnp.float32),
+                        (x.reshape(-1, chunk, x.shape[-1]), targets.reshape(-1, chunk),
+                         g.reshape(-1, chunk)))
+  return dx.reshape(x.shape), dW.astype(W_U.dtype), None
 
 
 _chunked_ce.defvjp(_chunked_ce_fwd, _chunked_ce_bwd)
 
 
 def unembed_cross_entropy(x: jax.Array, W_U: jax.Array, targets: jax.Array,
-                          max_block_elements: int = 1 << 20) -> jax.Array:
+                          max_block_elements: int = 1 << 20, *, compute_dtype=None) -> jax.Array:
   """Per-position −log softmax(x W_U)[target] without ever holding all logits: [B, T].
 
   Rows go through in chunks of at most ``max_block_elements`` logits and the backward pass
   recomputes each chunk's logits, so the [tokens, vocab] matrix never exists (it would not fit
-  at paper scale, and on CPU cache-sized blocks are several times faster).
+  at paper scale, and on CPU cache-sized blocks are several times faster).  With a
+  ``compute_dtype`` the products x W_U (and the backward's two products) take operands of that
+  dtype; logits, log-sum-exp, softmax, the loss and the gradient sums are float32.
   """
   shape = targets.shape
   x = x.reshape(-1, x.shape[-1])
   chunk = largest_divisor_at_most(x.shape[0], max_block_elements // W_U.shape[1])
-  return _chunked_ce(x, W_U, targets.reshape(-1), chunk).reshape(shape)
+  dtype = None if compute_dtype is None else jnp.dtype(compute_dtype)
+  return _chunked_ce(x, W_U, targets.reshape(-1), chunk, dtype).reshape(shape)
 
 
 def mean_loss(cfg: ModelConfig, w: Weights, inputs: jax.Array, targets: jax.Array,
-              max_block_elements: int = 1 << 20) -> jax.Array:
-  """Mean next-token cross-entropy of the model on a batch (the training objective)."""
-  x, _, _ = residual_stream(cfg, w, inputs)
-  return unembed_cross_entropy(unembed_input(cfg, w, x), w.W_U, targets, max_block_elements).mean()
+              max_block_elements: int = 1 << 20, *, compute_dtype=None,
+              attention: str = "explicit") -> jax.Array:
+  """Mean next-token cross-entropy of the model on a batch (the training objective), float32;
+  ``compute_dtype`` and ``attention`` as in ``residual_stream``."""
+  dtype = None if compute_dtype is None else jnp.dtype(compute_dtype)
+  x, _, _ = residual_stream(cfg, w, inputs, compute_dtype=dtype, attention=attention)
+  return unembed_cross_entropy(unembed_input(cfg, w, x), w.W_U, targets, max_block_elements,
+                               compute_dtype=dtype).mean()
 
 
 class FrozenPositions(nnx.Variable):

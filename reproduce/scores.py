@@ -7,7 +7,7 @@ every score comes back as [L, H] unless said otherwise.
 from __future__ import annotations
 
 import functools
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -58,10 +58,15 @@ def previous_token_and_induction(config, w: Weights, text, probe=None, length: i
 
 
 def frequency_band(train_tokens: np.ndarray, vocab_size: int, exclude: Sequence[int] = (0, 1),
-                   drop_top: float = 0.05, drop_bottom: float = 0.25) -> np.ndarray:
+                   drop_top: float = 0.05, drop_bottom: float = 0.25, *,
+                   counts: Optional[np.ndarray] = None) -> np.ndarray:
   """Token ids ranked by corpus frequency with the most and least frequent removed (IH's
-  sampling pool for random-token probes); special tokens never included."""
-  counts = np.bincount(np.asarray(train_tokens), minlength=vocab_size)[:vocab_size]
+  sampling pool for random-token probes); special tokens never included.  ``counts``, if
+  given, are the tokens' frequencies already counted (a token store's), and ``train_tokens``
+  is not read."""
+  if counts is None:
+    counts = np.bincount(np.asarray(train_tokens), minlength=vocab_size)
+  counts = np.array(counts[:vocab_size], np.int64)
   counts[list(exclude)] = -1
   ranked = np.argsort(-counts, kind="stable")
   ranked = ranked[counts[ranked] > 0]

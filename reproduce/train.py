@@ -29,14 +29,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from reproduce import checkpoint, data, scores
 from reproduce.config import validate
-from reproduce.corpus import resolve_corpus
+from reproduce.corpus import corpus_from_config
 from reproduce.model import forward, largest_divisor_at_most, mean_loss, token_losses
 from reproduce.tokenizer import TokenizedCorpus, prepare_tokens
 from reproduce.weights import ModelConfig, Weights, init_weights
 
 # Fields that may change between a run and its resumption (they do not change the maths).
 RESUMABLE_CHANGES = ("train.log_every", "train.eval_every", "train.eval_windows",
-                     "train.checkpoint_every", "train.keep_checkpoints", "data.cache_dir")
+                     "train.checkpoint_every", "train.keep_checkpoints", "data.cache_dir",
+                     "data.shard_tokens", "train.compute_dtype", "train.attention",
+                     "train.loss_block_elements")
 INDUCTION_PROBE_LENGTH = 50  # random tokens per half of the eval's repeated sequence
 
 
@@ -85,45 +87,116 @@ def initial_weights(config) -> Weights:
                       pos_init=m.pos_init, pos_scale=m.pos_scale)
 
 
-def micro_batches(config, n_devices: int, platform: str) -> int:
-  """How many gradient-accumulation slices a step's batch is cut into.
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+  """How the training step computes; every field is chosen by ``plan_step`` and logged."""
+  compute_dtype: str  # "float32" or "bfloat16": the matmul/attention operand dtype
+  attention: str  # "explicit", "xla" or "cudnn" (see model.residual_stream)
+  n_micro: int  # gradient-accumulation slices per step
+  loss_block: int  # logits held at once by the chunked cross-entropy
+  reasons: tuple = ()  # one line per automatic choice or fallback
 
-  On CPU, slices of about 512 tokens per device keep every activation in cache (several times
-  faster than one big batch).  On accelerators a slice is as large as it can be while one
-  layer's attention patterns stay under 2²⁹ floats (2 GiB).  A set ``train.micro_batch_size``
-  wins; it must divide the per-device batch.
+  def describe(self) -> str:
+    return (f"step: compute {self.compute_dtype}, attention {self.attention}, "
+            f"{self.n_micro} micro-batch(es), loss blocks of {self.loss_block:,} logits"
+            + "".join(f"\n  {r}" for r in self.reasons))
+
+
+def _cudnn_accepts(shape, dtype) -> Optional[str]:
+  """None if cuDNN's fused attention compiles (forward and backward) for q/k/v of ``shape``
+  [B, T, H, E] and ``dtype``; otherwise the error's first line."""
+  spec = jax.ShapeDtypeStruct(shape, dtype)
+  attend = lambda q, k, v: jax.nn.dot_product_attention(
+      q, k, v, is_causal=True, implementation="cudnn").astype(jnp.float32).sum()
+  try:
+    jax.jit(jax.grad(attend, argnums=(0, 1, 2))).lower(spec, spec, spec).compile()
+  except Exception as e:  # pylint: disable=broad-except  # any refusal means: use XLA
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+  return None
+
+
+def plan_step(config, n_devices: int, platform: str, check_cudnn: bool = True) -> StepPlan:
+  """Resolves ``train.compute_dtype``, ``train.attention`` and ``train.micro_batch_size``.
+
+  compute_dtype "auto": bfloat16 on GPU/TPU; float32 on CPU (measured faster than bfloat16 at
+  the cpu presets' shapes even with AMX, experiments/SPEED.md).
+  attention "auto": cuDNN's fused kernel on GPU, explicit patterns elsewhere (on CPU the two are
+  the same computation and explicit measured as fast).  cuDNN falls back to XLA's
+  ``dot_product_attention`` when it cannot take the shape (not a GPU, float32, head size...).
+  Micro-batches: a set ``train.micro_batch_size`` wins (it must divide the per-device batch).
+  Otherwise, with cuDNN nothing [T, T]-sized is materialised, so the whole per-device batch is
+  one slice; with materialised patterns a slice keeps one layer's patterns under 2²⁹ floats on an
+  accelerator, and on CPU holds about ``CPU_SLICE_TOKENS`` tokens (activations stay in cache).
   """
-  m = config.model
-  per_device = config.train.batch_size // n_devices
-  size = config.train.micro_batch_size
+  t, m = config.train, config.model
+  reasons = []
+  dtype = t.compute_dtype
+  if dtype == "auto":
+    dtype = "float32" if platform == "cpu" else "bfloat16"
+    why = "measured faster on CPU" if platform == "cpu" else platform
+    reasons.append(f"compute_dtype auto → {dtype} ({why})")
+  attention = t.attention
+  if attention == "auto":
+    attention = "cudnn" if platform == "gpu" else "explicit"
+    reasons.append(f"attention auto → {attention} ({platform})")
+  per_device = t.batch_size // n_devices
+  if attention == "cudnn":
+    size = t.micro_batch_size or per_device
+    refusal = ("not a GPU" if platform != "gpu" else
+               _cudnn_accepts((size, m.n_ctx, m.n_heads, m.d_head), jnp.dtype(dtype))
+               if check_cudnn else None)
+    if refusal:
+      attention = "xla"
+      reasons.append(f"cuDNN attention cannot take this step ({refusal}); using XLA's")
+  size = t.micro_batch_size
   if size == 0:
-    budget = 512 // m.n_ctx if platform == "cpu" else (1 << 29) // (m.n_heads * m.n_ctx ** 2)
-    size = largest_divisor_at_most(per_device, budget)
+    if attention == "cudnn":
+      size = per_device
+    elif platform == "cpu":
+      size = largest_divisor_at_most(per_device, CPU_SLICE_TOKENS // m.n_ctx)
+    else:
+      size = largest_divisor_at_most(per_device, (1 << 29) // (m.n_heads * m.n_ctx ** 2))
   if per_device % size:
     raise ValueError(f"train.micro_batch_size={size} must divide the per-device batch "
-                     f"{per_device} (batch_size {config.train.batch_size} over {n_devices} devices)")
-  return per_device // size
+                     f"{per_device} (batch_size {t.batch_size} over {n_devices} devices)")
+  block = t.loss_block_elements or loss_block_elements(platform)
+  return StepPlan(dtype, attention, per_device // size, block, tuple(reasons))
+
+
+CPU_SLICE_TOKENS = 512  # tokens per gradient-accumulation slice on CPU (experiments/SPEED.md)
+
+
+def micro_batches(config, n_devices: int, platform: str) -> int:
+  """How many gradient-accumulation slices a step's batch is cut into (see ``plan_step``)."""
+  return plan_step(config, n_devices, platform, check_cudnn=False).n_micro
 
 
 def loss_block_elements(platform: str) -> int:
-  """Logits held at once by the chunked cross-entropy: cache-sized on CPU, larger elsewhere."""
+  """Logits held at once by the chunked cross-entropy (``train.loss_block_elements`` = 0):
+  cache-sized on CPU (2²⁰ floats = 4 MiB; 2¹⁸ was not measurably better, experiments/SPEED.md),
+  larger on
+  accelerators."""
   return 1 << 20 if platform == "cpu" else 1 << 26
 
 
-def train_step(config, tx: optax.GradientTransformation, n_micro: int, block: int,
+def train_step(config, tx: optax.GradientTransformation, plan: StepPlan,
                state: TrainState, inputs, targets):
   """One AdamW step → (new state, {"loss", "grad_norm"}).  Pure; jitted by ``compile_train_step``.
 
-  The gradient is the mean over ``n_micro`` equal slices of the batch (slice j holds rows j,
-  j + n_micro, …, so every device works on every slice): the same as the full-batch gradient.
+  The gradient is the mean over ``plan.n_micro`` equal slices of the batch (slice j holds rows
+  j, j + n_micro, …, so every device works on every slice): the same as the full-batch gradient.
+  Weights, gradients and optimiser state are float32 whatever ``plan.compute_dtype``.
   """
   cfg = ModelConfig.from_any(config)
   frozen_pos = config.model.pos_init == "sinusoidal"
+  n_micro = plan.n_micro
+  dtype = None if plan.compute_dtype == "float32" else jnp.dtype(plan.compute_dtype)
 
   def loss_fn(weights, x, y):
     if frozen_pos:
       weights = weights.replace(W_pos=jax.lax.stop_gradient(weights.W_pos))
-    return mean_loss(cfg, weights, x, y, block)
+    return mean_loss(cfg, weights, x, y, plan.loss_block, compute_dtype=dtype,
+                     attention=plan.attention)
 
   grad_fn = jax.value_and_grad(loss_fn)
   if n_micro == 1:
@@ -149,13 +222,19 @@ def data_mesh(devices=None) -> Mesh:
   return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
 
 
-def compile_train_step(config, tx, mesh: Mesh):
-  """The jitted step: weights and optimiser state replicated, batch rows split over ``data``."""
+def compile_train_step(config, tx, mesh: Mesh, plan: Optional[StepPlan] = None,
+                       log: Optional[Callable[[str], None]] = None):
+  """The jitted step: weights and optimiser state replicated, batch rows split over ``data``.
+
+  ``plan`` defaults to ``plan_step`` for the mesh's platform; ``log`` receives its description.
+  """
   replicated = NamedSharding(mesh, P())
   rows = NamedSharding(mesh, P("data"))
-  platform = mesh.devices.flat[0].platform
-  step = functools.partial(train_step, config, tx, micro_batches(config, mesh.size, platform),
-                           loss_block_elements(platform))
+  if plan is None:
+    plan = plan_step(config, mesh.size, mesh.devices.flat[0].platform)
+  if log is not None:
+    log(plan.describe())
+  step = functools.partial(train_step, config, tx, plan)
   return jax.jit(step, in_shardings=(replicated, rows, rows),
                  out_shardings=(replicated, replicated), donate_argnums=0)
 
@@ -257,9 +336,10 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
       raise ValueError(f"{workdir} holds a run with a different config ({'; '.join(diffs)}); "
                        "use a new --workdir or the original config")
 
-  corpus = resolve_corpus(config.data.corpus, jsonl_field=config.data.jsonl_field,
-                          max_files=config.data.max_files, heldout_every=config.data.heldout_every)
-  tokens = prepare_tokens(corpus, cfg.d_vocab, config.data.cache_dir or None, log=log)
+  corpus = corpus_from_config(config.data)
+  tokens = prepare_tokens(corpus, cfg.d_vocab, config.data.cache_dir or None, log=log,
+                          sample_bytes=config.data.tokenizer_sample_bytes,
+                          shard_tokens=config.data.shard_tokens)
   if jax.process_index() == 0:
     shutil.copyfile(tokens.tokenizer_path, workdir / "tokenizer.json.tmp")
     os.replace(workdir / "tokenizer.json.tmp", workdir / "tokenizer.json")
@@ -281,7 +361,7 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
   try:
     replicated = NamedSharding(mesh, P())
     state = jax.device_put(TrainState(jnp.asarray(start, jnp.int32), weights, opt_state), replicated)
-    step_fn = compile_train_step(config, tx, mesh)
+    step_fn = compile_train_step(config, tx, mesh, log=log)
     schedule = learning_rate_schedule(t)
     heldout_inputs, heldout_targets = data.eval_windows(tokens.heldout, t.eval_windows, cfg.n_ctx,
                                                         tokens.bos_id)
@@ -299,7 +379,8 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
             f"{'step ' + str(good[-1]) if good else 'none'} in {workdir / 'checkpoints'}. "
             "Lower train.lr, raise train.warmup_steps or tighten train.grad_clip.")
 
-    pool = scores.frequency_band(tokens.train, cfg.d_vocab, exclude=(tokens.bos_id, tokens.eot_id))
+    pool = scores.frequency_band(tokens.train, cfg.d_vocab, exclude=(tokens.bos_id, tokens.eot_id),
+                                 counts=tokens.counts)
     probe_length = min(INDUCTION_PROBE_LENGTH, (cfg.n_ctx - 1) // 2, len(pool))
     probe = scores.repeated_sequences(pool, tokens.bos_id, probe_length, 2, 4, seed=12345)
 
