@@ -4,12 +4,16 @@
     <workdir>/snapshots/<step>/     weights + meta at log-spaced steps, all kept (training dynamics)
 
 ``meta`` holds the step, the tokens seen, the resolved config and the tokenizer reference, so a
-checkpoint directory describes itself.  Restoring walks back from the newest checkpoint: one that
-cannot be read is reported and skipped.
+checkpoint directory describes itself, and the sha256 of every stored array (its dtype, shape and
+bytes), so a checkpoint whose data changed after it was written is detected when it is read.
+Restoring walks back from the newest checkpoint: one that cannot be read, fails its checksums or
+holds non-finite weights is reported, moved aside and skipped; one written for a different
+config is a ``CheckpointConfigMismatch`` and nothing is moved.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import warnings
@@ -26,7 +30,50 @@ FORMAT = "circuits-repro/1"
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint that is missing, unreadable or not ours."""
+  """A checkpoint that is missing, unreadable, corrupt or not ours."""
+
+
+class CheckpointConfigMismatch(ValueError):
+  """A readable checkpoint written by a run with a different config."""
+
+
+def _host(x) -> np.ndarray:
+  """A host copy of an array; for a replicated array of a multi-process job, this process's copy."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    x = x.addressable_data(0)
+  return np.asarray(x)
+
+
+def array_checksums(tree) -> dict:
+  """{key path: sha256 of dtype, shape and bytes} for every array of a pytree."""
+  sums = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    a = np.ascontiguousarray(_host(leaf))
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.reshape(-1).view(np.uint8))  # the array's own bytes, no copy
+    sums[jax.tree_util.keystr(path)] = h.hexdigest()
+  return sums
+
+
+def verify_arrays(where: str, trees: dict, meta: dict) -> None:
+  """Raises CheckpointError unless every array matches its recorded checksum and every weight is
+  finite.  ``trees`` maps a part name ("weights", "opt_state") to the restored (packed) pytree;
+  checkpoints written before checksums were recorded are checked for finiteness only."""
+  recorded = meta.get("checksums")
+  for part, tree in trees.items():
+    if recorded is not None:
+      if part not in recorded:
+        raise CheckpointError(f"checkpoint {where} records no checksums for its {part}")
+      got = array_checksums(tree)
+      bad = sorted(k for k in set(got) | set(recorded[part])
+                   if got.get(k) != recorded[part].get(k))
+      if bad:
+        raise CheckpointError(f"checkpoint {where} is corrupt: {part} {', '.join(bad[:4])}"
+                              f"{' …' if len(bad) > 4 else ''} differ from the checksums "
+                              "recorded when it was written")
+  for name, w in trees["weights"].items():
+    if not np.all(np.isfinite(_host(w))):
+      raise CheckpointError(f"checkpoint {where} holds non-finite values in weight {name}")
 
 
 def _manager(directory: Path, max_to_keep: Optional[int], read_only: bool = False):
@@ -57,9 +104,11 @@ def _unpack(tree, like):
                       tree, like)
 
 
-def _weights_meta(weights: Weights, meta: dict) -> dict:
+def _weights_meta(weights: Weights, meta: dict, stored: dict) -> dict:
+  """``meta`` plus the format tag, the weights' shapes and the checksums of the ``stored`` parts."""
   shapes = {k: list(v.shape) for k, v in weights.to_dict().items()}
-  return dict(meta, format=FORMAT, weight_shapes=shapes)
+  return dict(meta, format=FORMAT, weight_shapes=shapes,
+              checksums={part: array_checksums(tree) for part, tree in stored.items()})
 
 
 class RunCheckpoints:
@@ -73,41 +122,72 @@ class RunCheckpoints:
   def save(self, step: int, weights: Weights, opt_state: Any, meta: dict) -> None:
     if step in self.resumable.all_steps():  # written before an interruption; resuming is exact
       return
+    stored = {"weights": _pack(weights.to_dict()), "opt_state": _pack(opt_state)}
     self.resumable.save(step, args=ocp.args.Composite(
-        weights=ocp.args.StandardSave(_pack(weights.to_dict())),
-        opt_state=ocp.args.StandardSave(_pack(opt_state)),
-        meta=ocp.args.JsonSave(_weights_meta(weights, meta))), force=True)
+        weights=ocp.args.StandardSave(stored["weights"]),
+        opt_state=ocp.args.StandardSave(stored["opt_state"]),
+        meta=ocp.args.JsonSave(_weights_meta(weights, meta, stored))), force=True)
 
   def save_snapshot(self, step: int, weights: Weights, meta: dict) -> None:
     if step in self.snapshots.all_steps():
       return
+    stored = {"weights": _pack(weights.to_dict())}
     self.snapshots.save(step, args=ocp.args.Composite(
-        weights=ocp.args.StandardSave(_pack(weights.to_dict())),
-        meta=ocp.args.JsonSave(_weights_meta(weights, meta))), force=True)
+        weights=ocp.args.StandardSave(stored["weights"]),
+        meta=ocp.args.JsonSave(_weights_meta(weights, meta, stored))), force=True)
 
   def restore_latest(self, weights_like: Weights, opt_state_like: Any,
-                     log: Callable[[str], None] = print) -> Optional[Tuple[int, Weights, Any, dict]]:
-    """Newest readable checkpoint as (step, weights, opt_state, meta), or None if there is none."""
+                     log: Callable[[str], None] = print,
+                     check_meta: Optional[Callable[[dict], None]] = None,
+                     ) -> Optional[Tuple[int, Weights, Any, dict]]:
+    """Newest sound checkpoint as (step, weights, opt_state, meta), or None if there is none.
+
+    A checkpoint that cannot be read, fails its checksums or holds non-finite weights is moved to
+    ``unreadable-checkpoints/`` with the reason logged, and the previous one is tried.
+    ``check_meta`` sees each checkpoint's meta before its arrays are read; the
+    ``CheckpointConfigMismatch`` it raises stops the search with nothing moved.
+    """
     abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
     for step in sorted(self.resumable.all_steps(), reverse=True):
+      where = self.workdir / "checkpoints" / str(step)
+      try:
+        meta = dict(self.resumable.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"])
+      except Exception as e:  # pylint: disable=broad-except
+        self._move_aside(step, f"checkpoint {where} is unreadable ({type(e).__name__}: "
+                         f"{str(e)[:200]})", log)
+        continue
+      if check_meta is not None:
+        check_meta(meta)  # a config mismatch propagates: nothing is moved
       try:
         restored = self.resumable.restore(step, args=ocp.args.Composite(
             weights=ocp.args.StandardRestore(abstract(_pack(weights_like.to_dict()))),
             opt_state=ocp.args.StandardRestore(abstract(_pack(opt_state_like))),
             meta=ocp.args.JsonRestore()))
-      except Exception as e:  # pylint: disable=broad-except
-        aside = self.workdir / "unreadable-checkpoints" / f"{step}-{int(time.time())}"
-        log(f"WARNING: checkpoint {self.workdir / 'checkpoints' / str(step)} is unreadable "
-            f"({type(e).__name__}: {str(e)[:200]}); moved it to {aside} and trying the "
-            "previous one")
-        aside.parent.mkdir(exist_ok=True)
-        (self.workdir / "checkpoints" / str(step)).rename(aside)
-        self.resumable.reload()
+        packed = {"weights": dict(restored["weights"]), "opt_state": restored["opt_state"]}
+        verify_arrays(str(where), packed, meta)
+      except CheckpointError as e:
+        self._move_aside(step, str(e), log)
         continue
-      weights = _unpack(dict(restored["weights"]), weights_like.to_dict())
-      opt_state = _unpack(restored["opt_state"], opt_state_like)
-      return step, Weights.from_dict(weights), opt_state, dict(restored["meta"])
+      except Exception as e:  # pylint: disable=broad-except
+        self._move_aside(step, f"checkpoint {where} is unreadable ({type(e).__name__}: "
+                         f"{str(e)[:200]})", log)
+        continue
+      weights = _unpack(packed["weights"], weights_like.to_dict())
+      opt_state = _unpack(packed["opt_state"], opt_state_like)
+      return step, Weights.from_dict(weights), opt_state, meta
     return None
+
+  def _move_aside(self, step: int, problem: str, log: Callable[[str], None]) -> None:
+    """Moves checkpoint ``step`` to ``unreadable-checkpoints/`` and logs ``problem`` (a sentence
+    naming it) and where it went."""
+    source = self.workdir / "checkpoints" / str(step)
+    aside = self.workdir / "unreadable-checkpoints" / f"{step}-{int(time.time())}"
+    log(f"WARNING: {problem}; moved it to {aside} and trying the previous one")
+    if jax.process_index() == 0:  # every process decides alike; one moves
+      aside.parent.mkdir(exist_ok=True)
+      source.rename(aside)
+    self.resumable.reload()
 
   def wait(self) -> None:
     self.resumable.wait_until_finished()
@@ -119,6 +199,7 @@ class RunCheckpoints:
 
 
 def _restore_weights(directory: Path, step: int) -> Tuple[Weights, dict]:
+  """One checkpoint's weights and meta, checked against its recorded checksums."""
   mngr = _manager(directory, None, read_only=True)
   try:
     restored = mngr.restore(step, args=ocp.args.Composite(
@@ -128,10 +209,25 @@ def _restore_weights(directory: Path, step: int) -> Tuple[Weights, dict]:
   meta = dict(restored["meta"])
   if meta.get("format") != FORMAT:
     raise CheckpointError(f"{directory / str(step)} is not a circuits-repro checkpoint")
+  packed = {k: np.asarray(v) for k, v in dict(restored["weights"]).items()}
+  verify_arrays(str(directory / str(step)), {"weights": packed},
+                dict(meta, checksums={"weights": meta["checksums"]["weights"]})
+                if "checksums" in meta else meta)
   shapes = meta.get("weight_shapes", {})
-  weights = {k: np.zeros(shapes[k], np.float32) if 0 in shapes.get(k, [1]) else np.asarray(v)
-             for k, v in dict(restored["weights"]).items()}
+  weights = {k: np.zeros(shapes[k], np.float32) if 0 in shapes.get(k, [1]) else v
+             for k, v in packed.items()}
   return Weights.from_dict(weights), meta
+
+
+def last_sound_step(directory: Path) -> Optional[int]:
+  """The newest checkpoint in ``directory`` that reads back and passes its checksums, or None."""
+  for step in reversed(checkpoint_steps(directory)):
+    try:
+      _restore_weights(Path(directory), step)
+      return step
+    except Exception:  # pylint: disable=broad-except
+      continue
+  return None
 
 
 def checkpoint_steps(directory: Path) -> List[int]:
@@ -160,7 +256,7 @@ def load_checkpoint(path: Path, log: Callable[[str], None] = print) -> Tuple[Wei
       raise
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(f"checkpoint {path} is unreadable: {type(e).__name__}: "
-                            f"{str(e)[:300]}") from e
+                            f"{str(e)[:300]}") from None
   directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
   steps = checkpoint_steps(directory)
   if not steps and (path / "snapshots").is_dir():
@@ -172,7 +268,11 @@ def load_checkpoint(path: Path, log: Callable[[str], None] = print) -> Tuple[Wei
   for step in reversed(steps):
     try:
       return _restore_weights(directory, step)
+    except CheckpointError as e:
+      reason = str(e)
     except Exception as e:  # pylint: disable=broad-except
-      errors.append(f"step {step}: {type(e).__name__}: {str(e)[:200]}")
-      log(f"WARNING: checkpoint {directory / str(step)} is unreadable; trying the previous one")
+      reason = (f"checkpoint {directory / str(step)} is unreadable ({type(e).__name__}: "
+                f"{str(e)[:200]})")
+    errors.append(f"step {step}: {reason}")
+    log(f"WARNING: {reason}; trying the previous one")
   raise CheckpointError(f"no readable checkpoint in {directory}: " + "; ".join(errors))

@@ -8,8 +8,12 @@ names it, and ``validate`` checks every value before any work starts.
 
 from __future__ import annotations
 
+import difflib
 import importlib
-from typing import Any, Mapping
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence, Tuple
 
 import ml_collections
 
@@ -157,12 +161,116 @@ def from_dict(d: Mapping[str, Any]) -> ml_collections.ConfigDict:
   return validate(c)
 
 
+def project_module(package: str, name: str):
+  """``reproduce.<package>.<name>`` for ``package`` "configs" or "experiments".
+
+  An installed package holds them under the ``reproduce`` namespace (setup.cfg maps the folders
+  there, so nothing generic lands at the top level of site-packages); in a clone the folder beside
+  ``reproduce/`` is registered under that name.  Raises ModuleNotFoundError for an unknown name.
+  """
+  full = f"reproduce.{package}"
+  if full not in sys.modules:
+    try:
+      importlib.import_module(full)
+    except ModuleNotFoundError as e:
+      folder = Path(__file__).resolve().parent.parent / package
+      if e.name != full or not (folder / "__init__.py").is_file():
+        raise
+      spec = importlib.util.spec_from_file_location(full, folder / "__init__.py",
+                                                    submodule_search_locations=[str(folder)])
+      module = importlib.util.module_from_spec(spec)
+      sys.modules[full] = module
+      spec.loader.exec_module(module)
+  if not name.isidentifier():
+    raise ModuleNotFoundError(f"no module {full}.{name}", name=f"{full}.{name}")
+  return importlib.import_module(f"{full}.{name}")
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
-  """``"attn2l"``, ``"attn2l:cpu"``, ``"configs/attn2l.py:test"`` → the validated config."""
+  """``"attn2l"``, ``"attn2l:cpu"``, ``"configs/attn2l.py:test"`` → the validated config.
+
+  A path to an existing ``.py`` file loads that file (a user's own config); otherwise the name
+  picks one of the project's configs, from a clone or an installed package alike.
+  """
   path, _, variant = spec.partition(":")
-  module = path.split("/")[-1].removesuffix(".py")
-  try:
-    mod = importlib.import_module(f"configs.{module}")
-  except ModuleNotFoundError:
-    raise ValueError(f"no config named {module!r} in configs/") from None
+  module = Path(path).name.removesuffix(".py")
+  if path.endswith(".py") and Path(path).is_file():
+    file_spec = importlib.util.spec_from_file_location(f"_config_file_{module}", path)
+    mod = importlib.util.module_from_spec(file_spec)
+    try:
+      file_spec.loader.exec_module(mod)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"config file {path} failed to load: {type(e).__name__}: {e}") from None
+  else:
+    try:
+      mod = project_module("configs", module)
+    except ModuleNotFoundError as e:
+      if e.name not in (f"reproduce.configs.{module}", "reproduce.configs"):
+        raise
+      raise ValueError(f"no config named {module!r} (the project's configs/ folder has "
+                       f"{', '.join(config_names())}; or give a path to a .py file)") from None
+  if not hasattr(mod, "get_config"):
+    raise ValueError(f"config {path} defines no get_config(variant)")
   return validate(mod.get_config(variant or "cpu"))
+
+
+def config_names():
+  folder = Path(project_module("configs", "attn0l").__file__).parent
+  return sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
+
+
+def _parse_like(old, text: str, name: str):
+  """``text`` as a value of ``old``'s type (bool: true/false/1/0/yes/no)."""
+  try:
+    if isinstance(old, bool):
+      value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+      return value[text.strip().lower()]
+    if isinstance(old, int):
+      return int(text)
+    if isinstance(old, float):
+      return float(text)
+  except (KeyError, ValueError):
+    raise ValueError(f"--config.{name}={text}: not a valid {type(old).__name__}") from None
+  if isinstance(old, str):
+    return text
+  raise ValueError(f"--config.{name}: a {type(old).__name__} field cannot be set on the "
+                   "command line")
+
+
+def apply_overrides(c: ml_collections.ConfigDict,
+                    overrides: Sequence[Tuple[str, str]]) -> ml_collections.ConfigDict:
+  """Sets ``[("train.steps", "400"), …]`` (from ``--config.train.steps=400``) in ``c``, each text
+  parsed as the field's type; an unknown field is a ValueError naming it and the closest match."""
+  for name, text in overrides:
+    node, parts = c, name.split(".")
+    for depth, part in enumerate(parts):
+      here = ".".join(parts[:depth])
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        close = difflib.get_close_matches(part, keys, n=1)
+        hint = f' Did you mean "{close[0]}"?' if close else ""
+        raise ValueError(f"--config.{name}: the config has no field "
+                         f"{(here + '.' if here else '') + part!r}.{hint}")
+      if depth < len(parts) - 1:
+        node = node[part]
+    node[parts[-1]] = _parse_like(node[parts[-1]], text, name)
+  return validate(c)
+
+
+def split_config_flags(argv: Sequence[str]):
+  """``argv`` without its ``--config.a.b=value`` / ``--config.a.b value`` overrides, and those
+  overrides as ``[("a.b", "value"), …]`` (parsed here, not by absl: one-line errors)."""
+  rest, overrides, i = [], [], 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--config."):
+      name, eq, value = arg[len("--config."):].partition("=")
+      if not eq:
+        if i + 1 >= len(argv):
+          raise ValueError(f"{arg}: no value given")
+        value, i = argv[i + 1], i + 1
+      overrides.append((name, value))
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, overrides

@@ -141,25 +141,40 @@ def trained_model(name: str, preset: str, models_dir: Path, cache_dir: Optional[
 
 
 def model_from_run(label: str, path, tokens: Optional[TokenizedCorpus] = None,
-                   cache_dir: Optional[str] = None, log=print) -> Model:
+                   cache_dir: Optional[str] = None, log=print,
+                   corpus: Optional[str] = None) -> Model:
   """A ``Model`` from a work directory, checkpoint step or TransformerLens-format file.
 
-  The corpus measurements use the checkpoint's own tokenizer: for our runs the corpus it was
-  trained on; for weight files the default corpus under a ``tokenizer.json`` beside the file
-  (without one, figures that need text say so).
+  The corpus measurements use the checkpoint's own tokenizer (the ``tokenizer.json`` of its work
+  directory, or beside a weight file; without one, figures that need text say so) on the text
+  the user names: ``corpus`` (a corpus spec), else the default corpus, sampled with the
+  checkpoint's ``data.max_files`` and ``data.heldout_every``.  Paths stored inside the checkpoint
+  (its training corpus, its cache, its tokenizer's cache entry) are shown, never followed, and
+  caches go where ``cache_dir`` or the environment says.
   """
   path = Path(path)
   cfg, weights, meta = load_with_meta(path)
   workdir = None
   if path.is_dir():
     workdir = path if (path / "snapshots").is_dir() else path.parent.parent
-  if tokens is None and "tokenizer" in meta and Path(meta["tokenizer"]["path"]).is_file():
-    d = meta.get("config", {}).get("data", {})
-    corpus = resolve_corpus(d.get("corpus", "stdlib"), jsonl_field=d.get("jsonl_field", "text"),
-                            max_files=d.get("max_files", 0),
-                            heldout_every=d.get("heldout_every", 20))
-    tokens = prepare_tokens(corpus, cfg.d_vocab, cache_dir or d.get("cache_dir") or None,
-                            log=log, tokenizer_file=meta["tokenizer"]["path"])
+    own_tokenizers = [path / "tokenizer.json", path.parent.parent / "tokenizer.json"]
+  else:
+    own_tokenizers = [path.parent / "tokenizer.json"]
+  tokenizer_file = next((f for f in own_tokenizers if f.is_file()), None)
+  stored = meta.get("config", {}).get("data", {}) if isinstance(meta.get("config"), dict) else {}
+  spec = corpus or "stdlib"
+  shown = {k: stored.get(k) for k in ("corpus", "cache_dir") if stored.get(k)}
+  if shown and (shown.get("corpus") != spec or "cache_dir" in shown):
+    log(f"{label}: the checkpoint was trained with "
+        + ", ".join(f"data.{k}={v!r}" for k, v in shown.items())
+        + f" (recorded in it, not read); measuring on corpus {spec!r}")
+  if tokens is None and tokenizer_file is not None:
+    # The checkpoint's sampling settings (numbers, not paths) pick the files and the split.
+    text = resolve_corpus(spec, jsonl_field=str(stored.get("jsonl_field", "text")),
+                          max_files=int(stored.get("max_files", 0)),
+                          heldout_every=int(stored.get("heldout_every", 20)))
+    tokens = prepare_tokens(text, cfg.d_vocab, cache_dir or None, log=log,
+                            tokenizer_file=str(tokenizer_file))
   return Model(label=label, cfg=cfg, weights=weights, meta=meta, workdir=workdir, tokens=tokens)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import html
-import importlib
 import json
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 from reproduce import experiment
+from reproduce.config import project_module
 
 FIGURES = ("bigram", "skip_trigrams", "positional_heads", "ov_eigenvalues", "eigen_hist",
            "composition_scores", "induction_attention", "ov_qk_scatter", "term_importance",
@@ -37,15 +37,17 @@ class UnknownFigure(ValueError):
 
 
 def figure_module(name: str):
+  """``experiments/<name>.py`` (installed as ``reproduce.experiments.<name>``)."""
   if name not in FIGURES:
     raise UnknownFigure(name)
-  return importlib.import_module(f"experiments.{name}")
+  return project_module("experiments", name)
 
 
 def figure_config(name: str, preset: str):
+  """``configs/<name>.py``'s config for ``preset`` (installed as ``reproduce.configs.<name>``)."""
   if name not in FIGURES:
     raise UnknownFigure(name)
-  return importlib.import_module(f"configs.{name}").get_config(preset)
+  return project_module("configs", name).get_config(preset)
 
 
 def describe() -> str:
@@ -56,7 +58,7 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
                 models_dir: Optional[str] = None, cache_dir: Optional[str] = None,
                 log: Callable[[str], None] = print,
                 loaded: Optional[Dict[str, experiment.Model]] = None,
-                seed: Optional[int] = None) -> dict:
+                corpus: Optional[str] = None, seed: Optional[int] = None) -> dict:
   """Makes one figure; returns its claims summary.  ``loaded`` caches models across figures;
   ``seed`` trains the models with that training seed instead of the preset's."""
   module, config = figure_module(name), figure_config(name, preset)
@@ -67,7 +69,8 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
     key = f"checkpoint:{checkpoint}"
     if key not in loaded:
       loaded[key] = experiment.model_from_run(Path(checkpoint).name or str(checkpoint),
-                                              checkpoint, cache_dir=cache_dir, log=log)
+                                              checkpoint, cache_dir=cache_dir, log=log,
+                                              corpus=corpus)
     models = {loaded[key].label: loaded[key]}
   else:
     models = {}
@@ -229,9 +232,10 @@ def write_index(workdir) -> Path:
 
 
 def main(argv):
-  from absl import flags, logging  # pylint: disable=import-outside-toplevel
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from reproduce import train  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
-  logging.set_verbosity(logging.WARNING)
+  train.quiet_libraries(FLAGS.verbose)
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
     sys.exit(2)
@@ -244,6 +248,10 @@ def main(argv):
   names = FIGURES if FLAGS.all else [FLAGS.name]
   if FLAGS.name and FLAGS.name not in FIGURES:
     print(f"error: {UnknownFigure(FLAGS.name)}\n\n{describe()}", file=sys.stderr)
+    sys.exit(2)
+  if FLAGS.corpus and not FLAGS.checkpoint:
+    print("error: --corpus chooses the text a --checkpoint is measured on; give --checkpoint too",
+          file=sys.stderr)
     sys.exit(2)
   if FLAGS.seeds < 1 or (FLAGS.seeds > 1 and FLAGS.checkpoint):
     print("error: --seeds must be ≥ 1, and a --checkpoint has one seed only", file=sys.stderr)
@@ -261,11 +269,16 @@ def main(argv):
     for name in names:
       try:
         summary = make_figure(name, FLAGS.preset, seed_workdir(FLAGS.workdir, index),
-                              FLAGS.checkpoint, models_dir, loaded=loaded, seed=seed)
+                              FLAGS.checkpoint, models_dir, loaded=loaded, corpus=FLAGS.corpus,
+                              seed=seed)
         all_claims.extend(summary["claims"])
-      except (experiment.FigureError, ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: figure {name}{'' if seed is None else f' (seed {seed})'}: {e}",
-              file=sys.stderr)
+      except Exception as e:  # pylint: disable=broad-except
+        if FLAGS.verbose:
+          raise
+        known = isinstance(e, train.USER_ERRORS + (experiment.FigureError, RuntimeError))
+        print(f"error: figure {name}{'' if seed is None else f' (seed {seed})'}: "
+              f"{e if known else f'{type(e).__name__}: {e}'}"
+              + ("" if known else " (run with --verbose for the traceback)"), file=sys.stderr)
         failures.append(name)
   if FLAGS.seeds > 1:
     rows = seed_table(FLAGS.workdir, FLAGS.seeds)
@@ -295,6 +308,10 @@ def run_cli():
                        "s's to <workdir>/seed<s>")
   flags.DEFINE_string("checkpoint", None, "analyse this work dir, checkpoint step or "
                       "TransformerLens .npz/.safetensors instead of training")
+  flags.DEFINE_string("corpus", None, "with --checkpoint: the text to measure it on (a corpus "
+                      "spec, as data.corpus); default: the standard library.  Paths stored in a "
+                      "checkpoint are shown, never read")
+  flags.DEFINE_bool("verbose", False, "library logs on stderr and tracebacks on errors")
   app.run(main)
 
 

@@ -3,20 +3,28 @@
     python -m reproduce.train --config=configs/attn2l.py:cpu --workdir=runs/attn2l
     python -m reproduce.train --config=configs/attn2l.py:test --config.train.steps=60 --workdir=/tmp/w
 
-Running the same command again resumes from the newest readable checkpoint (exactly: batch i is a
+Running the same command again resumes from the newest sound checkpoint (exactly: batch i is a
 pure function of (seed, i)).  The work directory gets ``config.json``, ``tokenizer.json``,
-``metrics.jsonl`` (one JSON record per log/eval step), ``checkpoints/`` and ``snapshots/``.
+``metrics.jsonl`` (one JSON record per log/eval step), ``checkpoints/``, ``snapshots/`` and
+``lock`` (held while a run trains there: one writer per work directory).  Everything that can be
+checked (config, batch arithmetic, corpus, data length, a writable work directory, the config of
+the run already there) is checked before anything is written, so a failed start never blocks the
+corrected retry; a work directory with no checkpoint yet may be restarted with a new config.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import functools
 import json
 import math
 import os
 import shutil
+import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -28,7 +36,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from reproduce import checkpoint, data, scores
-from reproduce.config import validate
+from reproduce.config import apply_overrides, load_config, split_config_flags, validate
 from reproduce.corpus import corpus_from_config
 from reproduce.model import forward, largest_divisor_at_most, mean_loss, token_losses
 from reproduce.tokenizer import TokenizedCorpus, prepare_tokens
@@ -44,6 +52,69 @@ INDUCTION_PROBE_LENGTH = 50  # random tokens per half of the eval's repeated seq
 
 class TrainingDiverged(RuntimeError):
   """The loss became NaN or infinite."""
+
+
+class WorkdirLocked(RuntimeError):
+  """Another live process is training in the work directory."""
+
+
+class WorkdirLock:
+  """An advisory lock on ``<workdir>/lock``, which names its holder (PID, host, start time).
+
+  ``fcntl.flock`` is released by the OS when the holder exits, however it exits, so a lock file
+  left by a killed run is stale by construction: it is reported and taken over.  Where the file
+  system has no flock, a lock file naming a live process on this host, or any process on another
+  host, is respected.
+  """
+
+  def __init__(self, workdir: Path, log: Callable[[str], None] = print):
+    self.path = Path(workdir) / "lock"
+    self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    previous = self._holder()
+    try:
+      fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) and not self._held_by_other(previous):
+        previous = None  # no flock here: an abandoned lock file is taken over below
+      else:
+        os.close(self.fd)
+        who = (f"PID {previous.get('pid')} on host {previous.get('host')}, started "
+               f"{previous.get('started')}") if previous else "holder unknown"
+        raise WorkdirLocked(f"{workdir} is in use by another training run ({who}; lock file "
+                            f"{self.path}); wait for it to end or use another --workdir") from None
+    if previous and previous.get("pid"):
+      log(f"stale lock {self.path} from PID {previous.get('pid')} on host "
+          f"{previous.get('host')} (no longer running) taken over")
+    os.ftruncate(self.fd, 0)
+    os.write(self.fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+
+  def _holder(self) -> Optional[dict]:
+    try:
+      holder = json.loads(os.pread(self.fd, 4096, 0) or b"null")
+    except ValueError:
+      return None
+    return holder if isinstance(holder, dict) else None
+
+  @staticmethod
+  def _held_by_other(holder: Optional[dict]) -> bool:
+    if not holder or holder.get("pid") in (None, os.getpid()):
+      return False
+    if holder.get("host") != socket.gethostname():
+      return True
+    try:
+      os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+      return False
+    except (OSError, ValueError):
+      return True
+    return True
+
+  def release(self) -> None:
+    if self.fd is not None:
+      os.ftruncate(self.fd, 0)
+      os.close(self.fd)  # closing releases the flock
+      self.fd = None
 
 
 @jax.tree_util.register_dataclass
@@ -250,27 +321,60 @@ def put_batch(mesh: Mesh, inputs: np.ndarray, targets: np.ndarray):
 
 
 def _config_differences(saved: dict, current: dict):
+  """``["section.field: saved → current", …]`` for every field that differs, except the
+  ``RESUMABLE_CHANGES``; fields present on one side only count as differences."""
   diffs = []
-  for section, fields in current.items():
-    if not isinstance(fields, dict):
-      if saved.get(section) != fields:
-        diffs.append(section)
-      continue
-    for k, v in fields.items():
-      name = f"{section}.{k}"
-      if name not in RESUMABLE_CHANGES and saved.get(section, {}).get(k) != v:
-        diffs.append(f"{name}: {saved.get(section, {}).get(k)!r} → {v!r}")
+  for section in sorted(set(saved) | set(current), key=str):
+    old, new = saved.get(section), current.get(section)
+    if isinstance(old, dict) or isinstance(new, dict):
+      old, new = old if isinstance(old, dict) else {}, new if isinstance(new, dict) else {}
+      for k in sorted(set(old) | set(new)):
+        name = f"{section}.{k}"
+        if name not in RESUMABLE_CHANGES and old.get(k) != new.get(k):
+          diffs.append(f"{name}: {old.get(k)!r} → {new.get(k)!r}")
+    elif old != new:
+      diffs.append(f"{section}: {old!r} → {new!r}")
   return diffs
 
 
-class _Metrics:
-  """Appends JSON records to ``metrics.jsonl``; on resume, drops records past the resumed step."""
+def read_json_file(path: Path):
+  """The JSON in ``path``; a ValueError naming the file when it is not valid JSON."""
+  try:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is not valid JSON ({e}); it may be damaged: move it aside "
+                     "(the checkpoints also record the config) or use another --workdir") from None
 
-  def __init__(self, path: Path, resume_step: int):
+
+class _Metrics:
+  """Appends JSON records to ``metrics.jsonl``; on resume, drops records past the resumed step.
+
+  A last line cut short (a run killed while writing it) is dropped with a warning; any other line
+  that is not a JSON record is an error naming the file and line.
+  """
+
+  def __init__(self, path: Path, resume_step: int, log: Callable[[str], None] = print):
     self.path = path
-    if path.exists():
-      kept = [line for line in path.read_text().splitlines()
-              if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+    if path.exists() and jax.process_index() == 0:
+      text = path.read_text(encoding="utf-8", errors="replace")
+      lines = text.splitlines()
+      kept = []
+      for n, line in enumerate(lines, 1):
+        if not line.strip():
+          continue
+        try:
+          record = json.loads(line)
+          if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+        except ValueError as e:
+          if n == len(lines) and not text.endswith("\n"):
+            log(f"WARNING: {path}:{n} is an unfinished record (the run was stopped while "
+                "writing it); dropped")
+            continue
+          raise ValueError(f"{path}:{n} is not a metrics record ({e}); move the file aside "
+                           "to continue") from None
+        if resume_step and record.get("step", 0) <= resume_step:
+          kept.append(line)
       tmp = path.with_suffix(".tmp")
       tmp.write_text("".join(line + "\n" for line in kept))
       os.replace(tmp, path)
@@ -279,6 +383,45 @@ class _Metrics:
     if jax.process_index() == 0:
       with open(self.path, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def check_workdir(workdir: Path) -> None:
+  """Raises OSError naming the problem unless ``workdir`` is, or can be made, a writable directory.
+
+  Nothing is left behind: the probe file is removed at once.
+  """
+  workdir = Path(workdir).absolute()
+  existing = workdir
+  while not existing.exists() and not existing.is_symlink():
+    existing = existing.parent
+  if not existing.is_dir():
+    where = workdir if existing == workdir else f"{existing} (on the path to {workdir})"
+    raise NotADirectoryError(f"work directory problem: {where} is a file, not a directory; "
+                             "choose another --workdir")
+  try:
+    fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=existing)
+    os.close(fd)
+    os.unlink(probe)
+  except OSError as e:
+    raise PermissionError(f"work directory {workdir} cannot be written ({existing}: "
+                          f"{e.strerror}); choose another --workdir") from None
+
+
+def _saved_config_conflict(workdir: Path, current: dict) -> Optional[str]:
+  """Why ``workdir`` cannot take ``current``, or None.  A run with no checkpoint yet never
+  conflicts (its config.json is replaced); one with checkpoints must keep its config."""
+  saved_config = workdir / "config.json"
+  if not saved_config.exists() or not checkpoint.checkpoint_steps(workdir / "checkpoints"):
+    return None
+  saved = read_json_file(saved_config)
+  if not isinstance(saved, dict):
+    raise ValueError(f"{saved_config} is not a config (a JSON object expected); it may be "
+                     "damaged: move it aside (the checkpoints also record the config)")
+  diffs = _config_differences(saved, current)
+  if diffs:
+    return (f"{workdir} holds a run with a different config ({'; '.join(diffs)}); "
+            "use a new --workdir or the original config")
+  return None
 
 
 def _format_seconds(s: float) -> str:
@@ -307,6 +450,28 @@ def evaluate(cfg: ModelConfig, weights: Weights, heldout_inputs, heldout_targets
   return record
 
 
+def _set_aside_earlier_start(workdir: Path, current: dict, log: Callable[[str], None]) -> None:
+  """Starting from step 0 in a work directory whose earlier start (another config) wrote no
+  checkpoint: its snapshots and metrics would mix with ours, so they are moved aside, not lost."""
+  saved_config = workdir / "config.json"
+  if not saved_config.exists():
+    return
+  try:
+    saved = read_json_file(saved_config)
+  except ValueError:
+    saved = None  # damaged: set aside with the rest
+  if isinstance(saved, dict) and not _config_differences(saved, current):
+    return
+  earlier = [p for p in (workdir / "snapshots", workdir / "metrics.jsonl",
+                         workdir / "config.json") if p.exists()]
+  aside = workdir / f"earlier-start-{time.strftime('%Y%m%d-%H%M%S')}"
+  aside.mkdir()
+  for p in earlier:
+    p.rename(aside / p.name)
+  log(f"{workdir} had no checkpoint yet: starting over with the new config; the earlier start's "
+      f"files are in {aside}")
+
+
 @dataclasses.dataclass
 class TrainResult:
   workdir: Path
@@ -318,47 +483,78 @@ class TrainResult:
 
 def train(config, workdir, *, log: Callable[[str], None] = print,
           devices=None) -> TrainResult:
-  """Trains (or resumes, or finds finished) the run in ``workdir``; returns its final state."""
+  """Trains (or resumes, or finds finished) the run in ``workdir``; returns its final state.
+
+  Checks everything it can before writing anything; then holds ``<workdir>/lock`` (process 0 of
+  a multi-process job only: all processes share the work directory) until it returns.
+  """
   validate(config)
   t = config.train
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   cfg = ModelConfig.from_any(config)
   mesh = data_mesh(devices)
   if t.batch_size % mesh.size:
     raise ValueError(f"train.batch_size={t.batch_size} must be a multiple of the {mesh.size} "
                      "devices it is split over")
-
-  saved_config = workdir / "config.json"
-  if saved_config.exists():
-    diffs = _config_differences(json.loads(saved_config.read_text()), config.to_dict())
-    if diffs:
-      raise ValueError(f"{workdir} holds a run with a different config ({'; '.join(diffs)}); "
-                       "use a new --workdir or the original config")
+  micro_batches(config, mesh.size, mesh.devices.flat[0].platform)  # raises if it cannot divide
+  check_workdir(workdir)
+  current = config.to_dict()
+  conflict = _saved_config_conflict(workdir, current)  # early, before minutes of tokenizing
+  if conflict:
+    raise ValueError(conflict)
 
   corpus = corpus_from_config(config.data)
   tokens = prepare_tokens(corpus, cfg.d_vocab, config.data.cache_dir or None, log=log,
                           sample_bytes=config.data.tokenizer_sample_bytes,
                           shard_tokens=config.data.shard_tokens)
-  if jax.process_index() == 0:
-    shutil.copyfile(tokens.tokenizer_path, workdir / "tokenizer.json.tmp")
-    os.replace(workdir / "tokenizer.json.tmp", workdir / "tokenizer.json")
-    tmp = workdir / "config.json.tmp"
-    tmp.write_text(json.dumps(config.to_dict(), indent=1))
-    os.replace(tmp, saved_config)
+  data.train_batch(tokens.train, t.seed, 0, 1, cfg.n_ctx, tokens.bos_id)  # long enough for n_ctx?
+  data.eval_windows(tokens.heldout, 1, cfg.n_ctx, tokens.bos_id)
 
-  tx = make_optimizer(config)
-  weights = initial_weights(config)
-  opt_state = tx.init(weights)
-  ckpts = checkpoint.RunCheckpoints(workdir, keep=t.keep_checkpoints)
-  restored = ckpts.restore_latest(weights, opt_state, log=log)
-  start = 0
-  if restored is not None:
-    start, weights, opt_state, _ = restored
-    log(f"resuming {workdir} from step {start}")
-  metrics = _Metrics(workdir / "metrics.jsonl", start)
-
+  lead = jax.process_index() == 0
   try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    lock = WorkdirLock(workdir, log=log) if lead else None
+  except OSError as e:
+    raise PermissionError(f"work directory {workdir} cannot be written ({e.strerror})") from None
+  ckpts = None
+  try:
+    conflict = _saved_config_conflict(workdir, current)  # again, now that no one else writes
+    if conflict:
+      raise ValueError(conflict)
+    tx = make_optimizer(config)
+    weights = initial_weights(config)
+    opt_state = tx.init(weights)
+
+    def same_config(meta):
+      diffs = _config_differences(meta.get("config", {}), current)
+      if diffs:
+        raise checkpoint.CheckpointConfigMismatch(
+            f"config mismatch: checkpoint {workdir / 'checkpoints' / str(meta.get('step'))} was "
+            f"written with a different config ({'; '.join(diffs)}); nothing was changed: use "
+            "the original config or a new --workdir")
+
+    had_checkpoints = checkpoint.checkpoint_steps(workdir / "checkpoints")
+    if not had_checkpoints and lead:
+      _set_aside_earlier_start(workdir, current, log)
+    ckpts = checkpoint.RunCheckpoints(workdir, keep=t.keep_checkpoints)
+    restored = ckpts.restore_latest(weights, opt_state, log=log, check_meta=same_config)
+    if restored is None and had_checkpoints:
+      raise checkpoint.CheckpointError(
+          f"no sound checkpoint left in {workdir / 'checkpoints'} (each was moved to "
+          f"{workdir / 'unreadable-checkpoints'}, reasons above); run again to start over "
+          "from step 0")
+    start = 0
+    if restored is not None:
+      start, weights, opt_state, _ = restored
+      log(f"resuming {workdir} from step {start}")
+    if lead:
+      shutil.copyfile(tokens.tokenizer_path, workdir / "tokenizer.json.tmp")
+      os.replace(workdir / "tokenizer.json.tmp", workdir / "tokenizer.json")
+      tmp = workdir / "config.json.tmp"
+      tmp.write_text(json.dumps(current, indent=1))
+      os.replace(tmp, workdir / "config.json")
+    metrics = _Metrics(workdir / "metrics.jsonl", start, log=log)
+
     replicated = NamedSharding(mesh, P())
     state = jax.device_put(TrainState(jnp.asarray(start, jnp.int32), weights, opt_state), replicated)
     step_fn = compile_train_step(config, tx, mesh, log=log)
@@ -373,10 +569,10 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
     def check_finite(step, loss):
       if not math.isfinite(loss):
         ckpts.wait()
-        good = checkpoint.checkpoint_steps(workdir / "checkpoints")
+        good = checkpoint.last_sound_step(workdir / "checkpoints")  # read back and verified
         raise TrainingDiverged(
             f"loss became {loss} at step {step}; the last good checkpoint is "
-            f"{'step ' + str(good[-1]) if good else 'none'} in {workdir / 'checkpoints'}. "
+            f"{'none' if good is None else 'step ' + str(good)} in {workdir / 'checkpoints'}. "
             "Lower train.lr, raise train.warmup_steps or tighten train.grad_clip.")
 
     pool = scores.frequency_band(tokens.train, cfg.d_vocab, exclude=(tokens.bos_id, tokens.eot_id),
@@ -438,35 +634,68 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
         ckpts.save(done, state.weights, state.opt_state, meta(done))
     ckpts.wait()
   finally:
-    ckpts.close()
+    if ckpts is not None:
+      ckpts.close()
+    if lock is not None:
+      lock.release()
   final = int(state.step)
   return TrainResult(workdir=workdir, step=final, weights=jax.device_get(state.weights),
                      config=config, tokens=tokens)
 
 
-def main(argv):
-  from absl import flags, logging  # pylint: disable=import-outside-toplevel
-  del argv
+def quiet_libraries(verbose: bool) -> None:
+  """Library log lines and warnings off stderr (our own messages stay) unless ``verbose``."""
+  import logging  # pylint: disable=import-outside-toplevel
+  import warnings  # pylint: disable=import-outside-toplevel
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  if verbose:
+    absl_logging.set_verbosity(absl_logging.INFO)
+    return
+  absl_logging.set_verbosity(absl_logging.FATAL)  # Orbax logs every file it writes, and retries
+  logging.getLogger("absl").setLevel(logging.CRITICAL)
+  warnings.simplefilter("ignore")
+
+
+# Errors that are the user's to fix: one line, exit code 2.
+USER_ERRORS = (ValueError, OSError, TrainingDiverged, WorkdirLocked, checkpoint.CheckpointError)
+
+
+def main(argv, overrides=()):
+  from absl import flags  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
-  if FLAGS.distributed:
-    jax.distributed.initialize()
+  quiet_libraries(FLAGS.verbose)
   try:
-    train(FLAGS.config, FLAGS.workdir)
-  except (ValueError, FileNotFoundError, TrainingDiverged, checkpoint.CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    if len(argv) > 1:
+      raise ValueError(f"unexpected arguments {argv[1:]}")
+    if FLAGS.distributed:
+      jax.distributed.initialize()
+    config = apply_overrides(load_config(FLAGS.config), overrides)
+    train(config, FLAGS.workdir)
+  except Exception as e:  # pylint: disable=broad-except
+    if FLAGS.verbose:
+      raise
+    if isinstance(e, USER_ERRORS):
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+    print(f"error: {type(e).__name__}: {e} (run with --verbose for the traceback)",
+          file=sys.stderr)
+    sys.exit(1)
 
 
 def run_cli():
   from absl import app, flags  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/attn2l.py:cpu",
-                                  lock_config=True)
+  flags.DEFINE_string("config", None, "config file and variant, e.g. configs/attn2l.py:cpu; "
+                      "--config.section.field=value overrides one field")
   flags.DEFINE_string("workdir", None, "run directory (created; resumed if it holds a run)")
   flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-process jobs)")
+  flags.DEFINE_bool("verbose", False, "library logs on stderr and tracebacks on errors")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  try:
+    argv, overrides = split_config_flags(sys.argv)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  app.run(functools.partial(main, overrides=overrides), argv=argv)
 
 
 if __name__ == "__main__":
