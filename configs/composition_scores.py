@@ -1,10 +1,13 @@
 """Figure `composition_scores` (FW fig 26, the corrected fig 19): Q-, K- and V-composition of
-every layer-0 head with every layer-1 head, minus the random baseline.
+every head with every head of each later layer (every layer pair l1 < l2), minus the random
+baseline.
 
     python -m reproduce.figure --name composition_scores
 
-Claim: the strongest K-composition is from the previous-token head into the induction head, well
-above the random baseline.  The erratum's permuted-norm variant is drawn beside it."""
+Claims (experiments/composition_scores.py): each induction head's strongest K-composition is
+with a previous-token head; that K-composition exceeds every head pair's at random init; its Q-
+and V-composition stay within the random-init range.  The erratum's permuted-norm variant is
+drawn below."""
 
 import ml_collections
 
@@ -14,7 +17,9 @@ def get_config(preset: str = "cpu"):
   c.models = ("attn2l",)  # model configs (configs/<name>.py) trained at the preset and analysed
   c.baseline_samples = 256
   c.seed = 0
-  c.role_threshold = 0.3  # previous-token / induction score that labels a head
+  # Previous-token / induction score that labels a head: attention of 0.3 on one position is
+  # ≥ 7× a uniform pattern's over the induction probe's 50-token repeat (1/50 per position).
+  c.role_threshold = 0.3
   c.draw_erratum = True
   c.lock()
   return c

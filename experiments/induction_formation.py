@@ -2,9 +2,22 @@
 
 For every log-spaced snapshot of one training run per model: the in-context-learning score (loss
 late in the context minus early, on fixed held-out windows) and every head's prefix-matching
-score, against tokens seen, beside the training loss.  The formation window of a model is the
-span between its last snapshot whose best prefix-matching score is below ``unformed`` and its
-first snapshot at or above ``formed``.
+score, against tokens seen, beside the training loss.
+
+The claims follow IH's wording rather than a slope criterion (RECIPE.md tells how the earlier
+slope criteria failed and why they were replaced):
+- abrupt: the head with the highest final prefix-matching score gains most (≥ ``majority``) of
+  its total gain (final − initial) between two snapshots at most a factor ``window_ratio`` apart
+  in tokens; that span is the formation window;
+- ICL: the majority of the ICL score's total fall (from its highest value to the end) happens
+  inside the window (IH: "most in-context learning is acquired in the phase change");
+- loss bump: a smooth fit of log(training loss) against log(tokens) over the decade before the
+  window to the end, the window left out, and the mean residual inside the window above the
+  fit's noise (2 standard errors of the residuals outside);
+- one layer never forms induction heads, and its final ICL score stays above the 2L model's.
+
+A checkpoint without training snapshots (a weight file) has no trajectory: the figure shows its
+final scores alone, says what is missing, and makes no claim that needs the trajectory.
 """
 
 from pathlib import Path
@@ -19,49 +32,81 @@ DESCRIPTION = "ICL score and every head's prefix-matching score over training (1
 
 
 def trajectory(model, config):
-  """Per snapshot: tokens seen, ICL score, prefix matching [L, H]."""
-  if model.workdir is None or not (Path(model.workdir) / "snapshots").is_dir():
-    raise experiment.FigureError(f"figure induction_formation needs a training work directory "
-                                 f"with snapshots; {model.label} has none")
+  """Per snapshot: tokens seen, ICL score, prefix matching [L, H].  Without snapshots, one row
+  for the model's own weights."""
   experiment.require_tokens(model, "induction_formation")
   inputs, targets = model.heldout_windows(config.icl_windows)
   pool = model.sampling_pool()
   rows = []
-  for step in checkpoint.checkpoint_steps(Path(model.workdir) / "snapshots"):
-    cfg, weights, meta = load_with_meta(Path(model.workdir) / "snapshots" / str(step))
+  if experiment.has_snapshots(model):
+    points = [load_with_meta(Path(model.workdir) / "snapshots" / str(step))
+              for step in checkpoint.checkpoint_steps(Path(model.workdir) / "snapshots")]
+  else:
+    points = [(model.cfg, model.weights, {"step": model.meta.get("step"),
+                                          "tokens_seen": model.meta.get("tokens_seen") or 0})]
+  for cfg, weights, meta in points:
     icl = scores.in_context_learning_score(cfg, weights, inputs, targets)
     prefix = (np.asarray(scores.prefix_matching_score(cfg, weights, pool, model.bos_id,
                                                       samples=config.samples))
               if cfg.n_layers else np.zeros((0, cfg.n_heads)))
-    rows.append({"step": step, "tokens": meta["tokens_seen"], "icl": icl["score"],
-                 "icl_positions": [icl["early_index"], icl["late_index"]], "prefix": prefix})
+    rows.append({"step": meta.get("step"), "tokens": meta.get("tokens_seen") or 0,
+                 "icl": icl["score"], "icl_positions": [icl["early_index"], icl["late_index"]], "prefix": prefix})
   return rows
 
 
 def training_loss(model):
-  path = Path(model.workdir) / "metrics.jsonl"
+  """(train [n, 2], held-out [m, 2]) arrays of (tokens, loss) from the run's metrics log."""
+  path = Path(model.workdir) / "metrics.jsonl" if model.workdir is not None else None
+  if path is None or not path.is_file():
+    return np.zeros((0, 2)), np.zeros((0, 2))
   records = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
   train = [(r["tokens"], r["loss"]) for r in records if "loss" in r]
   heldout = [(r["tokens"], r["heldout_loss"]) for r in records if "heldout_loss" in r]
   return np.asarray(train), np.asarray(heldout)
 
 
-def formation_window(tokens, best_prefix, formed, unformed):
-  """(index before, index after) bracketing the formation, or None if it never forms."""
-  after = next((i for i, p in enumerate(best_prefix) if p >= formed), None)
-  if after is None:
+
+
+def steepest_gain(tokens, score, window_ratio):
+  """(i, j, fraction): the pair of snapshots i < j with tokens[j] ≤ window_ratio·tokens[i] over
+  which ``score`` rises most, and that rise as a fraction of its total rise score[-1] − score[0].
+  None when the score never rises."""
+  total = score[-1] - score[0]
+  if len(score) < 2 or total <= 0:
     return None
-  before = max((i for i in range(after) if best_prefix[i] < unformed), default=None)
-  return (before, after) if before is not None else None
+  best = None
+  for i in range(len(score)):
+    for j in range(i + 1, len(score)):
+      if tokens[i] > 0 and tokens[j] <= window_ratio * tokens[i]:
+        gain = score[j] - score[i]
+        if best is None or gain > best[2]:
+          best = (i, j, gain)
+  if best is None:
+    return None
+  return best[0], best[1], float(best[2] / total)
 
 
-def slope_per_decade(tokens, values, lo, hi):
-  """Least-squares slope of ``values`` against log10(tokens) over tokens in [lo, hi]."""
-  tokens, values = np.asarray(tokens, float), np.asarray(values, float)
-  mask = (tokens >= lo) & (tokens <= hi) & (tokens > 0)
-  if mask.sum() < 2:
-    return float("nan")
-  return float(np.polyfit(np.log10(tokens[mask]), values[mask], 1)[0])
+def icl_share(icl, i, j):
+  """Share of the ICL score's total fall (its highest value → the end) between snapshots i, j."""
+  total = float(np.max(icl) - icl[-1])
+  return (float(icl[i] - icl[j]) / total if total > 0 else float("nan")), total
+
+
+def loss_bump(train_loss, lo, hi, degree):
+  """Mean residual of log(loss) inside [lo, hi] from a degree-``degree`` polynomial fit of
+  log(loss) against log(tokens) over [lo/10, end] with [lo, hi] left out, and the standard error
+  of that mean estimated from the residuals outside (same number of points)."""
+  tokens, loss = train_loss[:, 0], train_loss[:, 1]
+  use = (tokens >= lo / 10) & (tokens > 0)
+  inside = use & (tokens >= lo) & (tokens <= hi)
+  outside = use & ~inside
+  if inside.sum() < 1 or outside.sum() < degree + 3:
+    return float("nan"), float("nan"), int(inside.sum())
+  x, y = np.log(tokens), np.log(loss)
+  fit = np.polyfit(x[outside], y[outside], degree)
+  residual = y - np.polyval(fit, x)
+  noise = float(np.std(residual[outside], ddof=degree + 1) / np.sqrt(inside.sum()))
+  return float(residual[inside].mean()), noise, int(inside.sum())
 
 
 def run(config, models, outdir):
@@ -69,107 +114,138 @@ def run(config, models, outdir):
   claims = []
   fig, axes = plt.subplots(len(models), 3, figsize=(15, 3.6 * len(models)), squeeze=False,
                            layout="constrained")
-  numbers = {}
+  numbers, final_icl = {}, {}
   for row, (label, model) in enumerate(models.items()):
     traj = trajectory(model, config)
     tokens = np.asarray([r["tokens"] for r in traj], float)
     icl = np.asarray([r["icl"] for r in traj])
     L, H = model.cfg.n_layers, model.cfg.n_heads
     prefix = np.stack([r["prefix"] for r in traj]) if L else np.zeros((len(traj), 0, H))
-    best = prefix.reshape(len(traj), -1).max(-1) if L else np.zeros(len(traj))
+    flat = prefix.reshape(len(traj), -1)
+    best_head = int(np.argmax(flat[-1])) if L else None
+    best = flat[:, best_head] if L else np.zeros(len(traj))
     train_loss, heldout_loss = training_loss(model)
-    window = formation_window(tokens, best, config.formed, config.unformed)
+    snapshots = experiment.has_snapshots(model)
+    gain = steepest_gain(tokens, best, config.window_ratio) if snapshots and L else None
     positions = traj[-1]["icl_positions"]
+    final_icl[label] = (L, float(icl[-1]))
     numbers[label] = {"steps": [r["step"] for r in traj], "tokens": tokens, "icl": icl,
                       "prefix_matching": prefix, "icl_positions": positions,
-                      "window": None if window is None else [tokens[window[0]], tokens[window[1]]]}
+                      "best_head": None if best_head is None else
+                      f"L{best_head // H}H{best_head % H}",
+                      "window": None if gain is None else [tokens[gain[0]], tokens[gain[1]]]}
+    missing = "" if snapshots else " (no training snapshots: final weights only)"
     shown = tokens > 0  # log axes: the step-0 snapshot is left out of the drawing
-    x = tokens[shown]
+    if not shown.any():
+      shown = np.ones_like(shown)
+    x = np.maximum(tokens[shown], 1)
     ax = axes[row, 0]
     for l in range(L):
       for h in range(H):
         formed = prefix[-1, l, h] >= config.formed
-        ax.plot(x, prefix[shown, l, h], color=("#c0392b" if formed else "#95a5a6") if l else "#aed6f1",
+        ax.plot(x, prefix[shown, l, h], "o-" if len(x) == 1 else "-",
+                color=("#c0392b" if formed else "#95a5a6") if l else "#aed6f1",
                 lw=1.6 if formed else 0.8, label=f"L{l}H{h}" if formed else None)
     ax.set_ylabel("prefix-matching score")
     ax.set_ylim(-0.02, 1)  # one scale for every model: a flat line means nothing formed
-    ax.set_title(f"{label}: every head's prefix matching (layer 0 light blue)")
+    ax.set_title(f"{label}: every head's prefix matching (layer 0 light blue){missing}",
+                 fontsize=9)
     axes[row, 1].plot(x, icl[shown], "o-", ms=3, color="#2e86c1")
     axes[row, 1].axhline(0, color="#bbb", lw=0.8)
     axes[row, 1].set_ylabel(f"ICL score: loss@{positions[1]} − loss@{positions[0]}")
-    axes[row, 1].set_title(f"{label}: in-context learning score")
-    axes[row, 2].plot(train_loss[:, 0], train_loss[:, 1], color="#7f8c8d", lw=0.8, label="train")
+    axes[row, 1].set_title(f"{label}: in-context learning score{missing}", fontsize=9)
+    if len(train_loss):
+      axes[row, 2].plot(train_loss[:, 0], train_loss[:, 1], color="#7f8c8d", lw=0.8,
+                        label="train")
     heldout_loss = heldout_loss[heldout_loss[:, 0] > 0] if len(heldout_loss) else heldout_loss
     if len(heldout_loss):
       axes[row, 2].plot(heldout_loss[:, 0], heldout_loss[:, 1], "o-", ms=2, color="#1c2833",
                         lw=1, label="held-out")
     axes[row, 2].set_ylabel("loss (nats)")
-    axes[row, 2].set_title(f"{label}: training loss")
-    axes[row, 2].legend(fontsize=7)
+    axes[row, 2].set_title(f"{label}: training loss" + ("" if len(train_loss) else
+                                                         " (no metrics log: missing)"), fontsize=9)
+    if len(train_loss) or len(heldout_loss):
+      axes[row, 2].legend(fontsize=7)
     for ax in axes[row]:
       ax.set_xscale("log")
       ax.set_xlabel("tokens seen")
-      if window is not None:
-        ax.axvspan(tokens[window[0]], tokens[window[1]], color="#f5cba7", alpha=0.5, lw=0)
+      if gain is not None:
+        ax.axvspan(tokens[gain[0]], tokens[gain[1]], color="#f5cba7", alpha=0.5, lw=0)
     if any(prefix[-1].ravel() >= config.formed):
       axes[row, 0].legend(fontsize=7)
-
+    if not snapshots:
+      print(f"induction_formation: {label} has no training snapshots; drawing its final scores "
+            "only, without the claims that need the trajectory")
+      numbers[label]["missing"] = "training snapshots (a weight file has none)"
+      continue
     if L >= 2:
-      if window is None:
-        claims.append(experiment.claim(
-            f"induction_formation.abrupt_{label}",
-            f"{label}: induction heads form in a narrow window of training", "IH §3",
-            f"some head reaches prefix matching ≥ {config.formed}", "no head reached "
-            f"prefix matching {config.formed} (best final {best[-1]:.2f})", best, False))
-        continue
-      a, b = window
-      ratio = tokens[b] / max(tokens[a], 1)
-      claims.append(experiment.claim(
-          f"induction_formation.abrupt_{label}",
-          f"{label}: induction heads form abruptly", "IH §3",
-          f"best prefix matching goes from < {config.unformed} to ≥ {config.formed} within a "
-          f"factor of {config.max_window_ratio:g} in tokens",
-          f"between {tokens[a]:,.0f} and {tokens[b]:,.0f} tokens (×{ratio:.1f}); best score "
-          f"{best[a]:.2f} → {best[b]:.2f}, final {best[-1]:.2f}",
-          {"tokens": [tokens[a], tokens[b]], "best": [best[a], best[b]]},
-          ratio <= config.max_window_ratio))
-      # Rates per decade of tokens.  The ICL score can lag the prefix-matching crossing by a
-      # snapshot, so its change is taken from one snapshot before to one after the window, and
-      # compared with its change over the decade of tokens before the window.
-      lo_i, hi_i = max(a - 1, 0), min(b + 1, len(tokens) - 1)
-      lo, hi = tokens[lo_i], tokens[hi_i]
-      decade_i = int(np.argmin(np.abs(np.log10(np.maximum(tokens, 1) / (tokens[a] / 10)))))
-      icl_inside = (icl[hi_i] - icl[lo_i]) / np.log10(hi / lo)
-      icl_before = (icl[a] - icl[decade_i]) / max(np.log10(tokens[a] / tokens[decade_i]), 1e-9)
-      claims.append(experiment.claim(
-          f"induction_formation.icl_in_window_{label}",
-          f"{label}: the in-context-learning score falls in the same window", "IH §3",
-          "ICL change per decade of tokens from one snapshot before to one after the window < "
-          "min(0, 2 × its change per decade over the decade before)",
-          f"ICL {icl[lo_i]:+.3f} → {icl[hi_i]:+.3f} from one snapshot before to one after the "
-          f"window ({icl_inside:+.2f} nats per decade of tokens) vs {icl[decade_i]:+.3f} → "
-          f"{icl[a]:+.3f} over the decade before ({icl_before:+.2f} per decade)",
-          {"inside": icl_inside, "before": icl_before}, icl_inside < min(0, 2 * icl_before)))
-      loss_inside = slope_per_decade(train_loss[:, 0], train_loss[:, 1], lo, hi)
-      loss_before = slope_per_decade(train_loss[:, 0], train_loss[:, 1], tokens[a] / 10,
-                                     tokens[a])
-      claims.append(experiment.claim(
-          f"induction_formation.loss_bump_{label}",
-          f"{label}: the training loss bends in that window", "IH §3",
-          "least-squares slope of training loss per decade around the window < over the decade "
-          "before",
-          f"{loss_inside:+.2f} nats per decade of tokens around the window vs {loss_before:+.2f} "
-          "in the decade before", {"inside": loss_inside, "before": loss_before},
-          loss_inside < loss_before))
-    else:
-      icl_drop = icl.max() - icl[-1]
+      claims.extend(_phase_change_claims(config, label, tokens, best, icl, train_loss, gain,
+                                         numbers[label]))
+    elif L == 1:
       claims.append(experiment.claim(
           f"induction_formation.none_in_1l_{label}",
           f"{label}: a one-layer model never forms induction heads", "IH §3",
-          f"best prefix matching at every snapshot < {config.unformed}",
-          f"best prefix-matching score at any snapshot: {best.max():.2f}" if L else
-          "no attention layers", best, best.max() < config.unformed))
-      numbers[label]["icl_fall"] = icl_drop
+          f"best prefix-matching score of any head at every snapshot < {config.unformed}",
+          f"best at any snapshot: {flat.max():.2f}", flat.max(axis=1),
+          flat.max() < config.unformed))
+  one = [(lab, v) for lab, (layers, v) in final_icl.items() if layers == 1]
+  two = [(lab, v) for lab, (layers, v) in final_icl.items() if layers >= 2]
+  if one and two:
+    claims.append(experiment.claim(
+        "induction_formation.icl_2l_below_1l",
+        "the two-layer model learns more in context than the one-layer model: its ICL score is "
+        "lower", "IH §3",
+        "final ICL score (loss late − loss early) of every model with ≥ 2 layers < that of every "
+        "one-layer model",
+        "; ".join(f"{lab}: {v:+.3f} nats" for lab, v in one + two),
+        {lab: v for lab, v in one + two}, max(v for _, v in two) < min(v for _, v in one)))
   experiment.save_figure(fig, outdir, "induction_formation")
   experiment.write_json(outdir / "induction_formation.json", numbers)
+  return claims
+
+
+def _phase_change_claims(config, label, tokens, best, icl, train_loss, gain, numbers):
+  """IH §3's phase change in a model that can form induction heads."""
+  if gain is None:
+    return [experiment.claim(
+        f"induction_formation.abrupt_{label}",
+        f"{label}: induction heads form abruptly", "IH §3",
+        f"the best head's prefix matching gains ≥ {config.majority} of its total rise within a "
+        f"factor {config.window_ratio:g} of tokens",
+        f"its prefix matching never rises (final {best[-1]:.2f})", best, False)]
+  i, j, fraction = gain
+  claims = [experiment.claim(
+      f"induction_formation.abrupt_{label}",
+      f"{label}: induction heads form abruptly", "IH §3",
+      f"the head with the highest final prefix-matching score gains ≥ {config.majority} of its "
+      f"total rise (final − initial) between two snapshots ≤ {config.window_ratio:g}× apart in "
+      f"tokens, and ends ≥ {config.formed}",
+      f"{fraction:.2f} of its rise ({best[i]:.2f} → {best[j]:.2f}) between {tokens[i]:,.0f} and "
+      f"{tokens[j]:,.0f} tokens (×{tokens[j] / tokens[i]:.2f}); final {best[-1]:.2f}",
+      {"fraction": fraction, "tokens": [tokens[i], tokens[j]], "final": best[-1]},
+      fraction >= config.majority and best[-1] >= config.formed)]
+  share, total = icl_share(icl, i, j)
+  numbers["icl_share_in_window"] = share
+  claims.append(experiment.claim(
+      f"induction_formation.icl_in_window_{label}",
+      f"{label}: most in-context learning is acquired in the same window", "IH §3",
+      f"ICL fall between the window's snapshots ≥ {config.majority} of the total fall (highest "
+      "ICL score → final)",
+      f"ICL {icl[i]:+.3f} → {icl[j]:+.3f} in the window; total fall {total:.3f} "
+      f"({icl.max():+.3f} → {icl[-1]:+.3f}): share {share:.2f}",
+      {"share": share, "window": [icl[i], icl[j]], "total_fall": total},
+      share >= config.majority))
+  bump, noise, n_inside = loss_bump(train_loss, tokens[i], tokens[j], config.loss_fit_degree) \
+      if len(train_loss) else (float("nan"), float("nan"), 0)
+  numbers["loss_bump"] = {"mean_residual": bump, "standard_error": noise, "points": n_inside}
+  claims.append(experiment.claim(
+      f"induction_formation.loss_bump_{label}",
+      f"{label}: the training loss shows a bump in that window", "IH §3",
+      f"mean residual of log(training loss) inside the window from a degree-"
+      f"{config.loss_fit_degree} fit of log loss vs log tokens (decade before the window → end, "
+      f"window left out) > {config.bump_standard_errors:g} standard errors of the residuals "
+      "outside",
+      f"mean residual {bump:+.4f} over {n_inside} logged intervals; standard error "
+      f"{noise:.4f}", {"residual": bump, "standard_error": noise},
+      bool(bump > config.bump_standard_errors * noise)))
   return claims

@@ -1,16 +1,33 @@
 """Induction heads read off the weights: OV copying against K-composition matching (FW fig 22).
 
-For every layer-1 head: x = positivity of its full OV circuit (does attending to a token raise
-that token?), y = positivity of its K-composition QK term with the previous-token head,
-W_E W_QK (W_E W_OV^prev)ᵀ (does it attend to sources whose previous token equals its own?).
-Eigenvalues of both come from d_head × d_head matrices (low-rank trick).
+For every head of every layer l ≥ 1: x = positivity of its full OV circuit (does attending to a
+token raise that token?), y = positivity of its K-composition QK term with the strongest
+previous-token head of the layers before l, W_E W_QK (W_E W_OV^prev)ᵀ (does it attend to sources
+whose previous token equals its own?).  Eigenvalues of both come from d_head × d_head matrices
+(low-rank trick).  FW: the induction heads sit near (1, 1), alone in the upper right.
+
+The thresholds (config) are anchored to the random-init spread of the same two positivities,
+drawn as a grey box: "near (1, 1)" must be well outside it.
 """
 
 import numpy as np
 
 from reproduce import circuits, experiment
 
-DESCRIPTION = "Layer-1 heads: OV positivity vs positivity of the K-composition QK term with the prev-token head"
+DESCRIPTION = "Heads of layers ≥ 1: OV positivity vs positivity of the K-composition QK term with a previous-token head"
+
+
+def scatter_coordinates(weights, roles):
+  """(ov, qk, prev) for every head of layers ≥ 1: [L−1, H] positivities and, per layer, the
+  previous-token head (layer, head) its y axis uses."""
+  L = weights.n_layers
+  ov = circuits.positivity(circuits.ov_eigenvalues(weights))[1:]
+  qk, prev = [], []
+  for l in range(1, L):
+    p = roles.previous_token_head(l)
+    prev.append(p)
+    qk.append(circuits.positivity(circuits.k_composition_qk_eigenvalues(weights, *p))[l])
+  return ov, np.stack(qk), prev
 
 
 def run(config, models, outdir):
@@ -19,39 +36,81 @@ def run(config, models, outdir):
   for label, model in models.items():
     model.need_layers(2, "ov_qk_scatter")
     roles = experiment.head_roles(model, config.role_threshold, samples=config.samples)
-    _, prev = roles.previous_token_head()
-    ov = circuits.positivity(circuits.ov_eigenvalues(model.weights))[1]
-    qk = circuits.positivity(circuits.k_composition_qk_eigenvalues(model.weights, 0, prev))[1]
-    H = model.cfg.n_heads
-    induction = [h for l, h in roles.induction_heads() if l == 1]
+    ov, qk, prev = scatter_coordinates(model.weights, roles)
+    init, init_source = experiment.initial_weights(model)
+    init_ov, init_qk, _ = scatter_coordinates(init, roles)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    heads = [(l, h) for l in range(1, L) for h in range(H)]
+    induction = [(l, h) for l, h in roles.induction_heads() if l >= 1]
+    at = lambda a, l, h: float(a[l - 1, h])
     experiment.write_json(outdir / f"ov_qk_{label}.json", {
-        "previous_token_head": f"L0H{prev}", "ov_positivity": ov, "k_composition_positivity": qk,
-        "induction_scores": roles.induction[1], "heads": [f"L1H{h}" for h in range(H)]})
+        "heads": [f"L{l}H{h}" for l, h in heads],
+        "previous_token_head_per_layer": {f"layer {l}": f"L{p[0]}H{p[1]}"
+                                          for l, p in zip(range(1, L), prev)},
+        "ov_positivity": ov, "k_composition_positivity": qk, "induction_scores": roles.induction,
+        "random_init": {"ov_positivity": init_ov, "k_composition_positivity": init_qk,
+                        "source": init_source}})
 
-    fig, ax = plt.subplots(figsize=(5.4, 5))
+    fig, ax = plt.subplots(figsize=(5.6, 5.2))
     ax.axhline(0, color="#bbb", lw=0.8); ax.axvline(0, color="#bbb", lw=0.8)
-    colours = ["#c0392b" if h in induction else "#5d6d7e" for h in range(H)]
-    ax.scatter(ov, qk, c=colours, s=40 + 200 * roles.induction[1], alpha=0.85)
+    ax.add_patch(plt.Rectangle((init_ov.min(), init_qk.min()), np.ptp(init_ov), np.ptp(init_qk),
+                               color="#ccc", alpha=0.5, lw=0, label="random-init range"))
+    x = np.asarray([at(ov, l, h) for l, h in heads])
+    y = np.asarray([at(qk, l, h) for l, h in heads])
+    score = np.asarray([roles.induction[l, h] for l, h in heads])
+    colours = ["#c0392b" if (l, h) in induction else "#5d6d7e" for l, h in heads]
+    ax.scatter(x, y, c=colours, s=40 + 200 * np.clip(score, 0, 1), alpha=0.85)
     offsets = [(6, 6), (6, -12), (-70, 6), (-70, -12)]  # staggered: heads often share a corner
-    for h in range(H):
-      ax.annotate(f"L1H{h} ({roles.induction[1, h]:.2f})", (ov[h], qk[h]), fontsize=7,
-                  xytext=offsets[h % 4], textcoords="offset points")
+    for i, (l, h) in enumerate(heads):
+      ax.annotate(f"L{l}H{h} ({score[i]:.2f})", (x[i], y[i]), fontsize=7,
+                  xytext=offsets[i % 4], textcoords="offset points")
     ax.set_xlim(-1.05, 1.1); ax.set_ylim(-1.05, 1.1)
     ax.set_xlabel("OV circuit positivity (copying)")
-    ax.set_ylabel(f"positivity of K-composition QK term with L0H{prev} (matching)")
-    ax.set_title(f"{label}: layer-1 heads (red: induction score ≥ {config.role_threshold}; "
+    used = ", ".join(f"layer {l}: L{p[0]}H{p[1]}" for l, p in zip(range(1, L), prev))
+    ax.set_ylabel(f"K-composition QK positivity with the prev-token head\n({used})", fontsize=8)
+    ax.set_title(f"{label}: heads of layers ≥ 1 (red: induction score ≥ {config.role_threshold}; "
                  "size ∝ induction score)", fontsize=8)
+    ax.legend(fontsize=7, loc="lower left")
     experiment.save_figure(fig, outdir, "ov_qk_scatter" if len(models) == 1
                            else f"ov_qk_scatter_{label}")
-    upper_right = [h for h in induction if ov[h] > 0 and qk[h] > 0]
-    where = ", ".join(f"L1H{h} at ({ov[h]:.2f}, {qk[h]:.2f})" for h in induction) or "none found"
-    claims.append(experiment.claim(
-        f"ov_qk_scatter.upper_right_{label}",
-        f"{label}: induction heads sit in the upper-right quadrant, near (1, 1): they copy and "
-        "match the previous token by K-composition",
-        "FW fig 22", "every head with induction score ≥ "
-        f"{config.role_threshold} has both positivities > 0",
-        f"induction heads (score ≥ {config.role_threshold}): {where}",
-        {f"L1H{h}": [float(ov[h]), float(qk[h])] for h in induction},
-        bool(induction) and len(upper_right) == len(induction)))
+    claims.extend(_claims(config, label, roles, heads, induction, ov, qk, prev, init_ov, init_qk,
+                          at))
+  return claims
+
+
+def _claims(config, label, roles, heads, induction, ov, qk, prev, init_ov, init_qk, at):
+  near = config.near_one
+  init_range = (f"random init: OV {init_ov.min():+.2f}…{init_ov.max():+.2f}, K-comp QK "
+                f"{init_qk.min():+.2f}…{init_qk.max():+.2f}")
+  where = ", ".join(f"L{l}H{h} at ({at(ov, l, h):+.2f}, {at(qk, l, h):+.2f})"
+                    for l, h in induction) or "no induction head found"
+  values = {f"L{l}H{h}": [at(ov, l, h), at(qk, l, h)] for l, h in induction}
+  claims = [
+      experiment.claim(
+          f"ov_qk_scatter.induction_ov_copying_{label}",
+          f"{label}: induction heads copy: their full OV circuit has mostly positive eigenvalues",
+          "FW fig 22",
+          f"every head of layers ≥ 1 with induction score ≥ {config.role_threshold} has OV "
+          f"positivity ≥ {near} (and there is one)",
+          f"{where}; {init_range}", values,
+          bool(induction) and all(at(ov, l, h) >= near for l, h in induction)),
+      experiment.claim(
+          f"ov_qk_scatter.induction_k_composed_qk_positive_{label}",
+          f"{label}: induction heads match by K-composition: their QK term composed with the "
+          "previous-token head has mostly positive eigenvalues", "FW fig 22",
+          f"every head of layers ≥ 1 with induction score ≥ {config.role_threshold} has "
+          f"positivity ≥ {near} of W_E W_QK (W_E W_OV^prev)ᵀ (and there is one)",
+          f"{where}; previous-token heads used: "
+          + ", ".join(f"L{p[0]}H{p[1]}" for p in prev), values,
+          bool(induction) and all(at(qk, l, h) >= near for l, h in induction)),
+  ]
+  others = [(l, h) for l, h in heads if (l, h) not in induction
+            and at(ov, l, h) > config.others_below and at(qk, l, h) > config.others_below]
+  claims.append(experiment.claim(
+      f"ov_qk_scatter.only_induction_upper_right_{label}",
+      f"{label}: only induction heads sit in the upper right", "FW fig 22",
+      f"no head of layers ≥ 1 with induction score < {config.role_threshold} has both "
+      f"positivities > {config.others_below}",
+      ", ".join(f"L{l}H{h} at ({at(ov, l, h):+.2f}, {at(qk, l, h):+.2f})" for l, h in others)
+      or "none", [f"L{l}H{h}" for l, h in others], not others))
   return claims

@@ -62,16 +62,32 @@ def run(config, models, outdir):
         [out["losses"][-1], out["loss_full"]], abs(out["losses"][-1] - out["loss_full"]) < 1e-4,
         kind="control"))
     if L >= 2:
-      claims.append(experiment.claim(
-          f"term_importance.virtual_small_{label}",
-          f"{label}: the virtual-head (second-order) effect is small next to the first-order one",
-          "FW figs 23, 24", "second-order marginal < first-order marginal",
-          f"first order −{out['marginal'][0]:.3f} nats, second order −{out['marginal'][1]:.3f}",
-          out["marginal"], out["marginal"][1] < out["marginal"][0]))
-      claims.append(experiment.claim(
-          f"term_importance.layer1_matters_most_{label}",
-          f"{label}: among first-order terms, the layer-1 heads matter most",
-          "FW figs 23, 24", "loss reduction of layer 1's heads alone > layer 0's",
-          f"layer 0 alone −{layer_effect[0]:.3f} nats, layer 1 alone −{layer_effect[1]:.3f}",
-          layer_effect, layer_effect[1] > layer_effect[0]))
+      claims.extend(_claims(config, label, out["marginal"], layer_effect))
   return claims
+
+
+def _claims(config, label, marginal, layer_effect):
+  """FW figs 23, 24: first-order terms matter, virtual heads add little, layer 1 matters most."""
+  first, higher = float(marginal[0]), float(np.sum(marginal[1:]))
+  orders = "second" if len(marginal) == 2 else f"second to {len(marginal)}th"
+  return [
+      experiment.claim(
+          f"term_importance.virtual_heads_small_{label}",
+          f"{label}: the virtual-head ({orders}-order) terms matter little next to the "
+          "first-order ones", "FW figs 23, 24",
+          f"first-order loss reduction ≥ {config.min_first_order} nats (heads matter at all) and "
+          f"{orders}-order reduction ≤ {config.max_higher_fraction} × the first-order one",
+          f"loss reduction: first order {first:+.3f} nats, {orders} order {higher:+.3f} "
+          f"({higher / first if first else float('nan'):.2f}×)",
+          {"first": first, "higher": higher},
+          first >= config.min_first_order and higher <= config.max_higher_fraction * first),
+      experiment.claim(
+          f"term_importance.layer1_matters_most_{label}",
+          f"{label}: among first-order terms, the layer-1 heads matter most", "FW figs 23, 24",
+          f"loss reduction of layer 1's heads alone ≥ {config.min_layer_ratio} × layer 0's, and "
+          f"≥ {config.min_first_order} nats",
+          f"loss reduction: layer 0 alone {layer_effect[0]:+.3f} nats, layer 1 alone "
+          f"{layer_effect[1]:+.3f} "
+          f"({layer_effect[1] / layer_effect[0] if layer_effect[0] else float('nan'):.2f}×)",
+          layer_effect, layer_effect[1] >= config.min_layer_ratio * max(layer_effect[0], 0)
+          and layer_effect[1] >= config.min_first_order)]

@@ -188,6 +188,22 @@ def model_from_run(label: str, path, tokens: Optional[TokenizedCorpus] = None,
   return Model(label=label, cfg=cfg, weights=weights, meta=meta, workdir=workdir, tokens=tokens)
 
 
+def initial_weights(model: Model):
+  """(weights, where from) of ``model`` at random init: its run's step-0 snapshot when there is
+  one, else a fresh init of the same shapes (the run's own init is then missing: say so)."""
+  from reproduce.loading import load  # pylint: disable=import-outside-toplevel
+  from reproduce.weights import init_weights  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  if model.workdir is not None and (Path(model.workdir) / "snapshots" / "0").is_dir():
+    return load(Path(model.workdir) / "snapshots" / "0")[1], "the run's step-0 snapshot"
+  return (init_weights(model.cfg, jax.random.key(0)),
+          "a fresh N(0, 0.02²) init: this checkpoint has no step-0 snapshot")
+
+
+def has_snapshots(model: Model) -> bool:
+  return model.workdir is not None and (Path(model.workdir) / "snapshots").is_dir()
+
+
 def require_tokens(model: Model, figure: str) -> None:
   if model.tokens is None:
     raise FigureError(f"figure {figure} measures the model on text, but {model.label} has no "
@@ -272,11 +288,20 @@ class HeadRoles:
   induction: np.ndarray
   threshold: float
 
-  def previous_token_head(self):
-    """(layer, head) of the strongest previous-token head in layer 0."""
-    return 0, int(np.argmax(self.previous_token[0]))
+  def previous_token_head(self, before_layer: Optional[int] = None):
+    """(layer, head) of the strongest previous-token head in the layers before ``before_layer``
+    (default: every layer but the last, the ones a later head can read)."""
+    L = self.previous_token.shape[0]
+    limit = max(1, L - 1 if before_layer is None else before_layer)
+    l, h = np.unravel_index(np.argmax(self.previous_token[:limit]), self.previous_token[:limit].shape)
+    return int(l), int(h)
+
+  def previous_token_heads(self):
+    """Every (layer, head) with previous-token score ≥ threshold, in any layer."""
+    return [(int(l), int(h)) for l, h in zip(*np.nonzero(self.previous_token >= self.threshold))]
 
   def induction_heads(self):
+    """Every (layer, head) with induction score ≥ threshold, in any layer."""
     return [(int(l), int(h)) for l, h in zip(*np.nonzero(self.induction >= self.threshold))]
 
   def label(self, layer: int, head: int) -> str:

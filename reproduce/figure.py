@@ -6,9 +6,11 @@
     python -m reproduce.figure --list
     python -m reproduce.figure --name composition_scores --checkpoint=runs/attn2l
     python -m reproduce.figure --name ov_eigenvalues --checkpoint=model.safetensors
+    python -m reproduce.figure --all --seeds=3             # 3 training seeds; seeds.md tallies
 
 Each figure writes ``<workdir>/<name>/``: the picture (PNG and SVG), the numbers behind it, and
-``claims.json`` (the paper's statement, our measured value, whether it holds).  Models go to
+``claims.json`` (per claim: id, kind "paper" or "control", the statement and its source, the
+criterion, the measured value, whether it holds; see ``experiment.claim``).  Models go to
 ``<workdir>/models/`` (or ``--models_dir``) and are reused by every figure that needs them.
 ``--all`` is one resumable batch job: it trains the models first, skips every figure whose
 ``claims.json`` already matches the current models and figure config, and, re-run after an
@@ -60,9 +62,11 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
                 models_dir: Optional[str] = None, cache_dir: Optional[str] = None,
                 log: Callable[[str], None] = print,
                 loaded: Optional[Dict[str, experiment.Model]] = None,
-                corpus: Optional[str] = None, train_corpus: Optional[str] = None) -> dict:
+                corpus: Optional[str] = None, train_corpus: Optional[str] = None,
+                seed: Optional[int] = None) -> dict:
   """Makes one figure; returns its claims summary.  ``loaded`` caches models across figures;
-  ``train_corpus`` replaces the model configs' ``data.corpus`` (not with ``checkpoint``)."""
+  ``train_corpus`` replaces the model configs' ``data.corpus`` (not with ``checkpoint``);
+  ``seed`` trains the models with that training seed instead of the preset's."""
   module, config = figure_module(name), figure_config(name, preset)
   workdir = Path(workdir)
   loaded = {} if loaded is None else loaded
@@ -77,19 +81,19 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
   else:
     models = {}
     for model_name in config.models:
-      key = f"{model_name}:{preset}"
+      key = f"{model_name}:{preset}" + ("" if seed is None else f":seed{seed}")
       if key not in loaded:
         loaded[key] = experiment.trained_model(model_name, preset,
                                                Path(models_dir or workdir / "models"),
                                                cache_dir=cache_dir, log=log,
-                                               corpus=train_corpus)
+                                               corpus=train_corpus, seed=seed)
       models[model_name] = loaded[key]
   log(f"figure {name}: analysing {', '.join(models)}")
   out = experiment.OutputDir(workdir / name)
   try:
     claims = module.run(config, models, out.path)
     summary = {
-        "figure": name, "description": module.DESCRIPTION, "preset": preset,
+        "figure": name, "description": module.DESCRIPTION, "preset": preset, "seed": seed,
         "figure_config": config.to_dict(),
         "models": {label: {"source": str(m.workdir or m.meta.get("path", "")),
                            "step": m.meta.get("step"), "tokens_seen": m.meta.get("tokens_seen"),
@@ -110,7 +114,7 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
 
 
 def figure_is_current(name: str, preset: str, workdir, models_dir=None, cache_dir=None,
-                      train_corpus: Optional[str] = None) -> bool:
+                      train_corpus: Optional[str] = None, seed: Optional[int] = None) -> bool:
   """Whether ``<workdir>/<name>/claims.json`` came from this figure config and preset, and from
   the finished runs the preset names now: the same run directories (keyed by their configs'
   hashes) at their final steps.  A folder is only ever swapped in whole, so then it is complete."""
@@ -124,17 +128,18 @@ def figure_is_current(name: str, preset: str, workdir, models_dir=None, cache_di
   expected = {}
   for model_name in config.models:
     model_config, run = experiment.model_run(model_name, preset, models_dir, cache_dir,
-                                             train_corpus)
+                                             train_corpus, seed)
     expected[model_name] = [str(run), model_config.train.steps]
   recorded = {label: [m.get("source"), m.get("step")]
               for label, m in summary.get("models", {}).items()}
   same_config = summary.get("figure_config") == json.loads(json.dumps(config.to_dict()))
-  return summary.get("preset") == preset and same_config and recorded == expected
+  return (summary.get("preset") == preset and summary.get("seed") == seed and same_config
+          and recorded == expected)
 
 
 def make_all(preset: str, workdir, models_dir: Optional[str] = None,
              cache_dir: Optional[str] = None, log: Callable[[str], None] = print,
-             train_corpus: Optional[str] = None):
+             train_corpus: Optional[str] = None, seed: Optional[int] = None):
   """Every figure as one resumable batch job; returns the names of the figures that failed.
 
   Figures already made from the current models and configs are skipped.  The models the others
@@ -145,7 +150,7 @@ def make_all(preset: str, workdir, models_dir: Optional[str] = None,
   """
   todo = []
   for name in FIGURES:
-    if figure_is_current(name, preset, workdir, models_dir, cache_dir, train_corpus):
+    if figure_is_current(name, preset, workdir, models_dir, cache_dir, train_corpus, seed):
       log(f"figure {name}: up to date, skipped")
     else:
       todo.append(name)
@@ -154,12 +159,12 @@ def make_all(preset: str, workdir, models_dir: Optional[str] = None,
   for model_name in needed:
     loaded[f"{model_name}:{preset}"] = experiment.trained_model(
         model_name, preset, Path(models_dir or Path(workdir) / "models"), cache_dir=cache_dir,
-        log=log, corpus=train_corpus)
+        log=log, corpus=train_corpus, seed=seed)
   failures = []
   for name in todo:
     try:
       make_figure(name, preset, workdir, None, models_dir, cache_dir, log=log, loaded=loaded,
-                  train_corpus=train_corpus)
+                  train_corpus=train_corpus, seed=seed)
     except (experiment.FigureError, ValueError, FileNotFoundError, RuntimeError) as e:
       print(f"error: figure {name}: {e}", file=sys.stderr)
       failures.append(name)
@@ -180,6 +185,63 @@ def tally(claims) -> str:
     of_kind = [c for c in claims if c["kind"] == kind]
     parts.append(f"{name}: {sum(c['holds'] for c in of_kind)} of {len(of_kind)} hold")
   return "; ".join(parts)
+
+
+def seed_workdir(workdir, seed_index: int) -> Path:
+  """Where the figures of the ``seed_index``-th seed go: ``workdir`` itself for the first."""
+  return Path(workdir) if seed_index == 0 else Path(workdir) / f"seed{seed_index}"
+
+
+def seed_table(workdir, n_seeds: int) -> list:
+  """Per claim (in figure order): how many of the ``n_seeds`` runs it holds for.
+
+  Reads ``claims.json`` of every figure under each seed's folder; a claim missing from a seed
+  (its figure failed, or the claim was not made) counts as not holding there.
+  """
+  rows: Dict[str, dict] = {}
+  for index in range(n_seeds):
+    for name in FIGURES:
+      path = seed_workdir(workdir, index) / name / "claims.json"
+      if not path.is_file():
+        continue
+      for c in json.loads(path.read_text())["claims"]:
+        row = rows.setdefault(c["id"], {"id": c["id"], "kind": c["kind"], "source": c["source"],
+                                         "statement": c["statement"], "figure": name,
+                                         "holds": [None] * n_seeds, "measured": [None] * n_seeds})
+        row["holds"][index], row["measured"][index] = c["holds"], c["measured"]
+  for row in rows.values():
+    row["seeds_holding"] = sum(bool(h) for h in row["holds"])
+  return list(rows.values())
+
+
+def seed_table_markdown(rows, n_seeds: int) -> str:
+  """The seed table as Markdown: one row per claim, paper claims first."""
+  lines = ["| claim | kind | source | holds on | " + " | ".join(
+      f"seed {i}" for i in range(n_seeds)) + " |", "|---|---|---|---|" + "---|" * n_seeds]
+  for row in sorted(rows, key=lambda r: r["kind"] != "paper"):
+    cells = ["—" if m is None else ("✓ " if h else "✗ ") + m.replace("|", "/")
+             for h, m in zip(row["holds"], row["measured"])]
+    lines.append(f"| `{row['id']}` | {row['kind']} | {row['source']} | "
+                 f"{row['seeds_holding']} of {n_seeds} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def _seed_section(workdir: Path) -> str:
+  """index.html's table of claims across seeds, when ``seeds.json`` is present."""
+  path = workdir / "seeds.json"
+  if not path.is_file():
+    return ""
+  seeds = json.loads(path.read_text())
+  n = seeds["n_seeds"]
+  rows = "".join(
+      f"<tr class=\"{'ok' if r['seeds_holding'] == n else 'no'}\"><td><code>"
+      f"{html.escape(r['id'])}</code></td><td>{r['kind']}</td><td>{html.escape(r['source'])}"
+      f"</td><td>{html.escape(r['statement'])}</td><td>{r['seeds_holding']} of {n}</td></tr>"
+      for r in sorted(seeds["claims"], key=lambda r: r["kind"] != "paper"))
+  return (f"<section id='seeds'><h2>Claims across {n} training seeds</h2><p>The figures below "
+          "are seed 0's; seeds 1 and later are under <code>seed1/</code>, … </p><table><tr>"
+          f"<th>id</th><th>kind</th><th>source</th><th>statement</th><th>holds on</th></tr>"
+          f"{rows}</table></section>")
 
 
 def _claims_table(title: str, claims) -> str:
@@ -233,7 +295,7 @@ def write_index(workdir) -> Path:
           "In-context Learning and Induction Heads); controls are sanity baselines.</p>"
           + "".join(f'<a href="#{n}">{n}</a> · ' for n in FIGURES
                     if (workdir / n / "claims.json").is_file())
-          + "".join(parts) + "</body></html>")
+          + _seed_section(workdir) + "".join(parts) + "</body></html>")
   path = workdir / "index.html"
   path.write_text(page)
   return path
@@ -261,32 +323,56 @@ def main(argv):
     print("error: --corpus chooses the text a --checkpoint is measured on; give --checkpoint too",
           file=sys.stderr)
     sys.exit(2)
+  if FLAGS.seeds < 1 or (FLAGS.seeds > 1 and FLAGS.checkpoint):
+    print("error: --seeds must be ≥ 1, and a --checkpoint has one seed only", file=sys.stderr)
+    sys.exit(2)
   loaded: Dict[str, experiment.Model] = {}
   if not FLAGS.checkpoint:
     from reproduce.bench import first_run_plan  # pylint: disable=import-outside-toplevel
     print(first_run_plan(names, FLAGS.preset, FLAGS.models_dir or Path(FLAGS.workdir) / "models"))
-  started, failures = time.time(), []
-  if FLAGS.all and not FLAGS.checkpoint:
-    try:
-      failures = make_all(FLAGS.preset, FLAGS.workdir, FLAGS.models_dir,
-                          train_corpus=FLAGS.train_corpus)
-      names = ()
-    except train.USER_ERRORS + (RuntimeError,) as e:  # a model could not be trained
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-  for name in names:
-    try:
-      make_figure(name, FLAGS.preset, FLAGS.workdir, FLAGS.checkpoint, FLAGS.models_dir,
-                  loaded=loaded, corpus=FLAGS.corpus, train_corpus=FLAGS.train_corpus)
-    except Exception as e:  # pylint: disable=broad-except
-      if FLAGS.verbose:
-        raise
-      known = isinstance(e, train.USER_ERRORS + (experiment.FigureError, RuntimeError))
-      print(f"error: figure {name}: {e if known else f'{type(e).__name__}: {e}'}"
-            + ("" if known else " (run with --verbose for the traceback)"), file=sys.stderr)
-      failures.append(name)
+  started, failures, all_claims = time.time(), [], []
+  models_dir = FLAGS.models_dir or str(Path(FLAGS.workdir) / "models")
+  for index in range(FLAGS.seeds):
+    seed = None if FLAGS.seeds == 1 else index
+    workdir = seed_workdir(FLAGS.workdir, index)
+    if seed is not None:
+      print(f"=== seed {seed}: figures in {workdir}")
+    if FLAGS.all and not FLAGS.checkpoint:
+      try:
+        failures += make_all(FLAGS.preset, workdir, models_dir, train_corpus=FLAGS.train_corpus,
+                             seed=seed)
+      except train.USER_ERRORS + (RuntimeError,) as e:  # a model could not be trained
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+      for name in FIGURES:
+        claims_file = Path(workdir) / name / "claims.json"
+        if claims_file.is_file():
+          all_claims.extend(json.loads(claims_file.read_text())["claims"])
+      continue
+    for name in names:
+      try:
+        summary = make_figure(name, FLAGS.preset, workdir, FLAGS.checkpoint, models_dir,
+                              loaded=loaded, corpus=FLAGS.corpus,
+                              train_corpus=FLAGS.train_corpus, seed=seed)
+        all_claims.extend(summary["claims"])
+      except Exception as e:  # pylint: disable=broad-except
+        if FLAGS.verbose:
+          raise
+        known = isinstance(e, train.USER_ERRORS + (experiment.FigureError, RuntimeError))
+        print(f"error: figure {name}{'' if seed is None else f' (seed {seed})'}: "
+              f"{e if known else f'{type(e).__name__}: {e}'}"
+              + ("" if known else " (run with --verbose for the traceback)"), file=sys.stderr)
+        failures.append(name)
+  if FLAGS.seeds > 1:
+    rows = seed_table(FLAGS.workdir, FLAGS.seeds)
+    experiment.write_json(Path(FLAGS.workdir) / "seeds.json",
+                          {"n_seeds": FLAGS.seeds, "preset": FLAGS.preset, "claims": rows})
+    table = Path(FLAGS.workdir) / "seeds.md"
+    table.write_text(seed_table_markdown(rows, FLAGS.seeds))
+    print(f"wrote {table}")
   if FLAGS.all:
     print(f"wrote {write_index(FLAGS.workdir)}")
+  print(tally(all_claims) + (f" (over {FLAGS.seeds} seeds)" if FLAGS.seeds > 1 else ""))
   print(f"done in {time.time() - started:.0f}s")
   if failures:
     sys.exit(1)
@@ -303,6 +389,9 @@ def run_cli():
   flags.DEFINE_string("train_corpus", None, "train the models on this corpus (local files, "
                       "directories, globs; comma-separated) instead of their configs' "
                       "data.corpus; the paper preset needs one")
+  flags.DEFINE_integer("seeds", 1, "train every model with this many seeds (0, 1, …) and report "
+                       "per claim how many it holds for; seed 0's figures go to --workdir, seed "
+                       "s's to <workdir>/seed<s>")
   flags.DEFINE_string("checkpoint", None, "analyse this work dir, checkpoint step or "
                       "TransformerLens .npz/.safetensors instead of training")
   flags.DEFINE_string("corpus", None, "with --checkpoint: the text to measure it on (a corpus "

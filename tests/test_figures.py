@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import reproduce
@@ -62,7 +63,7 @@ def test_models_are_trained_once_and_shared(figures):
 
 
 def test_induction_attention_writes_standalone_html(figures):
-  page = (figures[0] / "induction_attention" / "induction_attention.html").read_text()
+  page = (figures[0] / "induction_attention" / "induction_attention_attn2l.html").read_text()
   assert "<script>" in page and "http" not in page.split("<script>")[1]  # no network needed
 
 
@@ -71,6 +72,8 @@ def test_index_page_shows_every_figure(figures):
   for name in FIGURES:
     assert f'id="{name}"' in page
   assert page.count("data:image/png;base64,") >= len(FIGURES)
+  assert "<h3>paper claims</h3>" in page and "<h3>controls</h3>" in page
+  assert "All figures: paper claims: " in page
 
 
 def test_checkpoint_option_takes_transformer_lens_weights(figures, tmp_path):
@@ -123,3 +126,95 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
                         f"--checkpoint={tmp_path / 'nope'}", f"--workdir={tmp_path}"], cwd=ROOT,
                        capture_output=True, text=True)
   assert out.returncode != 0 and "no checkpoint at" in out.stderr
+
+
+def _three_layer_file(loaded, tmp_path):
+  """A 3-layer TransformerLens-format file (layers L0, L1, L1 of the trained 2L test model) with
+  its tokenizer beside it, and the cache holding that tokenizer's corpus."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  model = loaded["attn2l:test"]
+  w = model.weights
+  pick = lambda a: np.asarray(a)[[0, 1, 1]]
+  weights = dataclasses.replace(w, W_Q=pick(w.W_Q), W_K=pick(w.W_K), W_V=pick(w.W_V),
+                                W_O=pick(w.W_O))
+  cfg = dataclasses.replace(model.cfg, n_layers=3)
+  path = reproduce.save_transformer_lens(tmp_path / "deep.safetensors", cfg, weights)
+  shutil.copy(model.workdir / "tokenizer.json", tmp_path / "tokenizer.json")
+  return str(path), str(Path(model.tokens.tokenizer_path).parent.parent)
+
+
+def test_figures_cover_every_layer_of_a_three_layer_model(figures, tmp_path):
+  _, _, loaded = figures
+  path, cache = _three_layer_file(loaded, tmp_path)
+  out = tmp_path / "out"
+  loaded_here = {}
+  for name in ("composition_scores", "ov_qk_scatter"):
+    make_figure(name, "test", out, checkpoint=path, cache_dir=cache, log=lambda *_: None,
+                loaded=loaded_here)
+  comp = json.loads((out / "composition_scores" / "composition_deep.safetensors.json").read_text())
+  assert comp["layer_pairs"] == [[0, 1], [0, 2], [1, 2]]
+  k = np.asarray(comp["k"])
+  assert k.shape == (3, 2, 3, 2) and (k[1, :, 2, :] > 0).all() and (k[0, :, 2, :] > 0).all()
+  scatter = json.loads((out / "ov_qk_scatter" / "ov_qk_deep.safetensors.json").read_text())
+  assert scatter["heads"] == ["L1H0", "L1H1", "L2H0", "L2H1"]
+  assert set(scatter["previous_token_head_per_layer"]) == {"layer 1", "layer 2"}
+  assert np.asarray(scatter["k_composition_positivity"]).shape == (2, 2)
+  assert np.isfinite(np.asarray(scatter["k_composition_positivity"])).all()
+
+
+def test_head_roles_look_in_every_layer():
+  roles = experiment.HeadRoles(previous_token=np.array([[0.1, 0.2], [0.9, 0.0], [0.0, 0.95]]),
+                               induction=np.array([[0.0, 0.0], [0.0, 0.4], [0.5, 0.0]]),
+                               threshold=0.3)
+  assert roles.previous_token_head(1) == (0, 1)  # only layer 0 precedes layer 1
+  assert roles.previous_token_head(2) == (1, 0)  # layer 1's head is readable by layer 2
+  assert roles.previous_token_head() == (1, 0)  # default: every layer but the last
+  assert roles.previous_token_heads() == [(1, 0), (2, 1)]
+  assert roles.induction_heads() == [(1, 1), (2, 0)]
+
+
+def test_weight_file_figures_say_what_is_missing_and_make_the_rest(figures, tmp_path):
+  _, _, loaded = figures
+  model = loaded["attn2l:test"]
+  path = reproduce.save_transformer_lens(tmp_path / "model.safetensors", model.cfg, model.weights)
+  shutil.copy(model.workdir / "tokenizer.json", tmp_path / "tokenizer.json")
+  cache = str(Path(model.tokens.tokenizer_path).parent.parent)
+  out, here = tmp_path / "out", {}
+  formation = make_figure("induction_formation", "test", out, checkpoint=str(path),
+                          cache_dir=cache, log=lambda *_: None, loaded=here)
+  assert (out / "induction_formation" / "induction_formation.png").is_file()
+  numbers = json.loads((out / "induction_formation" / "induction_formation.json").read_text())
+  assert "snapshots" in numbers["model.safetensors"]["missing"]
+  assert formation["claims"] == []  # nothing that needs a trajectory is claimed
+  hist = make_figure("eigen_hist", "test", out, checkpoint=str(path), cache_dir=cache,
+                     log=lambda *_: None, loaded=here)
+  assert all("no step-0 snapshot" in c["measured"] for c in hist["claims"]
+             if c["id"].startswith("eigen_hist.random_init"))
+
+
+def test_seed_table_counts_the_seeds_each_claim_holds_for(tmp_path):
+  from reproduce import figure  # pylint: disable=import-outside-toplevel
+  def write(index, name, holds):
+    folder = figure.seed_workdir(tmp_path, index) / name
+    folder.mkdir(parents=True)
+    claims = [experiment.claim(f"{name}.a", "s", "FW fig 1", "c", f"m{index}", 0, h)
+              for h in holds[:1]]
+    claims += [experiment.claim(f"{name}.b", "s", "control: x", "c", "m", 0, h, kind="control")
+               for h in holds[1:]]
+    (folder / "claims.json").write_text(json.dumps({"claims": claims}))
+  write(0, "bigram", [True, True])
+  write(1, "bigram", [False, True])
+  write(2, "bigram", [True])  # claim b missing on seed 2: counts as not holding
+  rows = {r["id"]: r for r in figure.seed_table(tmp_path, 3)}
+  assert rows["bigram.a"]["seeds_holding"] == 2 and rows["bigram.a"]["holds"] == [True, False, True]
+  assert rows["bigram.b"]["seeds_holding"] == 2 and rows["bigram.b"]["holds"][2] is None
+  table = figure.seed_table_markdown(list(rows.values()), 3)
+  assert "| `bigram.a` | paper | FW fig 1 | 2 of 3 |" in table
+  assert table.index("bigram.a") < table.index("bigram.b")  # paper claims first
+
+
+def test_seeds_flag_refuses_a_checkpoint(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "reproduce.figure", "--name=bigram", "--seeds=3",
+                        f"--checkpoint={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode != 0 and "--seeds" in out.stderr
