@@ -311,13 +311,18 @@ def compile_train_step(config, tx, mesh: Mesh, plan: Optional[StepPlan] = None,
                  out_shardings=(replicated, replicated), donate_argnums=0)
 
 
-def put_batch(mesh: Mesh, inputs: np.ndarray, targets: np.ndarray):
-  """Places a global batch on the mesh; each process contributes only its own rows."""
+def put_batch(mesh: Mesh, inputs: np.ndarray, targets: np.ndarray, local: bool = False):
+  """Places a batch on the mesh, split by rows over the ``data`` axis.
+
+  ``local=False``: ``inputs``/``targets`` are the whole global batch and each process keeps its
+  own rows (``data.process_rows``).  ``local=True``: they are already this process's rows (what
+  ``data.train_batch(..., rows=...)`` reads), so no host ever reads another's windows.
+  """
   rows = NamedSharding(mesh, P("data"))
   n, i = jax.process_count(), jax.process_index()
-  per = inputs.shape[0] // n
-  local = slice(i * per, (i + 1) * per)
-  make = lambda x: jax.make_array_from_process_local_data(rows, x[local], x.shape)
+  mine = slice(None) if local else data.process_rows(inputs.shape[0], i, n)
+  global_shape = (inputs.shape[0] * (n if local else 1),) + inputs.shape[1:]
+  make = lambda x: jax.make_array_from_process_local_data(rows, x[mine], global_shape)
   return make(inputs), make(targets)
 
 
@@ -606,10 +611,11 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
           f"{tokens_per_step:,} tokens/step, {mesh.size} device(s)")
     began, window_start, window_steps = time.time(), time.time(), 0
     interval_loss, interval_steps = jnp.zeros((), jnp.float32), 0  # summed on device, no sync
+    my_rows = data.process_rows(t.batch_size, jax.process_index(), jax.process_count())
     for step in range(start, t.steps):
       inputs, targets = data.train_batch(tokens.train, t.seed, step, t.batch_size, cfg.n_ctx,
-                                         tokens.bos_id)
-      state, out = step_fn(state, *put_batch(mesh, inputs, targets))
+                                         tokens.bos_id, rows=my_rows)
+      state, out = step_fn(state, *put_batch(mesh, inputs, targets, local=True))
       interval_loss, interval_steps = interval_loss + out["loss"], interval_steps + 1
       done = step + 1
       window_steps += 1
