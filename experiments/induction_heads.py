@@ -11,25 +11,13 @@ layer-0 heads that feed them.
   that averages over the last few tokens (FW fig 26) if there is one.
 """
 
-from pathlib import Path
-
-import jax
 import numpy as np
 
 from reproduce import experiment, scores
-from reproduce.loading import load
 from reproduce.model import forward
-from reproduce.weights import init_weights
 
 DESCRIPTION = ("Prefix matching vs copying of every head, induction heads resting on BOS, "
                "layer-0 averaging heads")
-
-
-def initial_weights(model):
-  """The run's step-0 snapshot, or a fresh N(0, 0.02²) init of the same shapes."""
-  if model.workdir is not None and (Path(model.workdir) / "snapshots" / "0").is_dir():
-    return load(Path(model.workdir) / "snapshots" / "0")[1], "the run's step-0 snapshot"
-  return init_weights(model.cfg, jax.random.key(0)), "a fresh N(0, 0.02²) init"
 
 
 def uniform_bos(mask: np.ndarray) -> float:
@@ -71,7 +59,7 @@ def run(config, models, outdir):
     experiment.require_tokens(model, "induction_heads")
     L, H = model.cfg.n_layers, model.cfg.n_heads
     probe, prefix, copying = measure(model, model.weights, config)
-    init, init_source = initial_weights(model)
+    init, init_source = experiment.initial_weights(model)
     _, init_prefix, init_copying = measure(model, init, config)
     _, ex = forward(model.cfg, model.weights, probe, return_patterns=True)
     first_probe = scores.first_occurrences(probe)

@@ -19,7 +19,6 @@ import html
 import numpy as np
 
 from reproduce import experiment, scores
-from experiments.induction_heads import initial_weights
 
 DESCRIPTION = "1L skip-trigrams per head, ranked by standardised QK + OV, with corpus counts"
 
@@ -109,7 +108,7 @@ def run(config, models, outdir):
     head_lift = np.nanmedian(lifts, axis=-1)  # [L, H]
     bugs = find_bugs(ranked, counter, config.min_seen)
     rank = np.median(scores.own_logit_column_rank(model.weights, allowed), axis=-1)  # [L, H]
-    init, init_source = initial_weights(model)
+    init, init_source = experiment.initial_weights(model)
     init_bugs = find_bugs(scores.ranked_skip_trigrams(init, allowed, config.sources_per_head,
                                                       config.top_k), counter, config.min_seen)
     init_rank = np.median(scores.own_logit_column_rank(init, allowed), axis=-1)
