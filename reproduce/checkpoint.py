@@ -241,13 +241,17 @@ def last_sound_step(directory: Path) -> Optional[int]:
 
 
 def checkpoint_steps(directory: Path) -> List[int]:
-  if not Path(directory).is_dir():
+  """The finished steps in ``directory``: its sub-folders named by a step number.
+
+  Orbax writes a step into a temporary folder and renames it to ``<step>`` when complete, so a
+  listing is enough, and it needs no Orbax manager: in a multi-process job a manager syncs every
+  process at barriers, and whether this is called may differ between processes (whether the
+  folder exists yet is a race), which would pair mismatched barriers.
+  """
+  directory = Path(directory)
+  if not directory.is_dir():
     return []
-  mngr = _manager(Path(directory), None, read_only=True)
-  try:
-    return sorted(mngr.all_steps())
-  finally:
-    mngr.close()
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 def load_checkpoint(path: Path, log: Callable[[str], None] = print) -> Tuple[Weights, dict]:
