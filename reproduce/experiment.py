@@ -67,7 +67,8 @@ class Model:
   def sampling_pool(self) -> np.ndarray:
     """Token ids for random-token probes: the corpus's middle frequencies (IH)."""
     return scores.frequency_band(self.tokens.train, self.cfg.d_vocab,
-                                 exclude=(self.tokens.bos_id, self.tokens.eot_id))
+                                 exclude=(self.tokens.bos_id, self.tokens.eot_id),
+                                 counts=self.tokens.counts)
 
   def heldout_windows(self, n: int):
     """``n`` fixed held-out windows (inputs, targets) of the model's context length."""
