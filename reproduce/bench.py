@@ -392,6 +392,9 @@ def main(argv):
     print("usage: python -m reproduce.bench {train|circuits|plan|compare|prepare} [--config=...] "
           "[--shape=anchor] [--devices=N] [--platform=gpu] [--tl-python=PATH]", file=sys.stderr)
     sys.exit(2)
+  if argv[1] in ("train", "compare"):
+    from reproduce.host import split_cpu  # pylint: disable=import-outside-toplevel
+    split_cpu(FLAGS.cpu_devices, log=lambda line: print(line, file=sys.stderr))
   if argv[1] == "compare":
     if not FLAGS["tl-python"].value:
       print("error: compare needs --tl-python=PATH (a Python with torch and transformer-lens)",
@@ -514,6 +517,8 @@ def run_cli():
   flags.DEFINE_float("seconds", 15.0, "how long to time the train step")
   flags.DEFINE_string("tl-python", None, "compare: Python interpreter with torch and "
                       "transformer-lens (a throwaway environment, never a project dependency)")
+  flags.DEFINE_string("cpu_devices", "auto", "train, compare: JAX CPU devices to split this "
+                      "machine into (auto: one per core, at most 8)")
   flags.DEFINE_integer("rounds", 5, "compare: alternating timing rounds")
   flags.DEFINE_integer("devices", 1, "plan: devices the step is split over (on CPU, simulated)")
   flags.DEFINE_enum("platform", None, ["cpu", "gpu", "tpu"],

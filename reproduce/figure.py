@@ -29,6 +29,7 @@ from typing import Callable, Dict, Optional
 
 from reproduce import experiment
 from reproduce.config import project_module
+from reproduce.host import CPU_DEVICES_HELP, split_cpu
 
 FIGURES = ("bigram", "skip_trigrams", "positional_heads", "ov_eigenvalues", "eigen_hist",
            "composition_scores", "induction_attention", "ov_qk_scatter", "term_importance",
@@ -306,6 +307,11 @@ def main(argv):
   from reproduce import train  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
   train.quiet_libraries(FLAGS.verbose)
+  try:
+    split_cpu(FLAGS.cpu_devices)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
     sys.exit(2)
@@ -398,6 +404,7 @@ def run_cli():
                       "spec, as data.corpus); default: the standard library.  Paths stored in a "
                       "checkpoint are shown, never read")
   flags.DEFINE_bool("verbose", False, "library logs on stderr and tracebacks on errors")
+  flags.DEFINE_string("cpu_devices", "auto", CPU_DEVICES_HELP)
   app.run(main)
 
 

@@ -39,6 +39,7 @@ from reproduce import checkpoint, data, scores
 from reproduce.config import (apply_overrides, check_corpus_size, load_config,
                               split_config_flags, validate)
 from reproduce.corpus import corpus_from_config
+from reproduce.host import CPU_DEVICES_HELP, split_cpu
 from reproduce.model import forward, largest_divisor_at_most, mean_loss, token_losses
 from reproduce.tokenizer import TokenizedCorpus, prepare_tokens
 from reproduce.weights import ModelConfig, Weights, init_weights
@@ -251,12 +252,15 @@ def loss_block_elements(platform: str) -> int:
   return 1 << 20 if platform == "cpu" else 1 << 26
 
 
-def train_step(config, tx: optax.GradientTransformation, plan: StepPlan,
+def train_step(config, tx: optax.GradientTransformation, plan: StepPlan, mesh: Mesh,
                state: TrainState, inputs, targets):
   """One AdamW step → (new state, {"loss", "grad_norm"}).  Pure; jitted by ``compile_train_step``.
 
-  The gradient is the mean over ``plan.n_micro`` equal slices of the batch (slice j holds rows
-  j, j + n_micro, …, so every device works on every slice): the same as the full-batch gradient.
+  Each device takes its own rows of the batch (``shard_map`` over the mesh's ``data`` axis) and
+  sums the gradients of ``plan.n_micro`` equal slices of them (slice j holds its rows j,
+  j + n_micro, …); one ``psum`` after that loop adds the devices' sums, and the mean over all
+  slices is the full-batch gradient.  Nothing inside the loop talks to another device (left to
+  the SPMD partitioner, the loop gathered activations and reduced gradients at every slice).
   Weights, gradients and optimiser state are float32 whatever ``plan.compute_dtype``.
   """
   cfg = ModelConfig.from_any(config)
@@ -271,22 +275,40 @@ def train_step(config, tx: optax.GradientTransformation, plan: StepPlan,
                      attention=plan.attention)
 
   grad_fn = jax.value_and_grad(loss_fn)
-  if n_micro == 1:
-    loss, grads = grad_fn(state.weights, inputs, targets)
-  else:
-    split = lambda a: a.reshape(-1, n_micro, a.shape[-1]).swapaxes(0, 1)
 
-    def accumulate(total, xy):
-      loss, grads = grad_fn(state.weights, *xy)
-      return jax.tree.map(jnp.add, total, (loss, grads)), None
+  def device_sum(weights, inputs, targets):  # this device's rows → (Σ loss, Σ grads) everywhere
+    if n_micro == 1:
+      total = grad_fn(weights, inputs, targets)
+    else:
+      split = lambda a: a.reshape(-1, n_micro, a.shape[-1]).swapaxes(0, 1)
 
-    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.weights))
-    (loss, grads), _ = jax.lax.scan(accumulate, zeros, (split(inputs), split(targets)))
-    loss, grads = jax.tree.map(lambda a: a / n_micro, (loss, grads))
+      def accumulate(total, xy):
+        return jax.tree.map(jnp.add, total, grad_fn(weights, *xy)), None
+
+      zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, weights))
+      total, _ = jax.lax.scan(accumulate, zeros, (split(inputs), split(targets)))
+    return jax.lax.psum(total, "data")
+
+  total = jax.shard_map(device_sum, mesh=mesh, in_specs=(P(), P("data"), P("data")),
+                        out_specs=P(), check_vma=False)(state.weights, inputs, targets)
+  loss, grads = jax.tree.map(lambda a: a / (n_micro * mesh.size), total)
   updates, opt_state = tx.update(grads, state.opt_state, state.weights)
   weights = optax.apply_updates(state.weights, updates)
   return TrainState(state.step + 1, weights, opt_state), {
       "loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+
+def training_devices(batch_size: int, log: Callable[[str], None] = print) -> list:
+  """Every device; in a one-process job with more devices than divide ``batch_size`` (say 8 CPU
+  devices and a batch of 4), the most that do."""
+  devices = jax.devices()
+  if jax.process_count() > 1:
+    return devices
+  n = largest_divisor_at_most(batch_size, len(devices))
+  if n < len(devices):
+    log(f"training on {n} of {len(devices)} devices (train.batch_size {batch_size} is split "
+        "evenly)")
+  return devices[:n]
 
 
 def data_mesh(devices=None) -> Mesh:
@@ -306,7 +328,7 @@ def compile_train_step(config, tx, mesh: Mesh, plan: Optional[StepPlan] = None,
     plan = plan_step(config, mesh.size, mesh.devices.flat[0].platform)
   if log is not None:
     log(plan.describe())
-  step = functools.partial(train_step, config, tx, plan)
+  step = functools.partial(train_step, config, tx, plan, mesh)
   return jax.jit(step, in_shardings=(replicated, rows, rows),
                  out_shardings=(replicated, replicated), donate_argnums=0)
 
@@ -498,7 +520,7 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
   t = config.train
   workdir = Path(workdir)
   cfg = ModelConfig.from_any(config)
-  mesh = data_mesh(devices)
+  mesh = data_mesh(devices if devices is not None else training_devices(t.batch_size, log))
   if t.batch_size % mesh.size:
     raise ValueError(f"train.batch_size={t.batch_size} must be a multiple of the {mesh.size} "
                      "devices it is split over")
@@ -695,6 +717,7 @@ def main(argv, overrides=()):
   try:
     if len(argv) > 1:
       raise ValueError(f"unexpected arguments {argv[1:]}")
+    split_cpu(FLAGS.cpu_devices, distributed=FLAGS.distributed)
     if FLAGS.distributed:
       initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     config = apply_overrides(load_config(FLAGS.config), overrides)
@@ -717,6 +740,7 @@ def run_cli():
   flags.DEFINE_string("workdir", None, "run directory (created; resumed if it holds a run)")
   flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-process jobs)")
   flags.DEFINE_bool("verbose", False, "library logs on stderr and tracebacks on errors")
+  flags.DEFINE_string("cpu_devices", "auto", CPU_DEVICES_HELP)
   flags.DEFINE_string("coordinator_address", None, "with --distributed: host:port of process 0 "
                       "(default: $JAX_COORDINATOR_ADDRESS or the cluster's)")
   flags.DEFINE_integer("num_processes", None, "with --distributed: processes in the job "
