@@ -59,7 +59,7 @@ def base_config(n_layers: int) -> ml_collections.ConfigDict:
   c.train.micro_batch_size = 0  # sequences per gradient-accumulation slice per device; 0: auto
   c.train.compute_dtype = "auto"  # "float32", "bfloat16"; auto: per backend and CPU (logged)
   c.train.loss_block_elements = 0  # logits per cross-entropy chunk; 0: auto (per platform)
-  c.train.attention = "auto"  # "explicit", "xla", "cudnn" (dot_product_attention); auto: logged
+  c.train.attention = "auto"  # "explicit", "blocked", "xla", "cudnn"; auto: logged
   c.train.lr = 1e-3  # peak learning rate
   c.train.warmup_steps = 100  # linear warmup from 0
   c.train.decay_fraction = 1.0  # cosine decay over this last fraction of steps; constant before
@@ -138,8 +138,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   need(t.micro_batch_size >= 0, "train.micro_batch_size", t.micro_batch_size, "must be >= 0")
   need(t.compute_dtype in ("auto", "float32", "bfloat16"), "train.compute_dtype",
        t.compute_dtype, "must be 'auto', 'float32' or 'bfloat16'")
-  need(t.attention in ("auto", "explicit", "xla", "cudnn"), "train.attention", t.attention,
-       "must be 'auto', 'explicit', 'xla' or 'cudnn'")
+  need(t.attention in ("auto", "explicit", "blocked", "xla", "cudnn"), "train.attention",
+       t.attention, "must be 'auto', 'explicit', 'blocked', 'xla' or 'cudnn'")
   need(t.loss_block_elements >= 0, "train.loss_block_elements", t.loss_block_elements,
        "must be >= 0")
   need(t.lr > 0, "train.lr", t.lr, "must be > 0")

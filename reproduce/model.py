@@ -65,7 +65,56 @@ def attention_pattern(q: jax.Array, k: jax.Array, compute_dtype=None) -> jax.Arr
   return jax.nn.softmax(jnp.where(causal, scores, _MASKED), axis=-1)
 
 
-ATTENTION_IMPLEMENTATIONS = ("explicit", "xla", "cudnn")
+ATTENTION_IMPLEMENTATIONS = ("explicit", "blocked", "xla", "cudnn")
+QUERY_BLOCK = 64  # queries per block of ``blocked_causal_attention`` (experiments/SPEED.md)
+
+
+def _block_attention_fwd(q, k, v, offset, dtype):
+  """Queries ``offset … offset + len(q) − 1`` against keys ``0 … len(k) − 1`` (the prefix they
+  may see): z = A v with A the causal softmax; returns z and what the backward needs."""
+  T, S = q.shape[2], k.shape[2]
+  scores = _einsum("bhte,bhse->bhts", q, k, dtype) / jnp.sqrt(jnp.float32(q.shape[-1]))
+  visible = jnp.arange(S)[None, :] <= jnp.arange(offset, offset + T)[:, None]
+  A = jax.nn.softmax(jnp.where(visible, scores, _MASKED), axis=-1)
+  z = _einsum("bhts,bhse->bhte", A, v, dtype)
+  return z, (q, k, v, A, z)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _block_attention(q, k, v, offset, dtype):
+  return _block_attention_fwd(q, k, v, offset, dtype)[0]
+
+
+def _block_attention_bwd(offset, dtype, residuals, dz):
+  """With S = q kᵀ/√E, A = softmax(S), z = A v:  dv = Aᵀ dz,  dA = dz vᵀ and
+  dS = A ⊙ (dA − D) with D_t = Σ_s A_ts dA_ts = dz_t · z_t (one product per row instead of a
+  pass over [T, S]);  dq = dS k/√E,  dk = dSᵀ q/√E.  Masked entries have A = 0, so dS = 0."""
+  del offset
+  q, k, v, A, z = residuals
+  dv = _einsum("bhts,bhte->bhse", A, dz, dtype)
+  dA = _einsum("bhte,bhse->bhts", dz, v, dtype)
+  D = (dz * z).sum(-1, keepdims=True)
+  dS = A * (dA - D) / jnp.sqrt(jnp.float32(q.shape[-1]))
+  return (_einsum("bhts,bhse->bhte", dS, k, dtype).astype(q.dtype),
+          _einsum("bhts,bhte->bhse", dS, q, dtype).astype(k.dtype), dv.astype(v.dtype))
+
+
+_block_attention.defvjp(lambda q, k, v, offset, dtype: _block_attention_fwd(q, k, v, offset,
+                                                                            dtype),
+                        _block_attention_bwd)
+
+
+def blocked_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, compute_dtype=None,
+                             block: int = QUERY_BLOCK) -> jax.Array:
+  """Causal attention z = softmax(q kᵀ/√E, masked) v for q, k, v [B, H, T, E] → [B, H, T, E],
+  in blocks of ``block`` queries: block i (queries i·b … (i+1)·b − 1) only meets keys
+  0 … (i+1)·b − 1, so the fully masked blocks above the diagonal are never computed (with 4
+  blocks, 10 of 16).  Its backward is written by hand (``_block_attention_bwd``).  The same
+  numbers as the explicit pattern, without returning patterns (training only)."""
+  T = q.shape[2]
+  b = largest_divisor_at_most(T, block)
+  return jnp.concatenate([_block_attention(q[:, :, i:i + b], k[:, :, :i + b], v[:, :, :i + b],
+                                           i, compute_dtype) for i in range(0, T, b)], axis=2)
 
 
 def _einsum(spec: str, a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
@@ -104,8 +153,9 @@ def residual_stream(cfg: ModelConfig, w: Weights, tokens: jax.Array, patterns=No
     compute_dtype: None (float32 throughout) or e.g. ``jnp.bfloat16``: every matmul and the
       attention take that dtype's operands, while the residual stream, the softmax and every
       accumulation stay float32.
-    attention: "explicit" builds each pattern as above; "xla" / "cudnn" call
-      ``jax.nn.dot_product_attention`` with that implementation (same maths, patterns never
+    attention: "explicit" builds each pattern as above; "blocked" computes the same numbers in
+      causal query blocks with a hand-written backward (``blocked_causal_attention``); "xla" /
+      "cudnn" call ``jax.nn.dot_product_attention`` with that implementation (same maths, patterns never
       returned; cuDNN's flash kernel never materialises them).
   """
   if attention not in ATTENTION_IMPLEMENTATIONS:
@@ -135,7 +185,7 @@ def residual_stream(cfg: ModelConfig, w: Weights, tokens: jax.Array, patterns=No
       qk_in = v_in + pos
     else:
       qk_in = _normalise(cfg, x + pos, gain, bias)
-    if attention != "explicit":
+    if attention in ("xla", "cudnn"):
       q, k, v = (_einsum("btd,hde->bthe", a, W[l], dt) + (0.0 if b is None else b[l])
                  for a, W, b in ((qk_in, w.W_Q, w.b_Q), (qk_in, w.W_K, w.b_K),
                                  (v_in, w.W_V, w.b_V)))
@@ -149,11 +199,12 @@ def residual_stream(cfg: ModelConfig, w: Weights, tokens: jax.Array, patterns=No
     if patterns is None:
       q = add_bias(_einsum("btd,hde->bhte", qk_in, w.W_Q[l], dt), w.b_Q, l)
       k = add_bias(_einsum("btd,hde->bhte", qk_in, w.W_K[l], dt), w.b_K, l)
-      A = attention_pattern(q, k, dt)
-    else:
-      A = patterns[l]
     v = add_bias(_einsum("btd,hde->bhte", v_in, w.W_V[l], dt), w.b_V, l)
-    z = _einsum("bhts,bhse->bhte", A, v, dt)
+    if attention == "blocked":
+      z = blocked_causal_attention(q, k, v, dt)
+    else:
+      A = attention_pattern(q, k, dt) if patterns is None else patterns[l]
+      z = _einsum("bhts,bhse->bhte", A, v, dt)
     if per_head:
       out = jnp.einsum("bhte,hed->bhtd", z, w.W_O[l])  # each head's write, [B, H, T, D]
       x = x + (out if head_outputs is None else head_outputs[l]).sum(1)

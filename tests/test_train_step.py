@@ -13,7 +13,7 @@ import pytest
 
 from reproduce import train as tr
 from reproduce.config import load_config
-from reproduce.model import mean_loss, unembed_cross_entropy
+from reproduce.model import blocked_causal_attention, mean_loss, unembed_cross_entropy
 from tests.conftest import random_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,12 +59,13 @@ def _flat(tree):
   return np.concatenate([np.ravel(np.asarray(a, np.float64)) for a in jax.tree.leaves(tree)])
 
 
-def test_fused_attention_loss_and_grads_equal_explicit():
+@pytest.mark.parametrize("attention", ["xla", "blocked"])
+def test_fused_attention_loss_and_grads_equal_explicit(attention):
   cfg, w = random_model(n_layers=2, n_heads=3, d_head=8, d_model=16, d_vocab=37, n_ctx=12,
                         pos="shortformer", std=0.3)
   x, y = _batch(cfg)
   explicit = jax.value_and_grad(lambda w: mean_loss(cfg, w, x, y))(w)
-  fused = jax.value_and_grad(lambda w: mean_loss(cfg, w, x, y, attention="xla"))(w)
+  fused = jax.value_and_grad(lambda w: mean_loss(cfg, w, x, y, attention=attention))(w)
   np.testing.assert_allclose(float(explicit[0]), _reference_loss(cfg, w, x, y), rtol=1e-5)
   np.testing.assert_allclose(float(fused[0]), float(explicit[0]), rtol=1e-5)
   for name, g in explicit[1].to_dict().items():
@@ -73,7 +74,28 @@ def test_fused_attention_loss_and_grads_equal_explicit():
                                  rtol=1e-4, atol=1e-6, err_msg=name)
 
 
-@pytest.mark.parametrize("attention", ["explicit", "xla"])
+@pytest.mark.parametrize("block", [1, 3, 5, 12])
+def test_blocked_attention_equals_full_pattern(block):
+  """Query blocks (12 = one block; 5 does not divide 12, so 4 is used) against the full masked
+  pattern of the paper's formula, values and all three gradients (autodiff of the full form)."""
+  rng = np.random.default_rng(block)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 3, 12, 8)), jnp.float32) for _ in range(3))
+  dz = jnp.asarray(rng.normal(size=(2, 3, 12, 8)), jnp.float32)
+
+  def full(q, k, v):
+    s = jnp.einsum("bhte,bhse->bhts", q, k) / np.sqrt(8)
+    s = jnp.where(np.tril(np.ones((12, 12), bool)), s, -np.inf)
+    return jnp.einsum("bhts,bhse->bhte", jax.nn.softmax(s, -1), v)
+
+  blocked = lambda q, k, v: blocked_causal_attention(q, k, v, block=block)
+  np.testing.assert_allclose(blocked(q, k, v), full(q, k, v), rtol=1e-5, atol=1e-6)
+  g_full = jax.vjp(full, q, k, v)[1](dz)
+  g_blocked = jax.vjp(blocked, q, k, v)[1](dz)
+  for name, a, b in zip("qkv", g_blocked, g_full):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"d{name}")
+
+
+@pytest.mark.parametrize("attention", ["explicit", "blocked", "xla"])
 def test_bfloat16_loss_matches_float32(attention):
   cfg, w = random_model(n_layers=2, n_heads=3, d_head=8, d_model=16, d_vocab=37, n_ctx=12,
                         std=0.3)
@@ -142,7 +164,7 @@ def test_test_preset_trains_in_bfloat16(make_config, tmp_path):
 def test_plan_rules(make_config):
   c = make_config("attn2l", train=dict(batch_size=8))
   cpu = tr.plan_step(c, 1, "cpu")
-  assert (cpu.compute_dtype, cpu.attention) == ("float32", "explicit")
+  assert (cpu.compute_dtype, cpu.attention) == ("float32", "blocked")
   assert cpu.n_micro == 8 // min(8, tr.CPU_SLICE_TOKENS // c.model.n_ctx)
   assert any("auto" in r for r in cpu.reasons)
   gpu = tr.plan_step(c, 2, "gpu", check_cudnn=False)  # no patterns: one slice per device
