@@ -337,6 +337,13 @@ def _chunked_ce(x, W_U, targets, chunk, dtype):
 
 def _chunked_ce_fwd(x, W_U, targets, chunk, dtype):
   W = _cast(W_U, dtype)
+  if chunk == x.shape[0]:  # one chunk: keep exp(logits − max) and its row sums for the backward
+    logits = _logits(x, W, dtype)
+    top = logits.max(-1, keepdims=True)
+    e = jnp.exp(logits - top)
+    total = e.sum(-1)
+    picked = jnp.take_along_axis(logits, targets[:, None], -1)[:, 0]
+    return jnp.log(total) + top[:, 0] - picked, (x, W_U, targets, e, total)
 
   def body(_, xt):
     xc, tc = xt
@@ -344,20 +351,29 @@ def _chunked_ce_fwd(x, W_U, targets, chunk, dtype):
     return None, jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, tc[:, None], -1)[:, 0]
   _, losses = jax.lax.scan(body, None, (x.reshape(-1, chunk, x.shape[-1]),
                                         targets.reshape(-1, chunk)))
-  return losses.reshape(-1), (x, W_U, targets)
+  return losses.reshape(-1), (x, W_U, targets, None, None)
 
 
 def _chunked_ce_bwd(chunk, dtype, residuals, g):
-  x, W_U, targets = residuals
+  """d loss/d logits = softmax − onehot (times the incoming g per row); then dx = d W_Uᵀ and
+  dW_U = xᵀ d.  Several chunks: each chunk's logits are recomputed."""
+  x, W_U, targets, e, total = residuals
   W = _cast(W_U, dtype)
 
-  def body(dW, xtg):  # recompute the chunk's logits; d loss/d logits = softmax − onehot
+  def grads(xc, tc, gc, p, row_scale=1.0):  # softmax = p · row_scale
+    d = _cast(p * (gc * row_scale)[:, None]
+              - jax.nn.one_hot(tc, W_U.shape[1], dtype=p.dtype) * gc[:, None], dtype)
+    return (jnp.dot(_cast(xc, dtype).T, d, preferred_element_type=jnp.float32),
+            jnp.dot(d, W.T, preferred_element_type=jnp.float32).astype(x.dtype))
+
+  if e is not None:
+    dW, dx = grads(x, targets, g, e, 1.0 / total)
+    return dx, dW.astype(W_U.dtype), None
+
+  def body(dW, xtg):
     xc, tc, gc = xtg
-    logits = _logits(xc, W, dtype)
-    d = (jax.nn.softmax(logits, -1) - jax.nn.one_hot(tc, W_U.shape[1], dtype=logits.dtype))
-    d = _cast(d * gc[:, None], dtype)
-    dW = dW + jnp.dot(_cast(xc, dtype).T, d, preferred_element_type=jnp.float32)
-    return dW, jnp.dot(d, W.T, preferred_element_type=jnp.float32).astype(x.dtype)
+    dWc, dxc = grads(xc, tc, gc, jax.nn.softmax(_logits(xc, W, dtype), -1))
+    return dW + dWc, dxc
   dW, dx = jax.lax.scan(body, jnp.zeros(W_U.shape, jnp.float32),
                         (x.reshape(-1, chunk, x.shape[-1]), targets.reshape(-1, chunk),
                          g.reshape(-1, chunk)))
@@ -373,7 +389,9 @@ def unembed_cross_entropy(x: jax.Array, W_U: jax.Array, targets: jax.Array,
 
   Rows go through in chunks of at most ``max_block_elements`` logits and the backward pass
   recomputes each chunk's logits, so the [tokens, vocab] matrix never exists (it would not fit
-  at paper scale, and on CPU cache-sized blocks are several times faster).  With a
+  at paper scale, and on CPU cache-sized blocks are several times faster).  When all rows fit in
+  one chunk (a CPU training slice), the forward keeps exp(logits − max) and its row sums for the
+  backward instead (1.05× the anchor step, experiments/SPEED.md).  With a
   ``compute_dtype`` the products x W_U (and the backward's two products) take operands of that
   dtype; logits, log-sum-exp, softmax, the loss and the gradient sums are float32.
   """
