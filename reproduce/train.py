@@ -329,9 +329,22 @@ def compile_train_step(config, tx, mesh: Mesh, plan: Optional[StepPlan] = None,
     plan = plan_step(config, mesh.size, mesh.devices.flat[0].platform)
   if log is not None:
     log(plan.describe())
-  step = functools.partial(train_step, config, tx, plan, mesh)
-  return jax.jit(step, in_shardings=(replicated, rows, rows),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+  step = jax.jit(functools.partial(train_step, config, tx, plan, mesh),
+                 in_shardings=(replicated, rows, rows), out_shardings=(replicated, replicated),
+                 donate_argnums=0)
+  if mesh.devices.flat[0].platform != "cpu" or mesh.size == 1:
+    return step
+
+  def one_step_at_a_time(state, inputs, targets):
+    # Several CPU devices of one process meet in an in-process all-reduce; when the devices are
+    # allowed to queue many steps ahead, the rendezvous can starve (seen: 40 steps queued on 2
+    # devices hung every time; waiting every 5 steps never did).  Waiting for the previous step
+    # costs nothing measurable (experiments/SPEED.md), and the caller's host work (the next
+    # batch) still overlaps the running step.
+    jax.block_until_ready(state)
+    return step(state, inputs, targets)
+  one_step_at_a_time.lower = step.lower
+  return one_step_at_a_time
 
 
 def put_batch(mesh: Mesh, inputs: np.ndarray, targets: np.ndarray, local: bool = False):
