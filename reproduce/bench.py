@@ -307,10 +307,10 @@ def compare_with_transformerlens(config, tl_python: str, rounds: int = 5,
   }
 
 
-# The cpu presets train at about this fraction of the in-run float32 matmul peak (README's anchor
-# measurement: MFU 0.46-0.50 on an idle 2-core machine); each figure's analysis adds roughly this
-# many seconds.  Both make a rough estimate, printed as one.
-TRAINING_PEAK_FRACTION = 0.45
+# The cpu presets train at about this fraction of the start-up float32 matmul peak (cold main
+# job, 2-core Intel Sapphire Rapids, one CPU device per core: 0L 0.66, 1L 0.55, 2L 0.60); each
+# figure's analysis adds roughly this many seconds.  Both make a rough estimate, printed as one.
+TRAINING_PEAK_FRACTION = 0.58
 SECONDS_PER_FIGURE = 10
 
 
