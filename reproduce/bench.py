@@ -394,7 +394,11 @@ def main(argv):
     sys.exit(2)
   if argv[1] in ("train", "compare"):
     from reproduce.host import split_cpu  # pylint: disable=import-outside-toplevel
-    split_cpu(FLAGS.cpu_devices, log=lambda line: print(line, file=sys.stderr))
+    try:
+      split_cpu(FLAGS.cpu_devices, log=lambda line: print(line, file=sys.stderr))
+    except ValueError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
   if argv[1] == "compare":
     if not FLAGS["tl-python"].value:
       print("error: compare needs --tl-python=PATH (a Python with torch and transformer-lens)",

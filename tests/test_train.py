@@ -98,6 +98,9 @@ SHARDED_STEP = textwrap.dedent("""
   np.testing.assert_allclose(l1, l8, rtol=1e-5)
   for k in w1:
     np.testing.assert_allclose(w1[k], w8[k], rtol=1e-4, atol=1e-6, err_msg=k)
+  said = []
+  assert len(tr.training_devices(12, said.append)) == 6 and "6 of 8 devices" in said[0], said
+  assert len(tr.training_devices(16, said.append)) == 8 and len(said) == 1
   print("OK", l1, l8)
 """)
 
