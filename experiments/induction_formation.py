@@ -24,6 +24,7 @@ from pathlib import Path
 
 import json
 import numpy as np
+from matplotlib.ticker import NullFormatter
 
 from reproduce import checkpoint, experiment, scores
 from reproduce.loading import load_with_meta
@@ -168,6 +169,7 @@ def run(config, models, outdir):
       axes[row, 2].legend(fontsize=7)
     for ax in axes[row]:
       ax.set_xscale("log")
+      ax.xaxis.set_minor_formatter(NullFormatter())  # < 1 decade would label every minor tick
       ax.set_xlabel("tokens seen")
       if gain is not None:
         ax.axvspan(tokens[gain[0]], tokens[gain[1]], color="#f5cba7", alpha=0.5, lw=0)
