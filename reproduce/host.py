@@ -73,9 +73,11 @@ def split_cpu(requested: str = "auto", distributed: bool = False,
   if requested != "auto" and (not str(requested).isdigit() or int(requested) < 1):
     raise ValueError(f"--cpu_devices must be 'auto' or a positive integer, got {requested!r}")
   if requested == "auto":
-    fixed = ("$JAX_NUM_CPU_DEVICES" if os.environ.get("JAX_NUM_CPU_DEVICES") else
-             "XLA_FLAGS" if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-             else None)
+    fixed = None
+    if os.environ.get("JAX_NUM_CPU_DEVICES"):
+      fixed = "$JAX_NUM_CPU_DEVICES"
+    elif "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+      fixed = "XLA_FLAGS"
     if fixed:
       say(f"host: {cpu_description()}; CPU device count set by {fixed}")
       return None

@@ -99,9 +99,7 @@ def _block_attention_bwd(offset, dtype, residuals, dz):
           _einsum("bhts,bhte->bhse", dS, q, dtype).astype(k.dtype), dv.astype(v.dtype))
 
 
-_block_attention.defvjp(lambda q, k, v, offset, dtype: _block_attention_fwd(q, k, v, offset,
-                                                                            dtype),
-                        _block_attention_bwd)
+_block_attention.defvjp(_block_attention_fwd, _block_attention_bwd)
 
 
 def blocked_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, compute_dtype=None,
@@ -155,8 +153,8 @@ def residual_stream(cfg: ModelConfig, w: Weights, tokens: jax.Array, patterns=No
       accumulation stay float32.
     attention: "explicit" builds each pattern as above; "blocked" computes the same numbers in
       causal query blocks with a hand-written backward (``blocked_causal_attention``); "xla" /
-      "cudnn" call ``jax.nn.dot_product_attention`` with that implementation (same maths, patterns never
-      returned; cuDNN's flash kernel never materialises them).
+      "cudnn" call ``jax.nn.dot_product_attention`` with that implementation (same maths,
+      patterns never returned; cuDNN's flash kernel never materialises them).
   """
   if attention not in ATTENTION_IMPLEMENTATIONS:
     raise ValueError(f"attention must be one of {ATTENTION_IMPLEMENTATIONS}, got {attention!r}")
