@@ -307,40 +307,57 @@ def compare_with_transformerlens(config, tl_python: str, rounds: int = 5,
   }
 
 
-# The cpu presets train at about this fraction of the start-up float32 matmul peak (cold main
-# job, 2-core Intel Sapphire Rapids, one CPU device per core: 0L 0.66, 1L 0.55, 2L 0.60); each
-# figure's analysis adds roughly this many seconds.  Both make a rough estimate, printed as one.
-TRAINING_PEAK_FRACTION = 0.58
+# Start-up estimate of a training run's time, fitted to the training loops' wall times in four
+# cold main jobs on the 2-core Intel Sapphire Rapids kind (one CPU device per core; start-up
+# float32 peaks 291–374 GFLOP/s): the model FLOPs run at this fraction of the peak (0L, which has
+# no attention: 0.62), and each causal attention score costs about this many matmul-FLOP
+# equivalents per head and layer on top (softmax, mask and their backward: memory-bound passes;
+# fitted on 1L and 2L, whose runs then come within ±8%).  Each run adds its start-up, each figure
+# its analysis.  Printed as a rough estimate.
+TRAINING_PEAK_FRACTION = 0.62
+ATTENTION_SCORE_FLOPS = 300
+SECONDS_PER_RUN = 3
 SECONDS_PER_FIGURE = 10
 
 
-def first_run_plan(names, preset: str, models_dir) -> str:
+def estimated_training_seconds(config, peak_flops: float) -> float:
+  """steps × tokens/step × (model FLOPs + ATTENTION_SCORE_FLOPS · L · H · n_ctx/2) per token at
+  ``TRAINING_PEAK_FRACTION`` of ``peak_flops``, plus ``SECONDS_PER_RUN``."""
+  m, t = config.model, config.train
+  scores_per_token = m.n_layers * m.n_heads * m.n_ctx / 2
+  per_token = model_flops_per_token(m) + ATTENTION_SCORE_FLOPS * scores_per_token
+  tokens = t.steps * t.batch_size * m.n_ctx
+  return SECONDS_PER_RUN + tokens * per_token / (TRAINING_PEAK_FRACTION * peak_flops)
+
+
+def first_run_plan(names, preset: str, models_dir, seeds: int = 1,
+                   train_corpus: Optional[str] = None) -> str:
   """What ``reproduce.figure`` is about to do, with a time estimate for this machine: the models
-  still to train (steps × tokens × FLOPs per token at ``TRAINING_PEAK_FRACTION`` of a quick
-  matmul-peak measurement) and the figures."""
-  from pathlib import Path  # pylint: disable=import-outside-toplevel
-  from reproduce.config import load_config  # pylint: disable=import-outside-toplevel
-  from reproduce.experiment import config_hash  # pylint: disable=import-outside-toplevel
+  still to train for each of ``seeds`` training seeds (``estimated_training_seconds`` against a
+  quick matmul-peak measurement) and the figures."""
+  from reproduce.experiment import model_run  # pylint: disable=import-outside-toplevel
   from reproduce.figure import figure_config  # pylint: disable=import-outside-toplevel
   needed = sorted({m for n in names for m in figure_config(n, preset).models})
   peak = matmul_peak_flops(2048, 3)
-  lines, total = [], SECONDS_PER_FIGURE * len(names)
-  for name in needed:
-    c = load_config(f"{name}:{preset}")
-    done = Path(models_dir) / f"{name}-{preset}-{config_hash(c)}" / "checkpoints" / str(
-        c.train.steps)
-    if done.is_dir():
-      lines.append(f"  {name}: trained, reused")
-      continue
-    tokens = c.train.steps * c.train.batch_size * c.model.n_ctx
-    seconds = tokens * model_flops_per_token(c.model) / (TRAINING_PEAK_FRACTION * peak)
-    total += seconds
-    lines.append(f"  {name}: train {c.train.steps:,} steps, {tokens / 1e6:.1f}M tokens, "
-                 f"~{seconds / 60:.1f} min")
-  return (f"plan: {len(names)} figure(s) from {len(needed)} model(s) ({preset} preset); "
-          f"estimated {total / 60:.0f} min on this machine ({os.cpu_count()} cores, "
-          f"{peak / 1e9:.0f} GFLOP/s float32 matmuls; add ~1 min if the tokenizer is not "
-          "cached)\n" + "\n".join(lines))
+  lines, total = [], SECONDS_PER_FIGURE * len(names) * seeds
+  for seed in range(seeds):
+    for name in needed:
+      c, run = model_run(name, preset, models_dir, corpus=train_corpus,
+                         seed=None if seeds == 1 else seed)
+      label = name if seeds == 1 else f"{name} seed {seed}"
+      if (run / "checkpoints" / str(c.train.steps)).is_dir():
+        lines.append(f"  {label}: trained, reused")
+        continue
+      seconds = estimated_training_seconds(c, peak)
+      total += seconds
+      tokens = c.train.steps * c.train.batch_size * c.model.n_ctx
+      lines.append(f"  {label}: train {c.train.steps:,} steps, {tokens / 1e6:.1f}M tokens, "
+                   f"~{seconds / 60:.1f} min")
+  return (f"plan: {len(names)} figure(s) from {len(needed)} model(s) ({preset} preset"
+          f"{'' if seeds == 1 else f', {seeds} seeds'}); estimated {total / 60:.0f} min on this "
+          f"machine ({os.cpu_count()} cores, {peak / 1e9:.0f} GFLOP/s float32 matmuls), plus "
+          "the corpus's tokenization if it is not cached (≈10 s for the default corpus on 2 "
+          "cores)\n" + "\n".join(lines))
 
 
 def bench_circuits(n_layers: int = 2, n_heads: int = 12, d_head: int = 64, d_model: int = 768,

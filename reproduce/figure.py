@@ -335,7 +335,8 @@ def main(argv):
   loaded: Dict[str, experiment.Model] = {}
   if not FLAGS.checkpoint:
     from reproduce.bench import first_run_plan  # pylint: disable=import-outside-toplevel
-    print(first_run_plan(names, FLAGS.preset, FLAGS.models_dir or Path(FLAGS.workdir) / "models"))
+    print(first_run_plan(names, FLAGS.preset, FLAGS.models_dir or Path(FLAGS.workdir) / "models",
+                         seeds=FLAGS.seeds, train_corpus=FLAGS.train_corpus))
   started, failures, all_claims = time.time(), [], []
   models_dir = FLAGS.models_dir or str(Path(FLAGS.workdir) / "models")
   for index in range(FLAGS.seeds):

@@ -29,8 +29,8 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def cpu_description() -> str:
-  """One line: model name, usable cores, and the vector/matrix units that matter here."""
+def cpu_name_and_flags():
+  """(model name, set of /proc/cpuinfo flags) of the first CPU; ("unknown CPU", ∅) elsewhere."""
   name, flags = "unknown CPU", set()
   try:
     with open("/proc/cpuinfo") as f:
@@ -42,6 +42,18 @@ def cpu_description() -> str:
           flags = set(value.split())
   except OSError:
     pass
+  return name, flags
+
+
+def cpu_has_amx() -> bool:
+  """Whether the CPU has AMX bfloat16 tiles (Intel Sapphire Rapids and later), where XLA's
+  bfloat16 products run ≈ 4× faster than float32 ones at the cpu presets' widths."""
+  return "amx_bf16" in cpu_name_and_flags()[1]
+
+
+def cpu_description() -> str:
+  """One line: model name, usable cores, and the vector/matrix units that matter here."""
+  name, flags = cpu_name_and_flags()
   units = [label for flag, label in (("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"),
                                       ("amx_bf16", "AMX"), ("avx2", "AVX2")) if flag in flags]
   if "AVX-512" in units:

@@ -117,11 +117,47 @@ def blocked_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, compute_d
 
 def _einsum(spec: str, a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
   """``einsum`` with both operands cast to ``compute_dtype`` (None: as they are) and a float32
-  result: the products run in the compute dtype, the accumulation and the output in float32."""
+  result: the products run in the compute dtype, the accumulation and the output in float32.
+  So do the backward's two products (``_mixed_einsum``)."""
   if compute_dtype is None:
     return jnp.einsum(spec, a, b)
-  return jnp.einsum(spec, a.astype(compute_dtype), b.astype(compute_dtype),
-                    preferred_element_type=jnp.float32)
+  return _mixed_einsum(spec, jnp.dtype(compute_dtype), a, b)
+
+
+def _transposed_specs(spec: str):
+  """For ``"a,b->c"`` with every index in at least two of the three terms (no repeats, no index
+  summed within one operand; batch indices are in all three): the specs of
+  d a = einsum("c,b->a", g, b) and d b = einsum("a,c->b", a, g)."""
+  inputs, out = spec.replace(" ", "").split("->")
+  lhs, rhs = inputs.split(",")
+  for term in (lhs, rhs, out):
+    if len(set(term)) != len(term) or any((i in lhs) + (i in rhs) + (i in out) < 2 for i in term):
+      raise ValueError(f"einsum {spec!r}: every index must appear in two or three terms")
+  return f"{out},{rhs}->{lhs}", f"{lhs},{out}->{rhs}"
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _mixed_einsum(spec, dtype, a, b):
+  return _mixed_einsum_fwd(spec, dtype, a, b)[0]
+
+
+def _mixed_einsum_fwd(spec, dtype, a, b):
+  a_c, b_c = a.astype(dtype), b.astype(dtype)
+  out = jnp.einsum(spec, a_c, b_c, preferred_element_type=jnp.float32)
+  return out, (a_c, b_c, jnp.zeros((), a.dtype), jnp.zeros((), b.dtype))
+
+
+def _mixed_einsum_bwd(spec, dtype, residuals, g):
+  # Autodiff would multiply the float32 cotangent by the compute-dtype operand, a mixed product
+  # that XLA's CPU backend runs in float32; the cotangent is cast instead, as the forward's inputs.
+  a_c, b_c, a_like, b_like = residuals
+  spec_a, spec_b = _transposed_specs(spec)
+  g_c = g.astype(dtype)
+  return (jnp.einsum(spec_a, g_c, b_c, preferred_element_type=jnp.float32).astype(a_like.dtype),
+          jnp.einsum(spec_b, a_c, g_c, preferred_element_type=jnp.float32).astype(b_like.dtype))
+
+
+_mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
 
 
 def _layer(a, index):

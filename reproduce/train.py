@@ -39,7 +39,7 @@ from reproduce import checkpoint, data, scores
 from reproduce.config import (apply_overrides, check_corpus_size, load_config,
                               split_config_flags, validate)
 from reproduce.corpus import corpus_from_config
-from reproduce.host import CPU_DEVICES_HELP, split_cpu
+from reproduce.host import CPU_DEVICES_HELP, cpu_has_amx, split_cpu
 from reproduce.model import forward, largest_divisor_at_most, mean_loss, token_losses
 from reproduce.tokenizer import TokenizedCorpus, prepare_tokens
 from reproduce.weights import ModelConfig, Weights, init_weights
@@ -191,8 +191,8 @@ def _cudnn_accepts(shape, dtype) -> Optional[str]:
 def plan_step(config, n_devices: int, platform: str, check_cudnn: bool = True) -> StepPlan:
   """Resolves ``train.compute_dtype``, ``train.attention`` and ``train.micro_batch_size``.
 
-  compute_dtype "auto": bfloat16 on GPU/TPU; float32 on CPU (measured faster than bfloat16 at
-  the cpu presets' shapes even with AMX, experiments/SPEED.md).
+  compute_dtype "auto": bfloat16 on GPU/TPU, and on CPUs with AMX (1.3× the float32 step at the
+  anchor shape on Sapphire Rapids, experiments/SPEED.md); float32 on other CPUs.
   attention "auto": cuDNN's fused kernel on GPU; on CPU causal query blocks with a hand-written
   backward (``model.blocked_causal_attention``: 1.14× the explicit step at the anchor shape,
   where XLA's ``dot_product_attention`` ran at 0.6×); explicit patterns on TPU.  cuDNN falls
@@ -207,8 +207,12 @@ def plan_step(config, n_devices: int, platform: str, check_cudnn: bool = True) -
   reasons = []
   dtype = t.compute_dtype
   if dtype == "auto":
-    dtype = "float32" if platform == "cpu" else "bfloat16"
-    why = "measured faster on CPU" if platform == "cpu" else platform
+    if platform != "cpu":
+      dtype, why = "bfloat16", platform
+    elif cpu_has_amx():
+      dtype, why = "bfloat16", "CPU with AMX: bf16 products, float32 sums and state"
+    else:
+      dtype, why = "float32", "CPU without AMX"
     reasons.append(f"compute_dtype auto → {dtype} ({why})")
   attention = t.attention
   if attention == "auto":

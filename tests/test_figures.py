@@ -218,3 +218,17 @@ def test_seeds_flag_refuses_a_checkpoint(tmp_path):
   out = subprocess.run([sys.executable, "-m", "reproduce.figure", "--name=bigram", "--seeds=3",
                         f"--checkpoint={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
   assert out.returncode != 0 and "--seeds" in out.stderr
+
+
+def test_first_run_plan_lists_every_seeds_models_and_spots_finished_ones(tmp_path):
+  from reproduce.bench import first_run_plan  # pylint: disable=import-outside-toplevel
+  _, finished = experiment.model_run("attn2l", "test", tmp_path, seed=1)
+  (finished / "checkpoints" / "30").mkdir(parents=True)  # the test preset trains 30 steps
+  plan = first_run_plan(["eigen_hist"], "test", tmp_path, seeds=2).splitlines()
+  assert "2 seeds" in plan[0] and "estimated" in plan[0]
+  assert [line.split(", 0.0M tokens")[0] for line in plan[1:]] == [
+      "  attn1l seed 0: train 30 steps", "  attn2l seed 0: train 30 steps",
+      "  attn1l seed 1: train 30 steps", "  attn2l seed 1: trained, reused"]
+  single = first_run_plan(["eigen_hist"], "test", tmp_path).splitlines()
+  assert single[1:] and all(line.startswith(("  attn1l: train", "  attn2l: train"))
+                           for line in single[1:])  # seed 0 trains; seed 1 is not it

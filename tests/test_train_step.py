@@ -161,8 +161,12 @@ def test_test_preset_trains_in_bfloat16(make_config, tmp_path):
   assert result.weights.W_Q.dtype == np.float32
 
 
-def test_plan_rules(make_config):
+def test_plan_rules(make_config, monkeypatch):
   c = make_config("attn2l", train=dict(batch_size=8))
+  for amx, dtype in ((True, "bfloat16"), (False, "float32")):  # bf16 products only with AMX
+    monkeypatch.setattr(tr, "cpu_has_amx", lambda amx=amx: amx)
+    plan = tr.plan_step(c, 1, "cpu")
+    assert plan.compute_dtype == dtype and any(f"auto → {dtype}" in r for r in plan.reasons)
   cpu = tr.plan_step(c, 1, "cpu")
   assert (cpu.compute_dtype, cpu.attention) == ("float32", "blocked")
   assert cpu.n_micro == 8 // min(8, tr.CPU_SLICE_TOKENS // c.model.n_ctx)
@@ -204,3 +208,41 @@ def test_plan_compiles_paper_step_within_budget():
       jax.eval_shape(lambda: tr.initial_weights(paper))))
   assert memory["arguments_gib"] >= 3 * params * 4 / 2 ** 30  # weights + Adam's two moments
   assert plan["xla_flops_per_device"] > 0 and plan["step_time_floor_s"] > 0
+
+
+def _round_to_bfloat16(a) -> np.ndarray:
+  return np.asarray(jnp.asarray(a, jnp.float32).astype(jnp.bfloat16).astype(jnp.float32),
+                    np.float64)
+
+
+@pytest.mark.parametrize("spec,shapes", [
+    ("btd,hde->bthe", ((2, 5, 6), (3, 6, 4))),       # Q/K/V projections
+    ("bhte,bhse->bhts", ((2, 3, 5, 4), (2, 3, 7, 4))),  # scores: batch indices in all three
+    ("bthe,hed->btd", ((2, 5, 3, 4), (3, 4, 6))),     # output projection
+])
+def test_mixed_einsum_backward_takes_bfloat16_operands(spec, shapes):
+  """Forward and both gradients of the bf16 product equal float64 NumPy einsums of the
+  bf16-rounded operands and cotangent (the backward's products take bf16 operands too)."""
+  from reproduce.model import _einsum  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  a, b = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes)
+  out, vjp = jax.vjp(lambda a, b: _einsum(spec, a, b, jnp.bfloat16), a, b)
+  g = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
+  da, db = vjp(g)
+  (lhs, rhs), res = spec.split("->")[0].split(","), spec.split("->")[1]
+  a64, b64, g64 = (_round_to_bfloat16(v) for v in (a, b, g))
+  for got, want in ((out, np.einsum(spec, a64, b64)),
+                    (da, np.einsum(f"{res},{rhs}->{lhs}", g64, b64)),
+                    (db, np.einsum(f"{lhs},{res}->{rhs}", a64, g64))):
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+  # float32 cotangents would give visibly different gradients: the test can tell them apart
+  assert not np.allclose(np.asarray(da), np.einsum(f"{res},{rhs}->{lhs}", np.asarray(g, np.float64),
+                                                   b64), rtol=1e-5, atol=1e-5)
+
+
+def test_mixed_einsum_refuses_a_sum_inside_one_operand():
+  from reproduce.model import _transposed_specs  # pylint: disable=import-outside-toplevel
+  assert _transposed_specs("bhts,bhse->bhte") == ("bhte,bhse->bhts", "bhts,bhte->bhse")
+  with pytest.raises(ValueError, match="two or three terms"):
+    _transposed_specs("btd,de->be")  # t is summed within the first operand
