@@ -7,9 +7,10 @@
     python -m reproduce.bench compare --tl-python=/path/to/venv/bin/python   # vs TransformerLens
     python -m reproduce.bench prepare                   # token-store build: tokens/s, peak RSS
 
-``train`` measures the machine's float32 matmul peak (a 4096³ product) in the same run and
-reports model FLOP utilisation against it.  Model FLOPs per token follow the usual convention:
-6·N (N = matmul parameters: W_U and the per-head W_Q, W_K, W_V, W_O; the embedding gather is
+``train`` measures the machine's matmul peak (a 4096³ product) in the step's compute dtype and
+in float32 in the same run, and reports model FLOP utilisation against both.  ``compare`` times
+our step in float32 and in bfloat16 compute beside TransformerLens.  Model FLOPs per token
+follow the usual convention: 6·N (N = matmul parameters: W_U and the per-head W_Q, W_K, W_V, W_O; the embedding gather is
 free) plus 12·L·H·d_head·n_ctx for the attention scores and mixing (the full square, masked half
 included).
 """
@@ -63,12 +64,15 @@ def bench_train(config, seconds: float = 15.0) -> dict:
   """Steady-state training throughput on random tokens (data loading excluded)."""
   from reproduce import train as tr  # pylint: disable=import-outside-toplevel
   m, t = config.model, config.train
-  peak = matmul_peak_flops()
   mesh = tr.data_mesh()
+  plan = tr.plan_step(config, mesh.size, mesh.devices.flat[0].platform)
+  peak32 = matmul_peak_flops()
+  peak = peak32 if plan.compute_dtype == "float32" else matmul_peak_flops(
+      dtype=jnp.dtype(plan.compute_dtype))
   tx = tr.make_optimizer(config)
   weights = tr.initial_weights(config)
   state = tr.TrainState(jnp.zeros((), jnp.int32), weights, tx.init(weights))
-  step = tr.compile_train_step(config, tx, mesh)
+  step = tr.compile_train_step(config, tx, mesh, plan)
   rng = np.random.default_rng(0)
   batches = [tr.put_batch(mesh, *(rng.integers(0, m.d_vocab, (t.batch_size, m.n_ctx))
                                    .astype(np.int32),) * 2) for _ in range(4)]
@@ -97,8 +101,11 @@ def bench_train(config, seconds: float = 15.0) -> dict:
       "steps_timed": steps, "step_time_s": round(step_s, 5), "tokens_per_s": round(tokens_per_s),
       "compile_s": round(compile_s, 2), "model_flops_per_token": flops,
       "achieved_gflops": round(tokens_per_s * flops / 1e9, 1),
+      "compute_dtype": plan.compute_dtype,
       "matmul_peak_gflops": round(peak / 1e9, 1),
       "mfu": round(tokens_per_s * flops / peak, 3),
+      "matmul_peak_gflops_float32": round(peak32 / 1e9, 1),
+      "mfu_vs_float32_peak": round(tokens_per_s * flops / peak32, 3),
   }
 
 
@@ -221,10 +228,12 @@ for line in sys.stdin:
 
 def compare_with_transformerlens(config, tl_python: str, rounds: int = 5,
                                  seconds_per_round: float = 3.0) -> dict:
-  """Training tokens/s of our step and of TransformerLens at the same shape, timed alternately
-  in one run (round k: TransformerLens, ours, then the float32 and bfloat16 matmul peaks), best
-  round each; MFU per round against that round's peak for our compute dtype, and best rate over
-  best peak."""
+  """Training tokens/s of our step, in float32 and in bfloat16 compute, and of TransformerLens
+  (float32, its default) at the same shape, timed alternately in one run (round k:
+  TransformerLens, ours in each compute dtype, then the float32 and bfloat16 matmul peaks).  Per
+  dtype: the ratio to TransformerLens (best rates, median rates) and the MFU per round against
+  that round's peak of the same dtype, and best rate over best peak.  ``default`` names the
+  dtype ``train.compute_dtype`` resolves to on this machine."""
   import subprocess  # pylint: disable=import-outside-toplevel
   import tempfile  # pylint: disable=import-outside-toplevel
   from reproduce import train as tr  # pylint: disable=import-outside-toplevel
@@ -239,6 +248,7 @@ def compare_with_transformerlens(config, tl_python: str, rounds: int = 5,
     f.write(_TL_WORKER)
   tl = subprocess.Popen([tl_python, "-I", worker, json.dumps(shape)], stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE, text=True)
+  dtypes = ("float32", "bfloat16")
   try:
     tl_info = json.loads(tl.stdout.readline() or "null")
     if tl_info is None:
@@ -250,93 +260,109 @@ def compare_with_transformerlens(config, tl_python: str, rounds: int = 5,
       return json.loads(tl.stdout.readline())["seconds"]
 
     mesh = tr.data_mesh()
-    tx = tr.make_optimizer(config)
-    weights = tr.initial_weights(config)
-    state = tr.TrainState(jnp.zeros((), jnp.int32), weights, tx.init(weights))
-    plan = tr.plan_step(config, mesh.size, mesh.devices.flat[0].platform)
-    step = tr.compile_train_step(config, tx, mesh, plan)
+    platform = mesh.devices.flat[0].platform
+    default = tr.plan_step(config, mesh.size, platform, check_cudnn=False).compute_dtype
     rng = np.random.default_rng(0)
     batch = tr.put_batch(mesh, *(rng.integers(0, m.d_vocab, (t.batch_size, m.n_ctx))
                                  .astype(np.int32),) * 2)
-    for _ in range(3):
-      state, _ = step(state, *batch)
-    jax.block_until_ready(state)
+    runs, plans = {}, {}
+    for dtype in dtypes:
+      c = config.copy_and_resolve_references()
+      c.unlock()
+      c.train.compute_dtype = dtype
+      c.lock()
+      tx = tr.make_optimizer(c)
+      weights = tr.initial_weights(c)
+      plans[dtype] = tr.plan_step(c, mesh.size, platform)
+      runs[dtype] = [tr.compile_train_step(c, tx, mesh, plans[dtype]),
+                     tr.TrainState(jnp.zeros((), jnp.int32), weights, tx.init(weights))]
 
-    def ours_time(n):
-      nonlocal state
+    def ours_time(dtype, n):
+      step = runs[dtype][0]
+      jax.block_until_ready(runs[dtype][1])
       start = time.perf_counter()
       for _ in range(n):
-        state, _ = step(state, *batch)
-      jax.block_until_ready(state)
+        runs[dtype][1], _ = step(runs[dtype][1], *batch)
+      jax.block_until_ready(runs[dtype][1])
       return time.perf_counter() - start
 
+    for dtype in dtypes:
+      ours_time(dtype, 3)  # compile and warm up
     n_tl = max(1, int(seconds_per_round / tl_time(1)))
-    n_ours = max(1, int(seconds_per_round / ours_time(1)))
-    tl_rates, our_rates, peaks32, peaks16 = [], [], [], []
-    for _ in range(rounds):  # each round: TransformerLens, ours, both matmul peaks
+    n_ours = {d: max(1, int(seconds_per_round / ours_time(d, 1))) for d in dtypes}
+    tl_rates, our_rates, peaks = [], {d: [] for d in dtypes}, {d: [] for d in dtypes}
+    for _ in range(rounds):  # each round: TransformerLens, ours in each dtype, both peaks
       tl_rates.append(n_tl * tokens_per_step / tl_time(n_tl))
-      our_rates.append(n_ours * tokens_per_step / ours_time(n_ours))
-      peaks32.append(matmul_peak_flops(2048, 2))
-      peaks16.append(matmul_peak_flops(2048, 2, jnp.bfloat16))
+      for d in dtypes:
+        our_rates[d].append(n_ours[d] * tokens_per_step / ours_time(d, n_ours[d]))
+      for d in dtypes:
+        peaks[d].append(matmul_peak_flops(2048, 2, jnp.dtype(d)))
   finally:
     tl.stdin.close()
     tl.wait(timeout=60)
     os.unlink(worker)
     os.rmdir(worker_dir)
   flops = model_flops_per_token(m)
-  ours, theirs = max(our_rates), max(tl_rates)
-  peak32, peak16 = max(peaks32), max(peaks16)
-  own_peak = peaks16 if plan.compute_dtype == "bfloat16" else peaks32
-  mfu_rounds = [r * flops / p for r, p in zip(our_rates, own_peak)]
+  theirs = max(tl_rates)
+  ours = {}
+  for d in dtypes:
+    rates = our_rates[d]
+    ours[d] = {
+        "step_plan": plans[d].describe(),
+        "tokens_per_s_rounds": [round(r) for r in rates],
+        "ratio_best": round(max(rates) / theirs, 3),
+        "ratio_median": round(float(np.median(rates) / np.median(tl_rates)), 3),
+        "mfu_rounds": [round(r * flops / p, 3) for r, p in zip(rates, peaks[d])],
+        "mfu_best_rates": round(max(rates) * flops / max(peaks[d]), 3),
+        "mfu_vs_float32_peak": round(max(rates) * flops / max(peaks["float32"]), 3),
+    }
   return {
       "benchmark": "compare", "shape": shape, "device_kind": jax.devices()[0].device_kind,
-      "cpu_count": os.cpu_count(), "step_plan": plan.describe(),
+      "cpu_count": os.cpu_count(), "default": default,
       "transformerlens": tl_info, "rounds": rounds,
-      "ours_tokens_per_s_rounds": [round(r) for r in our_rates],
       "transformerlens_tokens_per_s_rounds": [round(r) for r in tl_rates],
-      "ratio_best": round(ours / theirs, 3),
-      "ratio_median": round(float(np.median(our_rates) / np.median(tl_rates)), 3),
-      "matmul_peak_gflops_float32": round(peak32 / 1e9, 1),
-      "matmul_peak_gflops_bfloat16": round(peak16 / 1e9, 1),
-      "mfu_ours_rounds": [round(x, 3) for x in mfu_rounds],
-      "mfu_ours_best_rates": round(ours * flops / max(own_peak), 3),
-      "mfu_ours_vs_float32_peak": round(ours * flops / peak32, 3),
-      "mfu_ours_vs_bfloat16_peak": round(ours * flops / peak16, 3),
-      "mfu_transformerlens_vs_float32_peak": round(theirs * flops / peak32, 3),
+      "ours": ours,
+      "matmul_peak_gflops_float32": round(max(peaks["float32"]) / 1e9, 1),
+      "matmul_peak_gflops_bfloat16": round(max(peaks["bfloat16"]) / 1e9, 1),
+      "mfu_transformerlens_vs_float32_peak": round(theirs * flops / max(peaks["float32"]), 3),
       "load_average_after": [round(x, 2) for x in os.getloadavg()],
   }
 
 
-# Start-up estimate of a training run's time, fitted to the training loops' wall times in four
-# cold main jobs on the 2-core Intel Sapphire Rapids kind (one CPU device per core; start-up
-# float32 peaks 291–374 GFLOP/s): the model FLOPs run at this fraction of the peak (0L, which has
-# no attention: 0.62), and each causal attention score costs about this many matmul-FLOP
-# equivalents per head and layer on top (softmax, mask and their backward: memory-bound passes;
-# fitted on 1L and 2L, whose runs then come within ±8%).  Each run adds its start-up, each figure
-# its analysis.  Printed as a rough estimate.
-TRAINING_PEAK_FRACTION = 0.62
-ATTENTION_SCORE_FLOPS = 300
+# Start-up estimate of a training run's time, fitted to the training loops' wall times in cold
+# main jobs on the 2-core Intel Sapphire Rapids kind (one CPU device per core; start-up float32
+# peaks 280–374 GFLOP/s): the model's products run at this fraction of the float32 peak (0L, which
+# has no attention: 0.62 in float32, 0.92 with bf16 products on AMX), and each causal attention
+# score costs about this many float32-peak FLOP equivalents per head and layer on top (softmax,
+# mask and their backward: memory-bound passes; fitted on 1L and 2L, whose runs then come within
+# ±8%).  Each run adds its start-up, each figure its analysis.  Printed as a rough estimate.
+PRODUCT_PEAK_FRACTION = {"float32": 0.62, "bfloat16": 0.90}
+ATTENTION_SCORE_FLOPS = 480
 SECONDS_PER_RUN = 3
 SECONDS_PER_FIGURE = 10
 
 
-def estimated_training_seconds(config, peak_flops: float) -> float:
-  """steps × tokens/step × (model FLOPs + ATTENTION_SCORE_FLOPS · L · H · n_ctx/2) per token at
-  ``TRAINING_PEAK_FRACTION`` of ``peak_flops``, plus ``SECONDS_PER_RUN``."""
+def estimated_training_seconds(config, peak_flops: float, compute_dtype: str) -> float:
+  """steps × tokens/step × (model FLOPs / PRODUCT_PEAK_FRACTION[compute_dtype] +
+  ATTENTION_SCORE_FLOPS · L · H · n_ctx/2) per token over the float32 ``peak_flops``, plus
+  ``SECONDS_PER_RUN``."""
   m, t = config.model, config.train
   scores_per_token = m.n_layers * m.n_heads * m.n_ctx / 2
-  per_token = model_flops_per_token(m) + ATTENTION_SCORE_FLOPS * scores_per_token
+  per_token = (model_flops_per_token(m) / PRODUCT_PEAK_FRACTION[compute_dtype]
+               + ATTENTION_SCORE_FLOPS * scores_per_token)
   tokens = t.steps * t.batch_size * m.n_ctx
-  return SECONDS_PER_RUN + tokens * per_token / (TRAINING_PEAK_FRACTION * peak_flops)
+  return SECONDS_PER_RUN + tokens * per_token / peak_flops
 
 
 def first_run_plan(names, preset: str, models_dir, seeds: int = 1,
                    train_corpus: Optional[str] = None) -> str:
   """What ``reproduce.figure`` is about to do, with a time estimate for this machine: the models
   still to train for each of ``seeds`` training seeds (``estimated_training_seconds`` against a
-  quick matmul-peak measurement) and the figures."""
+  quick float32 matmul-peak measurement, in the compute dtype the step will pick) and the
+  figures."""
   from reproduce.experiment import model_run  # pylint: disable=import-outside-toplevel
   from reproduce.figure import figure_config  # pylint: disable=import-outside-toplevel
+  from reproduce.train import plan_step  # pylint: disable=import-outside-toplevel
   needed = sorted({m for n in names for m in figure_config(n, preset).models})
   peak = matmul_peak_flops(2048, 3)
   lines, total = [], SECONDS_PER_FIGURE * len(names) * seeds
@@ -348,7 +374,9 @@ def first_run_plan(names, preset: str, models_dir, seeds: int = 1,
       if (run / "checkpoints" / str(c.train.steps)).is_dir():
         lines.append(f"  {label}: trained, reused")
         continue
-      seconds = estimated_training_seconds(c, peak)
+      dtype = plan_step(c, len(jax.devices()), jax.default_backend(),
+                        check_cudnn=False).compute_dtype
+      seconds = estimated_training_seconds(c, peak, dtype)
       total += seconds
       tokens = c.train.steps * c.train.batch_size * c.model.n_ctx
       lines.append(f"  {label}: train {c.train.steps:,} steps, {tokens / 1e6:.1f}M tokens, "
