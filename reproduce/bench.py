@@ -10,9 +10,9 @@
 ``train`` measures the machine's matmul peak (a 4096³ product) in the step's compute dtype and
 in float32 in the same run, and reports model FLOP utilisation against both.  ``compare`` times
 our step in float32 and in bfloat16 compute beside TransformerLens.  Model FLOPs per token
-follow the usual convention: 6·N (N = matmul parameters: W_U and the per-head W_Q, W_K, W_V, W_O; the embedding gather is
-free) plus 12·L·H·d_head·n_ctx for the attention scores and mixing (the full square, masked half
-included).
+follow the usual convention: 6·N (N = matmul parameters: W_U and the per-head W_Q, W_K, W_V,
+W_O; the embedding gather is free) plus 12·L·H·d_head·n_ctx for the attention scores and mixing
+(the full square, masked half included).
 """
 
 from __future__ import annotations
@@ -332,7 +332,7 @@ def compare_with_transformerlens(config, tl_python: str, rounds: int = 5,
 # Start-up estimate of a training run's time, fitted to the training loops' wall times in cold
 # main jobs on the 2-core Intel Sapphire Rapids kind (one CPU device per core; start-up float32
 # peaks 280–374 GFLOP/s): the model's products run at this fraction of the float32 peak (0L, which
-# has no attention: 0.62 in float32, 0.92 with bf16 products on AMX), and each causal attention
+# has no attention, measured 0.62 in float32 and 0.92 with bf16 products), and each causal attention
 # score costs about this many float32-peak FLOP equivalents per head and layer on top (softmax,
 # mask and their backward: memory-bound passes; fitted on 1L and 2L, whose runs then come within
 # ±8%).  Each run adds its start-up, each figure its analysis.  Printed as a rough estimate.

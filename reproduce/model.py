@@ -144,7 +144,7 @@ def _mixed_einsum(spec, dtype, a, b):
 def _mixed_einsum_fwd(spec, dtype, a, b):
   a_c, b_c = a.astype(dtype), b.astype(dtype)
   out = jnp.einsum(spec, a_c, b_c, preferred_element_type=jnp.float32)
-  return out, (a_c, b_c, jnp.zeros((), a.dtype), jnp.zeros((), b.dtype))
+  return out, (a_c, b_c, jnp.zeros((), a.dtype), jnp.zeros((), b.dtype))  # + input dtypes
 
 
 def _mixed_einsum_bwd(spec, dtype, residuals, g):
