@@ -33,8 +33,12 @@ def _free_port() -> int:
 
 
 def _train_command(workdir, cache_dir):
+  # float32 on every CPU kind: the one-device resume is compared within float32 rounding (with
+  # bf16 products, on AMX, a rounding flipped by the other summation order moves weights by
+  # ~1e-6); the equalities hold in any dtype.
   return [sys.executable, "-m", "reproduce.train", "--config=configs/attn2l.py:test",
-          f"--workdir={workdir}", f"--config.data.cache_dir={cache_dir}"]
+          f"--workdir={workdir}", f"--config.data.cache_dir={cache_dir}",
+          "--config.train.compute_dtype=float32"]
 
 
 def _start(workdir, cache_dir, processes: int = 1, fake_devices: int = 1):
