@@ -268,9 +268,7 @@ def compare_with_transformerlens(config, tl_python: str, rounds: int = 5,
     runs, plans = {}, {}
     for dtype in dtypes:
       c = config.copy_and_resolve_references()
-      c.unlock()
       c.train.compute_dtype = dtype
-      c.lock()
       tx = tr.make_optimizer(c)
       weights = tr.initial_weights(c)
       plans[dtype] = tr.plan_step(c, mesh.size, platform)

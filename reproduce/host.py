@@ -13,6 +13,7 @@ The split must happen before JAX starts its CPU backend, so the command-line ent
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Optional
 
@@ -29,9 +30,11 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_name_and_flags():
-  """(model name, set of /proc/cpuinfo flags) of the first CPU; ("unknown CPU", ∅) elsewhere."""
-  name, flags = "unknown CPU", set()
+  """(model name, frozenset of /proc/cpuinfo flags) of the first CPU, read once per process;
+  ("unknown CPU", ∅) elsewhere."""
+  name, flags = "unknown CPU", frozenset()
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
@@ -39,7 +42,9 @@ def cpu_name_and_flags():
         if key.strip() == "model name" and name == "unknown CPU":
           name = " ".join(value.split())
         elif key.strip() == "flags" and not flags:
-          flags = set(value.split())
+          flags = frozenset(value.split())
+        if flags and name != "unknown CPU":  # the first CPU's entry is enough
+          break
   except OSError:
     pass
   return name, flags
