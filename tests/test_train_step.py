@@ -246,3 +246,34 @@ def test_mixed_einsum_refuses_a_sum_inside_one_operand():
   assert _transposed_specs("bhts,bhse->bhte") == ("bhte,bhse->bhts", "bhts,bhte->bhse")
   with pytest.raises(ValueError, match="two or three terms"):
     _transposed_specs("btd,de->be")  # t is summed within the first operand
+
+
+def test_transposed_is_an_exact_row_major_transpose():
+  from reproduce.model import _transposed  # pylint: disable=import-outside-toplevel
+  a = jnp.asarray(np.random.default_rng(0).normal(size=(12, 5)) * 100, jnp.float32)
+  got = _transposed(a, jnp.bfloat16)
+  assert got.shape == (5, 12) and got.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(got, np.float32),
+                                np.asarray(a.astype(jnp.bfloat16), np.float32).T)
+
+
+def test_bfloat16_cross_entropy_backward_matches_numpy():
+  """One-chunk loss (a CPU training slice): dx = d W_Uᵀ and dW_U = xᵀ d with x, W_U and
+  d = (softmax − onehot)·g rounded to bf16, summed in float64 by NumPy."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(24, 16)), jnp.float32)
+  W_U = jnp.asarray(rng.normal(size=(16, 40)) * 0.3, jnp.float32)
+  t = jnp.asarray(rng.integers(0, 40, (24,)))
+  losses, vjp = jax.vjp(
+      lambda x, W: unembed_cross_entropy(x, W, t, compute_dtype=jnp.bfloat16), x, W_U)
+  g = jnp.asarray(rng.uniform(0.5, 1.5, size=(24,)), jnp.float32)
+  dx, dW = vjp(g)
+  x64, W64 = _round_to_bfloat16(x), _round_to_bfloat16(W_U)
+  logits = x64 @ W64
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  d = _round_to_bfloat16((p - np.eye(40)[np.asarray(t)]) * np.asarray(g)[:, None])
+  np.testing.assert_allclose(np.asarray(losses), -np.log(p[np.arange(24), np.asarray(t)]),
+                             rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(dW), x64.T @ d, rtol=1e-3, atol=2e-3)
+  np.testing.assert_allclose(np.asarray(dx), d @ W64.T, rtol=1e-3, atol=2e-3)
