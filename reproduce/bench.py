@@ -330,24 +330,25 @@ def compare_with_transformerlens(config, tl_python: str, rounds: int = 5,
 # Start-up estimate of a training run's time, fitted to the training loops' wall times in cold
 # main jobs on the 2-core Intel Sapphire Rapids kind (one CPU device per core; start-up float32
 # peaks 280–374 GFLOP/s): the model's products run at this fraction of the float32 peak (0L, which
-# has no attention, measured 0.62 in float32 and 0.92 with bf16 products), and each causal attention
+# has no attention, measured 0.62 in float32 and 1.43 with bf16 products), and each causal attention
 # score costs about this many float32-peak FLOP equivalents per head and layer on top (softmax,
-# mask and their backward: memory-bound passes; fitted on 1L and 2L, whose runs then come within
-# ±8%).  Each run adds its start-up, each figure its analysis.  Printed as a rough estimate.
-PRODUCT_PEAK_FRACTION = {"float32": 0.62, "bfloat16": 0.90}
-ATTENTION_SCORE_FLOPS = 480
+# mask, their backward and attention's products that stay float32: fitted on 1L and 2L, whose
+# runs then come within ±8% in float32 and ±2% in bf16).  Each run adds its start-up, each
+# figure its analysis.  Printed as a rough estimate.
+PRODUCT_PEAK_FRACTION = {"float32": 0.62, "bfloat16": 1.43}
+ATTENTION_SCORE_FLOPS = {"float32": 480, "bfloat16": 1020}
 SECONDS_PER_RUN = 3
 SECONDS_PER_FIGURE = 10
 
 
 def estimated_training_seconds(config, peak_flops: float, compute_dtype: str) -> float:
   """steps × tokens/step × (model FLOPs / PRODUCT_PEAK_FRACTION[compute_dtype] +
-  ATTENTION_SCORE_FLOPS · L · H · n_ctx/2) per token over the float32 ``peak_flops``, plus
-  ``SECONDS_PER_RUN``."""
+  ATTENTION_SCORE_FLOPS[compute_dtype] · L · H · n_ctx/2) per token over the float32
+  ``peak_flops``, plus ``SECONDS_PER_RUN``."""
   m, t = config.model, config.train
   scores_per_token = m.n_layers * m.n_heads * m.n_ctx / 2
   per_token = (model_flops_per_token(m) / PRODUCT_PEAK_FRACTION[compute_dtype]
-               + ATTENTION_SCORE_FLOPS * scores_per_token)
+               + ATTENTION_SCORE_FLOPS[compute_dtype] * scores_per_token)
   tokens = t.steps * t.batch_size * m.n_ctx
   return SECONDS_PER_RUN + tokens * per_token / peak_flops
 
