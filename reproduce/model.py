@@ -69,37 +69,62 @@ ATTENTION_IMPLEMENTATIONS = ("explicit", "blocked", "xla", "cudnn")
 QUERY_BLOCK = 64  # queries per block of ``blocked_causal_attention`` (experiments/SPEED.md)
 
 
-def _block_attention_fwd(q, k, v, offset, dtype):
-  """Queries ``offset … offset + len(q) − 1`` against keys ``0 … len(k) − 1`` (the prefix they
-  may see): z = A v with A the causal softmax; returns z and what the backward needs."""
+def _block_pattern(q, k, offset, dtype):
+  """Causal softmax of queries ``offset … offset + len(q) − 1`` against keys
+  ``0 … len(k) − 1`` (the prefix they may see)."""
   T, S = q.shape[2], k.shape[2]
   scores = _einsum("bhte,bhse->bhts", q, k, dtype) / jnp.sqrt(jnp.float32(q.shape[-1]))
   visible = jnp.arange(S)[None, :] <= jnp.arange(offset, offset + T)[:, None]
-  A = jax.nn.softmax(jnp.where(visible, scores, _MASKED), axis=-1)
-  z = _einsum("bhts,bhse->bhte", A, v, dtype)
-  return z, (q, k, v, A, z)
+  return jax.nn.softmax(jnp.where(visible, scores, _MASKED), axis=-1)
+
+
+def _query_blocks(T: int, block: int):
+  b = largest_divisor_at_most(T, block)
+  return [(i, i + b) for i in range(0, T, b)]
+
+
+def _blocked_attention_fwd(q, k, v, block, dtype):
+  """Block (i, j) of queries i … j − 1 meets the key prefix 0 … j − 1: z_ij = A_ij v_prefix."""
+  patterns, zs = [], []
+  for i, j in _query_blocks(q.shape[2], block):
+    A = _block_pattern(q[:, :, i:j], k[:, :, :j], i, dtype)
+    patterns.append(A)
+    zs.append(_einsum("bhts,bhse->bhte", A, v[:, :, :j], dtype))
+  z = jnp.concatenate(zs, axis=2)
+  return z, (q, k, v, patterns, z)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _block_attention(q, k, v, offset, dtype):
-  return _block_attention_fwd(q, k, v, offset, dtype)[0]
+def _blocked_attention(q, k, v, block, dtype):
+  return _blocked_attention_fwd(q, k, v, block, dtype)[0]
 
 
-def _block_attention_bwd(offset, dtype, residuals, dz):
-  """With S = q kᵀ/√E, A = softmax(S), z = A v:  dv = Aᵀ dz,  dA = dz vᵀ and
+def _blocked_attention_bwd(block, dtype, residuals, dz):
+  """Per query block, with S = q kᵀ/√E, A = softmax(S), z = A v:  dv = Aᵀ dz,  dA = dz vᵀ and
   dS = A ⊙ (dA − D) with D_t = Σ_s A_ts dA_ts = dz_t · z_t (one product per row instead of a
-  pass over [T, S]);  dq = dS k/√E,  dk = dSᵀ q/√E.  Masked entries have A = 0, so dS = 0."""
-  del offset
-  q, k, v, A, z = residuals
-  dv = _einsum("bhts,bhte->bhse", A, dz, dtype)
-  dA = _einsum("bhte,bhse->bhts", dz, v, dtype)
-  D = (dz * z).sum(-1, keepdims=True)
-  dS = A * (dA - D) / jnp.sqrt(jnp.float32(q.shape[-1]))
-  return (_einsum("bhts,bhse->bhte", dS, k, dtype).astype(q.dtype),
-          _einsum("bhts,bhte->bhse", dS, q, dtype).astype(k.dtype), dv.astype(v.dtype))
+  pass over [T, S]);  dq = dS k/√E,  dk = dSᵀ q/√E.  Masked entries have A = 0, so dS = 0.
+  Each block's dk, dv cover its key prefix; key block m of dk (dv) is the sum of the pieces of
+  the query blocks at or after m, written once (no zero-padded copies)."""
+  q, k, v, patterns, z = residuals
+  scale = jnp.sqrt(jnp.float32(q.shape[-1]))
+  blocks = _query_blocks(q.shape[2], block)
+  dqs, dks, dvs = [], [], []
+  for (i, j), A in zip(blocks, patterns):
+    dz_i = dz[:, :, i:j]
+    dvs.append(_einsum("bhts,bhte->bhse", A, dz_i, dtype))
+    dA = _einsum("bhte,bhse->bhts", dz_i, v[:, :, :j], dtype)
+    D = (dz_i * z[:, :, i:j]).sum(-1, keepdims=True)
+    dS = A * (dA - D) / scale
+    dqs.append(_einsum("bhts,bhse->bhte", dS, k[:, :, :j], dtype))
+    dks.append(_einsum("bhts,bhte->bhse", dS, q[:, :, i:j], dtype))
+  key_blocks = lambda pieces: jnp.concatenate(
+      [sum((p[:, :, i:j] for p in pieces[m + 1:]), pieces[m][:, :, i:j])
+       for m, (i, j) in enumerate(blocks)], axis=2)
+  return (jnp.concatenate(dqs, axis=2).astype(q.dtype), key_blocks(dks).astype(k.dtype),
+          key_blocks(dvs).astype(v.dtype))
 
 
-_block_attention.defvjp(_block_attention_fwd, _block_attention_bwd)
+_blocked_attention.defvjp(_blocked_attention_fwd, _blocked_attention_bwd)
 
 
 def blocked_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, compute_dtype=None,
@@ -107,12 +132,9 @@ def blocked_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, compute_d
   """Causal attention z = softmax(q kᵀ/√E, masked) v for q, k, v [B, H, T, E] → [B, H, T, E],
   in blocks of ``block`` queries: block i (queries i·b … (i+1)·b − 1) only meets keys
   0 … (i+1)·b − 1, so the fully masked blocks above the diagonal are never computed (with 4
-  blocks, 10 of 16).  Its backward is written by hand (``_block_attention_bwd``).  The same
+  blocks, 10 of 16).  Its backward is written by hand (``_blocked_attention_bwd``).  The same
   numbers as the explicit pattern, without returning patterns (training only)."""
-  T = q.shape[2]
-  b = largest_divisor_at_most(T, block)
-  return jnp.concatenate([_block_attention(q[:, :, i:i + b], k[:, :, :i + b], v[:, :, :i + b],
-                                           i, compute_dtype) for i in range(0, T, b)], axis=2)
+  return _blocked_attention(q, k, v, block, compute_dtype)
 
 
 def _einsum(spec: str, a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
