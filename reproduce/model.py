@@ -103,25 +103,29 @@ def _blocked_attention_bwd(block, dtype, residuals, dz):
   """Per query block, with S = q kᵀ/√E, A = softmax(S), z = A v:  dv = Aᵀ dz,  dA = dz vᵀ and
   dS = A ⊙ (dA − D) with D_t = Σ_s A_ts dA_ts = dz_t · z_t (one product per row instead of a
   pass over [T, S]);  dq = dS k/√E,  dk = dSᵀ q/√E.  Masked entries have A = 0, so dS = 0.
-  Each block's dk, dv cover its key prefix; key block m of dk (dv) is the sum of the pieces of
-  the query blocks at or after m, written once (no zero-padded copies)."""
+
+  dv and dk are formed transposed, dvᵀ = dzᵀ A and dkᵀ = qᵀ dS: written directly they contract
+  both operands over their rows, a form XLA's CPU backend runs on a slow float32 path
+  (experiments/SPEED.md).  Each block's pieces cover its key prefix; key block m of dk (dv) is
+  the sum of the pieces of the query blocks at or after m, written once (no zero padding)."""
   q, k, v, patterns, z = residuals
   scale = jnp.sqrt(jnp.float32(q.shape[-1]))
   blocks = _query_blocks(q.shape[2], block)
-  dqs, dks, dvs = [], [], []
+  dz_t, q_t = jnp.swapaxes(dz, 2, 3), jnp.swapaxes(q, 2, 3)  # [B, H, E, T]
+  dqs, dk_ts, dv_ts = [], [], []
   for (i, j), A in zip(blocks, patterns):
     dz_i = dz[:, :, i:j]
-    dvs.append(_einsum("bhts,bhte->bhse", A, dz_i, dtype))
+    dv_ts.append(_einsum("bhet,bhts->bhes", dz_t[..., i:j], A, dtype))
     dA = _einsum("bhte,bhse->bhts", dz_i, v[:, :, :j], dtype)
     D = (dz_i * z[:, :, i:j]).sum(-1, keepdims=True)
     dS = A * (dA - D) / scale
     dqs.append(_einsum("bhts,bhse->bhte", dS, k[:, :, :j], dtype))
-    dks.append(_einsum("bhts,bhte->bhse", dS, q[:, :, i:j], dtype))
-  key_blocks = lambda pieces: jnp.concatenate(
-      [sum((p[:, :, i:j] for p in pieces[m + 1:]), pieces[m][:, :, i:j])
-       for m, (i, j) in enumerate(blocks)], axis=2)
-  return (jnp.concatenate(dqs, axis=2).astype(q.dtype), key_blocks(dks).astype(k.dtype),
-          key_blocks(dvs).astype(v.dtype))
+    dk_ts.append(_einsum("bhet,bhts->bhes", q_t[..., i:j], dS, dtype))
+  key_blocks = lambda pieces: jnp.swapaxes(jnp.concatenate(
+      [sum((p[..., i:j] for p in pieces[m + 1:]), pieces[m][..., i:j])
+       for m, (i, j) in enumerate(blocks)], axis=3), 2, 3)
+  return (jnp.concatenate(dqs, axis=2).astype(q.dtype), key_blocks(dk_ts).astype(k.dtype),
+          key_blocks(dv_ts).astype(v.dtype))
 
 
 _blocked_attention.defvjp(_blocked_attention_fwd, _blocked_attention_bwd)

@@ -95,6 +95,21 @@ def test_blocked_attention_equals_full_pattern(block):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"d{name}")
 
 
+@pytest.mark.parametrize("block", [3, 12])
+def test_bfloat16_blocked_attention_gradients_match_float32(block):
+  """bf16 products in the blocked attention, the transposed backward products dvᵀ = dzᵀ A and
+  dkᵀ = qᵀ dS included, run (one block and four) and stay within bf16 rounding of the float32
+  full form's gradients (relative Frobenius error)."""
+  rng = np.random.default_rng(block)
+  q, k, v, dz = (jnp.asarray(rng.normal(size=(2, 3, 12, 8)), jnp.float32) for _ in range(4))
+  full = lambda q, k, v: blocked_causal_attention(q, k, v, block=12)
+  bf16 = lambda q, k, v: blocked_causal_attention(q, k, v, jnp.bfloat16, block=block)
+  for name, a, b in zip("qkv", jax.vjp(bf16, q, k, v)[1](dz), jax.vjp(full, q, k, v)[1](dz)):
+    assert a.dtype == jnp.float32
+    error = np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b))
+    assert 0 < error < 0.02, (name, error)  # > 0: it really ran in bf16
+
+
 @pytest.mark.parametrize("attention", ["explicit", "blocked", "xla"])
 def test_bfloat16_loss_matches_float32(attention):
   cfg, w = random_model(n_layers=2, n_heads=3, d_head=8, d_model=16, d_vocab=37, n_ctx=12,
