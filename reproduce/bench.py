@@ -334,8 +334,9 @@ def compare_with_transformerlens(config, tl_python: str, rounds: int = 5,
 # score costs about this many float32-peak FLOP equivalents per head and layer on top (softmax,
 # mask, their backward and attention's products that stay float32: fitted on 1L and 2L, whose
 # runs then come within ±8% in float32 and ±7% in bf16; the bf16 value was refitted after the
-# fifth pass of experiments/SPEED.md; the float32 value predates that pass, which made the
-# float32 step ≈ 1.1× faster, so it likely runs high, not re-measured cold).
+# fifth pass of experiments/SPEED.md; the float32 values predate that pass, and float32 runs
+# of the cpu preset after it, 1L 95 s and 2L 161 s at a 301 GFLOP/s peak, came in 13% and 16%
+# under their estimates: on the safe side, and too few runs to refit two constants on).
 # Each run adds its start-up, each figure its analysis.  Printed as a rough estimate.
 PRODUCT_PEAK_FRACTION = {"float32": 0.62, "bfloat16": 1.43}
 ATTENTION_SCORE_FLOPS = {"float32": 480, "bfloat16": 640}
