@@ -79,6 +79,7 @@ def _block_pattern(q, k, offset, dtype):
 
 
 def _query_blocks(T: int, block: int):
+  """[(start, end)] of equal query blocks of at most ``block`` rows covering 0 … T − 1."""
   b = largest_divisor_at_most(T, block)
   return [(i, i + b) for i in range(0, T, b)]
 
