@@ -194,10 +194,10 @@ def plan_step(config, n_devices: int, platform: str, check_cudnn: bool = True) -
   compute_dtype "auto": bfloat16 on GPU/TPU, and on CPUs with AMX (1.8–1.9× the float32 step at the
   anchor shape on Sapphire Rapids, experiments/SPEED.md, fifth pass); float32 on other CPUs.
   attention "auto": cuDNN's fused kernel on GPU; on CPU causal query blocks with a hand-written
-  backward (``model.blocked_causal_attention``: 1.14× the explicit step at the anchor shape when
-  introduced, where XLA's ``dot_product_attention`` ran at 0.6×); explicit patterns on TPU.  cuDNN falls
-  back to XLA's ``dot_product_attention`` when it cannot take the shape (not a GPU, float32,
-  head size...).
+  backward (``model.blocked_causal_attention``: 1.14× the explicit step at the anchor shape
+  when introduced, where XLA's ``dot_product_attention`` ran at 0.6×); explicit patterns on
+  TPU.  cuDNN falls back to XLA's ``dot_product_attention`` when it cannot take the shape (not
+  a GPU, float32, head size...).
   Micro-batches: a set ``train.micro_batch_size`` wins (it must divide the per-device batch).
   Otherwise, with cuDNN nothing [T, T]-sized is materialised, so the whole per-device batch is
   one slice; with materialised patterns a slice keeps one layer's patterns under 2²⁹ floats on an
