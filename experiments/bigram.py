@@ -15,7 +15,8 @@ distance from the unigram's value to a perfect one (correlation 1, KL 0).
 
 import numpy as np
 
-from reproduce import experiment, scores
+from reproduce.core import scores
+from reproduce import experiment
 
 DESCRIPTION = "0L model vs the corpus's bigram table (and 1L/2L direct paths vs the 0L table): scatter, KL, top-next table"
 

@@ -98,7 +98,7 @@ def _sorted_eigs(lam):
 def _compare_phase(out: Path) -> int:
   import numpy as np  # pylint: disable=import-outside-toplevel
   import reproduce  # pylint: disable=import-outside-toplevel
-  from reproduce import circuits, tl_format  # pylint: disable=import-outside-toplevel
+  from reproduce.core import circuits, tl_format  # pylint: disable=import-outside-toplevel
 
   names = {"W_E": "embed.W_E", "W_pos": "pos_embed.W_pos", "W_U": "unembed.W_U",
            "b_U": "unembed.b_U"}

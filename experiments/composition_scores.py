@@ -17,7 +17,8 @@ within that range.
 import jax
 import numpy as np
 
-from reproduce import circuits, experiment
+from reproduce.core import circuits
+from reproduce import experiment
 
 DESCRIPTION = "Q/K/V composition scores of every earlier × later layer pair minus the random baseline"
 

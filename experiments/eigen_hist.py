@@ -13,7 +13,8 @@ claimed (the induction heads' copying is a claim of ov_qk_scatter).
 
 import numpy as np
 
-from reproduce import circuits, experiment
+from reproduce.core import circuits
+from reproduce import experiment
 
 DESCRIPTION = "Histogram of OV positivity over all heads, trained vs random init, 1L and 2L"
 

@@ -9,7 +9,8 @@ early).  "Fraction removed" = 1 − (ablated / unablated) for each.
 
 import numpy as np
 
-from reproduce import experiment, scores
+from reproduce.core import scores
+from reproduce import experiment
 
 DESCRIPTION = "Zero-ablating each head: share of the repeat-loss drop and of the ICL score removed"
 

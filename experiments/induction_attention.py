@@ -17,8 +17,9 @@ import json
 
 import numpy as np
 
-from reproduce import experiment, scores
-from reproduce.model import forward, token_losses
+from reproduce.core import scores
+from reproduce import experiment
+from reproduce.core.model import forward, token_losses
 
 DESCRIPTION = "Every head on repeated random tokens and on text (value-weighted), interactive HTML, loss per position"
 

@@ -26,8 +26,9 @@ import json
 import numpy as np
 from matplotlib.ticker import NullFormatter
 
-from reproduce import checkpoint, experiment, scores
-from reproduce.loading import load_with_meta
+from reproduce.core import checkpoint, scores
+from reproduce import experiment
+from reproduce.core.loading import load_with_meta
 
 DESCRIPTION = "ICL score and every head's prefix-matching score over training (1L vs 2L), with the loss"
 

@@ -13,8 +13,9 @@ layer-0 heads that feed them.
 
 import numpy as np
 
-from reproduce import experiment, scores
-from reproduce.model import forward
+from reproduce.core import scores
+from reproduce import experiment
+from reproduce.core.model import forward
 
 DESCRIPTION = ("Prefix matching vs copying of every head, induction heads resting on BOS, "
                "layer-0 averaging heads")

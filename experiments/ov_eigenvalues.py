@@ -13,7 +13,8 @@ circuit has mostly positive eigenvalues, above every head of the same model at r
 
 import numpy as np
 
-from reproduce import circuits, experiment
+from reproduce.core import circuits
+from reproduce import experiment
 
 DESCRIPTION = "Each head's full-OV and full-QK eigenvalues in the complex plane (symmetric-log axes)"
 

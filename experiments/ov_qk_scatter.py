@@ -12,7 +12,8 @@ drawn as a grey box: "near (1, 1)" must be well outside it.
 
 import numpy as np
 
-from reproduce import circuits, experiment
+from reproduce.core import circuits
+from reproduce import experiment
 
 DESCRIPTION = "Heads of layers ≥ 1: OV positivity vs positivity of the K-composition QK term with a previous-token head"
 

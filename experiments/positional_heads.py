@@ -7,7 +7,8 @@ heads that attend to themselves (offset 0) or to the previous token (offset 1).
 
 import numpy as np
 
-from reproduce import circuits, experiment, scores
+from reproduce.core import circuits, scores
+from reproduce import experiment
 
 DESCRIPTION = "Per head: softmax of the position-position QK score; offset-0 and offset-1 heads"
 

@@ -18,7 +18,8 @@ import html
 
 import numpy as np
 
-from reproduce import experiment, scores
+from reproduce.core import scores
+from reproduce import experiment
 
 DESCRIPTION = "1L skip-trigrams per head, ranked by standardised QK + OV, with corpus counts"
 

@@ -9,7 +9,7 @@ L(k−1) − Lk; first-order terms are also split by layer and by head.
 import numpy as np
 
 from reproduce import experiment
-from reproduce.paths import term_importance
+from reproduce.core.paths import term_importance
 
 DESCRIPTION = "Loss with paths through ≤ k heads (frozen patterns): marginal effect by order and layer"
 

@@ -30,51 +30,31 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from reproduce.estimate import best_time, matmul_peak_flops, model_flops_per_token
+from reproduce.train.plan import plan_step
+from reproduce.train.step import (TrainState, compile_train_step, data_mesh, initial_weights,
+                                  make_optimizer, put_batch)
+
 # The shape the issue compares against TransformerLens: 2 layers, d_model 128, 4 heads × 32,
 # vocab 2048, n_ctx 256, batch 16.
 ANCHOR = {"model": dict(n_layers=2, d_model=128, n_heads=4, d_head=32, d_vocab=2048, n_ctx=256),
           "train": dict(batch_size=16)}
 
 
-def _best_time(fn, repeats: int) -> float:
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    best = min(best, time.perf_counter() - start)
-  return best
-
-
-def matmul_peak_flops(n: int = 4096, repeats: int = 3, dtype=jnp.float32) -> float:
-  """Measured FLOP/s of one n×n×n matmul on the default device (operands of ``dtype``,
-  float32 accumulation)."""
-  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-  mm = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
-  jax.block_until_ready(mm(a, b))
-  return 2 * n ** 3 / _best_time(lambda: mm(a, b), repeats)
-
-
-def model_flops_per_token(m) -> float:
-  n_matmul = m.d_model * m.d_vocab + m.n_layers * 4 * m.d_model * m.n_heads * m.d_head
-  return 6 * n_matmul + 12 * m.n_layers * m.n_heads * m.d_head * m.n_ctx
-
-
 def bench_train(config, seconds: float = 15.0) -> dict:
   """Steady-state training throughput on random tokens (data loading excluded)."""
-  from reproduce import train as tr  # pylint: disable=import-outside-toplevel
   m, t = config.model, config.train
-  mesh = tr.data_mesh()
-  plan = tr.plan_step(config, mesh.size, mesh.devices.flat[0].platform)
+  mesh = data_mesh()
+  plan = plan_step(config, mesh.size, mesh.devices.flat[0].platform)
   peak32 = matmul_peak_flops()
   peak = peak32 if plan.compute_dtype == "float32" else matmul_peak_flops(
       dtype=jnp.dtype(plan.compute_dtype))
-  tx = tr.make_optimizer(config)
-  weights = tr.initial_weights(config)
-  state = tr.TrainState(jnp.zeros((), jnp.int32), weights, tx.init(weights))
-  step = tr.compile_train_step(config, tx, mesh, plan)
+  tx = make_optimizer(config)
+  weights = initial_weights(config)
+  state = TrainState(jnp.zeros((), jnp.int32), weights, tx.init(weights))
+  step = compile_train_step(config, tx, mesh, plan)
   rng = np.random.default_rng(0)
-  batches = [tr.put_batch(mesh, *(rng.integers(0, m.d_vocab, (t.batch_size, m.n_ctx))
+  batches = [put_batch(mesh, *(rng.integers(0, m.d_vocab, (t.batch_size, m.n_ctx))
                                    .astype(np.int32),) * 2) for _ in range(4)]
   start = time.perf_counter()
   state, _ = step(state, *batches[0])
@@ -119,32 +99,31 @@ def plan_train_step(config, n_devices: int = 1, platform: Optional[str] = None,
   compiled as XLA's ``dot_product_attention`` with the same slicing.  ``peak_tflops`` (default:
   an H100 SXM's dense bfloat16 rate) turns the analytic FLOPs into a step-time floor.
   """
-  from reproduce import train as tr  # pylint: disable=import-outside-toplevel
   m, t = config.model, config.train
   local = jax.devices()[0].platform
   platform = platform or local
   if len(jax.devices()) < n_devices:
     raise ValueError(f"--devices={n_devices} but JAX sees {len(jax.devices())} device(s)")
-  mesh = tr.data_mesh(jax.devices()[:n_devices])
-  plan = tr.plan_step(config, n_devices, platform, check_cudnn=local == "gpu")
+  mesh = data_mesh(jax.devices()[:n_devices])
+  plan = plan_step(config, n_devices, platform, check_cudnn=local == "gpu")
   if plan.attention == "cudnn" and local != "gpu":  # cannot compile cuDNN here: plan XLA's
     config = config.copy_and_resolve_references()
     config.train.attention = "xla"
-    plan = dataclasses.replace(tr.plan_step(config, n_devices, platform),
+    plan = dataclasses.replace(plan_step(config, n_devices, platform),
                                reasons=plan.reasons + ("cuDNN cannot compile on this host; "
                                                        "planned with XLA's attention",))
-  tx = tr.make_optimizer(config)
+  tx = make_optimizer(config)
   replicated = NamedSharding(mesh, P())
   rows = NamedSharding(mesh, P("data"))
 
   def abstract_state():
-    w = tr.initial_weights(config)
-    return tr.TrainState(jnp.zeros((), jnp.int32), w, tx.init(w))
+    w = initial_weights(config)
+    return TrainState(jnp.zeros((), jnp.int32), w, tx.init(w))
 
   state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
                        jax.eval_shape(abstract_state))
   batch = jax.ShapeDtypeStruct((t.batch_size, m.n_ctx), jnp.int32, sharding=rows)
-  step = tr.compile_train_step(config, tx, mesh, plan)
+  step = compile_train_step(config, tx, mesh, plan)
   start = time.perf_counter()
   compiled = step.lower(state, batch, batch).compile()
   compile_s = time.perf_counter() - start
@@ -236,7 +215,6 @@ def compare_with_transformerlens(config, tl_python: str, rounds: int = 5,
   dtype ``train.compute_dtype`` resolves to on this machine."""
   import subprocess  # pylint: disable=import-outside-toplevel
   import tempfile  # pylint: disable=import-outside-toplevel
-  from reproduce import train as tr  # pylint: disable=import-outside-toplevel
   m, t = config.model, config.train
   threads = os.cpu_count() or 1
   shape = {k: m[k] for k in ("n_layers", "d_model", "n_heads", "d_head", "d_vocab", "n_ctx")}
@@ -259,21 +237,21 @@ def compare_with_transformerlens(config, tl_python: str, rounds: int = 5,
       tl.stdin.flush()
       return json.loads(tl.stdout.readline())["seconds"]
 
-    mesh = tr.data_mesh()
+    mesh = data_mesh()
     platform = mesh.devices.flat[0].platform
-    default = tr.plan_step(config, mesh.size, platform, check_cudnn=False).compute_dtype
+    default = plan_step(config, mesh.size, platform, check_cudnn=False).compute_dtype
     rng = np.random.default_rng(0)
-    batch = tr.put_batch(mesh, *(rng.integers(0, m.d_vocab, (t.batch_size, m.n_ctx))
+    batch = put_batch(mesh, *(rng.integers(0, m.d_vocab, (t.batch_size, m.n_ctx))
                                  .astype(np.int32),) * 2)
     runs, plans = {}, {}
     for dtype in dtypes:
       c = config.copy_and_resolve_references()
       c.train.compute_dtype = dtype
-      tx = tr.make_optimizer(c)
-      weights = tr.initial_weights(c)
-      plans[dtype] = tr.plan_step(c, mesh.size, platform)
-      runs[dtype] = [tr.compile_train_step(c, tx, mesh, plans[dtype]),
-                     tr.TrainState(jnp.zeros((), jnp.int32), weights, tx.init(weights))]
+      tx = make_optimizer(c)
+      weights = initial_weights(c)
+      plans[dtype] = plan_step(c, mesh.size, platform)
+      runs[dtype] = [compile_train_step(c, tx, mesh, plans[dtype]),
+                     TrainState(jnp.zeros((), jnp.int32), weights, tx.init(weights))]
 
     def ours_time(dtype, n):
       step = runs[dtype][0]
@@ -327,75 +305,13 @@ def compare_with_transformerlens(config, tl_python: str, rounds: int = 5,
   }
 
 
-# Start-up estimate of a training run's time, fitted to the training loops' wall times in cold
-# main jobs on the 2-core Intel Sapphire Rapids kind (one CPU device per core; start-up float32
-# peaks 280–374 GFLOP/s): the model's products run at this fraction of the float32 peak (0L, which
-# has no attention, measured 0.62 in float32 and 1.43 with bf16 products), and each causal attention
-# score costs about this many float32-peak FLOP equivalents per head and layer on top (softmax,
-# mask, their backward and attention's products that stay float32: fitted on 1L and 2L, whose
-# runs then come within ±8% in float32 and ±7% in bf16; the bf16 value was refitted after the
-# fifth pass of experiments/SPEED.md; the float32 values predate that pass, and float32 runs
-# of the cpu preset after it, 1L 95 s and 2L 161 s at a 301 GFLOP/s peak, came in 13% and 16%
-# under their estimates: on the safe side, and too few runs to refit two constants on).
-# Each run adds its start-up, each figure its analysis.  Printed as a rough estimate.
-PRODUCT_PEAK_FRACTION = {"float32": 0.62, "bfloat16": 1.43}
-ATTENTION_SCORE_FLOPS = {"float32": 480, "bfloat16": 640}
-SECONDS_PER_RUN = 3
-SECONDS_PER_FIGURE = 10
-
-
-def estimated_training_seconds(config, peak_flops: float, compute_dtype: str) -> float:
-  """steps × tokens/step × (model FLOPs / PRODUCT_PEAK_FRACTION[compute_dtype] +
-  ATTENTION_SCORE_FLOPS[compute_dtype] · L · H · n_ctx/2) per token over the float32
-  ``peak_flops``, plus ``SECONDS_PER_RUN``."""
-  m, t = config.model, config.train
-  scores_per_token = m.n_layers * m.n_heads * m.n_ctx / 2
-  per_token = (model_flops_per_token(m) / PRODUCT_PEAK_FRACTION[compute_dtype]
-               + ATTENTION_SCORE_FLOPS[compute_dtype] * scores_per_token)
-  tokens = t.steps * t.batch_size * m.n_ctx
-  return SECONDS_PER_RUN + tokens * per_token / peak_flops
-
-
-def first_run_plan(names, preset: str, models_dir, seeds: int = 1,
-                   train_corpus: Optional[str] = None) -> str:
-  """What ``reproduce.figure`` is about to do, with a time estimate for this machine: the models
-  still to train for each of ``seeds`` training seeds (``estimated_training_seconds`` against a
-  quick float32 matmul-peak measurement, in the compute dtype the step will pick) and the
-  figures."""
-  from reproduce.experiment import model_run  # pylint: disable=import-outside-toplevel
-  from reproduce.figure import figure_config  # pylint: disable=import-outside-toplevel
-  from reproduce.train import plan_step  # pylint: disable=import-outside-toplevel
-  needed = sorted({m for n in names for m in figure_config(n, preset).models})
-  peak = matmul_peak_flops(2048, 3)
-  lines, total = [], SECONDS_PER_FIGURE * len(names) * seeds
-  for seed in range(seeds):
-    for name in needed:
-      c, run = model_run(name, preset, models_dir, corpus=train_corpus,
-                         seed=None if seeds == 1 else seed)
-      label = name if seeds == 1 else f"{name} seed {seed}"
-      if (run / "checkpoints" / str(c.train.steps)).is_dir():
-        lines.append(f"  {label}: trained, reused")
-        continue
-      dtype = plan_step(c, len(jax.devices()), jax.default_backend(),
-                        check_cudnn=False).compute_dtype
-      seconds = estimated_training_seconds(c, peak, dtype)
-      total += seconds
-      tokens = c.train.steps * c.train.batch_size * c.model.n_ctx
-      lines.append(f"  {label}: train {c.train.steps:,} steps, {tokens / 1e6:.1f}M tokens, "
-                   f"~{seconds / 60:.1f} min")
-  return (f"plan: {len(names)} figure(s) from {len(needed)} model(s) ({preset} preset"
-          f"{'' if seeds == 1 else f', {seeds} seeds'}); estimated {total / 60:.0f} min on this "
-          f"machine ({os.cpu_count()} cores, {peak / 1e9:.0f} GFLOP/s float32 matmuls), plus "
-          "the corpus's tokenization if it is not cached (≈10 s for the default corpus on 2 "
-          "cores)\n" + "\n".join(lines))
-
-
 def bench_circuits(n_layers: int = 2, n_heads: int = 12, d_head: int = 64, d_model: int = 768,
                    d_vocab: int = 50000, repeats: int = 5) -> dict:
   """Paper-scale circuit maths on random weights: best-of-``repeats`` seconds, compiled."""
   import resource  # pylint: disable=import-outside-toplevel
-  from reproduce import circuits  # pylint: disable=import-outside-toplevel
-  from reproduce.weights import ModelConfig, init_weights  # pylint: disable=import-outside-toplevel
+  from reproduce.core import circuits  # pylint: disable=import-outside-toplevel
+  from reproduce.core.model import ModelConfig  # pylint: disable=import-outside-toplevel
+  from reproduce.core.weights import init_weights  # pylint: disable=import-outside-toplevel
   cfg = ModelConfig(n_layers, n_heads, d_head, d_model, d_vocab, n_ctx=2048)
   w = jax.block_until_ready(init_weights(cfg, jax.random.key(0)))
   contraction = circuits.unembed_embed
@@ -417,7 +333,7 @@ def bench_circuits(n_layers: int = 2, n_heads: int = 12, d_head: int = 64, d_mod
     start = time.perf_counter()
     jax.block_until_ready(fn())
     timings[name.removesuffix("_s") + "_first_call_s"] = round(time.perf_counter() - start, 4)
-    timings[name] = round(_best_time(fn, repeats), 4)
+    timings[name] = round(best_time(fn, repeats), 4)
   contraction_s = timings["unembed_embed_contraction_s"]
   return {
       "benchmark": "circuits", "device_kind": jax.devices()[0].device_kind,

@@ -18,7 +18,8 @@ from typing import Any, Mapping, Sequence, Tuple
 
 import ml_collections
 
-from reproduce.weights import NORM_MODES, POSITION_INITS, POSITION_MODES, ModelConfig
+from reproduce.core.model import NORM_MODES, POSITION_MODES, ModelConfig
+from reproduce.core.weights import POSITION_INITS
 
 VARIANTS = ("test", "cpu", "paper")
 

@@ -19,12 +19,14 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from reproduce import data, scores
+from reproduce.core import scores
+from reproduce import data
 from reproduce.config import load_config
 from reproduce.corpus import resolve_corpus
-from reproduce.loading import load_with_meta
+from reproduce.core.loading import load_with_meta
 from reproduce.tokenizer import TokenizedCorpus, prepare_tokens
-from reproduce.weights import ModelConfig, Weights
+from reproduce.core.model import ModelConfig
+from reproduce.core.weights import Weights
 
 
 class FigureError(ValueError):
@@ -145,7 +147,7 @@ def trained_model(name: str, preset: str, models_dir: Path, cache_dir: Optional[
   finished one is reused as is (an interrupted one resumes).  ``seed`` overrides the config's
   ``train.seed`` (init and data order); None keeps the preset's.
   """
-  from reproduce.train import train  # pylint: disable=import-outside-toplevel
+  from reproduce.train.loop import train  # pylint: disable=import-outside-toplevel
   config, workdir = model_run(name, preset, models_dir, cache_dir, corpus, seed)
   result = train(config, workdir, log=log)
   return model_from_run(name, workdir, tokens=result.tokens)
@@ -192,8 +194,8 @@ def model_from_run(label: str, path, tokens: Optional[TokenizedCorpus] = None,
 def initial_weights(model: Model):
   """(weights, where from) of ``model`` at random init: its run's step-0 snapshot when there is
   one, else a fresh init of the same shapes (the run's own init is then missing: say so)."""
-  from reproduce.loading import load  # pylint: disable=import-outside-toplevel
-  from reproduce.weights import init_weights  # pylint: disable=import-outside-toplevel
+  from reproduce.core.loading import load  # pylint: disable=import-outside-toplevel
+  from reproduce.core.weights import init_weights  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   if model.workdir is not None and (Path(model.workdir) / "snapshots" / "0").is_dir():
     return load(Path(model.workdir) / "snapshots" / "0")[1], "the run's step-0 snapshot"

@@ -29,7 +29,9 @@ from typing import Callable, Dict, Optional
 
 from reproduce import experiment
 from reproduce.config import project_module
+from reproduce.estimate import first_run_plan
 from reproduce.host import CPU_DEVICES_HELP, split_cpu
+from reproduce.train.loop import USER_ERRORS, quiet_libraries
 
 FIGURES = ("bigram", "skip_trigrams", "positional_heads", "ov_eigenvalues", "eigen_hist",
            "composition_scores", "induction_attention", "ov_qk_scatter", "term_importance",
@@ -304,9 +306,8 @@ def write_index(workdir) -> Path:
 
 def main(argv):
   from absl import flags  # pylint: disable=import-outside-toplevel
-  from reproduce import train  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
-  train.quiet_libraries(FLAGS.verbose)
+  quiet_libraries(FLAGS.verbose)
   try:
     split_cpu(FLAGS.cpu_devices)
   except ValueError as e:
@@ -334,8 +335,8 @@ def main(argv):
     sys.exit(2)
   loaded: Dict[str, experiment.Model] = {}
   if not FLAGS.checkpoint:
-    from reproduce.bench import first_run_plan  # pylint: disable=import-outside-toplevel
-    print(first_run_plan(names, FLAGS.preset, FLAGS.models_dir or Path(FLAGS.workdir) / "models",
+    models = {m for n in names for m in figure_config(n, FLAGS.preset).models}
+    print(first_run_plan(models, len(names), FLAGS.preset, FLAGS.models_dir or Path(FLAGS.workdir) / "models",
                          seeds=FLAGS.seeds, train_corpus=FLAGS.train_corpus))
   started, failures, all_claims = time.time(), [], []
   models_dir = FLAGS.models_dir or str(Path(FLAGS.workdir) / "models")
@@ -348,7 +349,7 @@ def main(argv):
       try:
         failures += make_all(FLAGS.preset, workdir, models_dir, train_corpus=FLAGS.train_corpus,
                              seed=seed)
-      except train.USER_ERRORS + (RuntimeError,) as e:  # a model could not be trained
+      except USER_ERRORS + (RuntimeError,) as e:  # a model could not be trained
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
       for name in FIGURES:
@@ -365,7 +366,7 @@ def main(argv):
       except Exception as e:  # pylint: disable=broad-except
         if FLAGS.verbose:
           raise
-        known = isinstance(e, train.USER_ERRORS + (experiment.FigureError, RuntimeError))
+        known = isinstance(e, USER_ERRORS + (experiment.FigureError, RuntimeError))
         print(f"error: figure {name}{'' if seed is None else f' (seed {seed})'}: "
               f"{e if known else f'{type(e).__name__}: {e}'}"
               + ("" if known else " (run with --verbose for the traceback)"), file=sys.stderr)

@@ -174,8 +174,9 @@ def find_bos(tok: Tokenizer) -> int:
   raise ValueError("the tokenizer has no BOS-like token (<|bos|>, <|endoftext|> or <s>)")
 
 
-def _format_seconds(s: float) -> str:
-  s = int(s)
+def format_seconds(s: float) -> str:
+  """``1m05s`` below an hour, ``2h03m`` above it."""
+  s = int(max(0, s))
   return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
@@ -199,7 +200,7 @@ class _Progress:
     bar = "#" * int(frac * 20)
     line = (f"{self.label} [{bar:<20}] {frac:6.1%} {done_bytes / 1e6:,.1f}/{self.total / 1e6:,.1f}"
             f" MB | {rate / 1e6:.2f} MB/s | {tokens / elapsed / 1e3:,.0f}k tok/s | "
-            f"{'done in ' + _format_seconds(elapsed) if final else 'ETA ' + _format_seconds(eta)}")
+            f"{'done in ' + format_seconds(elapsed) if final else 'ETA ' + format_seconds(eta)}")
     if self.tty:
       print("\r" + line, end="\n" if final else "", file=sys.stderr, flush=True)
     else:
@@ -400,4 +401,4 @@ def _build_store(corpus: Corpus, vocab_size: int, entry: Path, tokenizer_file: O
   _write_json(folder / "manifest.json", manifest)
   os.replace(folder, entry)
   log(f"prepared {n_train:,} train + {n_heldout:,} held-out tokens in "
-      f"{_format_seconds(time.time() - started)}")
+      f"{format_seconds(time.time() - started)}")

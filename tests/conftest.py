@@ -4,7 +4,8 @@ import jax
 import pytest
 
 from reproduce.config import load_config
-from reproduce.weights import ModelConfig, init_weights
+from reproduce.core.model import ModelConfig
+from reproduce.core.weights import init_weights
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +32,7 @@ def make_config(cache_dir):
 @pytest.fixture(scope="session")
 def trained_2l(make_config, tmp_path_factory):
   """A 2-layer `test` run trained once for every test that needs a checkpoint."""
-  from reproduce.train import train  # pylint: disable=import-outside-toplevel
+  from reproduce.train.loop import train  # pylint: disable=import-outside-toplevel
   workdir = tmp_path_factory.mktemp("trained_2l")
   return train(make_config("attn2l"), workdir, log=lambda *_: None)
 

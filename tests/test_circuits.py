@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import random_model
-from reproduce import circuits
+from reproduce.core import circuits
 
 
 def _nonzero_eigs(dense, k):
@@ -172,8 +172,8 @@ def test_batched_eigenvalues_equal_a_per_head_loop(model):
 
 
 def test_biases_as_weights_gives_identical_logits_and_every_circuit_runs():
-  from reproduce.model import forward  # pylint: disable=import-outside-toplevel
-  from reproduce.weights import biases_as_weights  # pylint: disable=import-outside-toplevel
+  from reproduce.core.model import forward  # pylint: disable=import-outside-toplevel
+  from reproduce.core.weights import biases_as_weights  # pylint: disable=import-outside-toplevel
   for pos in ("shortformer", "standard"):
     cfg, w = random_model(n_layers=3, n_heads=2, pos=pos, seed=11)
     rng = np.random.default_rng(11)
@@ -205,7 +205,7 @@ def test_biases_as_weights_gives_identical_logits_and_every_circuit_runs():
 
 
 def test_circuits_refuse_weights_with_layer_norm_gains():
-  from reproduce.weights import (  # pylint: disable=import-outside-toplevel
+  from reproduce.core.weights import (  # pylint: disable=import-outside-toplevel
       UnfoldedLayerNormError, fold_for_analysis)
   cfg, w = random_model(n_layers=2, norm="ln")
   for f in (circuits.ov_eigenvalues, circuits.qk_eigenvalues, circuits.positional_qk,
@@ -219,8 +219,8 @@ def test_circuits_refuse_weights_with_layer_norm_gains():
 
 def test_folding_our_layer_norm_model_keeps_its_function():
   """Our own "ln" models (positions inside the norm) fold exactly, biases and LN biases too."""
-  from reproduce.model import forward  # pylint: disable=import-outside-toplevel
-  from reproduce.weights import fold_for_analysis  # pylint: disable=import-outside-toplevel
+  from reproduce.core.model import forward  # pylint: disable=import-outside-toplevel
+  from reproduce.core.weights import fold_for_analysis  # pylint: disable=import-outside-toplevel
   for pos in ("shortformer", "standard"):
     cfg, w = random_model(n_layers=2, norm="ln", pos=pos, seed=2)
     rng = np.random.default_rng(2)

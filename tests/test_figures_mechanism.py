@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import random_model
-from reproduce import experiment, scores
+from reproduce.core import scores
+from reproduce import experiment
 from reproduce.figure import figure_config, figure_module
-from reproduce.model import forward
+from reproduce.core.model import forward
 
 MECHANISM = ("head_ablations", "induction_heads", "skip_trigrams")
 

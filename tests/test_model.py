@@ -10,9 +10,9 @@ from flax import nnx
 
 from conftest import random_model
 from reference import reference_logits
-from reproduce.model import AttentionOnlyTransformer, forward, mean_loss, token_losses
-from reproduce.tl_format import to_state_dict
-from reproduce.weights import ModelConfig
+from reproduce.core.module import AttentionOnlyTransformer
+from reproduce.core.model import ModelConfig, forward, mean_loss, token_losses
+from reproduce.core.tl_format import to_state_dict
 
 
 def with_random_biases(w, seed, norm_bias=True):
@@ -154,20 +154,3 @@ def test_nnx_module_holds_the_same_weights():
   np.testing.assert_array_equal(reproduce.weights_of(model).W_Q, model.weights().W_Q)
 
 
-def test_fold_layer_norm_is_exact_up_to_the_per_token_scale():
-  """LN(x) W = (x W_folded) / σ(x) with W_folded = (I − 11ᵀ/d) diag(γ) W (row vectors)."""
-  from reproduce.model import layer_norm  # pylint: disable=import-outside-toplevel
-  from reproduce.weights import fold_layer_norm  # pylint: disable=import-outside-toplevel
-  cfg, w = random_model(n_layers=2, norm="ln")
-  rng = np.random.default_rng(6)
-  w = w.replace(ln_gain=jnp.asarray(1 + 0.3 * rng.normal(size=w.ln_gain.shape), jnp.float32),
-                ln_final=jnp.asarray(1 + 0.3 * rng.normal(size=w.ln_final.shape), jnp.float32))
-  folded = fold_layer_norm(w)
-  assert folded.ln_gain is None
-  x = jnp.asarray(rng.normal(size=(5, cfg.d_model)), jnp.float32)
-  sigma = jnp.sqrt(((x - x.mean(-1, keepdims=True)) ** 2).mean(-1, keepdims=True) + 1e-5)
-  for l in range(2):
-    np.testing.assert_allclose(layer_norm(x, w.ln_gain[l]) @ w.W_V[l, 1],
-                               (x @ folded.W_V[l, 1]) / sigma, rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(layer_norm(x, w.ln_final) @ w.W_U, (x @ folded.W_U) / sigma,
-                             rtol=1e-4, atol=1e-5)

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from reproduce import experiment
-from reproduce.checkpoint import snapshot_steps
+from reproduce.core.checkpoint import snapshot_steps
 from reproduce.config import check_corpus_size, load_config
-from reproduce.train import train
+from reproduce.train.loop import train
 
 
 def test_paper_preset_refuses_a_corpus_it_would_repeat_a_thousand_times():

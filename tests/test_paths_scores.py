@@ -8,10 +8,10 @@ import pytest
 
 import reproduce
 from conftest import random_model
-from reproduce import circuits, scores
-from reproduce.model import forward, token_losses
-from reproduce.paths import path_expansion, sum_of_paths, term_importance
-from reproduce.weights import ModelConfig, Weights
+from reproduce.core import circuits, scores
+from reproduce.core.model import ModelConfig, forward, token_losses
+from reproduce.core.paths import path_expansion, sum_of_paths, term_importance
+from reproduce.core.weights import Weights
 
 
 def induction_model(V=20, T=33, gain=8.0, copy=1.0):

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 import reproduce
-from reproduce import checkpoint
+from reproduce.core import checkpoint
 from reproduce.experiment import model_from_run
-from reproduce.train import WorkdirLock, train
+from reproduce.train.loop import WorkdirLock, train
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 240  # seconds for any one subprocess

@@ -9,9 +9,9 @@ import pytest
 import reproduce
 from conftest import random_model
 from reference import reference_logits
-from reproduce import circuits, tl_format
-from reproduce.tl_format import WeightFormatError
-from reproduce.weights import UnfoldedLayerNormError
+from reproduce.core import circuits, tl_format
+from reproduce.core.tl_format import WeightFormatError
+from reproduce.core.weights import UnfoldedLayerNormError
 
 
 def tl_model(n_layers=4, pos="standard", norm="LN", n_heads=2, d_head=3, d_model=10, d_vocab=17,

@@ -14,9 +14,13 @@ import numpy as np
 import pytest
 
 import reproduce
-from reproduce.checkpoint import CheckpointError
+from reproduce.core.checkpoint import CheckpointError
 from reproduce.corpus import CorpusError
-from reproduce.train import TrainingDiverged, learning_rate_schedule, train
+from reproduce.train.loop import TrainingDiverged, train
+from reproduce.train.plan import micro_batches
+from reproduce.train.step import (TrainState, compile_train_step, data_mesh, initial_weights,
+                                  learning_rate_schedule, make_optimizer, put_batch,
+                                  training_devices)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,33 +78,33 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, cache_dir):
 SHARDED_STEP = textwrap.dedent("""
   import json, sys
   import jax, numpy as np
-  from reproduce import train as tr
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
   from reproduce.config import load_config
   assert len(jax.devices()) == 8, jax.devices()
   c = load_config("attn2l:test")
   c.unlock(); c.train.batch_size = 16; c.lock()
-  tx = tr.make_optimizer(c)
+  tx = make_optimizer(c)
   rng = np.random.default_rng(0)
   x = rng.integers(0, c.model.d_vocab, (16, c.model.n_ctx)).astype(np.int32)
   y = rng.integers(0, c.model.d_vocab, (16, c.model.n_ctx)).astype(np.int32)
   results = {}
   for name, devices, micro in (("one", jax.devices()[:1], 2), ("eight", jax.devices(), 0)):
     c.unlock(); c.train.micro_batch_size = micro; c.lock()
-    mesh = tr.data_mesh(devices)
-    w = tr.initial_weights(c)
-    state = tr.TrainState(np.int32(0), w, tx.init(w))
-    step = tr.compile_train_step(c, tx, mesh)
-    state, out = step(jax.device_put(state, tr.NamedSharding(mesh, tr.P())), *tr.put_batch(mesh, x, y))
+    mesh = data_mesh(devices)
+    w = initial_weights(c)
+    state = TrainState(np.int32(0), w, tx.init(w))
+    step = compile_train_step(c, tx, mesh)
+    state, out = step(jax.device_put(state, NamedSharding(mesh, P())), *put_batch(mesh, x, y))
     results[name] = (float(out["loss"]), {k: np.asarray(v) for k, v in state.weights.to_dict().items()},
-                     tr.micro_batches(c, mesh.size, "cpu"))
+                     micro_batches(c, mesh.size, "cpu"))
   (l1, w1, m1), (l8, w8, m8) = results["one"], results["eight"]
   assert m1 == 8 and m8 == 1, (m1, m8)  # 8 accumulated slices of 2 rows vs one slice
   np.testing.assert_allclose(l1, l8, rtol=1e-5)
   for k in w1:
     np.testing.assert_allclose(w1[k], w8[k], rtol=1e-4, atol=1e-6, err_msg=k)
   said = []
-  assert len(tr.training_devices(12, said.append)) == 6 and "6 of 8 devices" in said[0], said
-  assert len(tr.training_devices(16, said.append)) == 8 and len(said) == 1
+  assert len(training_devices(12, said.append)) == 6 and "6 of 8 devices" in said[0], said
+  assert len(training_devices(16, said.append)) == 8 and len(said) == 1
   print("OK", l1, l8)
 """)
 

@@ -11,9 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reproduce import train as tr
+from reproduce.core.model import ModelConfig
+import reproduce.train.plan
+from reproduce.train.loop import train
+from reproduce.train.plan import CPU_SLICE_TOKENS, plan_step
+from reproduce.train.step import (TrainState, compile_train_step, data_mesh, initial_weights,
+                                  make_optimizer, put_batch)
 from reproduce.config import load_config
-from reproduce.model import blocked_causal_attention, mean_loss, unembed_cross_entropy
+from reproduce.core.kernels import blocked_causal_attention, unembed_cross_entropy
+from reproduce.core.model import mean_loss
 from tests.conftest import random_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,12 +159,12 @@ def test_bfloat16_step_keeps_float32_state_and_close_loss(make_config):
   losses = {}
   for dtype in ("float32", "bfloat16"):
     c = make_config("attn2l", train=dict(compute_dtype=dtype, attention="explicit"))
-    mesh = tr.data_mesh()
-    tx = tr.make_optimizer(c)
-    w = tr.initial_weights(c)
-    state = tr.TrainState(jnp.zeros((), jnp.int32), w, tx.init(w))
-    x, y = _batch(tr.ModelConfig.from_any(c), batch=c.train.batch_size)
-    state, out = tr.compile_train_step(c, tx, mesh)(state, *tr.put_batch(mesh, x, y))
+    mesh = data_mesh()
+    tx = make_optimizer(c)
+    w = initial_weights(c)
+    state = TrainState(jnp.zeros((), jnp.int32), w, tx.init(w))
+    x, y = _batch(ModelConfig.from_any(c), batch=c.train.batch_size)
+    state, out = compile_train_step(c, tx, mesh)(state, *put_batch(mesh, x, y))
     losses[dtype] = float(out["loss"])
     assert {a.dtype for a in jax.tree.leaves(state.weights)} == {jnp.dtype(jnp.float32)}
     assert all(a.dtype in (jnp.float32, jnp.int32) for a in jax.tree.leaves(state.opt_state))
@@ -168,7 +174,7 @@ def test_bfloat16_step_keeps_float32_state_and_close_loss(make_config):
 def test_test_preset_trains_in_bfloat16(make_config, tmp_path):
   lines = []
   c = make_config("attn2l", train=dict(compute_dtype="bfloat16"))
-  result = tr.train(c, tmp_path / "bf16", log=lines.append)
+  result = train(c, tmp_path / "bf16", log=lines.append)
   records = [json.loads(l) for l in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
   losses = [r["loss"] for r in records if "loss" in r]
   assert losses[-1] < losses[0] - 0.1, losses
@@ -179,28 +185,28 @@ def test_test_preset_trains_in_bfloat16(make_config, tmp_path):
 def test_plan_rules(make_config, monkeypatch):
   c = make_config("attn2l", train=dict(batch_size=8))
   for amx, dtype in ((True, "bfloat16"), (False, "float32")):  # bf16 products only with AMX
-    monkeypatch.setattr(tr, "cpu_has_amx", lambda amx=amx: amx)
-    plan = tr.plan_step(c, 1, "cpu")
+    monkeypatch.setattr(reproduce.train.plan, "cpu_has_amx", lambda amx=amx: amx)
+    plan = plan_step(c, 1, "cpu")
     assert plan.compute_dtype == dtype and any(f"auto → {dtype}" in r for r in plan.reasons)
-  cpu = tr.plan_step(c, 1, "cpu")
+  cpu = plan_step(c, 1, "cpu")
   assert (cpu.compute_dtype, cpu.attention) == ("float32", "blocked")
-  assert cpu.n_micro == 8 // min(8, tr.CPU_SLICE_TOKENS // c.model.n_ctx)
+  assert cpu.n_micro == 8 // min(8, CPU_SLICE_TOKENS // c.model.n_ctx)
   assert any("auto" in r for r in cpu.reasons)
-  gpu = tr.plan_step(c, 2, "gpu", check_cudnn=False)  # no patterns: one slice per device
+  gpu = plan_step(c, 2, "gpu", check_cudnn=False)  # no patterns: one slice per device
   assert (gpu.compute_dtype, gpu.attention, gpu.n_micro) == ("bfloat16", "cudnn", 1)
-  fallback = tr.plan_step(make_config("attn2l", train=dict(attention="cudnn")), 1, "cpu")
+  fallback = plan_step(make_config("attn2l", train=dict(attention="cudnn")), 1, "cpu")
   assert fallback.attention == "xla" and any("cuDNN" in r for r in fallback.reasons)
   paper = load_config("attn2l:paper")  # materialised patterns: each slice's under 2²⁹ floats
-  xla = tr.plan_step(paper, 1, "gpu", check_cudnn=False)
+  xla = plan_step(paper, 1, "gpu", check_cudnn=False)
   paper.unlock()
   paper.train.attention = "xla"
-  sliced = tr.plan_step(paper, 1, "gpu")
+  sliced = plan_step(paper, 1, "gpu")
   m = paper.model
   per_slice = paper.train.batch_size // sliced.n_micro
   assert per_slice * m.n_heads * m.n_ctx ** 2 <= 1 << 29 < 2 * per_slice * m.n_heads * m.n_ctx ** 2
   assert xla.n_micro == 1
   with pytest.raises(ValueError, match="micro_batch_size=3 must divide"):
-    tr.plan_step(make_config("attn2l", train=dict(micro_batch_size=3)), 1, "cpu")
+    plan_step(make_config("attn2l", train=dict(micro_batch_size=3)), 1, "cpu")
 
 
 # Per-device budget the paper preset's step must fit (GPU rules, XLA attention, one device):
@@ -220,7 +226,7 @@ def test_plan_compiles_paper_step_within_budget():
   memory = plan["memory_per_device"]
   assert 0 < memory["peak_estimate_gib"] <= PAPER_STEP_BUDGET_GIB, memory
   params = sum(np.prod(a.shape) for a in jax.tree.leaves(
-      jax.eval_shape(lambda: tr.initial_weights(paper))))
+      jax.eval_shape(lambda: initial_weights(paper))))
   assert memory["arguments_gib"] >= 3 * params * 4 / 2 ** 30  # weights + Adam's two moments
   assert plan["xla_flops_per_device"] > 0 and plan["step_time_floor_s"] > 0
 
@@ -238,10 +244,10 @@ def _round_to_bfloat16(a) -> np.ndarray:
 def test_mixed_einsum_backward_takes_bfloat16_operands(spec, shapes):
   """Forward and both gradients of the bf16 product equal float64 NumPy einsums of the
   bf16-rounded operands and cotangent (the backward's products take bf16 operands too)."""
-  from reproduce.model import _einsum  # pylint: disable=import-outside-toplevel
+  from reproduce.core.kernels import mixed_einsum  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
   a, b = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes)
-  out, vjp = jax.vjp(lambda a, b: _einsum(spec, a, b, jnp.bfloat16), a, b)
+  out, vjp = jax.vjp(lambda a, b: mixed_einsum(spec, a, b, jnp.bfloat16), a, b)
   g = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
   da, db = vjp(g)
   (lhs, rhs), res = spec.split("->")[0].split(","), spec.split("->")[1]
@@ -257,14 +263,14 @@ def test_mixed_einsum_backward_takes_bfloat16_operands(spec, shapes):
 
 
 def test_mixed_einsum_refuses_a_sum_inside_one_operand():
-  from reproduce.model import _transposed_specs  # pylint: disable=import-outside-toplevel
+  from reproduce.core.kernels import _transposed_specs  # pylint: disable=import-outside-toplevel
   assert _transposed_specs("bhts,bhse->bhte") == ("bhte,bhse->bhts", "bhts,bhte->bhse")
   with pytest.raises(ValueError, match="two or three terms"):
     _transposed_specs("btd,de->be")  # t is summed within the first operand
 
 
 def test_transposed_is_an_exact_row_major_transpose():
-  from reproduce.model import _transposed  # pylint: disable=import-outside-toplevel
+  from reproduce.core.kernels import _transposed  # pylint: disable=import-outside-toplevel
   a = jnp.asarray(np.random.default_rng(0).normal(size=(12, 5)) * 100, jnp.float32)
   got = _transposed(a, jnp.bfloat16)
   assert got.shape == (5, 12) and got.dtype == jnp.bfloat16

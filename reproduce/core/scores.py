@@ -13,9 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reproduce import circuits
-from reproduce.model import forward, largest_divisor_at_most, residual_stream, token_losses, unembed
-from reproduce.weights import ModelConfig, Weights
+from reproduce.core import circuits
+from reproduce.core.model import ModelConfig, forward, residual_stream, token_losses, unembed
+from reproduce.core.kernels import largest_divisor_at_most
+from reproduce.core.weights import Weights
 
 
 def stripe_mean(patterns, offset: int, start: int):

@@ -34,8 +34,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-POSITION_MODES = ("shortformer", "standard")
-NORM_MODES = ("none", "ln", "lnpre")
 POSITION_INITS = ("learned", "sinusoidal")
 WEIGHT_NAMES = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_U")
 BIAS_NAMES = ("b_Q", "b_K", "b_V", "b_O", "b_U")
@@ -46,64 +44,6 @@ class UnfoldedLayerNormError(ValueError):
   """Circuit maths asked of weights that still carry layer-norm gains or biases."""
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """Architecture of an attention-only transformer (hashable: a static argument of jitted code)."""
-
-  n_layers: int
-  n_heads: int
-  d_head: int
-  d_model: int
-  d_vocab: int
-  n_ctx: int
-  pos: str = "shortformer"  # where W_pos enters: "shortformer" (Q/K inputs only) or "standard"
-  norm: str = "none"  # "none", "ln" (gain, optional bias) or "lnpre" (no gain/bias); see above
-  pos_after_norm: bool = False  # shortformer + norm: LN(x) + W_pos (True, TL) or LN(x + W_pos)
-  eps: float = 1e-5  # added to the variance inside the norm
-
-  def __post_init__(self):
-    for name in ("n_heads", "d_head", "d_model", "d_vocab", "n_ctx"):
-      if int(getattr(self, name)) < 1:
-        raise ValueError(f"model.{name} must be a positive integer, got {getattr(self, name)!r}")
-    if int(self.n_layers) < 0:
-      raise ValueError(f"model.n_layers must be >= 0, got {self.n_layers!r}")
-    if self.pos not in POSITION_MODES:
-      raise ValueError(f"model.pos must be one of {POSITION_MODES}, got {self.pos!r}")
-    if self.norm not in NORM_MODES:
-      raise ValueError(f"model.norm must be one of {NORM_MODES}, got {self.norm!r}")
-    if not isinstance(self.pos_after_norm, bool):
-      raise ValueError(f"model.pos_after_norm must be True or False, got {self.pos_after_norm!r}")
-    if not float(self.eps) > 0:
-      raise ValueError(f"model.eps must be positive, got {self.eps!r}")
-
-  @property
-  def positions_after_norm(self) -> bool:
-    """True when W_pos is added to the already normalised Q/K input (TransformerLens's order)."""
-    return self.pos == "shortformer" and self.norm != "none" and self.pos_after_norm
-
-  @property
-  def foldable(self) -> bool:
-    """Whether the layer norm's gain and bias fold exactly into the weights (``fold_for_analysis``).
-
-    False only for "ln" with positions added after the norm: LN(x) + W_pos feeds W_Q and W_K, so
-    the gain cannot move into W_Q without also scaling the positional term.
-    """
-    return not (self.norm == "ln" and self.positions_after_norm)
-
-  @classmethod
-  def from_any(cls, config: Any) -> "ModelConfig":
-    """Accepts a ModelConfig, a full experiment config (with a ``model`` field) or a mapping."""
-    if isinstance(config, cls):
-      return config
-    if hasattr(config, "model"):
-      config = config.model
-    if hasattr(config, "to_dict"):
-      config = config.to_dict()
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in dict(config).items() if k in names})
-
-  def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
 
 
 @jax.tree_util.register_dataclass
@@ -181,7 +121,7 @@ def require_folded(w: Weights, what: str = "circuit analysis") -> None:
     raise UnfoldedLayerNormError(
         f"{what} needs weights with the layer norm folded in, but these still carry its gain"
         " (ln_gain/ln_final): load with reproduce.load(path) (fold=True, the default) or call "
-        "reproduce.weights.fold_for_analysis(config, weights); a model whose ModelConfig."
+        "reproduce.core.weights.fold_for_analysis(config, weights); a model whose ModelConfig."
         "foldable is False (layer norm with positions added after it) cannot be analysed exactly")
 
 
@@ -248,27 +188,6 @@ def init_weights(cfg: ModelConfig, key: jax.Array, *, init_std: float = 0.02,
       ln_gain=jnp.ones((L, D), jnp.float32) if cfg.norm == "ln" else None,
       ln_final=jnp.ones((D,), jnp.float32) if cfg.norm == "ln" else None,
   )
-
-
-def fold_layer_norm(w: Weights) -> Weights:
-  """Folds centring and the learned gain of layer norm into the following weights.
-
-  Row vectors: LN(x) W = x (I − 11ᵀ/d) diag(γ) W / σ(x), so W ← (I − 11ᵀ/d) diag(γ) W for W_Q,
-  W_K, W_V of each layer and W_U (centring acts first; PAPER.md §2.1 writes the same fold in
-  the other order, which is not equal for row vectors).  The per-token 1/σ stays out: the
-  result has no ``ln_gain``, and analysis of it treats 1/σ as 1.
-  """
-  if w.ln_gain is None:
-    return w
-  if w.ln_bias is not None or w.ln_final_bias is not None:
-    raise ValueError("fold_layer_norm folds gains only; use fold_for_analysis for LN biases")
-  D = w.d_model
-  centre = jnp.eye(D) - jnp.ones((D, D)) / D
-  fold = lambda gain: centre * gain[None, :]  # (I − 11ᵀ/d) diag(γ)
-  per_layer = jax.vmap(fold)(w.ln_gain)  # [L, D, D]
-  f = lambda W: jnp.einsum("lde,lhef->lhdf", per_layer, W)
-  return w.replace(W_Q=f(w.W_Q), W_K=f(w.W_K), W_V=f(w.W_V), W_U=fold(w.ln_final) @ w.W_U,
-                   ln_gain=None, ln_final=None)
 
 
 def _f64(a):

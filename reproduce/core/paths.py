@@ -23,8 +23,8 @@ from typing import Dict, Optional
 import jax.numpy as jnp
 import numpy as np
 
-from reproduce.model import forward, token_losses
-from reproduce.weights import ModelConfig, Weights
+from reproduce.core.model import ModelConfig, forward, token_losses
+from reproduce.core.weights import Weights
 
 
 def _reader(cfg: ModelConfig, w: Weights, scales, l: int):

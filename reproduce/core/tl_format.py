@@ -31,7 +31,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from reproduce.weights import ModelConfig, Weights, check_weights
+from reproduce.core.model import ModelConfig
+from reproduce.core.weights import Weights, check_weights
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 CONFIG_KEY = "__config__"

@@ -7,8 +7,9 @@ from typing import Optional, Tuple
 
 import jax.numpy as jnp
 
-from reproduce import checkpoint, tl_format
-from reproduce.weights import ModelConfig, Weights, check_weights, fold_for_analysis
+from reproduce.core import checkpoint, tl_format
+from reproduce.core.model import ModelConfig
+from reproduce.core.weights import Weights, check_weights, fold_for_analysis
 
 
 def load_with_meta(path, tl_config: Optional[dict] = None, fold: bool = True
@@ -67,7 +68,7 @@ def load(path, tl_config: Optional[dict] = None, fold: bool = True
 
 def weights_of(source, tl_config: Optional[dict] = None) -> Weights:  # folded when loaded
   """The stacked weight pytree of a model object, a ``Weights``, or anything ``load`` reads."""
-  from reproduce.model import AttentionOnlyTransformer  # pylint: disable=import-outside-toplevel
+  from reproduce.core.module import AttentionOnlyTransformer  # pylint: disable=import-outside-toplevel
   if isinstance(source, Weights):
     return source
   if isinstance(source, AttentionOnlyTransformer):

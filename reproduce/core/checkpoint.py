@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from reproduce.weights import Weights
+from reproduce.core.weights import Weights
 
 FORMAT = "circuits-repro/1"
 

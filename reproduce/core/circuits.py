@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reproduce.weights import Weights, require_folded
+from reproduce.core.weights import Weights, require_folded
 
 
 class Factored(NamedTuple):

@@ -1,0 +1,256 @@
+"""Compute kernels of the training step and the forward: explicit and blocked causal attention
+(with a hand-written backward), mixed-precision products, and the chunked unembedding
+cross-entropy.  Each computes the same numbers as the plain formula it names; they differ in
+how much they hold at once and in which dtype their products run (the reasons are measured in
+experiments/SPEED.md).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+MASKED = -1e30  # finite, so a fully masked row would give a uniform pattern instead of NaN
+
+
+QUERY_BLOCK = 64  # queries per block of ``blocked_causal_attention`` (experiments/SPEED.md)
+
+
+def attention_pattern(q: jax.Array, k: jax.Array, compute_dtype=None) -> jax.Array:
+  """Causal softmax(q kᵀ / sqrt(d_head)) for q, k [B, H, T, d_head] → [B, H, T(dest), T(src)].
+
+  The product q kᵀ may run in ``compute_dtype``; the scores and the softmax are float32."""
+  T = q.shape[2]
+  scores = mixed_einsum("bhte,bhse->bhts", q, k, compute_dtype) / jnp.sqrt(jnp.float32(q.shape[-1]))
+  causal = jnp.tril(jnp.ones((T, T), bool))
+  return jax.nn.softmax(jnp.where(causal, scores, MASKED), axis=-1)
+
+
+def _block_pattern(q, k, offset, dtype):
+  """Causal softmax of queries ``offset … offset + len(q) − 1`` against keys
+  ``0 … len(k) − 1`` (the prefix they may see)."""
+  T, S = q.shape[2], k.shape[2]
+  scores = mixed_einsum("bhte,bhse->bhts", q, k, dtype) / jnp.sqrt(jnp.float32(q.shape[-1]))
+  visible = jnp.arange(S)[None, :] <= jnp.arange(offset, offset + T)[:, None]
+  return jax.nn.softmax(jnp.where(visible, scores, MASKED), axis=-1)
+
+
+def _query_blocks(T: int, block: int):
+  """[(start, end)] of equal query blocks of at most ``block`` rows covering 0 … T − 1."""
+  b = largest_divisor_at_most(T, block)
+  return [(i, i + b) for i in range(0, T, b)]
+
+
+def _blocked_attention_fwd(q, k, v, block, dtype):
+  """Block (i, j) of queries i … j − 1 meets the key prefix 0 … j − 1: z_ij = A_ij v_prefix."""
+  patterns, zs = [], []
+  for i, j in _query_blocks(q.shape[2], block):
+    A = _block_pattern(q[:, :, i:j], k[:, :, :j], i, dtype)
+    patterns.append(A)
+    zs.append(mixed_einsum("bhts,bhse->bhte", A, v[:, :, :j], dtype))
+  z = jnp.concatenate(zs, axis=2)
+  return z, (q, k, v, patterns, z)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _blocked_attention(q, k, v, block, dtype):
+  return _blocked_attention_fwd(q, k, v, block, dtype)[0]
+
+
+def _blocked_attention_bwd(block, dtype, residuals, dz):
+  """Per query block, with S = q kᵀ/√E, A = softmax(S), z = A v:  dv = Aᵀ dz,  dA = dz vᵀ and
+  dS = A ⊙ (dA − D) with D_t = Σ_s A_ts dA_ts = dz_t · z_t (one product per row instead of a
+  pass over [T, S]);  dq = dS k/√E,  dk = dSᵀ q/√E.  Masked entries have A = 0, so dS = 0.
+
+  dv and dk are formed transposed, dvᵀ = dzᵀ A and dkᵀ = qᵀ dS: written directly they contract
+  both operands over their rows, a form XLA's CPU backend runs on a slow float32 path
+  (experiments/SPEED.md).  Each block's pieces cover its key prefix; key block m of dk (dv) is
+  the sum of the pieces of the query blocks at or after m, written once (no zero padding)."""
+  q, k, v, patterns, z = residuals
+  scale = jnp.sqrt(jnp.float32(q.shape[-1]))
+  blocks = _query_blocks(q.shape[2], block)
+  dz_t, q_t = jnp.swapaxes(dz, 2, 3), jnp.swapaxes(q, 2, 3)  # [B, H, E, T]
+  dqs, dk_ts, dv_ts = [], [], []
+  for (i, j), A in zip(blocks, patterns):
+    dz_i = dz[:, :, i:j]
+    dv_ts.append(mixed_einsum("bhet,bhts->bhes", dz_t[..., i:j], A, dtype))
+    dA = mixed_einsum("bhte,bhse->bhts", dz_i, v[:, :, :j], dtype)
+    D = (dz_i * z[:, :, i:j]).sum(-1, keepdims=True)
+    dS = A * (dA - D) / scale
+    dqs.append(mixed_einsum("bhts,bhse->bhte", dS, k[:, :, :j], dtype))
+    dk_ts.append(mixed_einsum("bhet,bhts->bhes", q_t[..., i:j], dS, dtype))
+  key_blocks = lambda pieces: jnp.swapaxes(jnp.concatenate(
+      [sum((p[..., i:j] for p in pieces[m + 1:]), pieces[m][..., i:j])
+       for m, (i, j) in enumerate(blocks)], axis=3), 2, 3)
+  return (jnp.concatenate(dqs, axis=2).astype(q.dtype), key_blocks(dk_ts).astype(k.dtype),
+          key_blocks(dv_ts).astype(v.dtype))
+
+
+_blocked_attention.defvjp(_blocked_attention_fwd, _blocked_attention_bwd)
+
+
+def blocked_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, compute_dtype=None,
+                             block: int = QUERY_BLOCK) -> jax.Array:
+  """Causal attention z = softmax(q kᵀ/√E, masked) v for q, k, v [B, H, T, E] → [B, H, T, E],
+  in blocks of ``block`` queries: block i (queries i·b … (i+1)·b − 1) only meets keys
+  0 … (i+1)·b − 1, so the fully masked blocks above the diagonal are never computed (with 4
+  blocks, 10 of 16).  Its backward is written by hand (``_blocked_attention_bwd``).  The same
+  numbers as the explicit pattern, without returning patterns (training only)."""
+  return _blocked_attention(q, k, v, block, compute_dtype)
+
+
+def mixed_einsum(spec: str, a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
+  """``einsum`` with both operands cast to ``compute_dtype`` (None: as they are) and a float32
+  result: the products run in the compute dtype, the accumulation and the output in float32.
+  So do the backward's two products (``_mixed_einsum``)."""
+  if compute_dtype is None:
+    return jnp.einsum(spec, a, b)
+  return _mixed_einsum(spec, jnp.dtype(compute_dtype), a, b)
+
+
+def _transposed_specs(spec: str):
+  """For ``"a,b->c"`` with every index in at least two of the three terms (no repeats, no index
+  summed within one operand; batch indices are in all three): the specs of
+  d a = einsum("c,b->a", g, b) and d b = einsum("a,c->b", a, g)."""
+  inputs, out = spec.replace(" ", "").split("->")
+  lhs, rhs = inputs.split(",")
+  for term in (lhs, rhs, out):
+    if len(set(term)) != len(term) or any((i in lhs) + (i in rhs) + (i in out) < 2 for i in term):
+      raise ValueError(f"einsum {spec!r}: every index must appear in two or three terms")
+  return f"{out},{rhs}->{lhs}", f"{lhs},{out}->{rhs}"
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _mixed_einsum(spec, dtype, a, b):
+  return _mixed_einsum_fwd(spec, dtype, a, b)[0]
+
+
+def _mixed_einsum_fwd(spec, dtype, a, b):
+  a_c, b_c = a.astype(dtype), b.astype(dtype)
+  out = jnp.einsum(spec, a_c, b_c, preferred_element_type=jnp.float32)
+  return out, (a_c, b_c, jnp.zeros((), a.dtype), jnp.zeros((), b.dtype))  # + input dtypes
+
+
+def _mixed_einsum_bwd(spec, dtype, residuals, g):
+  # Autodiff would multiply the float32 cotangent by the compute-dtype operand, a mixed product
+  # that XLA's CPU backend runs in float32; the cotangent is cast instead, as the forward's inputs.
+  a_c, b_c, a_like, b_like = residuals
+  spec_a, spec_b = _transposed_specs(spec)
+  g_c = g.astype(dtype)
+  return (jnp.einsum(spec_a, g_c, b_c, preferred_element_type=jnp.float32).astype(a_like.dtype),
+          jnp.einsum(spec_b, a_c, g_c, preferred_element_type=jnp.float32).astype(b_like.dtype))
+
+
+_mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
+
+
+def largest_divisor_at_most(n: int, limit: int) -> int:
+  """The largest divisor of ``n`` that is ≤ ``limit`` (at least 1): how to cut n rows into equal
+  chunks no bigger than a budget."""
+  return max(c for c in range(1, max(1, min(n, limit)) + 1) if n % c == 0)
+
+
+def _cast(a: jax.Array, dtype) -> jax.Array:
+  return a if dtype is None else a.astype(dtype)
+
+
+def _contract(a: jax.Array, b: jax.Array, a_axis: int, b_axis: int) -> jax.Array:
+  """Σ_k a[…k…] b[…k…] over one axis of each 2-D operand, float32 result, written as one
+  ``dot_general`` with no transpose op: XLA's CPU backend runs a bf16 product in bf16 only when
+  no transpose is folded into it (``d · W_Uᵀ`` through ``W.T`` ran 6× slower, upcast to
+  float32; experiments/SPEED.md)."""
+  return jax.lax.dot_general(a, b, (((a_axis,), (b_axis,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+
+
+def _transposed(a: jax.Array, dtype) -> jax.Array:
+  """aᵀ [E, T] of a 2-D ``a`` [T, E] in ``dtype``, stored row-major, computed as the product
+  eye[E, E] · aᵀ (exact: one 1 per sum).  A transpose op would not do: XLA folds it into the
+  product that consumes it, which then contracts an operand over its rows, a form XLA's CPU
+  backend runs only in float32."""
+  eye = jnp.eye(a.shape[1], dtype=dtype)
+  return _contract(eye, a.astype(dtype), 1, 1).astype(dtype)
+
+
+def _logits(xc: jax.Array, W_U: jax.Array, dtype) -> jax.Array:
+  """One chunk's logits in float32 (products in ``dtype`` when given, W_U already cast)."""
+  return jnp.dot(_cast(xc, dtype), W_U, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _chunked_ce(x, W_U, targets, chunk, dtype):
+  return _chunked_ce_fwd(x, W_U, targets, chunk, dtype)[0]
+
+
+def _chunked_ce_fwd(x, W_U, targets, chunk, dtype):
+  W = _cast(W_U, dtype)
+  if chunk == x.shape[0]:  # one chunk: keep exp(logits − max) and its row sums for the backward
+    logits = _logits(x, W, dtype)
+    top = logits.max(-1, keepdims=True)
+    e = jnp.exp(logits - top)
+    total = e.sum(-1)
+    picked = jnp.take_along_axis(logits, targets[:, None], -1)[:, 0]
+    return jnp.log(total) + top[:, 0] - picked, (x, W_U, targets, e, total)
+
+  def body(_, xt):
+    xc, tc = xt
+    logits = _logits(xc, W, dtype)
+    return None, jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, tc[:, None], -1)[:, 0]
+  _, losses = jax.lax.scan(body, None, (x.reshape(-1, chunk, x.shape[-1]),
+                                        targets.reshape(-1, chunk)))
+  return losses.reshape(-1), (x, W_U, targets, None, None)
+
+
+def _chunked_ce_bwd(chunk, dtype, residuals, g):
+  """d loss/d logits = softmax − onehot (times the incoming g per row); then dx = d W_Uᵀ and
+  dW_U = xᵀ d.  Several chunks: each chunk's logits are recomputed."""
+  x, W_U, targets, e, total = residuals
+  W = _cast(W_U, dtype)
+
+  def grads(xc, tc, gc, p, row_scale=1.0):  # softmax = p · row_scale
+    d = _cast(p * (gc * row_scale)[:, None]
+              - jax.nn.one_hot(tc, W_U.shape[1], dtype=p.dtype) * gc[:, None], dtype)
+    # dW_U = xᵀ d contracts over rows; XLA's CPU backend runs that form with bf16 operands only
+    # on its float32 path, so there xᵀ is formed first (1.3× the anchor step, SPEED.md).
+    if dtype is not None and jax.default_backend() == "cpu":
+      dW = _contract(_transposed(xc, dtype), d, 1, 0)
+    else:
+      dW = _contract(_cast(xc, dtype), d, 0, 0)
+    return dW, _contract(d, W, 1, 1).astype(x.dtype)
+
+  if e is not None:
+    dW, dx = grads(x, targets, g, e, 1.0 / total)
+    return dx, dW.astype(W_U.dtype), None
+
+  def body(dW, xtg):
+    xc, tc, gc = xtg
+    dWc, dxc = grads(xc, tc, gc, jax.nn.softmax(_logits(xc, W, dtype), -1))
+    return dW + dWc, dxc
+  dW, dx = jax.lax.scan(body, jnp.zeros(W_U.shape, jnp.float32),
+                        (x.reshape(-1, chunk, x.shape[-1]), targets.reshape(-1, chunk),
+                         g.reshape(-1, chunk)))
+  return dx.reshape(x.shape), dW.astype(W_U.dtype), None
+
+
+_chunked_ce.defvjp(_chunked_ce_fwd, _chunked_ce_bwd)
+
+
+def unembed_cross_entropy(x: jax.Array, W_U: jax.Array, targets: jax.Array,
+                          max_block_elements: int = 1 << 20, *, compute_dtype=None) -> jax.Array:
+  """Per-position −log softmax(x W_U)[target] without ever holding all logits: [B, T].
+
+  Rows go through in chunks of at most ``max_block_elements`` logits and the backward pass
+  recomputes each chunk's logits, so the [tokens, vocab] matrix never exists (it would not fit
+  at paper scale, and on CPU cache-sized blocks are several times faster).  When all rows fit in
+  one chunk (a CPU training slice), the forward keeps exp(logits − max) and its row sums for the
+  backward instead (1.05× the anchor step, experiments/SPEED.md).  With a
+  ``compute_dtype`` the products x W_U (and the backward's two products) take operands of that
+  dtype; logits, log-sum-exp, softmax, the loss and the gradient sums are float32.
+  """
+  shape = targets.shape
+  x = x.reshape(-1, x.shape[-1])
+  chunk = largest_divisor_at_most(x.shape[0], max_block_elements // W_U.shape[1])
+  dtype = None if compute_dtype is None else jnp.dtype(compute_dtype)
+  return _chunked_ce(x, W_U, targets.reshape(-1), chunk, dtype).reshape(shape)

@@ -1,0 +1,314 @@
+"""Attention-only transformer: a pure forward pass over the stacked weights, and a Flax NNX module.
+
+The forward pass is the one place where the model's maths lives; the NNX module only owns the
+parameters.  Per layer l and head h (row vectors, PAPER.md §1):
+
+    q = x_qk W_Q,  k = x_qk W_K,  v = x W_V          x_qk = x + W_pos ("shortformer") or x
+    A = softmax(causal(q kᵀ / sqrt(d_head)))          [dest, src]
+    head output = A v W_O                             added to the residual stream x
+
+and logits = x W_U after the last layer.  Biases (b_Q, b_K, b_V, b_O, b_U) are added where
+present, and with a norm every read of the stream is normalised first (see ``residual_stream``).
+On request the forward also returns every layer's attention patterns and every head's output,
+and it accepts overrides: patterns to use instead of computing them, and per-head outputs to add
+to the residual stream instead of the computed ones
+(the computed ones are still returned).  Path expansion and term importance are built on these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from reproduce.core.kernels import (attention_pattern, blocked_causal_attention, mixed_einsum,
+                                    unembed_cross_entropy)
+from reproduce.core.weights import Weights
+
+POSITION_MODES = ("shortformer", "standard")
+NORM_MODES = ("none", "ln", "lnpre")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture of an attention-only transformer (hashable: a static argument of jitted code)."""
+
+  n_layers: int
+  n_heads: int
+  d_head: int
+  d_model: int
+  d_vocab: int
+  n_ctx: int
+  pos: str = "shortformer"  # where W_pos enters: "shortformer" (Q/K inputs only) or "standard"
+  norm: str = "none"  # "none", "ln" (gain, optional bias) or "lnpre" (no gain/bias); see above
+  pos_after_norm: bool = False  # shortformer + norm: LN(x) + W_pos (True, TL) or LN(x + W_pos)
+  eps: float = 1e-5  # added to the variance inside the norm
+
+  def __post_init__(self):
+    for name in ("n_heads", "d_head", "d_model", "d_vocab", "n_ctx"):
+      if int(getattr(self, name)) < 1:
+        raise ValueError(f"model.{name} must be a positive integer, got {getattr(self, name)!r}")
+    if int(self.n_layers) < 0:
+      raise ValueError(f"model.n_layers must be >= 0, got {self.n_layers!r}")
+    if self.pos not in POSITION_MODES:
+      raise ValueError(f"model.pos must be one of {POSITION_MODES}, got {self.pos!r}")
+    if self.norm not in NORM_MODES:
+      raise ValueError(f"model.norm must be one of {NORM_MODES}, got {self.norm!r}")
+    if not isinstance(self.pos_after_norm, bool):
+      raise ValueError(f"model.pos_after_norm must be True or False, got {self.pos_after_norm!r}")
+    if not float(self.eps) > 0:
+      raise ValueError(f"model.eps must be positive, got {self.eps!r}")
+
+  @property
+  def positions_after_norm(self) -> bool:
+    """True when W_pos is added to the already normalised Q/K input (TransformerLens's order)."""
+    return self.pos == "shortformer" and self.norm != "none" and self.pos_after_norm
+
+  @property
+  def foldable(self) -> bool:
+    """Whether the layer norm's gain and bias fold exactly into the weights (``fold_for_analysis``).
+
+    False only for "ln" with positions added after the norm: LN(x) + W_pos feeds W_Q and W_K, so
+    the gain cannot move into W_Q without also scaling the positional term.
+    """
+    return not (self.norm == "ln" and self.positions_after_norm)
+
+  @classmethod
+  def from_any(cls, config: Any) -> "ModelConfig":
+    """Accepts a ModelConfig, a full experiment config (with a ``model`` field) or a mapping."""
+    if isinstance(config, cls):
+      return config
+    if hasattr(config, "model"):
+      config = config.model
+    if hasattr(config, "to_dict"):
+      config = config.to_dict()
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in dict(config).items() if k in names})
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def norm_scale(x: jax.Array, eps: float) -> jax.Array:
+  """The per-token scale sqrt(var(x) + eps) that a layer norm divides by, [..., 1]."""
+  x = x - x.mean(-1, keepdims=True)
+  return jnp.sqrt((x * x).mean(-1, keepdims=True) + eps)
+
+
+def _normalise(cfg: ModelConfig, x, gain, bias, scale=None):
+  """The model's norm of ``x`` ("none": x itself); ``scale`` [..., 1] replaces sqrt(var + eps)."""
+  if cfg.norm == "none":
+    return x
+  centred = x - x.mean(-1, keepdims=True)
+  y = centred / (norm_scale(x, cfg.eps) if scale is None else scale)
+  if cfg.norm == "ln":
+    y = y * gain
+    if bias is not None:
+      y = y + bias
+  return y
+
+
+ATTENTION_IMPLEMENTATIONS = ("explicit", "blocked", "xla", "cudnn")
+
+
+def _layer(a, index):
+  return None if a is None else a[index]
+
+
+def residual_stream(cfg: ModelConfig, w: Weights, tokens: jax.Array, patterns=None,
+                    head_outputs=None, keep_patterns: bool = False, keep_head_outputs: bool = False,
+                    *, norm_scales=None, keep_norm_scales: bool = False, compute_dtype=None,
+                    attention: str = "explicit"):
+  """Runs every layer; returns (final stream [B, T, D] before any final norm, patterns, outputs),
+  plus the list of norm scales as a fourth item when ``keep_norm_scales``.
+
+  ``patterns`` / ``outputs`` are per-layer lists, filled only when asked for (or overridden).
+  Per layer l (row vectors, ``N`` the model's norm, b_* zero when absent):
+
+      x_qk = N(x + W_pos) (shortformer, pos_after_norm=False) | N(x) + W_pos (shortformer,
+             pos_after_norm=True) | N(x) (standard);   x_v = N(x)
+      q = x_qk W_Q + b_Q,  k = x_qk W_K + b_K,  v = x_v W_V + b_V
+      x ← x + Σ_h A_h v_h W_O^h + b_O        (b_O is not part of any head's output)
+
+  ``norm_scales`` (per-layer list or [L, B, T, 1]) replaces the per-token sqrt(var + eps) by
+  which N divides the residual stream x (frozen scales, as for term importance); the scale of
+  N(x + W_pos) is never frozen.  ``keep_norm_scales`` returns the scales used ([B, T, 1] each).
+
+  Training options (analysis keeps the defaults: float32, explicit patterns):
+    compute_dtype: None (float32 throughout) or e.g. ``jnp.bfloat16``: every matmul and the
+      attention take that dtype's operands, while the residual stream, the softmax and every
+      accumulation stay float32.
+    attention: "explicit" builds each pattern as above; "blocked" computes the same numbers in
+      causal query blocks with a hand-written backward (``blocked_causal_attention``); "xla" /
+      "cudnn" call ``jax.nn.dot_product_attention`` with that implementation (same maths,
+      patterns never returned; cuDNN's flash kernel never materialises them).
+  """
+  if attention not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f"attention must be one of {ATTENTION_IMPLEMENTATIONS}, got {attention!r}")
+  if attention != "explicit" and (patterns is not None or keep_patterns or keep_head_outputs
+                                  or head_outputs is not None):
+    raise ValueError("pattern/head-output overrides and returns need attention='explicit'")
+  dt = compute_dtype
+  B, T = tokens.shape
+  x = w.W_E[tokens]  # [B, T, D]
+  pos = w.W_pos[:T]
+  if cfg.pos == "standard":
+    x = x + pos
+  per_head = keep_head_outputs or head_outputs is not None
+  all_patterns, all_outputs, all_scales = [], [], []
+  add_bias = lambda a, b, l: a if b is None else a + b[l][None, :, None, :]  # a [B, H, T, E]
+  for l in range(cfg.n_layers):
+    gain, bias = _layer(w.ln_gain, l), _layer(w.ln_bias, l)
+    scale = None
+    if cfg.norm != "none":
+      scale = norm_scale(x, cfg.eps) if norm_scales is None else norm_scales[l]
+      all_scales.append(scale)
+    v_in = _normalise(cfg, x, gain, bias, scale)
+    if cfg.pos != "shortformer":
+      qk_in = v_in
+    elif cfg.positions_after_norm:
+      qk_in = v_in + pos
+    else:
+      qk_in = _normalise(cfg, x + pos, gain, bias)
+    if attention in ("xla", "cudnn"):
+      q, k, v = (mixed_einsum("btd,hde->bthe", a, W[l], dt) + (0.0 if b is None else b[l])
+                 for a, W, b in ((qk_in, w.W_Q, w.b_Q), (qk_in, w.W_K, w.b_K),
+                                 (v_in, w.W_V, w.b_V)))
+      cast = (lambda a: a.astype(dt)) if dt is not None else (lambda a: a)
+      z = jax.nn.dot_product_attention(cast(q), cast(k), cast(v), is_causal=True,
+                                       implementation=attention)  # [B, T, H, E]
+      x = x + mixed_einsum("bthe,hed->btd", z, w.W_O[l], dt)
+      if w.b_O is not None:
+        x = x + w.b_O[l]
+      continue
+    if patterns is None:
+      q = add_bias(mixed_einsum("btd,hde->bhte", qk_in, w.W_Q[l], dt), w.b_Q, l)
+      k = add_bias(mixed_einsum("btd,hde->bhte", qk_in, w.W_K[l], dt), w.b_K, l)
+    v = add_bias(mixed_einsum("btd,hde->bhte", v_in, w.W_V[l], dt), w.b_V, l)
+    if attention == "blocked":
+      z = blocked_causal_attention(q, k, v, dt)
+    else:
+      A = attention_pattern(q, k, dt) if patterns is None else patterns[l]
+      z = mixed_einsum("bhts,bhse->bhte", A, v, dt)
+    if per_head:
+      out = jnp.einsum("bhte,hed->bhtd", z, w.W_O[l])  # each head's write, [B, H, T, D]
+      x = x + (out if head_outputs is None else head_outputs[l]).sum(1)
+      if keep_head_outputs:
+        all_outputs.append(out)
+    else:
+      x = x + mixed_einsum("bhte,hed->btd", z, w.W_O[l], dt)
+    if w.b_O is not None:
+      x = x + w.b_O[l]
+    if keep_patterns:
+      all_patterns.append(A)
+  if keep_norm_scales:
+    if cfg.norm != "none":
+      all_scales.append(norm_scale(x, cfg.eps) if norm_scales is None
+                        else norm_scales[cfg.n_layers])
+    return x, all_patterns, all_outputs, all_scales
+  return x, all_patterns, all_outputs
+
+
+def unembed_input(cfg: ModelConfig, w: Weights, x: jax.Array, scale=None) -> jax.Array:
+  """What W_U reads: the final stream, after the final norm when there is one (``scale``
+  replaces its sqrt(var + eps))."""
+  return _normalise(cfg, x, w.ln_final, w.ln_final_bias, scale)
+
+
+def unembed(cfg: ModelConfig, w: Weights, x: jax.Array, scale=None) -> jax.Array:
+  """Logits N(x) W_U + b_U of the final stream x."""
+  logits = unembed_input(cfg, w, x, scale) @ w.W_U
+  return logits if w.b_U is None else logits + w.b_U
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "return_patterns", "return_head_outputs",
+                                             "return_residual", "return_norm_scales"))
+def _forward(cfg: ModelConfig, w: Weights, tokens: jax.Array, patterns: Optional[jax.Array],
+             head_outputs: Optional[jax.Array], norm_scales: Optional[jax.Array],
+             return_patterns: bool, return_head_outputs: bool, return_residual: bool,
+             return_norm_scales: bool):
+  B, T = tokens.shape
+  x, all_patterns, all_outputs, scales = residual_stream(
+      cfg, w, tokens, patterns, head_outputs, return_patterns, return_head_outputs,
+      norm_scales=norm_scales, keep_norm_scales=True)
+  logits = unembed(cfg, w, x, None if norm_scales is None else norm_scales[cfg.n_layers])
+  extras = {}
+  if return_norm_scales:
+    extras["norm_scales"] = (jnp.stack(scales) if scales
+                             else jnp.ones((cfg.n_layers + 1, B, T, 1), jnp.float32))
+  H, D = cfg.n_heads, cfg.d_model
+  if return_patterns:
+    extras["patterns"] = (jnp.stack(all_patterns) if all_patterns
+                          else jnp.zeros((0, B, H, T, T), jnp.float32))
+  if return_head_outputs:
+    extras["head_outputs"] = (jnp.stack(all_outputs) if all_outputs
+                              else jnp.zeros((0, B, H, T, D), jnp.float32))
+  if return_residual:
+    extras["residual"] = x
+  return logits, extras
+
+
+def forward(config, weights: Weights, tokens, *, patterns=None, head_outputs=None,
+            norm_scales=None, return_patterns: bool = False, return_head_outputs: bool = False,
+            return_residual: bool = False, return_norm_scales: bool = False):
+  """Runs the model; returns ``(logits [B, T, vocab], extras)``.
+
+  Args:
+    config: a ModelConfig, or an experiment config with a ``model`` field.
+    weights: the stacked weights (see ``reproduce.core.weights``).
+    tokens: int [B, T] (or [T], treated as a batch of one), T ≤ n_ctx.
+    patterns: optional [L, B, H, T, T]; used instead of computing the attention patterns.
+    head_outputs: optional [L, B, H, T, d_model]; added to the residual stream instead of the
+      computed head outputs (which are still what ``extras["head_outputs"]`` returns).
+    norm_scales: optional [L + 1, B, T, 1]; replaces the per-token sqrt(var + eps) of every
+      norm of the residual stream (entry L: the final norm), freezing it.  Ignored by
+      ``norm="none"`` models.
+    return_patterns / return_head_outputs / return_residual / return_norm_scales: what
+      ``extras`` holds (``"patterns"`` [L, B, H, T, T], ``"head_outputs"`` [L, B, H, T, D]
+      (without b_O), ``"residual"`` [B, T, D], the final residual stream before any final
+      norm, ``"norm_scales"`` [L + 1, B, T, 1], all ones for ``norm="none"``).
+  """
+  cfg = ModelConfig.from_any(config)
+  tokens = jnp.asarray(tokens)
+  if tokens.ndim == 1:
+    tokens = tokens[None]
+  if tokens.ndim != 2:
+    raise ValueError(f"tokens must be [batch, time], got shape {tokens.shape}")
+  if tokens.shape[1] > cfg.n_ctx:
+    raise ValueError(f"sequence length {tokens.shape[1]} exceeds n_ctx={cfg.n_ctx}")
+  L, (B, T), H = cfg.n_layers, tokens.shape, cfg.n_heads
+  if patterns is not None and tuple(patterns.shape) != (L, B, H, T, T):
+    raise ValueError(f"patterns must have shape {(L, B, H, T, T)}, got {tuple(patterns.shape)}")
+  if head_outputs is not None and tuple(head_outputs.shape) != (L, B, H, T, cfg.d_model):
+    raise ValueError(f"head_outputs must have shape {(L, B, H, T, cfg.d_model)}, "
+                     f"got {tuple(head_outputs.shape)}")
+  if norm_scales is not None:
+    norm_scales = jnp.asarray(norm_scales)
+    if tuple(norm_scales.shape) != (L + 1, B, T, 1):
+      raise ValueError(f"norm_scales must have shape {(L + 1, B, T, 1)}, "
+                       f"got {tuple(norm_scales.shape)}")
+    if cfg.norm == "none":
+      norm_scales = None
+  return _forward(cfg, weights, tokens, patterns, head_outputs, norm_scales, return_patterns,
+                  return_head_outputs, return_residual, return_norm_scales)
+
+
+def token_losses(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Cross-entropy −log softmax(logits)[target] per position, [B, T]."""
+  logits = logits.astype(jnp.float32)
+  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return jax.nn.logsumexp(logits, axis=-1) - picked
+
+
+def mean_loss(cfg: ModelConfig, w: Weights, inputs: jax.Array, targets: jax.Array,
+              max_block_elements: int = 1 << 20, *, compute_dtype=None,
+              attention: str = "explicit") -> jax.Array:
+  """Mean next-token cross-entropy of the model on a batch (the training objective), float32;
+  ``compute_dtype`` and ``attention`` as in ``residual_stream``."""
+  dtype = None if compute_dtype is None else jnp.dtype(compute_dtype)
+  x, _, _ = residual_stream(cfg, w, inputs, compute_dtype=dtype, attention=attention)
+  return unembed_cross_entropy(unembed_input(cfg, w, x), w.W_U, targets, max_block_elements,
+                               compute_dtype=dtype).mean()

@@ -1,0 +1,103 @@
+"""The time estimate that ``reproduce.figure`` prints before it starts, from a quick measurement of
+this machine's matmul peak and a cost model of the training step fitted on the cpu preset."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from reproduce.experiment import model_run
+from reproduce.train.plan import plan_step
+
+def best_time(fn, repeats: int) -> float:
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def matmul_peak_flops(n: int = 4096, repeats: int = 3, dtype=jnp.float32) -> float:
+  """Measured FLOP/s of one n×n×n matmul on the default device (operands of ``dtype``,
+  float32 accumulation)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  mm = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
+  jax.block_until_ready(mm(a, b))
+  return 2 * n ** 3 / best_time(lambda: mm(a, b), repeats)
+
+
+def model_flops_per_token(m) -> float:
+  n_matmul = m.d_model * m.d_vocab + m.n_layers * 4 * m.d_model * m.n_heads * m.d_head
+  return 6 * n_matmul + 12 * m.n_layers * m.n_heads * m.d_head * m.n_ctx
+
+
+# Start-up estimate of a training run's time, fitted to the training loops' wall times in cold
+# main jobs on the 2-core Intel Sapphire Rapids kind (one CPU device per core; start-up float32
+# peaks 280–374 GFLOP/s): the model's products run at this fraction of the float32 peak (0L, which
+# has no attention, measured 0.62 in float32 and 1.43 with bf16 products), and each causal attention
+# score costs about this many float32-peak FLOP equivalents per head and layer on top (softmax,
+# mask, their backward and attention's products that stay float32: fitted on 1L and 2L, whose
+# runs then come within ±8% in float32 and ±7% in bf16; the bf16 value was refitted after the
+# fifth pass of experiments/SPEED.md; the float32 values predate that pass, and float32 runs
+# of the cpu preset after it, 1L 95 s and 2L 161 s at a 301 GFLOP/s peak, came in 13% and 16%
+# under their estimates: on the safe side, and too few runs to refit two constants on).
+# Each run adds its start-up, each figure its analysis.  Printed as a rough estimate.
+PRODUCT_PEAK_FRACTION = {"float32": 0.62, "bfloat16": 1.43}
+
+
+ATTENTION_SCORE_FLOPS = {"float32": 480, "bfloat16": 640}
+
+
+SECONDS_PER_RUN = 3
+
+
+SECONDS_PER_FIGURE = 10
+
+
+def estimated_training_seconds(config, peak_flops: float, compute_dtype: str) -> float:
+  """steps × tokens/step × (model FLOPs / PRODUCT_PEAK_FRACTION[compute_dtype] +
+  ATTENTION_SCORE_FLOPS[compute_dtype] · L · H · n_ctx/2) per token over the float32
+  ``peak_flops``, plus ``SECONDS_PER_RUN``."""
+  m, t = config.model, config.train
+  scores_per_token = m.n_layers * m.n_heads * m.n_ctx / 2
+  per_token = (model_flops_per_token(m) / PRODUCT_PEAK_FRACTION[compute_dtype]
+               + ATTENTION_SCORE_FLOPS[compute_dtype] * scores_per_token)
+  tokens = t.steps * t.batch_size * m.n_ctx
+  return SECONDS_PER_RUN + tokens * per_token / peak_flops
+
+
+def first_run_plan(models, n_figures: int, preset: str, models_dir, seeds: int = 1,
+                   train_corpus: Optional[str] = None) -> str:
+  """What ``reproduce.figure`` is about to do, with a time estimate for this machine: the models
+  still to train for each of ``seeds`` training seeds (``estimated_training_seconds`` against a
+  quick float32 matmul-peak measurement, in the compute dtype the step will pick) and the
+  figures."""
+  needed = sorted(models)
+  peak = matmul_peak_flops(2048, 3)
+  lines, total = [], SECONDS_PER_FIGURE * n_figures * seeds
+  for seed in range(seeds):
+    for name in needed:
+      c, run = model_run(name, preset, models_dir, corpus=train_corpus,
+                         seed=None if seeds == 1 else seed)
+      label = name if seeds == 1 else f"{name} seed {seed}"
+      if (run / "checkpoints" / str(c.train.steps)).is_dir():
+        lines.append(f"  {label}: trained, reused")
+        continue
+      dtype = plan_step(c, len(jax.devices()), jax.default_backend(),
+                        check_cudnn=False).compute_dtype
+      seconds = estimated_training_seconds(c, peak, dtype)
+      total += seconds
+      tokens = c.train.steps * c.train.batch_size * c.model.n_ctx
+      lines.append(f"  {label}: train {c.train.steps:,} steps, {tokens / 1e6:.1f}M tokens, "
+                   f"~{seconds / 60:.1f} min")
+  return (f"plan: {n_figures} figure(s) from {len(needed)} model(s) ({preset} preset"
+          f"{'' if seeds == 1 else f', {seeds} seeds'}); estimated {total / 60:.0f} min on this "
+          f"machine ({os.cpu_count()} cores, {peak / 1e9:.0f} GFLOP/s float32 matmuls), plus "
+          "the corpus's tokenization if it is not cached (≈10 s for the default corpus on 2 "
+          "cores)\n" + "\n".join(lines))

@@ -1,0 +1,3 @@
+from reproduce.train.loop import run_cli
+
+run_cli()
