@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 
 import jax.numpy as jnp
 
-from reproduce.core import checkpoint, tl_format
+from reproduce.core import tl_format
 from reproduce.core.model import ModelConfig
 from reproduce.core.weights import Weights, check_weights, fold_for_analysis
 
@@ -38,6 +38,7 @@ def load_with_meta(path, tl_config: Optional[dict] = None, fold: bool = True
     if (path.parent / "tokenizer.json").is_file():
       meta["tokenizer"] = {"path": str(path.parent / "tokenizer.json")}
   else:
+    from reproduce.core import checkpoint  # pylint: disable=import-outside-toplevel  # Orbax: only for training checkpoints
     weights, meta = checkpoint.load_checkpoint(path)
     cfg = ModelConfig.from_any(meta["config"]["model"])
     workdir_tokenizer = path / "tokenizer.json"
@@ -66,11 +67,18 @@ def load(path, tl_config: Optional[dict] = None, fold: bool = True
   return cfg, weights
 
 
+def load_model(path, tl_config: Optional[dict] = None, fold: bool = True):
+  """What ``load`` reads, as a Flax NNX ``AttentionOnlyTransformer`` holding the weights."""
+  from reproduce.core.module import AttentionOnlyTransformer  # pylint: disable=import-outside-toplevel  # Flax: only for the module
+  cfg, weights = load(path, tl_config, fold)
+  return AttentionOnlyTransformer(cfg, weights)
+
+
 def weights_of(source, tl_config: Optional[dict] = None) -> Weights:  # folded when loaded
-  """The stacked weight pytree of a model object, a ``Weights``, or anything ``load`` reads."""
-  from reproduce.core.module import AttentionOnlyTransformer  # pylint: disable=import-outside-toplevel
+  """The stacked weight pytree of a ``Weights``, a model module (its ``weights()``), or anything
+  ``load`` reads."""
   if isinstance(source, Weights):
     return source
-  if isinstance(source, AttentionOnlyTransformer):
+  if callable(getattr(source, "weights", None)):
     return source.weights()
   return load(source, tl_config)[1]

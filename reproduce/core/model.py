@@ -1,7 +1,7 @@
 """Attention-only transformer: a pure forward pass over the stacked weights, and a Flax NNX module.
 
 The forward pass is the one place where the model's maths lives; the NNX module only owns the
-parameters.  Per layer l and head h (row vectors, PAPER.md §1):
+parameters.  Per layer l and head h (row vectors, docs/METHODS.md, "Conventions"):
 
     q = x_qk W_Q,  k = x_qk W_K,  v = x W_V          x_qk = x + W_pos ("shortformer") or x
     A = softmax(causal(q kᵀ / sqrt(d_head)))          [dest, src]
@@ -151,65 +151,83 @@ def residual_stream(cfg: ModelConfig, w: Weights, tokens: jax.Array, patterns=No
   if attention != "explicit" and (patterns is not None or keep_patterns or keep_head_outputs
                                   or head_outputs is not None):
     raise ValueError("pattern/head-output overrides and returns need attention='explicit'")
-  dt = compute_dtype
-  B, T = tokens.shape
   x = w.W_E[tokens]  # [B, T, D]
-  pos = w.W_pos[:T]
+  pos = w.W_pos[:tokens.shape[1]]
   if cfg.pos == "standard":
     x = x + pos
-  per_head = keep_head_outputs or head_outputs is not None
   all_patterns, all_outputs, all_scales = [], [], []
-  add_bias = lambda a, b, l: a if b is None else a + b[l][None, :, None, :]  # a [B, H, T, E]
   for l in range(cfg.n_layers):
-    gain, bias = _layer(w.ln_gain, l), _layer(w.ln_bias, l)
     scale = None
     if cfg.norm != "none":
       scale = norm_scale(x, cfg.eps) if norm_scales is None else norm_scales[l]
       all_scales.append(scale)
-    v_in = _normalise(cfg, x, gain, bias, scale)
-    if cfg.pos != "shortformer":
-      qk_in = v_in
-    elif cfg.positions_after_norm:
-      qk_in = v_in + pos
-    else:
-      qk_in = _normalise(cfg, x + pos, gain, bias)
+    qk_in, v_in = _layer_inputs(cfg, w, l, x, pos, scale)
     if attention in ("xla", "cudnn"):
-      q, k, v = (mixed_einsum("btd,hde->bthe", a, W[l], dt) + (0.0 if b is None else b[l])
-                 for a, W, b in ((qk_in, w.W_Q, w.b_Q), (qk_in, w.W_K, w.b_K),
-                                 (v_in, w.W_V, w.b_V)))
-      cast = (lambda a: a.astype(dt)) if dt is not None else (lambda a: a)
-      z = jax.nn.dot_product_attention(cast(q), cast(k), cast(v), is_causal=True,
-                                       implementation=attention)  # [B, T, H, E]
-      x = x + mixed_einsum("bthe,hed->btd", z, w.W_O[l], dt)
-      if w.b_O is not None:
-        x = x + w.b_O[l]
-      continue
-    if patterns is None:
-      q = add_bias(mixed_einsum("btd,hde->bhte", qk_in, w.W_Q[l], dt), w.b_Q, l)
-      k = add_bias(mixed_einsum("btd,hde->bhte", qk_in, w.W_K[l], dt), w.b_K, l)
-    v = add_bias(mixed_einsum("btd,hde->bhte", v_in, w.W_V[l], dt), w.b_V, l)
-    if attention == "blocked":
-      z = blocked_causal_attention(q, k, v, dt)
+      x = x + _fused_attention(w, l, qk_in, v_in, compute_dtype, attention)
     else:
-      A = attention_pattern(q, k, dt) if patterns is None else patterns[l]
-      z = mixed_einsum("bhts,bhse->bhte", A, v, dt)
-    if per_head:
-      out = jnp.einsum("bhte,hed->bhtd", z, w.W_O[l])  # each head's write, [B, H, T, D]
-      x = x + (out if head_outputs is None else head_outputs[l]).sum(1)
+      write, A, out = _attention(w, l, qk_in, v_in, compute_dtype, attention,
+                                 _layer(patterns, l), _layer(head_outputs, l),
+                                 keep_head_outputs or head_outputs is not None)
+      x = x + write
       if keep_head_outputs:
         all_outputs.append(out)
-    else:
-      x = x + mixed_einsum("bhte,hed->btd", z, w.W_O[l], dt)
+      if keep_patterns:
+        all_patterns.append(A)
     if w.b_O is not None:
       x = x + w.b_O[l]
-    if keep_patterns:
-      all_patterns.append(A)
   if keep_norm_scales:
     if cfg.norm != "none":
       all_scales.append(norm_scale(x, cfg.eps) if norm_scales is None
                         else norm_scales[cfg.n_layers])
     return x, all_patterns, all_outputs, all_scales
   return x, all_patterns, all_outputs
+
+
+def _layer_inputs(cfg: ModelConfig, w: Weights, l: int, x, pos, scale):
+  """(x_qk, x_v) of layer ``l``: what W_Q, W_K read and what W_V reads (see ``residual_stream``)."""
+  gain, bias = _layer(w.ln_gain, l), _layer(w.ln_bias, l)
+  v_in = _normalise(cfg, x, gain, bias, scale)
+  if cfg.pos != "shortformer":
+    return v_in, v_in
+  if cfg.positions_after_norm:
+    return v_in + pos, v_in
+  return _normalise(cfg, x + pos, gain, bias), v_in
+
+
+def _fused_attention(w: Weights, l: int, qk_in, v_in, dt, attention: str):
+  """Layer ``l``'s heads through ``jax.nn.dot_product_attention`` ("xla" or "cudnn"), [B, T, D]
+  without b_O: the same maths, patterns never materialised by cuDNN's flash kernel."""
+  q, k, v = (mixed_einsum("btd,hde->bthe", a, W[l], dt) + (0.0 if b is None else b[l])
+             for a, W, b in ((qk_in, w.W_Q, w.b_Q), (qk_in, w.W_K, w.b_K),
+                             (v_in, w.W_V, w.b_V)))
+  cast = (lambda a: a.astype(dt)) if dt is not None else (lambda a: a)
+  z = jax.nn.dot_product_attention(cast(q), cast(k), cast(v), is_causal=True,
+                                   implementation=attention)  # [B, T, H, E]
+  return mixed_einsum("bthe,hed->btd", z, w.W_O[l], dt)
+
+
+def _attention(w: Weights, l: int, qk_in, v_in, dt, attention: str, pattern, head_output,
+               per_head: bool):
+  """Layer ``l``'s heads with explicit or blocked patterns → (write to the stream [B, T, D]
+  without b_O, the pattern A [B, H, T, T] or None, each head's output [B, H, T, D] or None).
+
+  ``pattern`` replaces the computed A; ``head_output`` replaces what the heads write (the computed
+  outputs are still returned); ``per_head`` keeps each head's output apart."""
+  add_bias = lambda a, b: a if b is None else a + b[l][None, :, None, :]  # a [B, H, T, E]
+  if pattern is None:
+    q = add_bias(mixed_einsum("btd,hde->bhte", qk_in, w.W_Q[l], dt), w.b_Q)
+    k = add_bias(mixed_einsum("btd,hde->bhte", qk_in, w.W_K[l], dt), w.b_K)
+  v = add_bias(mixed_einsum("btd,hde->bhte", v_in, w.W_V[l], dt), w.b_V)
+  A = None
+  if attention == "blocked":
+    z = blocked_causal_attention(q, k, v, dt)
+  else:
+    A = attention_pattern(q, k, dt) if pattern is None else pattern
+    z = mixed_einsum("bhts,bhse->bhte", A, v, dt)
+  if not per_head:
+    return mixed_einsum("bhte,hed->btd", z, w.W_O[l], dt), A, None
+  out = jnp.einsum("bhte,hed->bhtd", z, w.W_O[l])  # each head's write, [B, H, T, D]
+  return (out if head_output is None else head_output).sum(1), A, out
 
 
 def unembed_input(cfg: ModelConfig, w: Weights, x: jax.Array, scale=None) -> jax.Array:

@@ -17,7 +17,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from reproduce import data
 from reproduce.core.kernels import largest_divisor_at_most
 from reproduce.core.model import ModelConfig, mean_loss
-from reproduce.core.weights import Weights, init_weights
+from reproduce.core.module import AttentionOnlyTransformer
+from reproduce.core.weights import Weights
 from reproduce.train.plan import StepPlan, plan_step
 
 @jax.tree_util.register_dataclass
@@ -55,10 +56,9 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def initial_weights(config) -> Weights:
-  m = config.model
-  return init_weights(ModelConfig.from_any(config), jax.random.key(config.train.seed),
-                      init_std=m.init_std, qk_init_std=m.qk_init_std if m.qk_init_std > 0 else None,
-                      pos_init=m.pos_init, pos_scale=m.pos_scale)
+  """The state of the initial model (``AttentionOnlyTransformer.from_config``) as the weight
+  pytree the step trains."""
+  return AttentionOnlyTransformer.from_config(config).weights()
 
 
 def train_step(config, tx: optax.GradientTransformation, plan: StepPlan, mesh: Mesh,
