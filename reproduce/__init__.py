@@ -2,6 +2,7 @@
 
     import reproduce
     config, weights = reproduce.load("runs/attn2l")          # or a TransformerLens-format file
+                                                             # or a downloaded model folder
                                                              # (analysis-ready; fold=False: raw)
     logits, extras = reproduce.forward(config, weights, tokens, return_patterns=True)
     model = reproduce.load_model("runs/attn2l")              # the same, as a Flax NNX module
@@ -18,6 +19,7 @@ import importlib
 _PUBLIC = {
     "load": "reproduce.core.loading", "load_with_meta": "reproduce.core.loading",
     "load_model": "reproduce.core.loading", "weights_of": "reproduce.core.loading",
+    "iter_training_checkpoints": "reproduce.core.loading",
     "forward": "reproduce.core.model", "ModelConfig": "reproduce.core.model",
     "Weights": "reproduce.core.weights", "AttentionOnlyTransformer": "reproduce.core.module",
     "save_transformer_lens": "reproduce.core.tl_format",

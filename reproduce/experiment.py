@@ -155,8 +155,9 @@ def trained_model(name: str, preset: str, models_dir: Path, cache_dir: Optional[
 
 def model_from_run(label: str, path, tokens: Optional[TokenizedCorpus] = None,
                    cache_dir: Optional[str] = None, log=print,
-                   corpus: Optional[str] = None) -> Model:
-  """A ``Model`` from a work directory, checkpoint step or TransformerLens-format file.
+                   corpus: Optional[str] = None, tl_config: Optional[dict] = None) -> Model:
+  """A ``Model`` from a work directory, checkpoint step, TransformerLens-format file or model
+  folder (``tl_config``: its TransformerLens config, see ``loading.load_with_meta``).
 
   The corpus measurements use the checkpoint's own tokenizer (the ``tokenizer.json`` of its work
   directory, or beside a weight file; without one, figures that need text say so) on the text
@@ -166,9 +167,14 @@ def model_from_run(label: str, path, tokens: Optional[TokenizedCorpus] = None,
   caches go where ``cache_dir`` or the environment says.
   """
   path = Path(path)
-  cfg, weights, meta = load_with_meta(path)
+  cfg, weights, meta = load_with_meta(path, tl_config)
   workdir = None
-  if path.is_dir():
+  if meta.get("source") == "transformer_lens":
+    own_tokenizers = [Path(meta["tokenizer"]["path"])] if "tokenizer" in meta else []
+    if not own_tokenizers and meta.get("tokenizer_name"):
+      log(f"{label}: its config names the tokenizer {meta['tokenizer_name']!r}; put that "
+          "repository's tokenizer.json beside the weights for the figures that read text")
+  elif path.is_dir():
     workdir = path if (path / "snapshots").is_dir() else path.parent.parent
     own_tokenizers = [path / "tokenizer.json", path.parent.parent / "tokenizer.json"]
   else:

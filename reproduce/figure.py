@@ -29,6 +29,7 @@ from typing import Callable, Dict, Optional
 
 from reproduce import experiment
 from reproduce.config import project_module
+from reproduce.core.tl_config import parse_cli as parse_tl_config
 from reproduce.estimate import first_run_plan
 from reproduce.host import CPU_DEVICES_HELP, split_cpu
 from reproduce.train.loop import USER_ERRORS, quiet_libraries
@@ -66,7 +67,7 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
                 log: Callable[[str], None] = print,
                 loaded: Optional[Dict[str, experiment.Model]] = None,
                 corpus: Optional[str] = None, train_corpus: Optional[str] = None,
-                seed: Optional[int] = None) -> dict:
+                seed: Optional[int] = None, tl_config: Optional[dict] = None) -> dict:
   """Makes one figure; returns its claims summary.  ``loaded`` caches models across figures;
   ``train_corpus`` replaces the model configs' ``data.corpus`` (not with ``checkpoint``);
   ``seed`` trains the models with that training seed instead of the preset's."""
@@ -79,7 +80,7 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
     if key not in loaded:
       loaded[key] = experiment.model_from_run(Path(checkpoint).name or str(checkpoint),
                                               checkpoint, cache_dir=cache_dir, log=log,
-                                              corpus=corpus)
+                                              corpus=corpus, tl_config=tl_config)
     models = {loaded[key].label: loaded[key]}
   else:
     models = {}
@@ -333,6 +334,13 @@ def main(argv):
   if FLAGS.seeds < 1 or (FLAGS.seeds > 1 and FLAGS.checkpoint):
     print("error: --seeds must be ≥ 1, and a --checkpoint has one seed only", file=sys.stderr)
     sys.exit(2)
+  tl_config = None
+  try:
+    if FLAGS.tl_config:
+      tl_config = parse_tl_config(FLAGS.tl_config, bool(FLAGS.checkpoint))
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   loaded: Dict[str, experiment.Model] = {}
   if not FLAGS.checkpoint:
     models = {m for n in names for m in figure_config(n, FLAGS.preset).models}
@@ -361,7 +369,7 @@ def main(argv):
       try:
         summary = make_figure(name, FLAGS.preset, workdir, FLAGS.checkpoint, models_dir,
                               loaded=loaded, corpus=FLAGS.corpus,
-                              train_corpus=FLAGS.train_corpus, seed=seed)
+                              train_corpus=FLAGS.train_corpus, seed=seed, tl_config=tl_config)
         all_claims.extend(summary["claims"])
       except Exception as e:  # pylint: disable=broad-except
         if FLAGS.verbose:
@@ -400,8 +408,11 @@ def run_cli():
   flags.DEFINE_integer("seeds", 1, "train every model with this many seeds (0, 1, …) and report "
                        "per claim how many it holds for; seed 0's figures go to --workdir, seed "
                        "s's to <workdir>/seed<s>")
-  flags.DEFINE_string("checkpoint", None, "analyse this work dir, checkpoint step or "
-                      "TransformerLens .npz/.safetensors instead of training")
+  flags.DEFINE_string("checkpoint", None, "analyse this work dir, checkpoint step, "
+                      "TransformerLens .npz/.safetensors/.pth or downloaded model folder "
+                      "instead of training")
+  flags.DEFINE_string("tl_config", None, "with --checkpoint: its TransformerLens config as "
+                      "JSON (or a .json file), for weights without a config.json")
   flags.DEFINE_string("corpus", None, "with --checkpoint: the text to measure it on (a corpus "
                       "spec, as data.corpus); default: the standard library.  Paths stored in a "
                       "checkpoint are shown, never read")

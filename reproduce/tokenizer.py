@@ -40,6 +40,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from reproduce.corpus import PIECE_BYTES, Corpus, CorpusError, Position
+from reproduce.tokenizer_file import declared_bos, load_tokenizer
 
 BOS, EOT = "<|bos|>", "<|endoftext|>"
 CACHE_VERSION = 2  # bump when the tokenisation recipe or the store layout changes
@@ -121,7 +122,7 @@ class TokenizedCorpus:
   counts: Optional[np.ndarray] = None  # token frequencies of the training split
 
   def tokenizer(self) -> Tokenizer:
-    return Tokenizer.from_file(str(self.tokenizer_path))
+    return load_tokenizer(self.tokenizer_path)
 
   def reference(self) -> dict:
     """What a checkpoint records about its tokenizer."""
@@ -166,9 +167,11 @@ def tokenizer_sample(corpus: Corpus, sample_bytes: int) -> Iterator[str]:
       quota -= len(piece.text)
 
 
-def find_bos(tok: Tokenizer) -> int:
-  """The id of the sequence-start token: ours (<|bos|>), or GPT-2 style <|endoftext|>, or <s>."""
-  for name in (BOS, EOT, "<s>", "<|BOS|>"):
+def find_bos(tok: Tokenizer, declared: Optional[str] = None) -> int:
+  """The id of the token prepended to every window, as TransformerLens prepends BOS by default:
+  the ``declared`` BOS token when the vocabulary has it, else ours (<|bos|>), else
+  <|endoftext|> (TransformerLens's choice for a tokenizer without one), else <s> or <|BOS|>."""
+  for name in ((declared,) if declared else ()) + (BOS, EOT, "<s>", "<|BOS|>"):
     if tok.token_to_id(name) is not None:
       return tok.token_to_id(name)
   raise ValueError("the tokenizer has no BOS-like token (<|bos|>, <|endoftext|> or <s>)")
@@ -315,6 +318,8 @@ def store_path(corpus: Corpus, vocab_size: int, cache_dir: Optional[str] = None,
   settings = f"{sample_bytes}:{shard_tokens}:{PIECE_BYTES}"
   if tokenizer_file is not None:
     settings += ":" + hashlib.sha256(Path(tokenizer_file).read_bytes()).hexdigest()
+    if declared_bos(tokenizer_file) is not None:
+      settings += ":" + declared_bos(tokenizer_file)
     vocab = "t"
   else:
     vocab = f"v{vocab_size}"
@@ -355,21 +360,21 @@ def _build_store(corpus: Corpus, vocab_size: int, entry: Path, tokenizer_file: O
       f"{len(corpus.heldout_files)} held-out files, split by {corpus.split}) at vocab "
       f"{vocab_size} into {entry}")
   if (folder / "tokenizer.json").exists():
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok = load_tokenizer(folder / "tokenizer.json")
   else:
     if tokenizer_file is None:
       tok = train_tokenizer(tokenizer_sample(corpus, sample_bytes), vocab_size)
       log(f"trained the tokenizer on up to {sample_bytes / 2**20:.0f} MiB of text in "
           f"{time.time() - started:.1f}s")
     else:
-      tok = Tokenizer.from_file(str(tokenizer_file))
+      tok = load_tokenizer(tokenizer_file)
     tmp = folder / "tokenizer.json.tmp"
     tok.save(str(tmp))
     os.replace(tmp, folder / "tokenizer.json")
   if tokenizer_file is None:
     bos_id, eot_id = tok.token_to_id(BOS), tok.token_to_id(EOT)
   else:
-    bos_id = find_bos(tok)
+    bos_id = find_bos(tok, declared_bos(tokenizer_file))
     eot_id = tok.token_to_id(EOT) if tok.token_to_id(EOT) is not None else bos_id
   vocab = tok.get_vocab_size()
   dtype = np.uint16 if vocab <= 65536 else np.uint32

@@ -217,9 +217,12 @@ def test_non_causal_mask_and_mlp_config_are_refused():
 
 
 def test_pickles_are_refused(tmp_path):
-  (tmp_path / "model.pt").write_bytes(b"\x80\x04not really")
-  with pytest.raises(WeightFormatError, match="pickles and are never loaded"):
+  (tmp_path / "model.pt").write_bytes(b"\x80\x04not really")  # .pt: read only as torch's zip
+  with pytest.raises(WeightFormatError, match=r"model\.pt: a bare pickle, not PyTorch's zip"):
     reproduce.load(tmp_path / "model.pt")
+  (tmp_path / "model.pkl").write_bytes(b"\x80\x04not really")
+  with pytest.raises(WeightFormatError, match="bare pickles and are never loaded"):
+    reproduce.load(tmp_path / "model.pkl")
   np.savez(tmp_path / "objects.npz", a=np.array([{"x": 1}], dtype=object))
   with pytest.raises(WeightFormatError, match="pickled objects"):
     reproduce.load(tmp_path / "objects.npz")

@@ -1,13 +1,15 @@
-"""One entry point for weights: our training checkpoints and TransformerLens-format files."""
+"""One entry point for weights: our training checkpoints, TransformerLens-format files and model
+folders as published (``model_folder``), and the training checkpoints such a folder ships."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import jax.numpy as jnp
 
-from reproduce.core import tl_format
+from reproduce.core import model_folder, tl_format
 from reproduce.core.model import ModelConfig
 from reproduce.core.weights import Weights, check_weights, fold_for_analysis
 
@@ -17,11 +19,16 @@ def load_with_meta(path, tl_config: Optional[dict] = None, fold: bool = True
   """(architecture, weights, meta) from any weight source.
 
   ``path`` may be a training work directory (its newest readable checkpoint), one checkpoint or
-  snapshot step directory, or a TransformerLens-format ``.npz`` / ``.safetensors`` file (with
-  its architecture in a ``config.json`` beside it, see ``tl_format``).
+  snapshot step directory, a TransformerLens-format weight file (``.npz``, ``.safetensors`` or
+  PyTorch's zip format, with its architecture in a ``config.json`` beside it, see
+  ``tl_format``), or a model folder as published (``model_folder``: its final weights).
+  ``tl_config`` gives the TransformerLens config of a weight file or folder (it replaces
+  ``config.json``; needed where there is none, as in ARENA's folder).
   ``meta`` holds the step, tokens seen, training config and tokenizer reference of our
-  checkpoints; for weight files it holds ``{"source": "transformer_lens"}`` (plus the tokenizer
-  path when a ``tokenizer.json`` lies beside the file).
+  checkpoints; for weight files it holds ``source="transformer_lens"``, ``path``,
+  ``config_source``, ``config_form``, ``notes``, ``tokenizer_name`` (when the config names one),
+  ``dtypes`` (torch files: tensors per stored dtype), ``folder`` (model folders) and
+  ``tokenizer`` (``{"path": ...}`` when a ``tokenizer.json`` lies beside the weights).
 
   ``fold=True`` (the default) returns analysis-ready weights, processed as TransformerLens's
   default loading does (``weights.fold_for_analysis``): the same function up to a per-position
@@ -32,11 +39,12 @@ def load_with_meta(path, tl_config: Optional[dict] = None, fold: bool = True
   their gains, and the circuit functions refuse them.  ``fold=False`` gives the raw weights.
   """
   path = Path(path)
-  if path.is_file() or path.suffix in (".npz", ".safetensors") + tl_format.PICKLE_SUFFIXES:
-    cfg, weights = tl_format.load(path, tl_config)
-    meta = {"source": "transformer_lens", "path": str(path)}
-    if (path.parent / "tokenizer.json").is_file():
-      meta["tokenizer"] = {"path": str(path.parent / "tokenizer.json")}
+  if model_folder.is_model_folder(path):
+    cfg, weights, meta = _from_weight_file(model_folder.weights_file(path), tl_config, path)
+    meta.update(folder=str(path), training_checkpoints=len(
+        model_folder.training_checkpoints(path)))
+  elif path.is_file() or path.suffix in tl_format.WEIGHT_SUFFIXES + tl_format.PICKLE_SUFFIXES:
+    cfg, weights, meta = _from_weight_file(path, tl_config)
   else:
     from reproduce.core import checkpoint  # pylint: disable=import-outside-toplevel  # Orbax: only for training checkpoints
     weights, meta = checkpoint.load_checkpoint(path)
@@ -46,6 +54,22 @@ def load_with_meta(path, tl_config: Optional[dict] = None, fold: bool = True
       if candidate.is_file():
         meta["tokenizer"] = dict(meta.get("tokenizer", {}), path=str(candidate))
         break
+  return _analysis_ready(cfg, weights, meta, fold)
+
+
+def _from_weight_file(path: Path, tl_config: Optional[dict], folder: Optional[Path] = None):
+  """(config, raw weights, meta) of one TransformerLens-format file; ``folder`` (default: the
+  file's) holds its config.json and tokenizer.json."""
+  cfg, weights, info = tl_format.load_with_info(path, tl_config, folder)
+  meta = dict(info, source="transformer_lens", path=str(path))
+  tokenizer = Path(folder or path.parent) / "tokenizer.json"
+  if tokenizer.is_file():
+    meta["tokenizer"] = {"path": str(tokenizer)}
+  return cfg, weights, meta
+
+
+def _analysis_ready(cfg: ModelConfig, weights: Weights, meta: dict, fold: bool):
+  """Float32 weights, checked, and folded unless ``fold`` is False or the model is unfoldable."""
   weights = Weights.from_dict({k: jnp.asarray(v, jnp.float32) for k, v in weights.to_dict().items()})
   check_weights(cfg, weights)
   meta["folded"] = not weights.has_norm_parameters
@@ -59,10 +83,33 @@ def load_with_meta(path, tl_config: Optional[dict] = None, fold: bool = True
   return cfg, weights, meta
 
 
+def iter_training_checkpoints(folder, tl_config: Optional[dict] = None, fold: bool = True,
+                              log=print) -> Iterator[Tuple[model_folder.TrainingCheckpoint,
+                                                            ModelConfig, Weights, dict]]:
+  """(checkpoint, architecture, weights, meta) for each of a model folder's training checkpoints
+  (``model_folder.training_checkpoints``), in order, read one at a time (the previous one is
+  released before the next is read, unless the caller keeps it), with one progress line each
+  through ``log``.  They share the folder's config.json (or ``tl_config``)."""
+  points = model_folder.training_checkpoints(folder)
+  if not points:
+    raise FileNotFoundError(f"{folder}: no training checkpoints (checkpoints/<name>_<n>.pth)")
+  for index, point in enumerate(points, 1):
+    started = time.time()
+    cfg, weights, meta = _from_weight_file(point.path, tl_config, Path(folder))
+    meta.update(folder=str(folder), checkpoint=point.value, checkpoint_kind=point.kind)
+    meta["step" if point.kind == "steps" else "tokens_seen"] = point.value
+    cfg, weights, meta = _analysis_ready(cfg, weights, meta, fold)
+    log(f"training checkpoint {index}/{len(points)}: {point.kind} {point.value:,} "
+        f"({point.path.name}, {point.path.stat().st_size / 1e6:,.0f} MB, read in "
+        f"{time.time() - started:.1f}s)")
+    yield point, cfg, weights, meta
+    del cfg, weights, meta
+
+
 def load(path, tl_config: Optional[dict] = None, fold: bool = True
          ) -> Tuple[ModelConfig, Weights]:
-  """(architecture, weights) from a work directory, a checkpoint step or a TL-format file;
-  analysis-ready (folded) unless ``fold=False`` (see ``load_with_meta``)."""
+  """(architecture, weights) from a work directory, a checkpoint step, a TL-format file or a
+  model folder; analysis-ready (folded) unless ``fold=False`` (see ``load_with_meta``)."""
   cfg, weights, _ = load_with_meta(path, tl_config, fold)
   return cfg, weights
 

@@ -1,44 +1,51 @@
-"""TransformerLens state-dict naming for attention-only models, in ``.npz`` or ``.safetensors``.
+"""TransformerLens state-dict naming for attention-only models, in ``.npz``, ``.safetensors`` or
+PyTorch's zip format (``.pth``/``.pt``/``.bin``/``.ckpt``, read without torch: ``torch_zip``).
 
     embed.W_E [vocab, d_model]            pos_embed.W_pos [n_ctx, d_model]
     blocks.{l}.attn.W_Q|W_K|W_V [H, d_model, d_head]
     blocks.{l}.attn.W_O [H, d_head, d_model]
     blocks.{l}.attn.b_Q|b_K|b_V [H, d_head], blocks.{l}.attn.b_O [d_model]
-    unembed.W_U [d_model, vocab]          unembed.b_U [vocab]
-    blocks.{l}.attn.mask / .IGNORE        (buffers; the mask must be causal)
+    unembed.W_U [d_model, vocab]          unembed.b_U [vocab] (missing: zero)
+    blocks.{l}.attn.mask / .IGNORE        (buffers: the mask must be causal, IGNORE a scalar
+                                           ≤ -1e4 or -inf; neither is kept)
     blocks.{l}.ln1.w|b, ln_final.w|b      (only with normalization_type "LN")
 
 These are exactly our head-major shapes, so loading is renaming plus checks: every shape must
 match the config and any other key is an error.  Biases are kept (all-zero ones are dropped).
+16-bit weights are upcast to float32 (exactly).
 
 The architecture comes from, in this order: the ``tl_config`` the caller gives; a
-``config.json`` beside the file in TransformerLens's ``cfg.to_dict()`` form (it may hold many more
-fields; the ones that change the computation are checked, see ``_check_supported``); the
-config ``save`` embeds in the file (safetensors metadata or an npz ``__config__`` entry).  What
-none of them gives is inferred from the shapes, with TransformerLens's defaults
-(``positional_embedding_type="standard"``, ``eps=1e-5``, no normalisation unless ``ln1`` /
-``ln_final`` keys are present).  TransformerLens adds shortformer positions after the layer
-norm, so such models load with ``pos_after_norm=True``.  Pickle-based files are refused.
+``config.json`` beside the file (or in ``config_dir``) in either form ``tl_config`` reads
+(TransformerLens's ``cfg.to_dict()`` or a repository's training config; the fields that change
+the computation are checked, see ``tl_config.check_supported``); the config ``save`` embeds in
+the file (safetensors metadata or an npz ``__config__`` entry).  What none of them gives is
+inferred from the shapes, with TransformerLens's defaults (``positional_embedding_type=
+"standard"``, ``eps=1e-5``, no normalisation unless ``ln1`` / ``ln_final`` keys are present);
+a ``.pth`` file with no config at all must be given its ``positional_embedding_type`` (the
+weights do not show it).  TransformerLens adds shortformer positions after the layer norm, so
+such models load with ``pos_after_norm=True``.  Bare pickles (``.pkl``) are refused.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from reproduce.core import tl_config as tlc
+from reproduce.core import torch_zip
 from reproduce.core.model import ModelConfig
 from reproduce.core.weights import Weights, check_weights
 
-PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+PICKLE_SUFFIXES = TORCH_SUFFIXES + (".pkl", ".pickle")
+WEIGHT_SUFFIXES = (".npz", ".safetensors") + TORCH_SUFFIXES
 CONFIG_KEY = "__config__"
 SIDECAR = "config.json"
-_POS = {"standard": "standard", "shortformer": "shortformer"}
-_NORM = {None: "none", "LN": "ln", "LNPre": "lnpre"}
+_POS, _NORM = tlc.POS, tlc.NORM
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(attn|ln1)\.(\w+)$")
 _SHAPE_FIELDS = ("n_layers", "n_heads", "d_head", "d_model", "d_vocab", "n_ctx")
 _ARCH_FIELDS = _SHAPE_FIELDS + ("normalization_type", "positional_embedding_type")
@@ -48,7 +55,14 @@ class WeightFormatError(ValueError):
   """A weight file that cannot be loaded exactly."""
 
 
-def _read_arrays(path: Path) -> Tuple[Dict[str, np.ndarray], Optional[dict]]:
+def _read_arrays(path: Path) -> Tuple[Dict[str, np.ndarray], Optional[dict], dict]:
+  """(name → array, embedded config or None, info such as the stored dtypes) of a weight file."""
+  if path.suffix in TORCH_SUFFIXES:
+    try:
+      arrays, info = torch_zip.read_state_dict(path)
+    except torch_zip.TorchFileError as e:
+      raise WeightFormatError(str(e)) from None
+    return arrays, None, info
   if path.suffix == ".npz":
     with open(path, "rb") as f:
       head = f.read(4)
@@ -66,7 +80,7 @@ def _read_arrays(path: Path) -> Tuple[Dict[str, np.ndarray], Optional[dict]]:
     config = None
     if CONFIG_KEY in arrays:
       config = _parse_config(str(arrays.pop(CONFIG_KEY)), f"{path} ({CONFIG_KEY})")
-    return arrays, config
+    return arrays, config, {}
   if path.suffix == ".safetensors":
     from safetensors import safe_open  # pylint: disable=import-outside-toplevel
     try:
@@ -79,62 +93,20 @@ def _read_arrays(path: Path) -> Tuple[Dict[str, np.ndarray], Optional[dict]]:
     config = None
     if "config" in metadata:
       config = _parse_config(metadata["config"], f"{path} (metadata)")
-    return arrays, config
+    return arrays, config, {}
   if path.suffix in PICKLE_SUFFIXES:
     raise WeightFormatError(
-        f"{path}: {path.suffix} files are pickles and are never loaded (they can run code); "
-        "save the state dict as .safetensors or .npz (see README, 'Analysing a public model')")
-  raise WeightFormatError(f"{path}: unknown weight file type {path.suffix!r}; expected .npz or "
-                          ".safetensors")
+        f"{path}: {path.suffix} files are bare pickles and are never loaded (they can run code); "
+        "save the state dict with torch.save (.pth), as .safetensors or as .npz")
+  raise WeightFormatError(f"{path}: unknown weight file type {path.suffix!r}; expected "
+                          f"{', '.join(WEIGHT_SUFFIXES)}")
 
 
 def _parse_config(text: str, where: str) -> dict:
   try:
-    config = json.loads(text)
-  except ValueError as e:
-    raise WeightFormatError(f"{where}: not valid JSON ({e})") from e
-  if not isinstance(config, dict):
-    raise WeightFormatError(f"{where}: a TransformerLens config must be a JSON object")
-  return config
-
-
-def _check_supported(tl: dict) -> None:
-  """Refuses, with the field's name, every TransformerLens option that changes the computation
-  beyond what our forward does (MLPs, rotary, grouped-query attention, ...)."""
-  get = tl.get
-  problems = [
-      (get("attn_only") is False or (get("attn_only") is None and get("d_mlp") not in
-                                     (None, 0, -1)) or bool(get("num_experts")),
-       f"the model has MLP layers (attn_only={get('attn_only')!r}, d_mlp={get('d_mlp')!r}); "
-       "only attention-only models are supported"),
-      (get("normalization_type") not in _NORM,
-       f"normalization_type {get('normalization_type')!r} is not supported (None, LN or LNPre)"),
-      (get("positional_embedding_type", "standard") not in _POS,
-       f"positional_embedding_type {get('positional_embedding_type')!r} is not supported "
-       "(standard or shortformer; rotary and alibi are not)"),
-      (get("n_key_value_heads") not in (None, get("n_heads")),
-       f"grouped-query attention (n_key_value_heads={get('n_key_value_heads')!r}, "
-       f"n_heads={get('n_heads')!r}) is not supported"),
-      (get("attention_dir", "causal") != "causal",
-       f"attention_dir {get('attention_dir')!r} is not supported (causal only)"),
-      (bool(get("use_local_attn")), "local attention (use_local_attn) is not supported"),
-      (get("use_attn_scale") is False, "use_attn_scale=False is not supported"),
-      (bool(get("use_normalization_before_and_after")),
-       "use_normalization_before_and_after is not supported"),
-      (bool(get("post_embedding_ln")), "post_embedding_ln is not supported"),
-      (bool(get("use_qk_norm")), "use_qk_norm is not supported"),
-      ((get("attn_scores_soft_cap") or -1) > 0, "attn_scores_soft_cap is not supported"),
-      ((get("output_logits_soft_cap") or -1) > 0, "output_logits_soft_cap is not supported"),
-      (get("d_vocab_out") not in (None, -1, get("d_vocab")),
-       f"d_vocab_out={get('d_vocab_out')!r} differs from d_vocab={get('d_vocab')!r}"),
-  ]
-  for bad, message in problems:
-    if bad:
-      raise WeightFormatError(message)
-  scale, d_head = get("attn_scale"), get("d_head")
-  if scale not in (None, -1.0) and d_head and not math.isclose(float(scale),
-                                                               math.sqrt(d_head), rel_tol=1e-6):
-    raise WeightFormatError(f"attn_scale={scale!r} is not sqrt(d_head)={math.sqrt(d_head):.6g}")
+    return tlc.parse_config(text, where)
+  except tlc.ConfigError as e:
+    raise WeightFormatError(str(e)) from None
 
 
 def _model_config(tl: dict, arrays: Dict[str, np.ndarray]) -> ModelConfig:
@@ -146,7 +118,10 @@ def _model_config(tl: dict, arrays: Dict[str, np.ndarray]) -> ModelConfig:
     if "rotary" in key:
       raise WeightFormatError(f"the weights hold rotary embeddings ({key}); rotary positions "
                               "are not supported")
-  _check_supported(tl)
+  try:
+    tlc.check_supported(tl)
+  except tlc.ConfigError as e:
+    raise WeightFormatError(str(e)) from None
   layers = {int(m.group(1)) for k in arrays if (m := _BLOCK_KEY.match(k))}
   inferred = {"n_layers": max(layers) + 1 if layers else 0}
   if "embed.W_E" in arrays and arrays["embed.W_E"].ndim == 2:
@@ -201,6 +176,16 @@ def _optional(arrays: Dict[str, np.ndarray], keys, shape: tuple) -> Optional[np.
   return np.stack(parts)
 
 
+def _check_ignore(value, layer: int) -> None:
+  """TransformerLens's masked score: any scalar ≤ -1e4 gives a zero weight in float32 softmax."""
+  if value is None:
+    return
+  v = np.asarray(value)
+  if v.size != 1 or not np.issubdtype(v.dtype, np.floating) or not float(v.reshape(())) <= -1e4:
+    raise WeightFormatError(f"blocks.{layer}.attn.IGNORE is {v.tolist()!r}; the masked score "
+                            "must be one number ≤ -1e4 (TransformerLens uses -1e5 or -inf)")
+
+
 def from_state_dict(arrays: Dict[str, np.ndarray], tl_config: Optional[dict] = None
                     ) -> Tuple[ModelConfig, Weights]:
   """(config, weights) from a TransformerLens state dict; raises WeightFormatError on anything
@@ -220,7 +205,7 @@ def from_state_dict(arrays: Dict[str, np.ndarray], tl_config: Optional[dict] = N
     if mask is not None and (mask.ndim != 2 or not np.array_equal(
         np.asarray(mask, bool), np.tril(np.ones(mask.shape, bool)))):
       raise WeightFormatError(f"blocks.{l}.attn.mask is not a causal mask")
-    arrays.pop(f"blocks.{l}.attn.IGNORE", None)
+    _check_ignore(arrays.pop(f"blocks.{l}.attn.IGNORE", None), l)
   b_U = _optional(arrays, ["unembed.b_U"], (V,))
   optional = {"b_U": None if b_U is None else b_U[0]}
   for b in ("b_Q", "b_K", "b_V"):
@@ -301,32 +286,59 @@ def save(path, cfg: ModelConfig, weights: Weights) -> Path:
   return path
 
 
-def _config_for(path: Path, tl_config: Optional[dict], embedded: Optional[dict]) -> dict:
-  """The caller's config, else config.json beside the file, else the embedded one; a sidecar and
-  an embedded config that disagree on the architecture are an error."""
-  if tl_config is not None:
-    return dict(tl_config)
-  sidecar_path = path.parent / SIDECAR
-  sidecar = None
-  if sidecar_path.is_file():
-    candidate = _parse_config(sidecar_path.read_text(), str(sidecar_path))
-    if "d_model" in candidate:  # a TransformerLens config (others, e.g. Hugging Face's, differ)
-      sidecar = candidate
-  if sidecar is not None and embedded is not None:
+def _config_for(path: Path, tl_config: Optional[dict], embedded: Optional[dict],
+                config_dir: Optional[Path] = None) -> Tuple[dict, dict]:
+  """(TransformerLens fields, info) from the caller's config, else ``config.json`` in
+  ``config_dir`` (default: beside the file), else the embedded one; a sidecar and an embedded
+  config that disagree on the architecture are an error.  ``info`` says where it came from
+  (``config_source``), its form, the tokenizer it names and notes (``tl_config.normalise``)."""
+  folder = Path(config_dir) if config_dir is not None else path.parent
+  sidecar_path, source = folder / SIDECAR, None
+  try:
+    if tl_config is not None:
+      config, source = dict(tl_config), "tl_config"
+    elif (sidecar := tlc.read_sidecar(folder)) is not None:
+      config, source = sidecar, str(sidecar_path)
+    else:
+      config = embedded or {}
+      source = f"{path.name} (embedded)" if embedded is not None else None
+    tl, info = tlc.normalise(config, source or str(path))
+  except tlc.ConfigError as e:
+    raise WeightFormatError(str(e)) from None
+  if source == str(sidecar_path) and embedded is not None:
     for name in _ARCH_FIELDS:
-      if name in sidecar and name in embedded and sidecar[name] != embedded[name]:
-        raise WeightFormatError(f"{sidecar_path} says {name}={sidecar[name]!r} but the config "
+      if name in tl and name in embedded and tl[name] != embedded[name]:
+        raise WeightFormatError(f"{sidecar_path} says {name}={tl[name]!r} but the config "
                                 f"inside {path.name} says {embedded[name]!r}")
-  return dict(sidecar if sidecar is not None else embedded or {})
+  if path.suffix in TORCH_SUFFIXES and (source is None or (
+      source == "tl_config" and "positional_embedding_type" not in tl)):
+    raise WeightFormatError(
+        f"no {SIDECAR} in {folder}, and the weights do not show the positional embedding type: "
+        "give it (and any other field) as tl_config={\"positional_embedding_type\": "
+        "\"shortformer\"} (or \"standard\"); on the command line --tl_config='{...}'")
+  info["config_source"] = source or "inferred from the weights"
+  return tl, info
 
 
-def load(path, tl_config: Optional[dict] = None) -> Tuple[ModelConfig, Weights]:
-  """Raw (config, weights) from a TransformerLens-format ``.npz`` / ``.safetensors`` file."""
+def load_with_info(path, tl_config: Optional[dict] = None, config_dir=None
+                   ) -> Tuple[ModelConfig, Weights, dict]:
+  """Raw (config, weights, info) from a TransformerLens-format weight file; ``config_dir`` is
+  where to look for ``config.json`` (default: beside the file).  ``info``: ``config_source``,
+  ``config_form``, ``tokenizer_name``, ``notes`` and, for torch files, ``dtypes`` (tensors per
+  stored dtype)."""
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"no weight file at {path}")
-  arrays, embedded = _read_arrays(path)
+  arrays, embedded, read_info = _read_arrays(path)
   try:
-    return from_state_dict(arrays, _config_for(path, tl_config, embedded))
+    config, info = _config_for(path, tl_config, embedded, config_dir)
+    cfg, weights = from_state_dict(arrays, config)
   except WeightFormatError as e:
     raise WeightFormatError(f"{path}: {e}") from None
+  return cfg, weights, dict(info, **read_info)
+
+
+def load(path, tl_config: Optional[dict] = None) -> Tuple[ModelConfig, Weights]:
+  """Raw (config, weights) from a TransformerLens-format weight file (see ``load_with_info``)."""
+  cfg, weights, _ = load_with_info(path, tl_config)
+  return cfg, weights
