@@ -2,6 +2,7 @@
 both positional types, 4 layers), the analysis fold, and every refusal."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import reproduce
 from conftest import random_model
 from reference import reference_logits
 from reproduce.core import circuits, tl_format
+from reproduce.core import tl_config as tlc
 from reproduce.core.tl_format import WeightFormatError
 from reproduce.core.weights import UnfoldedLayerNormError
 
@@ -257,3 +259,98 @@ def test_missing_weight_is_named():
   del state["blocks.1.ln1.w"]
   with pytest.raises(WeightFormatError, match=r"missing weight blocks\.1\.ln1\.w"):
     tl_format.from_state_dict(state, config)
+
+
+TRAINING_CONFIG = {"n_layers": 2, "d_model": 512, "d_head": 64, "n_heads": 8, "d_mlp": 2048,
+                   "n_ctx": 1024, "d_vocab": 48262, "act_fn": "solu_ln", "attn_only": True,
+                   "normalization": "LN", "shortformer_pos": False, "ln_eps": 1e-5,
+                   "tokenizer_name": "NeelNanda/gpt-neox-tokenizer-digits", "lr_hidden": 2e-3,
+                   "batch_size_per_device": 32, "seed": 1, "use_attn_scale": False}
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({}, {"normalization_type": "LN", "positional_embedding_type": "standard"}),
+    ({"normalization": None, "shortformer_pos": True},
+     {"normalization_type": None, "positional_embedding_type": "shortformer"}),
+    ({"shortformer_pos": True}, {"normalization_type": "LN",
+                                 "positional_embedding_type": "shortformer"}),
+    ({"normalization": "LNPre"}, {"normalization_type": "LNPre"}),
+])
+def test_training_config_is_mapped_as_transformer_lens_maps_it(change, expected):
+  tl, info = tlc.normalise(dict(TRAINING_CONFIG, **change))
+  assert info["config_form"] == "training" and info["notes"] == []
+  assert info["tokenizer_name"] == "NeelNanda/gpt-neox-tokenizer-digits"
+  assert {k: tl[k] for k in expected} == expected and tl["eps"] == 1e-5
+  assert (tl["n_layers"], tl["d_vocab"], tl["attn_only"]) == (2, 48262, True)
+  assert "use_attn_scale" not in tl and "lr_hidden" not in tl  # training fields: not read
+  tlc.check_supported(tl)
+  no_pos = {k: v for k, v in TRAINING_CONFIG.items() if k != "shortformer_pos"}
+  assert tlc.normalise(no_pos)[0]["positional_embedding_type"] == "standard"
+  plain, info = tlc.normalise({"d_model": 4, "normalization_type": None})  # cfg.to_dict() form
+  assert info["config_form"] == "transformer_lens" and plain == {"d_model": 4,
+                                                                 "normalization_type": None}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"normalization": "RMS"}, "normalization_type 'RMS' is not supported"),
+    ({"attn_only": False}, "MLP layers"),
+    ({"final_rms": True}, "final_rms"),
+    ({"architecture": "neel-solu-old"}, "needs a weight conversion"),
+    ({"architecture": "mingpt"}, "'mingpt' needs a weight conversion"),
+    ({"shortformer_pos": "yes"}, "shortformer_pos must be true or false"),
+    ({"normalization_type": None}, "normalization='LN' but normalization_type=None"),
+    ({"positional_embedding_type": "shortformer"}, "positional_embedding_type='shortformer'"),
+])
+def test_training_configs_that_are_refused(change, message):
+  with pytest.raises(tlc.ConfigError, match=message):
+    tl, _ = tlc.normalise(dict(TRAINING_CONFIG, **change))
+    tlc.check_supported(tl)
+
+
+def test_training_config_beside_any_weight_file_and_its_eps_note(tmp_path):
+  config, state = tl_model(2, norm="LN")
+  training = {k: config[k] for k in ("n_layers", "d_model", "d_head", "n_heads", "n_ctx",
+                                     "d_vocab")}
+  training.update(normalization="LN", shortformer_pos=False, attn_only=True, d_mlp=40,
+                  ln_eps=1e-6)
+  path = write_tl_model(tmp_path, training, state)
+  cfg, _, meta = reproduce.load_with_meta(path, fold=False)
+  assert cfg.eps == 1e-5 and meta["config_form"] == "training"
+  assert meta["config_source"] == str(tmp_path / "config.json")
+  assert "ln_eps=1e-06" in meta["notes"][0]
+
+
+@pytest.mark.parametrize("ignore, ok", [(-1e5, True), (-np.inf, True), (0.0, False),
+                                        (np.array([-1e5, -1e5]), False)])
+def test_ignore_buffer_is_checked(ignore, ok):
+  config, state = tl_model(1, norm=None)
+  state["blocks.0.attn.IGNORE"] = np.asarray(ignore, np.float32)
+  if ok:
+    tl_format.from_state_dict(state, config)
+  else:
+    with pytest.raises(WeightFormatError, match=r"blocks\.0\.attn\.IGNORE is .* ≤ -1e4"):
+      tl_format.from_state_dict(state, config)
+
+
+def test_missing_unembedding_bias_is_zero():
+  config, state = tl_model(2, norm=None)
+  del state["unembed.b_U"]
+  cfg, w = tl_format.from_state_dict(state, config)
+  assert w.b_U is None
+  tokens = np.arange(8) % 17
+  ref = reference_logits(state, tokens, 2, 2, pos="standard", eps=1e-4)
+  np.testing.assert_allclose(reproduce.forward(cfg, w, tokens)[0][0], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_tl_config_option(tmp_path):
+  assert tlc.parse_cli('{"positional_embedding_type": "shortformer"}') == {
+      "positional_embedding_type": "shortformer"}
+  (tmp_path / "tl.json").write_text('{"n_ctx": 2048}')
+  assert tlc.parse_cli(str(tmp_path / "tl.json")) == {"n_ctx": 2048}
+  for value, message in (("{bad", "--tl_config: not valid JSON"),
+                         ("[1]", "must be a JSON object"),
+                         ("absent.json", "neither a JSON object nor a file")):
+    with pytest.raises(tlc.ConfigError, match=re.escape(message)):
+      tlc.parse_cli(value)
+  with pytest.raises(tlc.ConfigError, match="give --checkpoint"):
+    tlc.parse_cli("{}", has_checkpoint=False)

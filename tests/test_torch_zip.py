@@ -9,12 +9,15 @@ import io
 import json
 import os
 import pickle
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
 
 import reproduce
 import torch_zip_writer as tzw
@@ -22,6 +25,9 @@ from reference import reference_logits
 from reproduce.core import circuits, model_folder, torch_zip
 from reproduce.core.tl_format import WeightFormatError
 from reproduce.core.torch_zip import TorchFileError
+from reproduce.corpus import resolve_corpus
+from reproduce.tokenizer import find_bos, prepare_tokens
+from reproduce.tokenizer_file import TokenizerFileError, declared_bos, load_tokenizer
 from test_tl_format import tl_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "torch_zip"
@@ -241,7 +247,9 @@ def test_damaged_and_malformed_files_are_named(tmp_path):
   storage = tzw.Storage("float32", np.zeros(8, np.float32))
   bad = {"past.pth": (OD(a=tzw.Tensor(storage, 4, (5,), (1,))), "reaches past its storage"),
          "list.pth": ([tzw.tensor(np.ones(2, np.float32))], "holds a list, not a state dict"),
-         "nested.pth": (OD(a=OD(b=1)), "not a state dict")}
+         "nested.pth": (OD(a=OD(b=1)), "not a state dict"),
+         "huge.pth": (OD(a=tzw.Tensor(storage, 0, (10**6, 10**6), (0, 0))), "more elements"),
+         "negative.pth": (OD(a=tzw.Tensor(storage, 0, (2,), (-1,))), "malformed")}
   for name, (state, message) in bad.items():
     with pytest.raises(TorchFileError, match=message):
       torch_zip.read_state_dict(tzw.save(tmp_path / name, state))
@@ -356,3 +364,91 @@ def test_model_folder_rules(tmp_path):
     model_folder.training_checkpoints(steps.parent)
   with pytest.raises(FileNotFoundError, match="no training checkpoints"):
     next(reproduce.iter_training_checkpoints(two))
+
+
+def _word_tokenizer(path, words):
+  tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tok.save(str(path))
+  return tok
+
+
+def test_a_damaged_tokenizer_is_one_line_naming_the_file(tmp_path, cache_dir):
+  _word_tokenizer(tmp_path / "ok" / "tokenizer.json", ["[UNK]", "<|endoftext|>", "a"])
+  config = json.loads((tmp_path / "ok" / "tokenizer.json").read_text())
+  damaged = {"vocab": (json.dumps(dict(config, model={"type": "BPE"})), "Missing vocab/merges"),
+             "cut": ((tmp_path / "ok" / "tokenizer.json").read_text()[:50], "EOF while parsing")}
+  for name, (content, reason) in damaged.items():  # the issue's case, and a truncated file
+    path = tmp_path / name / "tokenizer.json"
+    path.parent.mkdir()
+    path.write_text(content)
+    with pytest.raises(TokenizerFileError) as refused:
+      load_tokenizer(path)
+    message = one_line(str(refused.value), path)
+    assert f"not a readable tokenizer.json ({reason}" in message
+  (tmp_path / "text").mkdir()
+  for i in range(4):
+    (tmp_path / "text" / f"{i}.txt").write_text("a b a b\n" * 50)
+  corpus = resolve_corpus(str(tmp_path / "text"), heldout_every=2)
+  with pytest.raises(TokenizerFileError, match=r"vocab/tokenizer\.json: not a readable"):
+    prepare_tokens(corpus, 300, cache_dir, log=lambda *_: 0,
+                   tokenizer_file=str(tmp_path / "vocab" / "tokenizer.json"))
+
+
+def test_bos_is_the_declared_token_else_endoftext(tmp_path, cache_dir):
+  """TransformerLens prepends the tokenizer's BOS token; with none, <|endoftext|>."""
+  words = ["[UNK]", "<s>", "<|endoftext|>", "a", "b"]
+  path = tmp_path / "model" / "tokenizer.json"
+  tok = _word_tokenizer(path, words)
+  assert declared_bos(path) is None and find_bos(tok) == words.index("<|endoftext|>")
+  (tmp_path / "text").mkdir()
+  for i in range(4):
+    (tmp_path / "text" / f"{i}.txt").write_text("a b b a\n" * 50)
+  corpus = resolve_corpus(str(tmp_path / "text"), heldout_every=2)
+  tokens = prepare_tokens(corpus, 300, cache_dir, log=lambda *_: 0, tokenizer_file=str(path))
+  assert tokens.bos_id == words.index("<|endoftext|>")
+  (path.parent / "tokenizer_config.json").write_text(json.dumps({"bos_token": {"content": "<s>"}}))
+  assert declared_bos(path) == "<s>" and find_bos(tok, "<s>") == words.index("<s>")
+  tokens = prepare_tokens(corpus, 300, cache_dir, log=lambda *_: 0, tokenizer_file=str(path))
+  assert tokens.bos_id == words.index("<s>")  # a new cache entry: the declared BOS is in its key
+  (path.parent / "tokenizer_config.json").write_text("{broken")
+  with pytest.raises(TokenizerFileError, match=r"tokenizer_config\.json: not a JSON object"):
+    declared_bos(path)
+
+
+def test_checkpoint_option_reads_a_model_folder_and_its_tokenizer(tmp_path, cache_dir):
+  """What ``figure --checkpoint=DIR --tl_config=...`` builds: no work directory, the folder's
+  tokenizer with <|endoftext|> as BOS; a damaged tokenizer.json is one line."""
+  from reproduce import experiment  # pylint: disable=import-outside-toplevel  # the runner
+  _, state = tl_model(1, pos="shortformer", norm=None)
+  folder = tmp_path / "arena"
+  tzw.save_state_dict(folder / "attn_only_2L_half.pth", state, dtype="float16")
+  words = ["[UNK]", "<|endoftext|>", "a", "b"]
+  _word_tokenizer(folder / "tokenizer.json", words)
+  (tmp_path / "text").mkdir()
+  for i in range(4):
+    (tmp_path / "text" / f"{i}.txt").write_text("a b b a\n" * 50)
+  tl = {"positional_embedding_type": "shortformer"}
+  model = experiment.model_from_run("arena", folder, cache_dir=cache_dir, log=lambda *_: 0,
+                                    corpus=str(tmp_path / "text"), tl_config=tl)
+  assert model.workdir is None and model.cfg.pos == "shortformer"
+  assert model.tokens.bos_id == words.index("<|endoftext|>")
+  assert model.meta["tokenizer"]["path"] == str(folder / "tokenizer.json")
+  (folder / "tokenizer.json").write_text('{"model": {"type": "BPE"}}')
+  with pytest.raises(TokenizerFileError, match=r"arena/tokenizer\.json: not a readable") as e:
+    experiment.model_from_run("arena", folder, cache_dir=cache_dir, log=lambda *_: 0,
+                              corpus=str(tmp_path / "text"), tl_config=tl)
+  one_line(str(e.value), folder / "tokenizer.json")
+
+
+def test_tl_config_flag_errors_are_one_line(tmp_path):
+  root = Path(__file__).resolve().parents[1]
+  for flags, message in (([f"--checkpoint={tmp_path}", "--tl_config={bad"],
+                          "error: --tl_config: not valid JSON"),
+                         (["--tl_config={}"], "error: --tl_config describes the weights of a "
+                                              "--checkpoint; give --checkpoint")):
+    out = subprocess.run([sys.executable, "-m", "reproduce.figure", "--name=ov_eigenvalues",
+                          f"--workdir={tmp_path}", *flags], cwd=root, capture_output=True,
+                         text=True)
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith(message)

@@ -65,7 +65,7 @@ def parse_cli(value: str, has_checkpoint: bool = True) -> dict:
   if not has_checkpoint:
     raise ConfigError("--tl_config describes the weights of a --checkpoint; give --checkpoint")
   text = value.strip()
-  if not text.startswith("{"):
+  if not text.startswith(("{", "[")):
     path = Path(text).expanduser()
     if not path.is_file():
       raise ConfigError(f"--tl_config: {value!r} is neither a JSON object nor a file")
@@ -104,6 +104,9 @@ def normalise(config: dict, where: str = "config") -> Tuple[dict, dict]:
                       f"positional_embedding_type={config['positional_embedding_type']!r}")
   tl["positional_embedding_type"] = pos
   tl["original_architecture"] = config.get("architecture", "neel")
+  if tl["original_architecture"] != "neel":
+    raise ConfigError(f"{where}: architecture {tl['original_architecture']!r} needs a weight "
+                      "conversion that is not supported (only 'neel')")
   tl["eps"] = TL_EPS
   ln_eps = config.get("ln_eps")
   if norm is not None and isinstance(ln_eps, (int, float)) and ln_eps != TL_EPS:

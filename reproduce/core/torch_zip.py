@@ -157,8 +157,8 @@ class _Unpickler(pickle.Unpickler):
     if len(raw) != numel * dtype.itemsize:
       raise TorchFileError(f"{self.where}: storage {entry} holds {len(raw)} bytes, expected "
                            f"{numel} × {dtype.itemsize}")
-    elements = np.frombuffer(raw, dtype)
-    return _Storage(key, elements.astype(dtype.newbyteorder("=")), type_name)
+    elements = np.frombuffer(raw, dtype)  # read-only, over the bytes: no copy
+    return _Storage(key, elements.astype(dtype.newbyteorder("="), copy=False), type_name)
 
   def rebuild_tensor(self, storage, offset, size, stride, requires_grad=False, hooks=None,
                      metadata=None):  # pylint: disable=unused-argument
@@ -170,6 +170,9 @@ class _Unpickler(pickle.Unpickler):
       raise TorchFileError(f"{self.where}: a tensor with a malformed storage, offset, size or "
                            "stride")
     a = storage.elements
+    if math.prod(size) > len(a):  # only overlapping views can; it bounds memory by file size
+      raise TorchFileError(f"{self.where}: a tensor of size {size} has more elements than its "
+                           f"storage ({len(a)})")
     if math.prod(size) == 0:
       view = np.zeros(size, a.dtype)
     else:
