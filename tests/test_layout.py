@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE_PUBLIC = ("weights", "model", "kernels", "circuits", "paths", "scores", "tl_format",
-               "loading")
+               "loading", "torch_zip", "tl_config", "model_folder")
 NOT_IN_CORE = ("orbax", "optax", "matplotlib", "flax", "reproduce.train", "reproduce.figure",
                "reproduce.experiment", "reproduce.experiments", "reproduce.bench",
                "reproduce.estimate")

@@ -313,6 +313,10 @@ def test_published_folder_with_training_config_and_checkpoints(tmp_path, normali
   assert [line.split(":")[0] for line in logged] == [f"training checkpoint {i}/3"
                                                      for i in (1, 2, 3)]
   assert "tokens 5,000,000" in logged[0]
+  one = folder / "checkpoints" / "Attn_Only_2L512W_C4_Code_5000000.pth"  # one, by its path
+  cfg, w, meta = reproduce.load_with_meta(one, fold=False)
+  assert meta["config_form"] == "training" and cfg.pos == pos
+  assert np.array_equal(w.W_E, snapshots[5_000_000]["embed.W_E"])
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

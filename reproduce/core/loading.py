@@ -44,7 +44,8 @@ def load_with_meta(path, tl_config: Optional[dict] = None, fold: bool = True
     meta.update(folder=str(path), training_checkpoints=len(
         model_folder.training_checkpoints(path)))
   elif path.is_file() or path.suffix in tl_format.WEIGHT_SUFFIXES + tl_format.PICKLE_SUFFIXES:
-    cfg, weights, meta = _from_weight_file(path, tl_config)
+    folder = model_folder.folder_of_checkpoint(path)  # checkpoints/<name>_<n>.pth: its folder's
+    cfg, weights, meta = _from_weight_file(path, tl_config, folder)  # config and tokenizer
   else:
     from reproduce.core import checkpoint  # pylint: disable=import-outside-toplevel  # Orbax: only for training checkpoints
     weights, meta = checkpoint.load_checkpoint(path)
@@ -87,9 +88,11 @@ def iter_training_checkpoints(folder, tl_config: Optional[dict] = None, fold: bo
                               log=print) -> Iterator[Tuple[model_folder.TrainingCheckpoint,
                                                             ModelConfig, Weights, dict]]:
   """(checkpoint, architecture, weights, meta) for each of a model folder's training checkpoints
-  (``model_folder.training_checkpoints``), in order, read one at a time (the previous one is
-  released before the next is read, unless the caller keeps it), with one progress line each
-  through ``log``.  They share the folder's config.json (or ``tl_config``)."""
+  (``model_folder.training_checkpoints``), in order, read one at a time, with one progress line
+  each through ``log``.  They share the folder's config.json (or ``tl_config``).  The iterator
+  keeps no reference to a checkpoint once the next is asked for; a ``for`` loop's variables
+  still hold the previous one while the next is read, so ``del`` them at the end of the loop
+  body to hold strictly one."""
   points = model_folder.training_checkpoints(folder)
   if not points:
     raise FileNotFoundError(f"{folder}: no training checkpoints (checkpoints/<name>_<n>.pth)")

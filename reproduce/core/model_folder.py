@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from reproduce.core.tl_format import WEIGHT_SUFFIXES, WeightFormatError
 
@@ -83,3 +83,13 @@ def training_checkpoints(folder) -> List[TrainingCheckpoint]:
       found[value] = path
   kind = "tokens" if found and max(found) > TOKENS_ABOVE else "steps"
   return [TrainingCheckpoint(v, kind, found[v]) for v in sorted(found)]
+
+
+def folder_of_checkpoint(path) -> Optional[Path]:
+  """The model folder of a file ``<folder>/checkpoints/<name>_<n>.pth``, else None."""
+  path = Path(path)
+  folder = path.parent.parent
+  if path.parent.name == "checkpoints" and _CHECKPOINT.match(path.name) and \
+      is_model_folder(folder):
+    return folder
+  return None
