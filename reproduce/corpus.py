@@ -46,6 +46,7 @@ from typing import Callable, Iterator, List, NamedTuple, Optional, Tuple
 PIECE_BYTES = 1 << 16  # longest piece of text handed to the tokenizer at once (bounds its memory)
 SNIFF_BYTES = 1 << 16  # bytes read from the start of each file to decide whether it is text
 NOT_TEXT_RATIO = 0.10  # invalid UTF-8 + control characters above this fraction: not text
+DEFAULT_HELDOUT_EVERY = 20  # every n-th file (or document) is held out (config data.heldout_every)
 _READ_BYTES = 4 << 20  # read size of the streaming readers
 _CUT_WINDOW = 1 << 12  # how far back from PIECE_BYTES a word boundary is looked for
 _CUT_BYTES = re.compile(rb"[\x21-\x7e][ \n](?=[\x21-\x7e])")
@@ -100,7 +101,7 @@ class Corpus:
   heldout_files: tuple
   jsonl_field: str = "text"
   split: str = "file"
-  heldout_every: int = 20
+  heldout_every: int = DEFAULT_HELDOUT_EVERY
   skipped: tuple = ()  # (path, reason) of files left out as not text
 
   def files(self, split: str) -> tuple:
@@ -400,7 +401,8 @@ def _warn(message: str) -> None:
 
 
 def resolve_corpus(spec: str = "stdlib", *, jsonl_field: str = "text", max_files: int = 0,
-                   heldout_every: int = 20, warn: Callable[[str], None] = _warn) -> Corpus:
+                   heldout_every: int = DEFAULT_HELDOUT_EVERY,
+                   warn: Callable[[str], None] = _warn) -> Corpus:
   """Turns a corpus spec into a ``Corpus``; raises ``CorpusError`` if it holds no text.
 
   Cheap whatever the corpus size (a stat and a 64 KiB read per file, a schema read per Parquet
