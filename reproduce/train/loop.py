@@ -355,7 +355,8 @@ def main(argv):
     sys.exit(1)
 
 
-def run_cli():
+def define_flags():
+  """The command line of ``python -m reproduce.train``."""
   define_config_flag()
   flags.DEFINE_string("workdir", None, "run directory (created; resumed if it holds a run)")
   flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-process jobs)")
@@ -368,4 +369,8 @@ def run_cli():
   flags.DEFINE_integer("process_id", None, "with --distributed: this process's index "
                        "(default: $JAX_PROCESS_ID or the cluster's)")
   flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run_cli():
+  """Parses the command line (``define_flags`` first) and trains."""
   app.run(main, flags_parser=parse_flags)
