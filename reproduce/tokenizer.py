@@ -39,7 +39,8 @@ from typing import Iterable, Iterator, List, Optional
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from reproduce.corpus import PIECE_BYTES, Corpus, CorpusError, Position
+from reproduce.corpus import Corpus
+from reproduce.corpus_files import PIECE_BYTES, CorpusError, Position
 
 BOS, EOT = "<|bos|>", "<|endoftext|>"
 CACHE_VERSION = 2  # bump when the tokenisation recipe or the store layout changes

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reproduce import corpus as corpus_module
+from reproduce import corpus_files as corpus_module
 from reproduce import data
 from reproduce.config import validate
 from reproduce.corpus import CorpusError, resolve_corpus
