@@ -6,6 +6,8 @@
     python -m reproduce.bench plan --config=configs/attn2l.py:paper [--devices=8] [--platform=gpu]
     python -m reproduce.bench compare --tl-python=/path/to/venv/bin/python   # vs TransformerLens
     python -m reproduce.bench prepare                   # token-store build: tokens/s, peak RSS
+    python -m reproduce.bench export --config=configs/attn2l.py:paper --platform=cuda [--devices=8]
+    python -m reproduce.bench export --figures=paper --platform=tpu   # every figure's kernels
 
 ``train`` measures the machine's matmul peak (a 4096³ product) in the step's compute dtype and
 in float32 in the same run, and reports model FLOP utilisation against both.  ``compare`` times
@@ -351,8 +353,10 @@ def main(argv):
   from absl import flags  # pylint: disable=import-outside-toplevel
   from reproduce.config import load_config, validate  # pylint: disable=import-outside-toplevel
   FLAGS = flags.FLAGS
-  if len(argv) != 2 or argv[1] not in ("train", "circuits", "plan", "compare", "prepare"):
-    print("usage: python -m reproduce.bench {train|circuits|plan|compare|prepare} [--config=...] "
+  if len(argv) != 2 or argv[1] not in ("train", "circuits", "plan", "compare", "prepare",
+                                        "export"):
+    print("usage: python -m reproduce.bench {train|circuits|plan|compare|prepare|export} "
+          "[--config=...] "
           "[--shape=anchor] [--devices=N] [--platform=gpu] [--tl-python=PATH]", file=sys.stderr)
     sys.exit(2)
   if argv[1] in ("train", "compare"):
@@ -393,6 +397,15 @@ def main(argv):
     result = bench_train(validate(config), seconds=FLAGS.seconds)
   elif argv[1] == "prepare":
     result = bench_prepare()
+  elif argv[1] == "export":  # reproduce/export.py: lower for an accelerator on this host
+    from reproduce import export  # pylint: disable=import-outside-toplevel
+    try:
+      config = None if FLAGS.config is None else validate(FLAGS.config)
+      result = export.main(config, FLAGS.platform or "cuda", FLAGS.devices, FLAGS.figures,
+                           log=lambda line: print(line, file=sys.stderr))
+    except ValueError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
   else:
     result = bench_circuits()
   print(json.dumps(result, indent=1))
@@ -488,8 +501,11 @@ def run_cli():
                       "machine into (auto: one per core, at most 8)")
   flags.DEFINE_integer("rounds", 5, "compare: alternating timing rounds")
   flags.DEFINE_integer("devices", 1, "plan: devices the step is split over (on CPU, simulated)")
-  flags.DEFINE_enum("platform", None, ["cpu", "gpu", "tpu"],
-                    "plan: whose step rules to use (default: the local backend)")
+  flags.DEFINE_enum("platform", None, ["cpu", "gpu", "tpu", "cuda"],
+                    "plan: whose step rules to use (default: the local backend); export: the "
+                    "target (cuda, tpu; gpu means cuda; default cuda)")
+  flags.DEFINE_enum("figures", None, ["test", "cpu", "paper"],
+                    "export: every figure's kernels at this preset instead of a --config step")
   flags.DEFINE_float("peak_tflops", 989.0, "plan: peak FLOP rate for the step-time estimate "
                      "(default: H100 SXM dense bfloat16)")
   flags.register_validator("devices", lambda n: n >= 1, "--devices must be >= 1")
