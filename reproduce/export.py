@@ -333,12 +333,12 @@ def export_figures(preset: str, platform: str, figures=None,
   from reproduce.core.model import ModelConfig  # pylint: disable=import-outside-toplevel
   from reproduce.figure import FIGURES, figure_config  # pylint: disable=import-outside-toplevel
   platform = platform_name(platform)
-  host, kernels, done, models, by_figure = [], [], {}, {}, {}
+  host, kernels, done, built, by_figure = [], [], {}, {}, {}
 
   def model_kernels(model, family):
-    if model not in models:
-      models[model] = _kernels(ModelConfig.from_any(load_config(f"{model}:{preset}")), preset)
-    families, transfers = models[model]
+    if model not in built:
+      built[model] = _kernels(ModelConfig.from_any(load_config(f"{model}:{preset}")), preset)
+    families, transfers = built[model]
     key = (model, family)
     if key not in done:
       if family in transfers and family in families:
