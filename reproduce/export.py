@@ -113,7 +113,8 @@ def export_kernel(name: str, fn: Callable, args: tuple, platform: str, *,
   back = jax.export.deserialize(blob)
   report.update(
       lowered=True, export_s=round(time.perf_counter() - start, 2),
-      custom_calls=custom_calls(exported.mlir_module()), unguaranteed_custom_calls_allowed=unguaranteed,
+      custom_calls=custom_calls(exported.mlir_module()),
+      unguaranteed_custom_calls_allowed=unguaranteed,
       serialized_bytes=len(blob), argument_bytes=_bytes(exported.in_avals),
       output_bytes=_bytes(exported.out_avals),
       round_trip_same_shapes=(_avals(back.in_avals) == _avals(exported.in_avals)
@@ -356,8 +357,9 @@ def export_figures(preset: str, platform: str, figures=None,
   for figure in figures or FIGURES:
     models = figure_config(figure, preset).models
     reports = [r for m in models for f in FIGURE_KERNELS[figure] for r in model_kernels(m, f)]
-    by_figure[figure] = {"models": list(models), "kernels": sorted({r["kernel"] for r in reports}),
-                         "all_lowered": all(r["lowered"] for r in reports)}
+    by_figure[figure] = {"models": list(models), "all_lowered": all(r["lowered"] for r in reports),
+                         "kernels": sorted({f"{r['model']}:{r['kernel']}" for r in reports})
+                         or "none: host NumPy only"}
   if figures is None:
     model_kernels("attn2l", "path_expansion")
   cfg = ModelConfig.from_any(load_config(f"attn1l:{preset}"))

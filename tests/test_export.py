@@ -46,7 +46,8 @@ def test_round_trip_gives_the_shapes_of_the_traced_kernel():
   w = jax.eval_shape(lambda: init_weights(cfg, jax.random.key(0)))
   tokens = jax.ShapeDtypeStruct((3, 32), jnp.int32)
   fn = lambda w, x: forward(cfg, w, x, return_patterns=True)
-  expected = sorted((tuple(a.shape), a.dtype) for a in jax.tree.leaves(jax.eval_shape(fn, w, tokens)))
+  traced = jax.eval_shape(fn, w, tokens)
+  expected = sorted((tuple(a.shape), a.dtype) for a in jax.tree.leaves(traced))
   for platform in ("cuda", "tpu"):
     report, exported = export.export_kernel("forward", fn, (w, tokens), platform)
     assert report["lowered"], report["error"]
