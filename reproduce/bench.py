@@ -359,6 +359,8 @@ def main(argv):
           "[--config=...] "
           "[--shape=anchor] [--devices=N] [--platform=gpu] [--tl-python=PATH]", file=sys.stderr)
     sys.exit(2)
+  if argv[1] == "plan" and FLAGS.platform == "cuda":  # export's name; plan_step says "gpu"
+    FLAGS.platform = "gpu"
   if argv[1] in ("train", "compare"):
     from reproduce.host import split_cpu  # pylint: disable=import-outside-toplevel
     try:
