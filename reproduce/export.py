@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec as P
 
+from reproduce.core import circuits, paths, scores
+from reproduce.core.model import forward, token_losses
 from reproduce.core.weights import init_weights
 from reproduce.train.plan import StepPlan, plan_step
 from reproduce.train.step import TrainState, initial_weights, make_optimizer, train_step
@@ -196,8 +198,8 @@ def _shardings(exported, names) -> dict:
 
 def export_train_step(config, platform: str, n_devices: int = 1) -> dict:
   """Exports the real training step (``train.step.train_step``, jitted as ``compile_train_step``
-  does: state replicated and donated, batch rows split over ``data``) for ``platform`` over an
-  abstract mesh of ``n_devices``; returns the JSON report."""
+  does: state replicated and donated, batch rows split over ``data``) for ``platform`` over a
+  mesh of ``n_devices`` (``step_mesh``); returns the JSON report."""
   platform = platform_name(platform)
   m, t = config.model, config.train
   if n_devices < 1 or t.batch_size % n_devices:
@@ -237,6 +239,43 @@ def export_train_step(config, platform: str, n_devices: int = 1) -> dict:
 # The figures' kernels
 
 
+def _eigen_matrices(w) -> dict:
+  """The d_head × d_head matrices whose eigenvalues the figures take (on the host)."""
+  mats = {"ov_full": circuits.ov_eigen_matrices(w), "qk_full": circuits.qk_eigen_matrices(w),
+          "ov_plain": circuits.ov_eigen_matrices(w, full=False)}
+  if w.n_layers >= 2:
+    mats["k_composition"] = circuits.k_composition_qk_matrices(w, 0, 0)
+  return mats
+
+
+def _composition(w, key, n_samples: int = 256) -> dict:
+  """Every composition score, and ``composition_baseline``'s device part (its random draws and
+  pair scores; the function itself ends in a ``float()`` read)."""
+  out = {f"{k}{'_permuted' if p else ''}": circuits.composition_scores(w, k, p)
+         for k in circuits.COMPOSITION_KINDS for p in (False, True)}
+  D, r = w.d_model, w.d_head
+  draw = lambda k, s: jax.random.normal(k, (n_samples,) + s, jnp.float32)
+  factors = [draw(k, s) for k, s in zip(jax.random.split(key, 4), ((D, r), (r, D)) * 2)]
+  one = lambda a, b, c, d: circuits._pair_scores(  # pylint: disable=protected-access
+      a[None], b[None], c[None], d[None], False)[0, 0]
+  out["baseline_samples"] = jax.vmap(one)(*factors)
+  return out
+
+
+def _recursion_step(cfg, w, x, y, patterns, head_outputs):
+  """term_importance's run k + 2: frozen patterns, saved outputs added → (loss, new outputs)."""
+  logits, ex = forward(cfg, w, x, patterns=patterns, head_outputs=head_outputs,
+                       return_head_outputs=True)
+  return token_losses(logits, y).mean(), ex["head_outputs"]
+
+
+def _one_head(cfg, w, x, y, patterns, first_order):
+  """term_importance's loss with one head's first-order term (the last head here)."""
+  L, H = cfg.n_layers, cfg.n_heads
+  only = jnp.zeros_like(first_order).at[L - 1, :, H - 1].set(first_order[L - 1, :, H - 1])
+  return token_losses(forward(cfg, w, x, patterns=patterns, head_outputs=only)[0], y).mean()
+
+
 def _kernels(cfg, preset: str):
   """({family: [(kernel name, function, abstract args)]}, {family: host transfer}) at
   ``preset``'s figure shapes.
@@ -245,8 +284,6 @@ def _kernels(cfg, preset: str):
   (NumPy statistics, ``float()`` reads, plotting) runs on the host.  The transfers that the
   analysis makes on purpose (eigensolves, scalar losses) are the second dict.
   """
-  from reproduce.core import circuits, paths, scores  # pylint: disable=import-outside-toplevel
-  from reproduce.core.model import forward, token_losses  # pylint: disable=import-outside-toplevel
   from reproduce.figure import figure_config  # pylint: disable=import-outside-toplevel
   L, H, T, D, r = cfg.n_layers, cfg.n_heads, cfg.n_ctx, cfg.d_model, cfg.d_head
   w = jax.eval_shape(lambda: init_weights(cfg, jax.random.key(0)))
@@ -257,49 +294,23 @@ def _kernels(cfg, preset: str):
   frozen = lambda b: jax.ShapeDtypeStruct((L, b, H, T, T), jnp.float32)
   outputs = jax.ShapeDtypeStruct((L, windows, H, T, D), jnp.float32)
 
-  def eigen(w):
-    mats = {"ov_full": circuits.ov_eigen_matrices(w), "qk_full": circuits.qk_eigen_matrices(w),
-            "ov_plain": circuits.ov_eigen_matrices(w, full=False)}
-    if L >= 2:
-      mats["k_composition"] = circuits.k_composition_qk_matrices(w, 0, 0)
-    return mats
-
-  def composition(w, key):
-    out = {f"{k}{'_permuted' if p else ''}": circuits.composition_scores(w, k, p)
-           for k in circuits.COMPOSITION_KINDS for p in (False, True)}
-    draw = lambda k, s: jax.random.normal(k, (256,) + s, jnp.float32)
-    factors = [draw(k, s) for k, s in zip(jax.random.split(key, 4), ((D, r), (r, D)) * 2)]
-    one = lambda a, b, c, d: circuits._pair_scores(  # pylint: disable=protected-access
-        a[None], b[None], c[None], d[None], False)[0, 0]
-    out["baseline_samples"] = jax.vmap(one)(*factors)  # composition_baseline's device part
-    return out
-
-  def recursion_step(w, x, y, patterns, head_outputs):  # term_importance, run k + 2
-    logits, ex = forward(cfg, w, x, patterns=patterns, head_outputs=head_outputs,
-                         return_head_outputs=True)
-    return token_losses(logits, y).mean(), ex["head_outputs"]
-
-  def one_head(w, x, y, patterns, first_order):  # term_importance, one head's first-order term
-    only = jnp.zeros_like(first_order).at[L - 1, :, H - 1].set(first_order[L - 1, :, H - 1])
-    return token_losses(forward(cfg, w, x, patterns=patterns, head_outputs=only)[0], y).mean()
-
   host = {"eigen_matrices": f"each [{L}, {H}, {r}, {r}] float32 output ({L * H * r * r * 4:,} "
                             "bytes) goes to the host for np.linalg.eigvals in float64",
           "term_importance": f"{2 * L + 1 + L * H} scalar losses are read to the host (float())"}
   families = {
       "forward_patterns": [("forward_patterns", lambda w, x: forward(
           cfg, w, x, return_patterns=True, return_head_outputs=True), (w, tokens(text)))],
-      "eigen_matrices": [("eigen_matrices", eigen, (w,))],
-      "composition": [("composition", composition,
+      "eigen_matrices": [("eigen_matrices", _eigen_matrices, (w,))],
+      "composition": [("composition", _composition,
                        (w, jax.ShapeDtypeStruct((), jax.random.key(0).dtype)))],
       "path_expansion": [("path_expansion", lambda w, x: paths.path_expansion(cfg, w, x),
                           (w, tokens(1)))],
       "term_importance": [
           ("term_importance.frozen_run", lambda w, x: forward(
               cfg, w, x, return_patterns=True, return_norm_scales=True), (w, tokens(windows))),
-          ("term_importance.recursion_step", recursion_step,
+          ("term_importance.recursion_step", functools.partial(_recursion_step, cfg),
            (w, tokens(windows), tokens(windows), frozen(windows), outputs)),
-          ("term_importance.one_head", one_head,
+          ("term_importance.one_head", functools.partial(_one_head, cfg),
            (w, tokens(windows), tokens(windows), frozen(windows), outputs))],
       "icl_losses": [("icl_losses", lambda w, x, y: scores.position_losses(
           cfg, w, x, y, scores.icl_positions(T)), (w, tokens(icl), tokens(icl)))],
