@@ -6,6 +6,8 @@
     python -m reproduce.bench plan --config=configs/attn2l.py:paper [--devices=8] [--platform=gpu]
     python -m reproduce.bench compare --tl-python=/path/to/venv/bin/python   # vs TransformerLens
     python -m reproduce.bench prepare                   # token-store build: tokens/s, peak RSS
+    python -m reproduce.bench export --config=configs/attn2l.py:paper --platform=cuda [--devices=8]
+    python -m reproduce.bench export --figures=paper --platform=tpu   # every figure's kernels
 
 ``train`` measures the machine's matmul peak (a 4096³ product) in the step's compute dtype and
 in float32 in the same run, and reports model FLOP utilisation against both.  ``compare`` times
@@ -37,6 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from reproduce.bench_compare import compare_with_transformerlens
 from reproduce.bench_prepare import bench_prepare
 from reproduce.config import define_config_flag, load_config, parse_flags, validate
+from reproduce import export
 from reproduce.core import circuits
 from reproduce.core.model import ModelConfig
 from reproduce.core.weights import init_weights
@@ -266,7 +269,14 @@ def _compare(opts) -> dict:
 def _plan(opts) -> dict:
   if opts.config is None:
     raise ValueError("plan needs --config, e.g. --config=configs/attn2l.py:paper")
-  return plan_train_step(opts.config, opts.devices, opts.platform, opts.peak_tflops)
+  platform = "gpu" if opts.platform == "cuda" else opts.platform  # export's name for the GPU
+  return plan_train_step(opts.config, opts.devices, platform, opts.peak_tflops)
+
+
+def _export(opts) -> dict:
+  """Lowers the training step (or every figure's kernels) for an accelerator on this host."""
+  return export.main(opts.config, opts.platform or "cuda", opts.devices, opts.figures,
+                     log=lambda line: print(line, file=sys.stderr))
 
 
 # Subcommand → its runner: flags in, the JSON-able result out; a ValueError is the user's to fix.
@@ -276,6 +286,7 @@ COMMANDS: Dict[str, Callable[[flags.FlagValues], dict]] = {
     "plan": _plan,
     "compare": _compare,
     "prepare": lambda opts: bench_prepare(),
+    "export": _export,
 }
 
 
@@ -302,8 +313,11 @@ def run_cli():
                       "machine into (auto: one per core, at most 8)")
   flags.DEFINE_integer("rounds", 5, "compare: alternating timing rounds")
   flags.DEFINE_integer("devices", 1, "plan: devices the step is split over (on CPU, simulated)")
-  flags.DEFINE_enum("platform", None, ["cpu", "gpu", "tpu"],
-                    "plan: whose step rules to use (default: the local backend)")
+  flags.DEFINE_enum("platform", None, ["cpu", "gpu", "tpu", "cuda"],
+                    "plan: whose step rules to use (default: the local backend); export: the "
+                    "target (cuda, tpu; gpu means cuda; default cuda)")
+  flags.DEFINE_enum("figures", None, ["test", "cpu", "paper"],
+                    "export: every figure's kernels at this preset instead of a --config step")
   flags.DEFINE_float("peak_tflops", 989.0, "plan: peak FLOP rate for the step-time estimate "
                      "(default: H100 SXM dense bfloat16)")
   flags.register_validator("devices", lambda n: n >= 1, "--devices must be >= 1")

@@ -213,11 +213,15 @@ def _chunked_ce_bwd(chunk, dtype, residuals, g):
     d = _cast(p * (gc * row_scale)[:, None]
               - jax.nn.one_hot(tc, W_U.shape[1], dtype=p.dtype) * gc[:, None], dtype)
     # dW_U = xᵀ d contracts over rows; XLA's CPU backend runs that form with bf16 operands only
-    # on its float32 path, so there xᵀ is formed first (experiments/SPEED.md).
-    if dtype is not None and jax.default_backend() == "cpu":
-      dW = _contract(_transposed(xc, dtype), d, 1, 0)
+    # on its float32 path, so there xᵀ is formed first (experiments/SPEED.md).  The
+    # branch follows the platform lowered for (not the host's), so a step exported for an
+    # accelerator from a CPU host holds the accelerator's form.
+    rows = lambda xc, d: _contract(_cast(xc, dtype), d, 0, 0)
+    if dtype is not None:
+      dW = jax.lax.platform_dependent(
+          xc, d, cpu=lambda xc, d: _contract(_transposed(xc, dtype), d, 1, 0), default=rows)
     else:
-      dW = _contract(_cast(xc, dtype), d, 0, 0)
+      dW = rows(xc, d)
     return dW, _contract(d, W, 1, 1).astype(x.dtype)
 
   if e is not None:
