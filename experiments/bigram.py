@@ -19,6 +19,7 @@ from reproduce.core import scores
 from reproduce import experiment
 
 DESCRIPTION = "0L model vs the corpus's bigram table (and 1L/2L direct paths vs the 0L table): scatter, KL, top-next table"
+ORDER = 10  # place in the batch job and index.html (reproduce.figure.figure_names)
 
 
 def unigram_log_probs(train_tokens, vocab_size):
@@ -136,33 +137,37 @@ def _claims(config, label, model, stats, uni_corr, kl_model, kl_unigram, versus_
     kl_closed = gap_closed(kl_model, kl_unigram, 0.0)
     return [
         experiment.claim(
-            f"bigram.correlation_{label}",
-            f"{label}: a zero-layer model learns the bigram table",
-            "FW, zero-layer transformers",
-            f"correlation r of model vs empirical log p(next | current) over pairs seen ≥ "
-            f"{config.min_count}× closes ≥ {need} of the gap from the unigram model's r_u to 1: "
-            f"(r − r_u) / (1 − r_u) ≥ {need}",
-            f"r = {stats['correlation']:.3f}, unigram r_u = {uni_corr:.3f} over "
+            figure="bigram", what="correlation", model=label,
+            statement=f"{label}: a zero-layer model learns the bigram table",
+            source="FW, zero-layer transformers",
+            criterion=f"correlation r of model vs empirical log p(next | current) over pairs seen "
+            f"≥ {config.min_count}× closes ≥ {need} of the gap from the unigram model's r_u to "
+            f"1: (r − r_u) / (1 − r_u) ≥ {need}",
+            measured=f"r = {stats['correlation']:.3f}, unigram r_u = {uni_corr:.3f} over "
             f"{stats['n_pairs']:,} pairs: closes {closed:.2f} of the gap",
-            {"correlation": stats["correlation"], "unigram": uni_corr, "gap_closed": closed},
-            closed >= need),
+            value={"correlation": stats["correlation"], "unigram": uni_corr,
+                   "gap_closed": closed},
+            holds=closed >= need),
         experiment.claim(
-            f"bigram.heldout_kl_{label}",
-            f"{label}: its predictions are close to the bigram table on held-out text",
-            "FW, zero-layer transformers",
-            "KL(held-out bigram table ‖ model) is at most (1 − "
+            figure="bigram", what="heldout_kl", model=label,
+            statement=f"{label}: its predictions are close to the bigram table on held-out text",
+            source="FW, zero-layer transformers",
+            criterion="KL(held-out bigram table ‖ model) is at most (1 − "
             f"{need}) × the unigram model's: (KL_u − KL) / KL_u ≥ {need}",
-            f"KL {kl_model:.3f} nats vs unigram {kl_unigram:.3f}: closes {kl_closed:.2f} of the gap",
-            {"kl": kl_model, "unigram": kl_unigram, "gap_closed": kl_closed}, kl_closed >= need)]
+            measured=f"KL {kl_model:.3f} nats vs unigram {kl_unigram:.3f}: closes "
+            f"{kl_closed:.2f} of the gap",
+            value={"kl": kl_model, "unigram": kl_unigram, "gap_closed": kl_closed},
+            holds=kl_closed >= need)]
   if versus_0l is None:
     return []
   closed = gap_closed(versus_0l["correlation"], versus_0l["unigram_correlation"], 1.0)
   return [experiment.claim(
-      f"bigram.direct_path_is_bigram_{label}",
-      f"{label}: the direct path of a {model.cfg.n_layers}-layer model still acts as a bigram "
-      "model", "FW, one-layer models: the direct path",
-      f"correlation r of its log softmax(W_E W_U) with the 0L model's over the same pairs closes "
-      f"≥ {need} of the gap from the unigram's correlation r_u with the 0L table to 1",
-      f"r = {versus_0l['correlation']:.3f}, unigram r_u = "
+      figure="bigram", what="direct_path_is_bigram", model=label,
+      statement=f"{label}: the direct path of a {model.cfg.n_layers}-layer model still acts as a "
+      "bigram model", source="FW, one-layer models: the direct path",
+      criterion=f"correlation r of its log softmax(W_E W_U) with the 0L model's over the same "
+      f"pairs closes ≥ {need} of the gap from the unigram's correlation r_u with the 0L table "
+      "to 1",
+      measured=f"r = {versus_0l['correlation']:.3f}, unigram r_u = "
       f"{versus_0l['unigram_correlation']:.3f}: closes {closed:.2f} of the gap",
-      {**versus_0l, "gap_closed": closed}, closed >= need)]
+      value={**versus_0l, "gap_closed": closed}, holds=closed >= need)]

@@ -21,6 +21,7 @@ from reproduce.core import circuits
 from reproduce import experiment
 
 DESCRIPTION = "Q/K/V composition scores of every earlier × later layer pair minus the random baseline"
+ORDER = 60  # place in the batch job and index.html (reproduce.figure.figure_names)
 
 
 def layer_pairs(n_layers: int):
@@ -90,11 +91,11 @@ def _claims(config, label, roles, correct, init_max, init_source):
   name = lambda l, h: f"L{l}H{h}"
   if not induction:
     claims.append(experiment.claim(
-        f"composition_scores.k_prev_to_induction_{label}",
-        f"{label}: each induction head's strongest K-composition is with a previous-token head "
-        "of an earlier layer", "FW fig 26",
-        f"needs an induction head (score ≥ {roles.threshold}) in a layer ≥ 1",
-        "no induction head found", None, False))
+        figure="composition_scores", what="k_prev_to_induction", model=label,
+        statement=f"{label}: each induction head's strongest K-composition is with a "
+        "previous-token head of an earlier layer", source="FW fig 26",
+        criterion=f"needs an induction head (score ≥ {roles.threshold}) in a layer ≥ 1",
+        measured="no induction head found", value=None, holds=False))
     return claims
   # The previous-token head each induction head reads: the strongest one in earlier layers.
   pairs = [((roles.previous_token_head(l2)), (l2, h2)) for l2, h2 in induction]
@@ -105,38 +106,39 @@ def _claims(config, label, roles, correct, init_max, init_source):
     strongest.append((int(l1), int(h1)))
   is_prev = [roles.previous_token[l1, h1] >= roles.threshold for l1, h1 in strongest]
   claims.append(experiment.claim(
-      f"composition_scores.k_prev_to_induction_{label}",
-      f"{label}: each induction head's strongest K-composition is with a previous-token head of "
-      "an earlier layer", "FW fig 26",
-      f"for every head with induction score ≥ {roles.threshold} in layer l ≥ 1, the head of "
-      f"layers < l with the largest K-composition into it has previous-token score ≥ "
+      figure="composition_scores", what="k_prev_to_induction", model=label,
+      statement=f"{label}: each induction head's strongest K-composition is with a previous-token "
+      "head of an earlier layer", source="FW fig 26",
+      criterion=f"for every head with induction score ≥ {roles.threshold} in layer l ≥ 1, the "
+      f"head of layers < l with the largest K-composition into it has previous-token score ≥ "
       f"{roles.threshold}",
-      "; ".join(f"into {name(*ind)}: strongest from {name(*s)} (prev-token "
-                f"{roles.previous_token[s]:.2f}, K {correct['k'][s[0], s[1], ind[0], ind[1]]:.3f})"
-                for ind, s in zip(induction, strongest)),
-      {name(*ind): name(*s) for ind, s in zip(induction, strongest)}, all(is_prev)))
+      measured="; ".join(
+          f"into {name(*ind)}: strongest from {name(*s)} (prev-token "
+          f"{roles.previous_token[s]:.2f}, K {correct['k'][s[0], s[1], ind[0], ind[1]]:.3f})"
+          for ind, s in zip(induction, strongest)),
+      value={name(*ind): name(*s) for ind, s in zip(induction, strongest)}, holds=all(is_prev)))
   k = [correct["k"][p[0], p[1], i[0], i[1]] for p, i in pairs]
   q = [correct["q"][p[0], p[1], i[0], i[1]] for p, i in pairs]
   v = [correct["v"][p[0], p[1], i[0], i[1]] for p, i in pairs]
   described = [f"{name(*p)}→{name(*i)}" for p, i in pairs]
   claims.append(experiment.claim(
-      f"composition_scores.k_above_random_init_{label}",
-      f"{label}: the previous-token head K-composes with the induction heads far above chance",
-      "FW fig 26",
-      "K-comp(previous-token head, induction head) > the largest K-composition of any head pair "
-      f"at random init ({init_source})",
-      ", ".join(f"{d}: K {s:.3f}" for d, s in zip(described, k))
+      figure="composition_scores", what="k_above_random_init", model=label,
+      statement=f"{label}: the previous-token head K-composes with the induction heads far above "
+      "chance", source="FW fig 26",
+      criterion="K-comp(previous-token head, induction head) > the largest K-composition of any "
+      f"head pair at random init ({init_source})",
+      measured=", ".join(f"{d}: K {s:.3f}" for d, s in zip(described, k))
       + f"; random-init max {init_max['k']:.3f}, baseline {base:.3f}",
-      {"k": k, "random_init_max": init_max["k"], "baseline": base},
-      min(k) > init_max["k"]))
+      value={"k": k, "random_init_max": init_max["k"], "baseline": base},
+      holds=min(k) > init_max["k"]))
   claims.append(experiment.claim(
-      f"composition_scores.q_v_near_baseline_{label}",
-      f"{label}: Q- and V-composition of the induction heads with the previous-token head stay "
-      "near the baseline", "FW fig 26",
-      "Q-comp and V-comp(previous-token head, induction head) ≤ the largest Q- and V-composition "
-      "of any head pair at random init",
-      ", ".join(f"{d}: Q {a:.3f}, V {b:.3f}" for d, a, b in zip(described, q, v))
+      figure="composition_scores", what="q_v_near_baseline", model=label,
+      statement=f"{label}: Q- and V-composition of the induction heads with the previous-token "
+      "head stay near the baseline", source="FW fig 26",
+      criterion="Q-comp and V-comp(previous-token head, induction head) ≤ the largest Q- and "
+      "V-composition of any head pair at random init",
+      measured=", ".join(f"{d}: Q {a:.3f}, V {b:.3f}" for d, a, b in zip(described, q, v))
       + f"; random-init max Q {init_max['q']:.3f}, V {init_max['v']:.3f}",
-      {"q": q, "v": v, "random_init_max": init_max},
-      max(q) <= init_max["q"] and max(v) <= init_max["v"]))
+      value={"q": q, "v": v, "random_init_max": init_max},
+      holds=max(q) <= init_max["q"] and max(v) <= init_max["v"]))
   return claims

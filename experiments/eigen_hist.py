@@ -17,6 +17,7 @@ from reproduce.core import circuits
 from reproduce import experiment
 
 DESCRIPTION = "Histogram of OV positivity over all heads, trained vs random init, 1L and 2L"
+ORDER = 50  # place in the batch job and index.html (reproduce.figure.figure_names)
 
 
 def run(config, models, outdir):
@@ -50,22 +51,23 @@ def run(config, models, outdir):
                           for l in range(L))
     if L == 1:
       claims.append(experiment.claim(
-          f"eigen_hist.copying_majority_{label}",
-          f"{label}: most heads of a one-layer model copy (FW's 1L model: 10 of 12)",
-          "FW fig 16",
-          f"more than half the heads have OV positivity > max({config.copying_threshold}, the "
-          f"largest positivity at random init = {float(random.max()):+.2f})",
-          f"{copying} of {L * H} heads ({per_layer}); random init from {init_source}",
-          trained, copying * 2 > L * H))
+          figure="eigen_hist", what="copying_majority", model=label,
+          statement=f"{label}: most heads of a one-layer model copy (FW's 1L model: 10 of 12)",
+          source="FW fig 16",
+          criterion=f"more than half the heads have OV positivity > max("
+          f"{config.copying_threshold}, the largest positivity at random init = "
+          f"{float(random.max()):+.2f})",
+          measured=f"{copying} of {L * H} heads ({per_layer}); random init from {init_source}",
+          value=trained, holds=copying * 2 > L * H))
     mean_random = float(random.mean())
     claims.append(experiment.claim(
-        f"eigen_hist.random_init_near_zero_{label}",
-        f"{label}: at random init OV positivity is near 0",
-        "control: random init",
-        f"|mean positivity over heads| < {config.random_init_max_abs_mean}",
-        f"mean {mean_random:+.3f}, range {random.min():+.2f}…{random.max():+.2f} over "
-        f"{L * H} heads ({init_source})", random,
-        abs(mean_random) < config.random_init_max_abs_mean, kind="control"))
+        figure="eigen_hist", what="random_init_near_zero", model=label,
+        statement=f"{label}: at random init OV positivity is near 0",
+        source="control: random init",
+        criterion=f"|mean positivity over heads| < {config.random_init_max_abs_mean}",
+        measured=f"mean {mean_random:+.3f}, range {random.min():+.2f}…{random.max():+.2f} over "
+        f"{L * H} heads ({init_source})", value=random,
+        holds=abs(mean_random) < config.random_init_max_abs_mean, kind="control"))
   fig.tight_layout()
   experiment.save_figure(fig, outdir, "eigen_hist")
   experiment.write_json(outdir / "eigen_hist.json", numbers)

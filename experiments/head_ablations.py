@@ -7,12 +7,15 @@ first occurrence → repeat, and on held-out text the in-context-learning score 
 early).  "Fraction removed" = 1 − (ablated / unablated) for each.
 """
 
+import dataclasses
+
 import numpy as np
 
 from reproduce.core import scores
 from reproduce import experiment
 
 DESCRIPTION = "Zero-ablating each head: share of the repeat-loss drop and of the ICL score removed"
+ORDER = 110  # place in the batch job and index.html (reproduce.figure.figure_names)
 
 
 def roles_to_ablate(roles: experiment.HeadRoles):
@@ -44,101 +47,147 @@ def removed(base: dict, ablated: dict) -> dict:
   return {"repeat_drop": share("repeat_drop"), "icl": share("icl")}
 
 
-def run(config, models, outdir):
+def head_name(lh) -> str:
+  return f"L{lh[0]}H{lh[1]}"
+
+
+@dataclasses.dataclass
+class Ablations:
+  """What zero-ablation removes from one model, and the roles that picked the heads."""
+
+  roles: experiment.HeadRoles
+  induction: list  # the induction heads (layers ≥ 1), ablated together
+  prev: tuple  # the previous-token head feeding them
+  base: dict  # the unablated model's numbers (``measure``)
+  single: dict  # (layer, head) → numbers with that head ablated
+  together: dict  # numbers with the induction heads ablated together
+  others: dict  # layer → the heads of that layer with neither role
+
+  @property
+  def share(self) -> dict:
+    return {k: removed(self.base, v) for k, v in self.single.items()}
+
+  @property
+  def share_induction(self) -> dict:
+    return removed(self.base, self.together)
+
+
+def ablate(config, model) -> Ablations:
+  """The unablated numbers, every single-head ablation and the induction heads ablated together."""
+  L, H = model.cfg.n_layers, model.cfg.n_heads
+  roles = experiment.head_roles(model, config.role_threshold)
+  induction, prev = roles_to_ablate(roles)
+  length = min(config.length, (model.cfg.n_ctx - 1) // 2)
+  probe = scores.repeated_sequences(model.sampling_pool(), model.bos_id, length, 2,
+                                    config.samples, seed=1)
+  inputs, targets = model.heldout_windows(config.icl_windows)
+  base = measure(model, model.weights, probe, length, inputs, targets)
+  single = {}
+  for l in range(L):
+    for h in range(H):
+      single[(l, h)] = measure(model, scores.zero_ablated(model.weights, [(l, h)]), probe,
+                               length, inputs, targets)
+  together = measure(model, scores.zero_ablated(model.weights, induction), probe, length,
+                     inputs, targets)
+  role_heads = set(induction) | {prev}
+  others = {layer: [(l, h) for l, h in single if l == layer and (l, h) not in role_heads]
+            for layer in sorted({l for l, _ in role_heads})}
+  return Ablations(roles, induction, prev, base, single, together, others)
+
+
+def write_numbers(outdir, label, ab: Ablations) -> None:
+  share = ab.share
+  experiment.write_json(outdir / f"head_ablations_{label}.json", {
+      "unablated": ab.base, "induction_heads": [head_name(x) for x in ab.induction],
+      "previous_token_head": head_name(ab.prev), "induction_heads_together": ab.together,
+      "removed_induction_heads_together": ab.share_induction,
+      "single": {head_name(k): {**v, "removed": share[k]} for k, v in ab.single.items()},
+      "previous_token_scores": ab.roles.previous_token, "induction_scores": ab.roles.induction})
+
+
+def plot(config, label, ab: Ablations, outdir, picture: str) -> None:
+  """Two bar charts (repeat-loss drop, ICL score): the share each ablation removes."""
   plt = experiment.pyplot()
+  base = ab.base
+  bars = [("induction heads\n" + "+".join(head_name(x) for x in ab.induction), ab.share_induction,
+           "#c0392b")]
+  for (l, h), s in ab.share.items():
+    colour = ("#c0392b" if (l, h) in ab.induction else "#2471a3" if (l, h) == ab.prev
+              else "#95a5a6")
+    bars.append((ab.roles.label(l, h).replace(" (", "\n("), s, colour))
+  fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(bars) * 2), 3.6), sharey=True)
+  for ax, key, title in ((axes[0], "repeat_drop",
+                          f"loss drop on repeated tokens (unablated {base['repeat_drop']:.2f} "
+                          "nats)"),
+                         (axes[1], "icl", f"in-context-learning score (unablated "
+                                          f"{base['icl']:.2f} nats)")):
+    values = [b[1][key] for b in bars]
+    ax.bar(range(len(bars)), values, color=[b[2] for b in bars])
+    ax.axhline(config.most_removed, color="#444", ls="--", lw=0.8)
+    ax.axhline(0, color="#bbb", lw=0.8)
+    ax.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=7)
+    ax.set_title(f"{label}: share of the {title} removed", fontsize=8)
+    for i, v in enumerate(values):
+      ax.text(i, v, f"{v:.2f}", ha="center", va="bottom" if v >= 0 else "top", fontsize=7)
+  axes[0].set_ylabel("fraction removed by zero-ablation (1 = all)")
+  experiment.save_figure(fig, outdir, picture)
+
+
+def _both(s) -> str:
+  return f"repeat-loss drop {s['repeat_drop']:.2f} removed, ICL score {s['icl']:.2f} removed"
+
+
+def claims_of(config, label, ab: Ablations) -> list:
+  """IH §5: ablating the induction heads or the previous-token head removes most of in-context
+  learning; ablating another head of their layers does not."""
+  most, base, share, prev, together = (config.most_removed, ab.base, ab.share, ab.prev,
+                                       ab.share_induction)
+  has_icl = base["icl"] < 0
+  claim = lambda what, **kw: experiment.claim(figure="head_ablations", what=what, model=label,
+                                              source="IH §5 (ablations)", **kw)
+  other_shares = {head_name(x): share[x] for layer in ab.others for x in ab.others[layer]}
+  mean_other = {key: float(np.mean([s[key] for s in other_shares.values()]))
+                if other_shares else float("nan") for key in ("repeat_drop", "icl")}
+  return [
+      claim("induction_heads",
+            statement=f"{label}: zero-ablating the induction heads removes most of the loss drop "
+            "on repeated tokens and most of the in-context-learning score",
+            criterion=f"with all heads of induction score ≥ {config.role_threshold} in layers ≥ 1 "
+            f"ablated together, 1 − ablated/unablated ≥ {most} for both the repeat-loss drop and "
+            "the ICL score (unablated ICL score must be negative)",
+            measured=f"{'+'.join(head_name(x) for x in ab.induction)}: {_both(together)} "
+            f"(unablated: drop {base['repeat_drop']:.2f} nats, ICL {base['icl']:.3f})",
+            value={"removed": together, "unablated": base},
+            holds=has_icl and min(together.values()) >= most),
+      claim("previous_token_head",
+            statement=f"{label}: zero-ablating the previous-token head that feeds the induction "
+            "heads removes most of the repeat-loss drop and of the ICL score",
+            criterion="the strongest previous-token head in a layer before the induction heads; "
+            f"1 − ablated/unablated ≥ {most} for both",
+            measured=f"{head_name(prev)} (previous-token score "
+            f"{ab.roles.previous_token[prev]:.2f}): {_both(share[prev])}",
+            value={"removed": share[prev]}, holds=has_icl and min(share[prev].values()) >= most),
+      claim("other_heads",
+            statement=f"{label}: ablating another head of the same layer as the induction or "
+            "previous-token head does not remove most of either",
+            criterion="the mean over those layers' other heads (the expected effect of ablating "
+            f"one at random) of 1 − ablated/unablated < {most} for both; each head is in the "
+            "figure",
+            measured=f"mean over {', '.join(other_shares) or 'no other heads'}: "
+            f"{_both(mean_other)}; per head: " + "; ".join(
+                f"{k} {v['repeat_drop']:.2f}/{v['icl']:.2f}" for k, v in other_shares.items()),
+            value={"mean": mean_other, "per_head": other_shares},
+            holds=bool(other_shares) and max(mean_other.values()) < most)]
+
+
+def run(config, models, outdir):
   claims = []
   for label, model in models.items():
     model.need_layers(2, "head_ablations")
     experiment.require_tokens(model, "head_ablations")
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    roles = experiment.head_roles(model, config.role_threshold)
-    induction, prev = roles_to_ablate(roles)
-    length = min(config.length, (model.cfg.n_ctx - 1) // 2)
-    probe = scores.repeated_sequences(model.sampling_pool(), model.bos_id, length, 2,
-                                      config.samples, seed=1)
-    inputs, targets = model.heldout_windows(config.icl_windows)
-    base = measure(model, model.weights, probe, length, inputs, targets)
-    single = {}
-    for l in range(L):
-      for h in range(H):
-        single[(l, h)] = measure(model, scores.zero_ablated(model.weights, [(l, h)]), probe,
-                                 length, inputs, targets)
-    together = measure(model, scores.zero_ablated(model.weights, induction), probe, length,
-                       inputs, targets)
-    share = {k: removed(base, v) for k, v in single.items()}
-    share_induction = removed(base, together)
-    role_heads = set(induction) | {prev}
-    others = {layer: [(l, h) for l, h in single if l == layer and (l, h) not in role_heads]
-              for layer in sorted({l for l, _ in role_heads})}
-    name = lambda lh: f"L{lh[0]}H{lh[1]}"
-    experiment.write_json(outdir / f"head_ablations_{label}.json", {
-        "unablated": base, "induction_heads": [name(x) for x in induction],
-        "previous_token_head": name(prev), "induction_heads_together": together,
-        "removed_induction_heads_together": share_induction,
-        "single": {name(k): {**v, "removed": share[k]} for k, v in single.items()},
-        "previous_token_scores": roles.previous_token, "induction_scores": roles.induction})
-
-    bars = [("induction heads\n" + "+".join(name(x) for x in induction), share_induction,
-             "#c0392b")]
-    for (l, h), s in share.items():
-      colour = ("#c0392b" if (l, h) in induction else "#2471a3" if (l, h) == prev
-                else "#95a5a6")
-      bars.append((roles.label(l, h).replace(" (", "\n("), s, colour))
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(bars) * 2), 3.6), sharey=True)
-    for ax, key, title in ((axes[0], "repeat_drop",
-                            f"loss drop on repeated tokens (unablated {base['repeat_drop']:.2f} "
-                            "nats)"),
-                           (axes[1], "icl", f"in-context-learning score (unablated "
-                                            f"{base['icl']:.2f} nats)")):
-      values = [b[1][key] for b in bars]
-      ax.bar(range(len(bars)), values, color=[b[2] for b in bars])
-      ax.axhline(config.most_removed, color="#444", ls="--", lw=0.8)
-      ax.axhline(0, color="#bbb", lw=0.8)
-      ax.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=7)
-      ax.set_title(f"{label}: share of the {title} removed", fontsize=8)
-      for i, v in enumerate(values):
-        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom" if v >= 0 else "top", fontsize=7)
-    axes[0].set_ylabel("fraction removed by zero-ablation (1 = all)")
-    experiment.save_figure(fig, outdir, "head_ablations" if len(models) == 1
-                           else f"head_ablations_{label}")
-
-    most = config.most_removed
-    both = lambda s: (f"repeat-loss drop {s['repeat_drop']:.2f} removed, ICL score "
-                      f"{s['icl']:.2f} removed")
-    has_icl = base["icl"] < 0
-    fid = lambda n: f"head_ablations.{n}" if len(models) == 1 else f"head_ablations.{label}.{n}"
-    claims.append(experiment.claim(
-        fid("induction_heads"),
-        f"{label}: zero-ablating the induction heads removes most of the loss drop on repeated "
-        "tokens and most of the in-context-learning score", "IH §5 (ablations)",
-        f"with all heads of induction score ≥ {config.role_threshold} in layers ≥ 1 ablated "
-        f"together, 1 − ablated/unablated ≥ {most} for both the repeat-loss drop and the ICL "
-        "score (unablated ICL score must be negative)",
-        f"{'+'.join(name(x) for x in induction)}: {both(share_induction)} (unablated: drop "
-        f"{base['repeat_drop']:.2f} nats, ICL {base['icl']:.3f})",
-        {"removed": share_induction, "unablated": base},
-        has_icl and min(share_induction.values()) >= most))
-    claims.append(experiment.claim(
-        fid("previous_token_head"),
-        f"{label}: zero-ablating the previous-token head that feeds the induction heads removes "
-        "most of the repeat-loss drop and of the ICL score", "IH §5 (ablations)",
-        f"the strongest previous-token head in a layer before the induction heads; "
-        f"1 − ablated/unablated ≥ {most} for both",
-        f"{name(prev)} (previous-token score {roles.previous_token[prev]:.2f}): "
-        f"{both(share[prev])}", {"removed": share[prev]},
-        has_icl and min(share[prev].values()) >= most))
-    other_shares = {name(x): share[x] for layer in others for x in others[layer]}
-    mean_other = {key: float(np.mean([s[key] for s in other_shares.values()]))
-                  if other_shares else float("nan") for key in ("repeat_drop", "icl")}
-    claims.append(experiment.claim(
-        fid("other_heads"),
-        f"{label}: ablating another head of the same layer as the induction or previous-token "
-        "head does not remove most of either", "IH §5 (ablations)",
-        "the mean over those layers' other heads (the expected effect of ablating one at random)"
-        f" of 1 − ablated/unablated < {most} for both; each head is in the figure",
-        f"mean over {', '.join(other_shares) or 'no other heads'}: {both(mean_other)}; per head: "
-        + "; ".join(f"{k} {v['repeat_drop']:.2f}/{v['icl']:.2f}" for k, v in
-                    other_shares.items()),
-        {"mean": mean_other, "per_head": other_shares},
-        bool(other_shares) and max(mean_other.values()) < most))
+    ablations = ablate(config, model)
+    write_numbers(outdir, label, ablations)
+    plot(config, label, ablations, outdir,
+         "head_ablations" if len(models) == 1 else f"head_ablations_{label}")
+    claims.extend(claims_of(config, label, ablations))
   return claims

@@ -22,6 +22,7 @@ from reproduce import experiment
 from reproduce.core.model import forward, token_losses
 
 DESCRIPTION = "Every head on repeated random tokens and on text (value-weighted), interactive HTML, loss per position"
+ORDER = 70  # place in the batch job and index.html (reproduce.figure.figure_names)
 
 
 def value_weighted(model, tokens):
@@ -82,90 +83,119 @@ draw();
 </script></body></html>"""
 
 
-def run(config, models, outdir):
+def repeats_and_text(config, model) -> dict:
+  """Patterns (raw and value-weighted), induction scores and loss per position on BOS + n random
+  tokens repeated, and value-weighted patterns on held-out text."""
+  n = min(config.length, (model.cfg.n_ctx - 1) // config.repeats)
+  repeated = scores.repeated_sequences(model.sampling_pool(), model.bos_id, n, config.repeats,
+                                       config.samples)
+  raw, weighted = value_weighted(model, repeated)
+  logits, _ = forward(model.cfg, model.weights, repeated)
+  losses = np.asarray(token_losses(logits[:, :-1], repeated[:, 1:])).mean(0)  # predicts t+1
+  text = model.heldout_windows(1)[0][:, : min(config.text_tokens, model.cfg.n_ctx)]
+  _, text_weighted = value_weighted(model, text)
+  return {"n": n, "repeated": repeated, "weighted": weighted, "losses": losses,
+          "induction": np.asarray(scores.induction_score(raw, n)),
+          "first": losses[: n - 1].mean(), "later": losses[n:].mean(),
+          "text": text, "text_weighted": text_weighted,
+          "names": {"repeated": f"BOS + {n} random tokens × {config.repeats}",
+                    "text": "held-out text"}}
+
+
+def write_page_and_numbers(config, label, model, m, outdir, page_name: str) -> None:
+  """The interactive view of every head on both sequences, and the numbers."""
+  L, H = model.cfg.n_layers, model.cfg.n_heads
+  views = []
+  for key, toks, pats in (("repeated", m["repeated"][0], m["weighted"][:, 0]),
+                          ("text", m["text"][0], m["text_weighted"][:, 0])):
+    views.append({"name": m["names"][key], "heads": experiment.head_labels(L, H),
+                  "tokens": [experiment.show_token(t, 14) for t in model.token_strings(toks)],
+                  "patterns": np.round(pats.reshape(L * H, *pats.shape[-2:]), 3).tolist()})
+  (outdir / page_name).write_text(_html(f"{label}: attention patterns", views))
+  experiment.write_json(outdir / f"induction_{label}.json", {
+      "induction_scores": m["induction"], "loss_per_position": m["losses"], "length": m["n"],
+      "repeats": config.repeats, "loss_first_occurrence": m["first"],
+      "loss_repeats": m["later"]})
+
+
+def plot_patterns(config, label, model, m, outdir, suffix: str) -> None:
+  """One grid of every head's value-weighted pattern per sequence (repeated, text)."""
   plt = experiment.pyplot()
+  L, H, induction = model.cfg.n_layers, model.cfg.n_heads, m["induction"]
+  for key, pats in (("repeated", m["weighted"][:, 0]), ("text", m["text_weighted"][:, 0])):
+    fig, axes = plt.subplots(L, H, figsize=(2.1 * H, 2.3 * L + 0.6), squeeze=False,
+                             layout="constrained")
+    for l in range(L):
+      for h in range(H):
+        ax = axes[l, h]
+        ax.imshow(pats[l, h], cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks([]); ax.set_yticks([])
+        extra = f" ind {induction[l, h]:.2f}" if key == "repeated" else ""
+        ax.set_title(f"L{l}H{h}{extra}", fontsize=8,
+                     color="#c0392b" if induction[l, h] >= config.min_induction else "black")
+    fig.suptitle(f"{label}: value-weighted attention on {m['names'][key]} (rows: destination, "
+                 "columns: source)", fontsize=9)
+    experiment.save_figure(fig, outdir, f"attention_{key}{suffix}")
+
+
+def plot_loss(config, label, m, outdir, suffix: str) -> None:
+  plt = experiment.pyplot()
+  n, losses = m["n"], m["losses"]
+  fig, ax = plt.subplots(figsize=(8, 3))
+  ax.plot(np.arange(1, len(losses) + 1), losses, color="#2e86c1")
+  for r in range(1, config.repeats):
+    ax.axvline(r * n + 0.5, color="#c0392b", ls="--", lw=0.8)
+  ax.set_xlabel("position of the predicted token")
+  ax.set_ylabel("loss (nats)")
+  ax.set_title(f"{label}: loss on BOS + {n} random tokens × {config.repeats} (mean of "
+               f"{config.samples}); first copy {m['first']:.2f}, repeats {m['later']:.2f} nats")
+  experiment.save_figure(fig, outdir, f"loss_per_position{suffix}")
+
+
+def claims_of(config, label, m, one_layer) -> list:
+  """The stripe in a layer ≥ 1, and the loss on the repeats below ``one_layer`` (the 1L models'
+  losses on the same repeats) and log(n)."""
+  n, induction, first, later = m["n"], m["induction"], m["first"], m["later"]
+  later_layers = induction[1:]
+  best = np.unravel_index(np.argmax(later_layers), later_layers.shape)
+  best = (best[0] + 1, best[1])
+  log_n = float(np.log(n))
+  holds = later < log_n and (not one_layer or later < min(one_layer))
+  return [
+      experiment.claim(
+          figure="induction_attention", what="stripe", model=label,
+          statement=f"{label}: a head of a layer ≥ 1 attends along the induction stripe on "
+          "repeated random tokens", source="FW, induction heads (repeated random tokens)",
+          criterion=f"max over heads of layers ≥ 1 of the mean attention on the stripe at offset "
+          f"−{n - 1} ≥ {config.min_induction} (uniform attention over the repeat: 1/{n})",
+          measured=f"best: L{best[0]}H{best[1]} with {induction[best]:.2f}", value=induction,
+          holds=induction[best] >= config.min_induction),
+      experiment.claim(
+          figure="induction_attention", what="repeat_loss", model=label,
+          statement=f"{label}: on the repeats of a random sequence the loss falls below what one "
+          "layer or plain copying can reach",
+          source="FW, induction heads (repeated random tokens); IH §2",
+          criterion=f"mean loss on the repeats < log({n}) = {log_n:.2f} nats (uniform over the "
+          f"sequence's {n} distinct tokens) and < the 1L model's loss on the same repeats",
+          measured=f"{later:.2f} nats on the repeats ({first:.2f} on the first copy); 1L model: "
+          + (f"{min(one_layer):.2f}" if one_layer else "not analysed"),
+          value={"repeats": later, "first": first, "log_n": log_n,
+                 "one_layer": min(one_layer) if one_layer else None}, holds=holds)]
+
+
+def run(config, models, outdir):
   claims, repeat_loss = [], {}
   for label, model in models.items():
     model.need_layers(1, "induction_attention")
     experiment.require_tokens(model, "induction_attention")
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    n = min(config.length, (model.cfg.n_ctx - 1) // config.repeats)
-    repeated = scores.repeated_sequences(model.sampling_pool(), model.bos_id, n, config.repeats,
-                                         config.samples)
-    raw, weighted = value_weighted(model, repeated)
-    induction = np.asarray(scores.induction_score(raw, n))
-    logits, _ = forward(model.cfg, model.weights, repeated)
-    losses = np.asarray(token_losses(logits[:, :-1], repeated[:, 1:])).mean(0)  # predicts t+1
-    first, later = losses[: n - 1].mean(), losses[n:].mean()
-    repeat_loss[label] = (model.cfg.n_layers, float(later))
-    text = model.heldout_windows(1)[0][:, : min(config.text_tokens, model.cfg.n_ctx)]
-    _, text_weighted = value_weighted(model, text)
-    heads = experiment.head_labels(L, H)
-    names = {"repeated": f"BOS + {n} random tokens × {config.repeats}", "text": "held-out text"}
-    views = []
-    for key, toks, pats in (("repeated", repeated[0], weighted[:, 0]),
-                            ("text", text[0], text_weighted[:, 0])):
-      views.append({"name": names[key], "heads": heads,
-                    "tokens": [experiment.show_token(t, 14) for t in model.token_strings(toks)],
-                    "patterns": np.round(pats.reshape(L * H, *pats.shape[-2:]), 3).tolist()})
-    page = outdir / ("induction_attention.html" if len(models) == 1
-                     else f"induction_attention_{label}.html")
-    page.write_text(_html(f"{label}: attention patterns", views))
-    experiment.write_json(outdir / f"induction_{label}.json", {
-        "induction_scores": induction, "loss_per_position": losses, "length": n,
-        "repeats": config.repeats, "loss_first_occurrence": first, "loss_repeats": later})
-
-    for key, pats, toks in (("repeated", weighted[:, 0], repeated[0]),
-                            ("text", text_weighted[:, 0], text[0])):
-      fig, axes = plt.subplots(L, H, figsize=(2.1 * H, 2.3 * L + 0.6), squeeze=False,
-                               layout="constrained")
-      for l in range(L):
-        for h in range(H):
-          ax = axes[l, h]
-          ax.imshow(pats[l, h], cmap="Blues", vmin=0, vmax=1)
-          ax.set_xticks([]); ax.set_yticks([])
-          extra = f" ind {induction[l, h]:.2f}" if key == "repeated" else ""
-          ax.set_title(f"L{l}H{h}{extra}", fontsize=8,
-                       color="#c0392b" if induction[l, h] >= config.min_induction else "black")
-      fig.suptitle(f"{label}: value-weighted attention on {names[key]} (rows: destination, "
-                   "columns: source)", fontsize=9)
-      experiment.save_figure(fig, outdir, f"attention_{key}" if len(models) == 1
-                             else f"attention_{key}_{label}")
-    fig, ax = plt.subplots(figsize=(8, 3))
-    ax.plot(np.arange(1, len(losses) + 1), losses, color="#2e86c1")
-    for r in range(1, config.repeats):
-      ax.axvline(r * n + 0.5, color="#c0392b", ls="--", lw=0.8)
-    ax.set_xlabel("position of the predicted token")
-    ax.set_ylabel("loss (nats)")
-    ax.set_title(f"{label}: loss on BOS + {n} random tokens × {config.repeats} (mean of "
-                 f"{config.samples}); first copy {first:.2f}, repeats {later:.2f} nats")
-    experiment.save_figure(fig, outdir, "loss_per_position" if len(models) == 1
-                           else f"loss_per_position_{label}")
-
-    if L < 2:
-      continue
-    later_layers = induction[1:]
-    best = np.unravel_index(np.argmax(later_layers), later_layers.shape)
-    best = (best[0] + 1, best[1])
-    claims.append(experiment.claim(
-        f"induction_attention.stripe_{label}",
-        f"{label}: a head of a layer ≥ 1 attends along the induction stripe on repeated random "
-        "tokens", "FW, induction heads (repeated random tokens)",
-        f"max over heads of layers ≥ 1 of the mean attention on the stripe at offset −{n - 1} "
-        f"≥ {config.min_induction} (uniform attention over the repeat: 1/{n})",
-        f"best: L{best[0]}H{best[1]} with {induction[best]:.2f}", induction,
-        induction[best] >= config.min_induction))
-    one_layer = [loss for layers, loss in repeat_loss.values() if layers == 1]
-    log_n = float(np.log(n))
-    holds = later < log_n and (not one_layer or later < min(one_layer))
-    claims.append(experiment.claim(
-        f"induction_attention.repeat_loss_{label}",
-        f"{label}: on the repeats of a random sequence the loss falls below what one layer or "
-        "plain copying can reach", "FW, induction heads (repeated random tokens); IH §2",
-        f"mean loss on the repeats < log({n}) = {log_n:.2f} nats (uniform over the sequence's "
-        f"{n} distinct tokens) and < the 1L model's loss on the same repeats",
-        f"{later:.2f} nats on the repeats ({first:.2f} on the first copy); 1L model: "
-        + (f"{min(one_layer):.2f}" if one_layer else "not analysed"),
-        {"repeats": later, "first": first, "log_n": log_n,
-         "one_layer": min(one_layer) if one_layer else None}, holds))
+    m = repeats_and_text(config, model)
+    repeat_loss[label] = (model.cfg.n_layers, float(m["later"]))
+    single = len(models) == 1
+    write_page_and_numbers(config, label, model, m, outdir, "induction_attention.html" if single
+                           else f"induction_attention_{label}.html")
+    plot_patterns(config, label, model, m, outdir, "" if single else f"_{label}")
+    plot_loss(config, label, m, outdir, "" if single else f"_{label}")
+    if model.cfg.n_layers >= 2:
+      one_layer = [loss for layers, loss in repeat_loss.values() if layers == 1]
+      claims.extend(claims_of(config, label, m, one_layer))
   return claims

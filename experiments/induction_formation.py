@@ -31,6 +31,7 @@ from reproduce import experiment
 from reproduce.core.loading import load_with_meta
 
 DESCRIPTION = "ICL score and every head's prefix-matching score over training (1L vs 2L), with the loss"
+ORDER = 100  # place in the batch job and index.html (reproduce.figure.figure_names)
 
 
 def trajectory(model, config):
@@ -111,6 +112,99 @@ def loss_bump(train_loss, lo, hi, degree):
   return float(residual[inside].mean()), noise, int(inside.sum())
 
 
+def formation(config, model) -> dict:
+  """The model's trajectory as arrays: tokens, ICL score, prefix matching [n, L, H], the best
+  head's prefix matching, the losses logged, and the formation window (``steepest_gain``)."""
+  traj = trajectory(model, config)
+  tokens = np.asarray([r["tokens"] for r in traj], float)
+  L, H = model.cfg.n_layers, model.cfg.n_heads
+  prefix = np.stack([r["prefix"] for r in traj]) if L else np.zeros((len(traj), 0, H))
+  flat = prefix.reshape(len(traj), -1)
+  best_head = int(np.argmax(flat[-1])) if L else None
+  best = flat[:, best_head] if L else np.zeros(len(traj))
+  train_loss, heldout_loss = training_loss(model)
+  snapshots = experiment.has_snapshots(model)
+  gain = steepest_gain(tokens, best, config.window_ratio) if snapshots and L else None
+  return {"steps": [r["step"] for r in traj], "tokens": tokens,
+          "icl": np.asarray([r["icl"] for r in traj]), "prefix": prefix, "flat": flat,
+          "best_head": best_head, "best": best, "train_loss": train_loss,
+          "heldout_loss": heldout_loss, "snapshots": snapshots, "gain": gain,
+          "positions": traj[-1]["icl_positions"]}
+
+
+def plot_row(config, axes, label, model, f) -> None:
+  """One model's row: every head's prefix matching, the ICL score, the training loss."""
+  L, H = model.cfg.n_layers, model.cfg.n_heads
+  tokens, prefix, icl, gain = f["tokens"], f["prefix"], f["icl"], f["gain"]
+  positions = f["positions"]
+  train_loss, heldout_loss = f["train_loss"], f["heldout_loss"]
+  missing = "" if f["snapshots"] else " (no training snapshots: final weights only)"
+  shown = tokens > 0  # log axes: the step-0 snapshot is left out of the drawing
+  if not shown.any():
+    shown = np.ones_like(shown)
+  x = np.maximum(tokens[shown], 1)
+  ax = axes[0]
+  for l in range(L):
+    for h in range(H):
+      formed = prefix[-1, l, h] >= config.formed
+      ax.plot(x, prefix[shown, l, h], "o-" if len(x) == 1 else "-",
+              color=("#c0392b" if formed else "#95a5a6") if l else "#aed6f1",
+              lw=1.6 if formed else 0.8, label=f"L{l}H{h}" if formed else None)
+  ax.set_ylabel("prefix-matching score")
+  ax.set_ylim(-0.02, 1)  # one scale for every model: a flat line means nothing formed
+  ax.set_title(f"{label}: every head's prefix matching (layer 0 light blue){missing}",
+               fontsize=9)
+  axes[1].plot(x, icl[shown], "o-", ms=3, color="#2e86c1")
+  axes[1].axhline(0, color="#bbb", lw=0.8)
+  axes[1].set_ylabel(f"ICL score: loss@{positions[1]} − loss@{positions[0]}")
+  axes[1].set_title(f"{label}: in-context learning score{missing}", fontsize=9)
+  if len(train_loss):
+    axes[2].plot(train_loss[:, 0], train_loss[:, 1], color="#7f8c8d", lw=0.8, label="train")
+  heldout_loss = heldout_loss[heldout_loss[:, 0] > 0] if len(heldout_loss) else heldout_loss
+  if len(heldout_loss):
+    axes[2].plot(heldout_loss[:, 0], heldout_loss[:, 1], "o-", ms=2, color="#1c2833", lw=1,
+                 label="held-out")
+  axes[2].set_ylabel("loss (nats)")
+  axes[2].set_title(f"{label}: training loss" + ("" if len(train_loss) else
+                                                   " (no metrics log: missing)"), fontsize=9)
+  if len(train_loss) or len(heldout_loss):
+    axes[2].legend(fontsize=7)
+  for ax in axes:
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # < 1 decade would label every minor tick
+    ax.set_xlabel("tokens seen")
+    if gain is not None:
+      ax.axvspan(tokens[gain[0]], tokens[gain[1]], color="#f5cba7", alpha=0.5, lw=0)
+  if any(prefix[-1].ravel() >= config.formed):
+    axes[0].legend(fontsize=7)
+
+
+def _none_in_1l_claim(config, label, flat):
+  return experiment.claim(
+      figure="induction_formation", what="none_in_1l", model=label,
+      statement=f"{label}: a one-layer model never forms induction heads", source="IH §3",
+      criterion=f"best prefix-matching score of any head at every snapshot < {config.unformed}",
+      measured=f"best at any snapshot: {flat.max():.2f}", value=flat.max(axis=1),
+      holds=flat.max() < config.unformed)
+
+
+def _icl_2l_below_1l_claim(final_icl):
+  """IH §3: the final ICL score of the 2L model(s) below the 1L model(s)' (None without both)."""
+  one = [(lab, v) for lab, (layers, v) in final_icl.items() if layers == 1]
+  two = [(lab, v) for lab, (layers, v) in final_icl.items() if layers >= 2]
+  if not (one and two):
+    return None
+  return experiment.claim(
+      figure="induction_formation", what="icl_2l_below_1l", model=None,
+      statement="the two-layer model learns more in context than the one-layer model: its ICL "
+      "score is lower", source="IH §3",
+      criterion="final ICL score (loss late − loss early) of every model with ≥ 2 layers < that "
+      "of every one-layer model",
+      measured="; ".join(f"{lab}: {v:+.3f} nats" for lab, v in one + two),
+      value={lab: v for lab, v in one + two},
+      holds=max(v for _, v in two) < min(v for _, v in one))
+
+
 def run(config, models, outdir):
   plt = experiment.pyplot()
   claims = []
@@ -118,90 +212,28 @@ def run(config, models, outdir):
                            layout="constrained")
   numbers, final_icl = {}, {}
   for row, (label, model) in enumerate(models.items()):
-    traj = trajectory(model, config)
-    tokens = np.asarray([r["tokens"] for r in traj], float)
-    icl = np.asarray([r["icl"] for r in traj])
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    prefix = np.stack([r["prefix"] for r in traj]) if L else np.zeros((len(traj), 0, H))
-    flat = prefix.reshape(len(traj), -1)
-    best_head = int(np.argmax(flat[-1])) if L else None
-    best = flat[:, best_head] if L else np.zeros(len(traj))
-    train_loss, heldout_loss = training_loss(model)
-    snapshots = experiment.has_snapshots(model)
-    gain = steepest_gain(tokens, best, config.window_ratio) if snapshots and L else None
-    positions = traj[-1]["icl_positions"]
-    final_icl[label] = (L, float(icl[-1]))
-    numbers[label] = {"steps": [r["step"] for r in traj], "tokens": tokens, "icl": icl,
-                      "prefix_matching": prefix, "icl_positions": positions,
-                      "best_head": None if best_head is None else
-                      f"L{best_head // H}H{best_head % H}",
+    f = formation(config, model)
+    L, H, tokens, gain = model.cfg.n_layers, model.cfg.n_heads, f["tokens"], f["gain"]
+    final_icl[label] = (L, float(f["icl"][-1]))
+    numbers[label] = {"steps": f["steps"], "tokens": tokens, "icl": f["icl"],
+                      "prefix_matching": f["prefix"], "icl_positions": f["positions"],
+                      "best_head": None if f["best_head"] is None else
+                      f"L{f['best_head'] // H}H{f['best_head'] % H}",
                       "window": None if gain is None else [tokens[gain[0]], tokens[gain[1]]]}
-    missing = "" if snapshots else " (no training snapshots: final weights only)"
-    shown = tokens > 0  # log axes: the step-0 snapshot is left out of the drawing
-    if not shown.any():
-      shown = np.ones_like(shown)
-    x = np.maximum(tokens[shown], 1)
-    ax = axes[row, 0]
-    for l in range(L):
-      for h in range(H):
-        formed = prefix[-1, l, h] >= config.formed
-        ax.plot(x, prefix[shown, l, h], "o-" if len(x) == 1 else "-",
-                color=("#c0392b" if formed else "#95a5a6") if l else "#aed6f1",
-                lw=1.6 if formed else 0.8, label=f"L{l}H{h}" if formed else None)
-    ax.set_ylabel("prefix-matching score")
-    ax.set_ylim(-0.02, 1)  # one scale for every model: a flat line means nothing formed
-    ax.set_title(f"{label}: every head's prefix matching (layer 0 light blue){missing}",
-                 fontsize=9)
-    axes[row, 1].plot(x, icl[shown], "o-", ms=3, color="#2e86c1")
-    axes[row, 1].axhline(0, color="#bbb", lw=0.8)
-    axes[row, 1].set_ylabel(f"ICL score: loss@{positions[1]} − loss@{positions[0]}")
-    axes[row, 1].set_title(f"{label}: in-context learning score{missing}", fontsize=9)
-    if len(train_loss):
-      axes[row, 2].plot(train_loss[:, 0], train_loss[:, 1], color="#7f8c8d", lw=0.8,
-                        label="train")
-    heldout_loss = heldout_loss[heldout_loss[:, 0] > 0] if len(heldout_loss) else heldout_loss
-    if len(heldout_loss):
-      axes[row, 2].plot(heldout_loss[:, 0], heldout_loss[:, 1], "o-", ms=2, color="#1c2833",
-                        lw=1, label="held-out")
-    axes[row, 2].set_ylabel("loss (nats)")
-    axes[row, 2].set_title(f"{label}: training loss" + ("" if len(train_loss) else
-                                                         " (no metrics log: missing)"), fontsize=9)
-    if len(train_loss) or len(heldout_loss):
-      axes[row, 2].legend(fontsize=7)
-    for ax in axes[row]:
-      ax.set_xscale("log")
-      ax.xaxis.set_minor_formatter(NullFormatter())  # < 1 decade would label every minor tick
-      ax.set_xlabel("tokens seen")
-      if gain is not None:
-        ax.axvspan(tokens[gain[0]], tokens[gain[1]], color="#f5cba7", alpha=0.5, lw=0)
-    if any(prefix[-1].ravel() >= config.formed):
-      axes[row, 0].legend(fontsize=7)
-    if not snapshots:
+    plot_row(config, axes[row], label, model, f)
+    if not f["snapshots"]:
       print(f"induction_formation: {label} has no training snapshots; drawing its final scores "
             "only, without the claims that need the trajectory")
       numbers[label]["missing"] = "training snapshots (a weight file has none)"
       continue
     if L >= 2:
-      claims.extend(_phase_change_claims(config, label, tokens, best, icl, train_loss, gain,
-                                         numbers[label]))
+      claims.extend(_phase_change_claims(config, label, tokens, f["best"], f["icl"],
+                                         f["train_loss"], gain, numbers[label]))
     elif L == 1:
-      claims.append(experiment.claim(
-          f"induction_formation.none_in_1l_{label}",
-          f"{label}: a one-layer model never forms induction heads", "IH §3",
-          f"best prefix-matching score of any head at every snapshot < {config.unformed}",
-          f"best at any snapshot: {flat.max():.2f}", flat.max(axis=1),
-          flat.max() < config.unformed))
-  one = [(lab, v) for lab, (layers, v) in final_icl.items() if layers == 1]
-  two = [(lab, v) for lab, (layers, v) in final_icl.items() if layers >= 2]
-  if one and two:
-    claims.append(experiment.claim(
-        "induction_formation.icl_2l_below_1l",
-        "the two-layer model learns more in context than the one-layer model: its ICL score is "
-        "lower", "IH §3",
-        "final ICL score (loss late − loss early) of every model with ≥ 2 layers < that of every "
-        "one-layer model",
-        "; ".join(f"{lab}: {v:+.3f} nats" for lab, v in one + two),
-        {lab: v for lab, v in one + two}, max(v for _, v in two) < min(v for _, v in one)))
+      claims.append(_none_in_1l_claim(config, label, f["flat"]))
+  comparison = _icl_2l_below_1l_claim(final_icl)
+  if comparison is not None:
+    claims.append(comparison)
   experiment.save_figure(fig, outdir, "induction_formation")
   experiment.write_json(outdir / "induction_formation.json", numbers)
   return claims
@@ -211,44 +243,47 @@ def _phase_change_claims(config, label, tokens, best, icl, train_loss, gain, num
   """IH §3's phase change in a model that can form induction heads."""
   if gain is None:
     return [experiment.claim(
-        f"induction_formation.abrupt_{label}",
-        f"{label}: induction heads form abruptly", "IH §3",
-        f"the best head's prefix matching gains ≥ {config.majority} of its total rise within a "
-        f"factor {config.window_ratio:g} of tokens",
-        f"its prefix matching never rises (final {best[-1]:.2f})", best, False)]
+        figure="induction_formation", what="abrupt", model=label,
+        statement=f"{label}: induction heads form abruptly", source="IH §3",
+        criterion=f"the best head's prefix matching gains ≥ {config.majority} of its total rise "
+        f"within a factor {config.window_ratio:g} of tokens",
+        measured=f"its prefix matching never rises (final {best[-1]:.2f})", value=best,
+        holds=False)]
   i, j, fraction = gain
   claims = [experiment.claim(
-      f"induction_formation.abrupt_{label}",
-      f"{label}: induction heads form abruptly", "IH §3",
-      f"the head with the highest final prefix-matching score gains ≥ {config.majority} of its "
-      f"total rise (final − initial) between two snapshots ≤ {config.window_ratio:g}× apart in "
-      f"tokens, and ends ≥ {config.formed}",
-      f"{fraction:.2f} of its rise ({best[i]:.2f} → {best[j]:.2f}) between {tokens[i]:,.0f} and "
-      f"{tokens[j]:,.0f} tokens (×{tokens[j] / tokens[i]:.2f}); final {best[-1]:.2f}",
-      {"fraction": fraction, "tokens": [tokens[i], tokens[j]], "final": best[-1]},
-      fraction >= config.majority and best[-1] >= config.formed)]
+      figure="induction_formation", what="abrupt", model=label,
+      statement=f"{label}: induction heads form abruptly", source="IH §3",
+      criterion=f"the head with the highest final prefix-matching score gains ≥ "
+      f"{config.majority} of its total rise (final − initial) between two snapshots ≤ "
+      f"{config.window_ratio:g}× apart in tokens, and ends ≥ {config.formed}",
+      measured=f"{fraction:.2f} of its rise ({best[i]:.2f} → {best[j]:.2f}) between "
+      f"{tokens[i]:,.0f} and {tokens[j]:,.0f} tokens (×{tokens[j] / tokens[i]:.2f}); final "
+      f"{best[-1]:.2f}",
+      value={"fraction": fraction, "tokens": [tokens[i], tokens[j]], "final": best[-1]},
+      holds=fraction >= config.majority and best[-1] >= config.formed)]
   share, total = icl_share(icl, i, j)
   numbers["icl_share_in_window"] = share
   claims.append(experiment.claim(
-      f"induction_formation.icl_in_window_{label}",
-      f"{label}: most in-context learning is acquired in the same window", "IH §3",
-      f"ICL fall between the window's snapshots ≥ {config.majority} of the total fall (highest "
-      "ICL score → final)",
-      f"ICL {icl[i]:+.3f} → {icl[j]:+.3f} in the window; total fall {total:.3f} "
+      figure="induction_formation", what="icl_in_window", model=label,
+      statement=f"{label}: most in-context learning is acquired in the same window",
+      source="IH §3",
+      criterion=f"ICL fall between the window's snapshots ≥ {config.majority} of the total fall "
+      "(highest ICL score → final)",
+      measured=f"ICL {icl[i]:+.3f} → {icl[j]:+.3f} in the window; total fall {total:.3f} "
       f"({icl.max():+.3f} → {icl[-1]:+.3f}): share {share:.2f}",
-      {"share": share, "window": [icl[i], icl[j]], "total_fall": total},
-      share >= config.majority))
+      value={"share": share, "window": [icl[i], icl[j]], "total_fall": total},
+      holds=share >= config.majority))
   bump, noise, n_inside = loss_bump(train_loss, tokens[i], tokens[j], config.loss_fit_degree) \
       if len(train_loss) else (float("nan"), float("nan"), 0)
   numbers["loss_bump"] = {"mean_residual": bump, "standard_error": noise, "points": n_inside}
   claims.append(experiment.claim(
-      f"induction_formation.loss_bump_{label}",
-      f"{label}: the training loss shows a bump in that window", "IH §3",
-      f"mean residual of log(training loss) inside the window from a degree-"
+      figure="induction_formation", what="loss_bump", model=label,
+      statement=f"{label}: the training loss shows a bump in that window", source="IH §3",
+      criterion=f"mean residual of log(training loss) inside the window from a degree-"
       f"{config.loss_fit_degree} fit of log loss vs log tokens (decade before the window → end, "
       f"window left out) > {config.bump_standard_errors:g} standard errors of the residuals "
       "outside",
-      f"mean residual {bump:+.4f} over {n_inside} logged intervals; standard error "
-      f"{noise:.4f}", {"residual": bump, "standard_error": noise},
-      bool(bump > config.bump_standard_errors * noise)))
+      measured=f"mean residual {bump:+.4f} over {n_inside} logged intervals; standard error "
+      f"{noise:.4f}", value={"residual": bump, "standard_error": noise},
+      holds=bool(bump > config.bump_standard_errors * noise)))
   return claims

@@ -19,6 +19,7 @@ from reproduce.core.model import forward
 
 DESCRIPTION = ("Prefix matching vs copying of every head, induction heads resting on BOS, "
                "layer-0 averaging heads")
+ORDER = 120  # place in the batch job and index.html (reproduce.figure.figure_names)
 
 
 def uniform_bos(mask: np.ndarray) -> float:
@@ -48,135 +49,184 @@ def measure(model, w, config):
   return probe, prefix, copying
 
 
+def head_scores(config, model) -> dict:
+  """Every number the figure shows for one model: prefix matching and copying (trained and at
+  random init), attention on BOS from first occurrences, layer 0's attention by offset."""
+  L, H = model.cfg.n_layers, model.cfg.n_heads
+  probe, prefix, copying = measure(model, model.weights, config)
+  init, init_source = experiment.initial_weights(model)
+  _, init_prefix, init_copying = measure(model, init, config)
+  _, ex = forward(model.cfg, model.weights, probe, return_patterns=True)
+  first_probe = scores.first_occurrences(probe)
+  bos_probe = scores.bos_attention(ex["patterns"], first_probe)
+  text = model.heldout_windows(config.text_windows)[0]
+  _, ex = forward(model.cfg, model.weights, text, return_patterns=True)
+  first_text = scores.first_occurrences(text)
+  bos_text = scores.bos_attention(ex["patterns"], first_text)
+  offsets = scores.attention_by_offset(ex["patterns"][:1], config.offsets_shown)[0]  # [H, o]
+  mass, spread = averaging_profile(offsets, config.averaging_window)
+  induction = [(l, h) for l in range(1, L) for h in range(H)
+               if prefix[l, h] >= config.role_threshold]
+  baseline = {"probe": uniform_bos(first_probe), "text": uniform_bos(first_text)}
+  return {"prefix": prefix, "copying": copying, "init_prefix": init_prefix,
+          "init_copying": init_copying, "init_source": init_source, "bos_probe": bos_probe,
+          "bos_text": bos_text, "offsets": offsets, "mass": mass, "spread": spread,
+          "induction": induction, "baseline": baseline}
+
+
+def write_numbers(outdir, label, m) -> None:
+  experiment.write_json(outdir / f"induction_heads_{label}.json", {
+      "prefix_matching": m["prefix"], "copying": m["copying"], "random_init_prefix_matching":
+      m["init_prefix"], "random_init_copying": m["init_copying"],
+      "random_init_source": m["init_source"],
+      "induction_heads": [f"L{l}H{h}" for l, h in m["induction"]],
+      "bos_attention_first_occurrence_random": m["bos_probe"],
+      "bos_attention_first_occurrence_text": m["bos_text"], "uniform_bos_share": m["baseline"],
+      "layer0_attention_by_offset": m["offsets"], "layer0_window_mass": m["mass"],
+      "layer0_spread": m["spread"]})
+
+
+def plot_prefix_vs_copying(ax, config, label, m) -> None:
+  prefix, copying, init_copying = m["prefix"], m["copying"], m["init_copying"]
+  L, H = prefix.shape
+  ax.scatter(m["init_prefix"].ravel(), init_copying.ravel(), marker="x", c="#aab7b8", s=25,
+             label=f"random init ({m['init_source']})")
+  for l in range(L):
+    ax.scatter(prefix[l], copying[l], s=45, label=f"layer {l}", alpha=0.9)
+    for h in range(H):
+      ax.annotate(f"L{l}H{h}", (prefix[l, h], copying[l, h]), fontsize=7,
+                  xytext=(4, 3), textcoords="offset points")
+  ax.axvline(config.role_threshold, color="#888", ls="--", lw=0.8)
+  ax.axhline(float(init_copying.max()), color="#aab7b8", ls=":", lw=0.8)
+  ax.set_xlim(-0.02, 1.02); ax.set_ylim(-1.05, 1.05)
+  ax.set_xlabel("prefix-matching score"); ax.set_ylabel("copying score")
+  ax.set_title(f"{label}: every head\n(dashed: induction threshold; dotted: best random-init "
+               "copying)", fontsize=8)
+  ax.legend(fontsize=7, loc="lower right")
+
+
+def plot_bos_attention(ax, label, m) -> None:
+  bos_probe, bos_text, baseline = m["bos_probe"], m["bos_text"], m["baseline"]
+  L, H = bos_probe.shape
+  x = np.arange(L * H)
+  ax.bar(x - 0.2, bos_probe.ravel(), 0.4, label="first repeat of random tokens", color="#2471a3")
+  ax.bar(x + 0.2, bos_text.ravel(), 0.4, label="first occurrences in text", color="#7fb3d5")
+  ax.axhline(baseline["probe"], color="#2471a3", ls=":", lw=0.8,
+             label="uniform attention (random)")
+  ax.axhline(baseline["text"], color="#7fb3d5", ls=":", lw=0.8, label="uniform attention (text)")
+  names = [f"L{l}H{h}" + ("*" if (l, h) in m["induction"] else "") for l in range(L)
+           for h in range(H)]
+  ax.set_xticks(x, names, fontsize=7, rotation=90 if L * H > 16 else 0)
+  ax.set_ylim(0, 1.05)
+  ax.set_ylabel("mean attention on BOS")
+  ax.set_title(f"{label}: attention on BOS when the token has no earlier copy\n"
+               "(* induction head)", fontsize=8)
+  ax.legend(fontsize=7)
+
+
+def plot_layer0_offsets(ax, config, label, m) -> None:
+  offsets, mass, spread = m["offsets"], m["mass"], m["spread"]
+  for h in range(len(offsets)):
+    ax.plot(range(config.offsets_shown), offsets[h], marker="o", ms=3,
+            label=f"L0H{h}: last {config.averaging_window} hold {mass[h]:.2f}, spread "
+                  f"{spread[h]:.1f}")
+  ax.axvspan(-0.3, config.averaging_window - 0.7, color="#f4ecf7", zorder=0)
+  ax.set_xlabel("offset (0 = the destination itself, 1 = previous token)")
+  ax.set_ylabel("mean attention on held-out text")
+  ax.set_title(f"{label}: layer-0 heads by offset\n(shaded: the window for 'the last few "
+               "tokens')", fontsize=8)
+  ax.legend(fontsize=6)
+
+
+def _names_of(heads) -> str:
+  return ", ".join(f"L{l}H{h}" for l, h in heads) or "none"
+
+
+def induction_claims(config, label, m) -> list:
+  """IH §2, FW §7: the induction heads copy, and rest on BOS when nothing earlier matches."""
+  induction, copying, init_copying = m["induction"], m["copying"], m["init_copying"]
+  claims = [experiment.claim(
+      figure="induction_heads", what="induction_heads_copy", model=label,
+      statement=f"{label}: induction heads also copy (IH's copying score)",
+      source="IH §2 (copying score)",
+      criterion=f"every head with prefix-matching score ≥ {config.role_threshold} in layers ≥ 1 "
+      f"has a copying score above the largest of the random-init heads "
+      f"({init_copying.max():.2f})",
+      measured=f"{_names_of(induction)}: copying "
+      + (", ".join(f"{copying[l, h]:.2f}" for l, h in induction) or "—")
+      + f" (random init: {init_copying.min():.2f} … {init_copying.max():.2f})",
+      value={f"L{l}H{h}": float(copying[l, h]) for l, h in induction},
+      holds=bool(induction) and all(copying[l, h] > init_copying.max() for l, h in induction))]
+  for where, values, mask in (("random", m["bos_probe"], "the first repeat of random tokens"),
+                              ("text", m["bos_text"], "tokens of held-out text not seen earlier "
+                                                      "in the window")):
+    uniform = m["baseline"][where if where == "text" else "probe"]
+    claims.append(experiment.claim(
+        figure="induction_heads", what=f"induction_heads_rest_on_bos_{where}", model=label,
+        statement=f"{label}: induction heads put most of their attention on BOS when the current "
+        f"token has no earlier copy ({where})", source="FW §7, IH §2",
+        criterion=f"mean attention on position 0 over {mask} ≥ {config.min_bos} for every "
+        "induction head",
+        measured=f"{_names_of(induction)}: "
+        + (", ".join(f"{values[l, h]:.2f}" for l, h in induction) or "—")
+        + f" (uniform attention would give {uniform:.2f})",
+        value={f"L{l}H{h}": float(values[l, h]) for l, h in induction},
+        holds=bool(induction) and all(values[l, h] >= config.min_bos for l, h in induction)))
+  return claims
+
+
+def averaging_head_claim(config, label, m) -> dict:
+  """FW fig 26 (corrected): a layer-0 head that averages over the last few tokens."""
+  offsets, mass, spread = m["offsets"], m["mass"], m["spread"]
+  H = len(offsets)
+  averaging = [h for h in range(H)
+               if mass[h] >= config.min_window_mass and spread[h] >= config.min_spread]
+  best = int(np.argmax(np.minimum(mass / config.min_window_mass, spread / config.min_spread)))
+  return experiment.claim(
+      figure="induction_heads", what="layer0_averaging_head", model=label,
+      statement=f"{label}: a layer-0 head attends over the last several tokens (FW's corrected "
+      "composition figure: the induction heads also compose with such a head)",
+      source="FW fig 26",
+      criterion=f"a layer-0 head with ≥ {config.min_window_mass} of its attention on offsets 0 … "
+      f"{config.averaging_window - 1} on text and spread exp(entropy) ≥ {config.min_spread} "
+      "over them",
+      measured=(f"averaging heads: {', '.join(f'L0H{h}' for h in averaging)}; " if averaging else
+                "none; ") + "per head mass/spread: " + ", ".join(
+                    f"L0H{h} {mass[h]:.2f}/{spread[h]:.1f}" for h in range(H))
+      + f"; attention on offsets 0 … {config.offsets_shown - 1} (outside the criterion): "
+      + ", ".join(f"L0H{h} {offsets[h].sum():.2f}" for h in range(H))
+      + f" (nearest to passing both: L0H{best})",
+      value={"mass": mass, "spread": spread}, holds=bool(averaging))
+
+
+def claims_of(config, label, model, m) -> list:
+  """A one-layer model: no induction head (IH §3); deeper ones: the claims about theirs."""
+  if model.cfg.n_layers == 1:
+    prefix = m["prefix"]
+    return [experiment.claim(
+        figure="induction_heads", what="no_prefix_matching_in_1l", model=label,
+        statement=f"{label}: a one-layer model has no induction head", source="IH §3",
+        criterion=f"every head's prefix-matching score < {config.role_threshold}",
+        measured=f"largest prefix-matching score {prefix.max():.2f} "
+        f"(L0H{int(np.argmax(prefix[0]))}); random init largest {m['init_prefix'].max():.2f}",
+        value={"prefix_matching": prefix}, holds=bool(prefix.max() < config.role_threshold))]
+  return induction_claims(config, label, m) + [averaging_head_claim(config, label, m)]
+
+
 def run(config, models, outdir):
   plt = experiment.pyplot()
   claims = []
   labels = list(models)
   fig, axes = plt.subplots(len(labels), 3, figsize=(15, 4.8 * len(labels)), squeeze=False)
-  fid = lambda lab, n: (f"induction_heads.{n}" if len(models) == 1
-                        else f"induction_heads.{lab}.{n}")
   for row, label in enumerate(labels):
     model = models[label]
     experiment.require_tokens(model, "induction_heads")
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    probe, prefix, copying = measure(model, model.weights, config)
-    init, init_source = experiment.initial_weights(model)
-    _, init_prefix, init_copying = measure(model, init, config)
-    _, ex = forward(model.cfg, model.weights, probe, return_patterns=True)
-    first_probe = scores.first_occurrences(probe)
-    bos_probe = scores.bos_attention(ex["patterns"], first_probe)
-    text = model.heldout_windows(config.text_windows)[0]
-    _, ex = forward(model.cfg, model.weights, text, return_patterns=True)
-    first_text = scores.first_occurrences(text)
-    bos_text = scores.bos_attention(ex["patterns"], first_text)
-    offsets = scores.attention_by_offset(ex["patterns"][:1], config.offsets_shown)[0]  # [H, o]
-    mass, spread = averaging_profile(offsets, config.averaging_window)
-    induction = [(l, h) for l in range(1, L) for h in range(H)
-                 if prefix[l, h] >= config.role_threshold]
-    baseline = {"probe": uniform_bos(first_probe), "text": uniform_bos(first_text)}
-    experiment.write_json(outdir / f"induction_heads_{label}.json", {
-        "prefix_matching": prefix, "copying": copying, "random_init_prefix_matching":
-        init_prefix, "random_init_copying": init_copying, "random_init_source": init_source,
-        "induction_heads": [f"L{l}H{h}" for l, h in induction],
-        "bos_attention_first_occurrence_random": bos_probe,
-        "bos_attention_first_occurrence_text": bos_text, "uniform_bos_share": baseline,
-        "layer0_attention_by_offset": offsets, "layer0_window_mass": mass,
-        "layer0_spread": spread})
-
-    ax = axes[row, 0]
-    ax.scatter(init_prefix.ravel(), init_copying.ravel(), marker="x", c="#aab7b8", s=25,
-               label=f"random init ({init_source})")
-    for l in range(L):
-      ax.scatter(prefix[l], copying[l], s=45, label=f"layer {l}", alpha=0.9)
-      for h in range(H):
-        ax.annotate(f"L{l}H{h}", (prefix[l, h], copying[l, h]), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
-    ax.axvline(config.role_threshold, color="#888", ls="--", lw=0.8)
-    ax.axhline(float(init_copying.max()), color="#aab7b8", ls=":", lw=0.8)
-    ax.set_xlim(-0.02, 1.02); ax.set_ylim(-1.05, 1.05)
-    ax.set_xlabel("prefix-matching score"); ax.set_ylabel("copying score")
-    ax.set_title(f"{label}: every head\n(dashed: induction threshold; dotted: best random-init "
-                 "copying)", fontsize=8)
-    ax.legend(fontsize=7, loc="lower right")
-
-    ax = axes[row, 1]
-    x = np.arange(L * H)
-    ax.bar(x - 0.2, bos_probe.ravel(), 0.4, label="first repeat of random tokens", color="#2471a3")
-    ax.bar(x + 0.2, bos_text.ravel(), 0.4, label="first occurrences in text", color="#7fb3d5")
-    ax.axhline(baseline["probe"], color="#2471a3", ls=":", lw=0.8,
-               label="uniform attention (random)")
-    ax.axhline(baseline["text"], color="#7fb3d5", ls=":", lw=0.8, label="uniform attention (text)")
-    names = [f"L{l}H{h}" + ("*" if (l, h) in induction else "") for l in range(L) for h in range(H)]
-    ax.set_xticks(x, names, fontsize=7, rotation=90 if L * H > 16 else 0)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("mean attention on BOS")
-    ax.set_title(f"{label}: attention on BOS when the token has no earlier copy\n"
-                 "(* induction head)", fontsize=8)
-    ax.legend(fontsize=7)
-
-    ax = axes[row, 2]
-    for h in range(H):
-      ax.plot(range(config.offsets_shown), offsets[h], marker="o", ms=3,
-              label=f"L0H{h}: last {config.averaging_window} hold {mass[h]:.2f}, spread "
-                    f"{spread[h]:.1f}")
-    ax.axvspan(-0.3, config.averaging_window - 0.7, color="#f4ecf7", zorder=0)
-    ax.set_xlabel("offset (0 = the destination itself, 1 = previous token)")
-    ax.set_ylabel("mean attention on held-out text")
-    ax.set_title(f"{label}: layer-0 heads by offset\n(shaded: the window for 'the last few "
-                 "tokens')", fontsize=8)
-    ax.legend(fontsize=6)
-
-    if L == 1:
-      claims.append(experiment.claim(
-          fid(label, "no_prefix_matching_in_1l"),
-          f"{label}: a one-layer model has no induction head", "IH §3",
-          f"every head's prefix-matching score < {config.role_threshold}",
-          f"largest prefix-matching score {prefix.max():.2f} (L0H{int(np.argmax(prefix[0]))}); "
-          f"random init largest {init_prefix.max():.2f}", {"prefix_matching": prefix},
-          bool(prefix.max() < config.role_threshold)))
-      continue
-    names_of = lambda hs: ", ".join(f"L{l}H{h}" for l, h in hs) or "none"
-    claims.append(experiment.claim(
-        fid(label, "induction_heads_copy"),
-        f"{label}: induction heads also copy (IH's copying score)", "IH §2 (copying score)",
-        f"every head with prefix-matching score ≥ {config.role_threshold} in layers ≥ 1 has a "
-        f"copying score above the largest of the random-init heads ({init_copying.max():.2f})",
-        f"{names_of(induction)}: copying "
-        + (", ".join(f"{copying[l, h]:.2f}" for l, h in induction) or "—")
-        + f" (random init: {init_copying.min():.2f} … {init_copying.max():.2f})",
-        {f"L{l}H{h}": float(copying[l, h]) for l, h in induction},
-        bool(induction) and all(copying[l, h] > init_copying.max() for l, h in induction)))
-    for where, values, mask in (("random", bos_probe, "the first repeat of random tokens"),
-                                ("text", bos_text, "tokens of held-out text not seen earlier "
-                                                   "in the window")):
-      claims.append(experiment.claim(
-          fid(label, f"induction_heads_rest_on_bos_{where}"),
-          f"{label}: induction heads put most of their attention on BOS when the current token "
-          f"has no earlier copy ({where})", "FW §7, IH §2",
-          f"mean attention on position 0 over {mask} ≥ {config.min_bos} for every induction "
-          "head",
-          f"{names_of(induction)}: "
-          + (", ".join(f"{values[l, h]:.2f}" for l, h in induction) or "—")
-          + f" (uniform attention would give {baseline[where if where == 'text' else 'probe']:.2f})",
-          {f"L{l}H{h}": float(values[l, h]) for l, h in induction},
-          bool(induction) and all(values[l, h] >= config.min_bos for l, h in induction)))
-    averaging = [h for h in range(H)
-                 if mass[h] >= config.min_window_mass and spread[h] >= config.min_spread]
-    best = int(np.argmax(np.minimum(mass / config.min_window_mass, spread / config.min_spread)))
-    claims.append(experiment.claim(
-        fid(label, "layer0_averaging_head"),
-        f"{label}: a layer-0 head attends over the last several tokens (FW's corrected "
-        "composition figure: the induction heads also compose with such a head)", "FW fig 26",
-        f"a layer-0 head with ≥ {config.min_window_mass} of its attention on offsets 0 … "
-        f"{config.averaging_window - 1} on text and spread exp(entropy) ≥ {config.min_spread} "
-        "over them",
-        (f"averaging heads: {', '.join(f'L0H{h}' for h in averaging)}; " if averaging else
-         "none; ") + "per head mass/spread: " + ", ".join(
-             f"L0H{h} {mass[h]:.2f}/{spread[h]:.1f}" for h in range(H))
-        + f"; attention on offsets 0 … {config.offsets_shown - 1} (outside the criterion): "
-        + ", ".join(f"L0H{h} {offsets[h].sum():.2f}" for h in range(H))
-        + f" (nearest to passing both: L0H{best})",
-        {"mass": mass, "spread": spread}, bool(averaging)))
+    m = head_scores(config, model)
+    write_numbers(outdir, label, m)
+    plot_prefix_vs_copying(axes[row, 0], config, label, m)
+    plot_bos_attention(axes[row, 1], label, m)
+    plot_layer0_offsets(axes[row, 2], config, label, m)
+    claims.extend(claims_of(config, label, model, m))
   fig.tight_layout()
   experiment.save_figure(fig, outdir, "induction_heads")
   return claims

@@ -17,6 +17,7 @@ from reproduce.core import circuits
 from reproduce import experiment
 
 DESCRIPTION = "Each head's full-OV and full-QK eigenvalues in the complex plane (symmetric-log axes)"
+ORDER = 40  # place in the batch job and index.html (reproduce.figure.figure_names)
 
 
 def draw_eigenvalues(plt, lam, pos, threshold, title):
@@ -70,11 +71,13 @@ def run(config, models, outdir):
     if L == 1:
       same = int((qk_pos > threshold).sum())
       claims.append(experiment.claim(
-          f"ov_eigenvalues.same_token_qk_{label}",
-          f"{label}: most one-layer heads attend to tokens like the current one: their full QK "
-          "circuit has mostly positive eigenvalues", "FW, one-layer models: QK circuit eigenvalues",
-          "more than half the heads have full-QK positivity > the largest full-QK positivity "
-          f"of any head at random init ({threshold:+.2f}; {init_source})",
-          f"{same} of {L * H} heads; QK positivity per head "
-          f"{', '.join(f'{p:+.2f}' for p in qk_pos.ravel())}", qk_pos, same * 2 > L * H))
+          figure="ov_eigenvalues", what="same_token_qk", model=label,
+          statement=f"{label}: most one-layer heads attend to tokens like the current one: their "
+          "full QK circuit has mostly positive eigenvalues",
+          source="FW, one-layer models: QK circuit eigenvalues",
+          criterion="more than half the heads have full-QK positivity > the largest full-QK "
+          f"positivity of any head at random init ({threshold:+.2f}; {init_source})",
+          measured=f"{same} of {L * H} heads; QK positivity per head "
+          f"{', '.join(f'{p:+.2f}' for p in qk_pos.ravel())}", value=qk_pos,
+          holds=same * 2 > L * H))
   return claims

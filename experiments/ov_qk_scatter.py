@@ -16,6 +16,7 @@ from reproduce.core import circuits
 from reproduce import experiment
 
 DESCRIPTION = "Heads of layers ≥ 1: OV positivity vs positivity of the K-composition QK term with a previous-token head"
+ORDER = 80  # place in the batch job and index.html (reproduce.figure.figure_names)
 
 
 def scatter_coordinates(weights, roles):
@@ -88,30 +89,31 @@ def _claims(config, label, roles, heads, induction, ov, qk, prev, init_ov, init_
   values = {f"L{l}H{h}": [at(ov, l, h), at(qk, l, h)] for l, h in induction}
   claims = [
       experiment.claim(
-          f"ov_qk_scatter.induction_ov_copying_{label}",
-          f"{label}: induction heads copy: their full OV circuit has mostly positive eigenvalues",
-          "FW fig 22",
-          f"every head of layers ≥ 1 with induction score ≥ {config.role_threshold} has OV "
-          f"positivity ≥ {near} (and there is one)",
-          f"{where}; {init_range}", values,
-          bool(induction) and all(at(ov, l, h) >= near for l, h in induction)),
+          figure="ov_qk_scatter", what="induction_ov_copying", model=label,
+          statement=f"{label}: induction heads copy: their full OV circuit has mostly positive "
+          "eigenvalues", source="FW fig 22",
+          criterion=f"every head of layers ≥ 1 with induction score ≥ {config.role_threshold} "
+          f"has OV positivity ≥ {near} (and there is one)",
+          measured=f"{where}; {init_range}", value=values,
+          holds=bool(induction) and all(at(ov, l, h) >= near for l, h in induction)),
       experiment.claim(
-          f"ov_qk_scatter.induction_k_composed_qk_positive_{label}",
-          f"{label}: induction heads match by K-composition: their QK term composed with the "
-          "previous-token head has mostly positive eigenvalues", "FW fig 22",
-          f"every head of layers ≥ 1 with induction score ≥ {config.role_threshold} has "
-          f"positivity ≥ {near} of W_E W_QK (W_E W_OV^prev)ᵀ (and there is one)",
-          f"{where}; previous-token heads used: "
-          + ", ".join(f"L{p[0]}H{p[1]}" for p in prev), values,
-          bool(induction) and all(at(qk, l, h) >= near for l, h in induction)),
+          figure="ov_qk_scatter", what="induction_k_composed_qk_positive", model=label,
+          statement=f"{label}: induction heads match by K-composition: their QK term composed "
+          "with the previous-token head has mostly positive eigenvalues", source="FW fig 22",
+          criterion=f"every head of layers ≥ 1 with induction score ≥ {config.role_threshold} "
+          f"has positivity ≥ {near} of W_E W_QK (W_E W_OV^prev)ᵀ (and there is one)",
+          measured=f"{where}; previous-token heads used: "
+          + ", ".join(f"L{p[0]}H{p[1]}" for p in prev), value=values,
+          holds=bool(induction) and all(at(qk, l, h) >= near for l, h in induction)),
   ]
   others = [(l, h) for l, h in heads if (l, h) not in induction
             and at(ov, l, h) > config.others_below and at(qk, l, h) > config.others_below]
   claims.append(experiment.claim(
-      f"ov_qk_scatter.only_induction_upper_right_{label}",
-      f"{label}: only induction heads sit in the upper right", "FW fig 22",
-      f"no head of layers ≥ 1 with induction score < {config.role_threshold} has both "
+      figure="ov_qk_scatter", what="only_induction_upper_right", model=label,
+      statement=f"{label}: only induction heads sit in the upper right", source="FW fig 22",
+      criterion=f"no head of layers ≥ 1 with induction score < {config.role_threshold} has both "
       f"positivities > {config.others_below}",
-      ", ".join(f"L{l}H{h} at ({at(ov, l, h):+.2f}, {at(qk, l, h):+.2f})" for l, h in others)
-      or "none", [f"L{l}H{h}" for l, h in others], not others))
+      measured=", ".join(f"L{l}H{h} at ({at(ov, l, h):+.2f}, {at(qk, l, h):+.2f})"
+                         for l, h in others) or "none",
+      value=[f"L{l}H{h}" for l, h in others], holds=not others))
   return claims

@@ -11,6 +11,7 @@ from reproduce.core import circuits, scores
 from reproduce import experiment
 
 DESCRIPTION = "Per head: softmax of the position-position QK score; offset-0 and offset-1 heads"
+ORDER = 30  # place in the batch job and index.html (reproduce.figure.figure_names)
 
 
 def run(config, models, outdir):
@@ -54,12 +55,12 @@ def run(config, models, outdir):
     l, h = np.unravel_index(np.argmax(np.maximum(offsets["offset0"], offsets["offset1"])), (L, H))
     kind = "self" if offsets["offset0"][l, h] >= offsets["offset1"][l, h] else "previous token"
     claims.append(experiment.claim(
-        f"positional_heads.positional_{label}",
-        f"{label}: some heads are positional, attending to themselves or the previous token "
-        f"(≥ {config.min_offset_attention} of the positional attention)",
-        "FW fig 13", f"max over heads of mean positional attention at offset 0 or 1 ≥ "
-        f"{config.min_offset_attention}",
-        f"strongest: L{l}H{h} puts {best:.2f} on the {kind}",
-        {"offset0": offsets["offset0"], "offset1": offsets["offset1"]},
-        best >= config.min_offset_attention))
+        figure="positional_heads", what="positional", model=label,
+        statement=f"{label}: some heads are positional, attending to themselves or the previous "
+        f"token (≥ {config.min_offset_attention} of the positional attention)",
+        source="FW fig 13", criterion=f"max over heads of mean positional attention at offset 0 "
+        f"or 1 ≥ {config.min_offset_attention}",
+        measured=f"strongest: L{l}H{h} puts {best:.2f} on the {kind}",
+        value={"offset0": offsets["offset0"], "offset1": offsets["offset1"]},
+        holds=best >= config.min_offset_attention))
   return claims

@@ -12,6 +12,7 @@ from reproduce import experiment
 from reproduce.core.paths import term_importance
 
 DESCRIPTION = "Loss with paths through ≤ k heads (frozen patterns): marginal effect by order and layer"
+ORDER = 90  # place in the batch job and index.html (reproduce.figure.figure_names)
 
 
 def run(config, models, outdir):
@@ -55,12 +56,12 @@ def run(config, models, outdir):
                            else f"term_importance_{label}")
 
     claims.append(experiment.claim(
-        f"term_importance.recursion_exact_{label}",
-        f"{label}: with every order included the recursion gives the model's own loss",
-        "control: the recursion is exact", "|L_L − L_full| < 1e-4 nats",
-        f"L{L} = {out['losses'][-1]:.4f}, full loss = {float(out['loss_full']):.4f}",
-        [out["losses"][-1], out["loss_full"]], abs(out["losses"][-1] - out["loss_full"]) < 1e-4,
-        kind="control"))
+        figure="term_importance", what="recursion_exact", model=label,
+        statement=f"{label}: with every order included the recursion gives the model's own loss",
+        source="control: the recursion is exact", criterion="|L_L − L_full| < 1e-4 nats",
+        measured=f"L{L} = {out['losses'][-1]:.4f}, full loss = {float(out['loss_full']):.4f}",
+        value=[out["losses"][-1], out["loss_full"]],
+        holds=abs(out["losses"][-1] - out["loss_full"]) < 1e-4, kind="control"))
     if L >= 2:
       claims.extend(_claims(config, label, out["marginal"], layer_effect))
   return claims
@@ -72,22 +73,26 @@ def _claims(config, label, marginal, layer_effect):
   orders = "second" if len(marginal) == 2 else f"second to {len(marginal)}th"
   return [
       experiment.claim(
-          f"term_importance.virtual_heads_small_{label}",
-          f"{label}: the virtual-head ({orders}-order) terms matter little next to the "
-          "first-order ones", "FW figs 23, 24",
-          f"first-order loss reduction ≥ {config.min_first_order} nats (heads matter at all) and "
-          f"{orders}-order reduction ≤ {config.max_higher_fraction} × the first-order one",
-          f"loss reduction: first order {first:+.3f} nats, {orders} order {higher:+.3f} "
-          f"({higher / first if first else float('nan'):.2f}×)",
-          {"first": first, "higher": higher},
-          first >= config.min_first_order and higher <= config.max_higher_fraction * first),
+          figure="term_importance", what="virtual_heads_small", model=label,
+          statement=f"{label}: the virtual-head ({orders}-order) terms matter little next to the "
+          "first-order ones", source="FW figs 23, 24",
+          criterion=f"first-order loss reduction ≥ {config.min_first_order} nats (heads matter "
+          f"at all) and {orders}-order reduction ≤ {config.max_higher_fraction} × the "
+          "first-order one",
+          measured=f"loss reduction: first order {first:+.3f} nats, {orders} order "
+          f"{higher:+.3f} ({higher / first if first else float('nan'):.2f}×)",
+          value={"first": first, "higher": higher},
+          holds=first >= config.min_first_order
+          and higher <= config.max_higher_fraction * first),
       experiment.claim(
-          f"term_importance.layer1_matters_most_{label}",
-          f"{label}: among first-order terms, the layer-1 heads matter most", "FW figs 23, 24",
-          f"loss reduction of layer 1's heads alone ≥ {config.min_layer_ratio} × layer 0's, and "
-          f"≥ {config.min_first_order} nats",
-          f"loss reduction: layer 0 alone {layer_effect[0]:+.3f} nats, layer 1 alone "
+          figure="term_importance", what="layer1_matters_most", model=label,
+          statement=f"{label}: among first-order terms, the layer-1 heads matter most",
+          source="FW figs 23, 24",
+          criterion=f"loss reduction of layer 1's heads alone ≥ {config.min_layer_ratio} × layer "
+          f"0's, and ≥ {config.min_first_order} nats",
+          measured=f"loss reduction: layer 0 alone {layer_effect[0]:+.3f} nats, layer 1 alone "
           f"{layer_effect[1]:+.3f} "
           f"({layer_effect[1] / layer_effect[0] if layer_effect[0] else float('nan'):.2f}×)",
-          layer_effect, layer_effect[1] >= config.min_layer_ratio * max(layer_effect[0], 0)
+          value=layer_effect,
+          holds=layer_effect[1] >= config.min_layer_ratio * max(layer_effect[0], 0)
           and layer_effect[1] >= config.min_first_order)]

@@ -4,7 +4,10 @@
 variants are ``test`` (seconds, for pytest), ``cpu`` (minutes on a 2-core laptop) and ``paper``
 (the papers' sizes and token budget, for GPU/TPU; ``preset`` says what was chosen and why).
 Configs are locked, so a misspelled field is an error that names it, and ``validate`` checks every
-value before any work starts.
+value before any work starts.  Every command that takes a config defines ``--config`` with
+``define_config_flag`` and parses its flags with ``parse_flags``: the same spelling
+(``--config=configs/attn2l.py:cpu`` or ``attn2l:cpu``, ``--config.train.steps=400``) and the same
+one-line errors everywhere.
 """
 
 from __future__ import annotations
@@ -12,16 +15,23 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import re
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Tuple
+from typing import Any, List, Mapping, Sequence
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 from reproduce.core.model import NORM_MODES, POSITION_MODES, ModelConfig
 from reproduce.core.weights import POSITION_INITS
+from reproduce.corpus import DEFAULT_HELDOUT_EVERY
+from reproduce.tokenizer import DEFAULT_SAMPLE_BYTES, DEFAULT_SHARD_TOKENS
 
 VARIANTS = ("test", "cpu", "paper")
+
+flags.disclaim_key_flags()  # --config is a key flag of the command that calls define_config_flag
 
 
 def base_config(n_layers: int) -> ml_collections.ConfigDict:
@@ -47,10 +57,10 @@ def base_config(n_layers: int) -> ml_collections.ConfigDict:
   c.data.corpus = "stdlib"  # "stdlib" or comma-separated local files, directories, globs
   c.data.jsonl_field = "text"  # field (column) holding the text in .jsonl(.gz) / .parquet files
   c.data.max_files = 0  # > 0: use that many files, evenly spaced (quick runs)
-  c.data.heldout_every = 20  # every n-th file (or document, if too few files) is held out
+  c.data.heldout_every = DEFAULT_HELDOUT_EVERY  # every n-th file (or document) is held out
   c.data.cache_dir = ""  # tokenizer/token cache; empty: $CIRCUITS_REPRO_CACHE or ~/.cache
-  c.data.tokenizer_sample_bytes = 64 << 20  # the tokenizer trains on at most this much text
-  c.data.shard_tokens = 1 << 24  # tokens per shard of the token store (bounds prepare's memory)
+  c.data.tokenizer_sample_bytes = DEFAULT_SAMPLE_BYTES  # tokenizer trains on at most this
+  c.data.shard_tokens = DEFAULT_SHARD_TOKENS  # tokens per store shard (bounds prepare's memory)
   c.data.max_epochs = 20.0  # training refuses to pass over its corpus more often than this
 
   c.train = ml_collections.ConfigDict()
@@ -247,58 +257,70 @@ def config_names():
   return sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
 
 
-def _parse_like(old, text: str, name: str):
-  """``text`` as a value of ``old``'s type (bool: true/false/1/0/yes/no)."""
+def check_override(c: ml_collections.ConfigDict, name: str) -> None:
+  """Raises ValueError when ``--config.<name>`` names no field of ``c``, naming the closest one."""
+  node, parts = c, name.split(".")
+  for depth, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      close = difflib.get_close_matches(part, keys, n=1)
+      hint = f' Did you mean "{close[0]}"?' if close else ""
+      raise ValueError(f"--config.{name}: the config has no field "
+                       f"{'.'.join(parts[:depth + 1])!r}.{hint}")
+    node = node[part]
+
+
+class ConfigFlagError(Exception):
+  """A ``--config`` value or override that cannot be used.  Not a ValueError, which absl would
+  reword into ``flag --config=…: …``; ``parse_flags`` prints it as it is."""
+
+
+def _override_names(argv: Sequence[str]) -> List[str]:
+  """The fields of ``argv``'s ``--config.a.b=v`` overrides, found as ml_collections finds them."""
+  return [arg.split("=", 1)[0].split(".", 1)[1] for arg in argv
+          if re.match(r"-{1,2}(no)?config\.", arg)]
+
+
+class _ConfigSpecParser(flags.ArgumentParser):
+  """``--config``'s value through ``load_config`` (a config file or a project config's name, with
+  an optional ``:variant``), locked, after checking that every override on the command line
+  names a field; ml_collections then applies the overrides, each parsed as its field's type."""
+
+  def flag_type(self):
+    return "config object"
+
+  def parse(self, argument):
+    try:
+      config = load_config(argument)
+      config.lock()
+      argv = flags.FLAGS.read_flags_from_files(sys.argv, force_gnu=False)  # as ml_collections
+      for name in _override_names(argv):
+        check_override(config, name)
+    except ValueError as e:
+      raise ConfigFlagError(str(e)) from None
+    return config
+
+
+def define_config_flag(help_string: str = "config file and variant, e.g. configs/attn2l.py:cpu "
+                       "or attn2l:cpu; --config.section.field=value overrides one field"):
+  """Defines ``--config`` (ml_collections ``config_flags``, parsed by ``load_config``) and its
+  ``--config.section.field=value`` overrides, for a CLI run with
+  ``app.run(main, flags_parser=parse_flags)``.  Returns the flag's holder."""
+  holder = config_flags.DEFINE_config_file("config", None, help_string, lock_config=True)
+  flags.FLAGS["config"].parser = _ConfigSpecParser()
+  return holder
+
+
+def parse_flags(argv: Sequence[str]) -> List[str]:
+  """``absl.app.run``'s ``flags_parser`` for every CLI: parses ``argv`` into ``flags.FLAGS`` and
+  validates the config (with its overrides) if ``--config`` was defined and given.  A bad flag, an
+  unknown config field or a bad value is one ``error: …`` line on stderr and exit code 2."""
   try:
-    if isinstance(old, bool):
-      value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-      return value[text.strip().lower()]
-    if isinstance(old, int):
-      return int(text)
-    if isinstance(old, float):
-      return float(text)
-  except (KeyError, ValueError):
-    raise ValueError(f"--config.{name}={text}: not a valid {type(old).__name__}") from None
-  if isinstance(old, str):
-    return text
-  raise ValueError(f"--config.{name}: a {type(old).__name__} field cannot be set on the "
-                   "command line")
-
-
-def apply_overrides(c: ml_collections.ConfigDict,
-                    overrides: Sequence[Tuple[str, str]]) -> ml_collections.ConfigDict:
-  """Sets ``[("train.steps", "400"), …]`` (from ``--config.train.steps=400``) in ``c``, each text
-  parsed as the field's type; an unknown field is a ValueError naming it and the closest match."""
-  for name, text in overrides:
-    node, parts = c, name.split(".")
-    for depth, part in enumerate(parts):
-      here = ".".join(parts[:depth])
-      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-        keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-        close = difflib.get_close_matches(part, keys, n=1)
-        hint = f' Did you mean "{close[0]}"?' if close else ""
-        raise ValueError(f"--config.{name}: the config has no field "
-                         f"{(here + '.' if here else '') + part!r}.{hint}")
-      if depth < len(parts) - 1:
-        node = node[part]
-    node[parts[-1]] = _parse_like(node[parts[-1]], text, name)
-  return validate(c)
-
-
-def split_config_flags(argv: Sequence[str]):
-  """``argv`` without its ``--config.a.b=value`` / ``--config.a.b value`` overrides, and those
-  overrides as ``[("a.b", "value"), …]`` (parsed here, not by absl: one-line errors)."""
-  rest, overrides, i = [], [], 0
-  while i < len(argv):
-    arg = argv[i]
-    if arg.startswith("--config."):
-      name, eq, value = arg[len("--config."):].partition("=")
-      if not eq:
-        if i + 1 >= len(argv):
-          raise ValueError(f"{arg}: no value given")
-        value, i = argv[i + 1], i + 1
-      overrides.append((name, value))
-    else:
-      rest.append(arg)
-    i += 1
-  return rest, overrides
+    rest = flags.FLAGS(argv)
+    if "config" in flags.FLAGS and flags.FLAGS.config is not None:
+      validate(flags.FLAGS.config)
+  except (flags.Error, ConfigFlagError, ValueError) as e:
+    message = " ".join(str(e).removeprefix("flag ").split("\n"))
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+  return rest

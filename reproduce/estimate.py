@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from reproduce.experiment import model_run
 from reproduce.train.plan import plan_step
 
+
 def best_time(fn, repeats: int) -> float:
   best = float("inf")
   for _ in range(repeats):
@@ -38,17 +39,16 @@ def model_flops_per_token(m) -> float:
 
 
 # Start-up estimate of a training run's time, fitted to the training loops' wall times in cold
-# main jobs on the 2-core Intel Sapphire Rapids kind (one CPU device per core; start-up float32
-# peaks 280–374 GFLOP/s): the model's products run at this fraction of the float32 peak (0L, which
-# has no attention, measured 0.62 in float32 and 1.43 with bf16 products), and each causal attention
-# score costs about this many float32-peak FLOP equivalents per head and layer on top (softmax,
-# mask, their backward and attention's products that stay float32: fitted on 1L and 2L, whose
-# runs then come within ±8% in float32 and ±7% in bf16; the bf16 value was refitted after the
-# fifth pass of experiments/SPEED.md; the float32 values predate that pass, and float32 runs
-# of the cpu preset after it, 1L 95 s and 2L 161 s at a 301 GFLOP/s peak, came in 13% and 16%
-# under their estimates: on the safe side, and too few runs to refit two constants on).
+# runs on a 2-core Intel Sapphire Rapids host (one CPU device per core).  The model's products run
+# at PRODUCT_SPEED_VS_FLOAT32_PEAK times the float32 matmul peak measured at start-up (a multiple,
+# not a fraction): below 1 in float32, where the step's small products and the rest of its work
+# (loss, optimiser) fall short of a large product's rate; above 1 with bfloat16 products, which
+# AMX runs faster than float32 ones.  Both are fitted on the 0L model, which has no attention.
+# Each causal attention score costs ATTENTION_SCORE_FLOPS float32-peak FLOP equivalents per head
+# and layer on top (softmax, mask, their backward, and attention's products that stay float32),
+# fitted on the 1L and 2L models.  The fits and how close they come are in experiments/SPEED.md.
 # Each run adds its start-up, each figure its analysis.  Printed as a rough estimate.
-PRODUCT_PEAK_FRACTION = {"float32": 0.62, "bfloat16": 1.43}
+PRODUCT_SPEED_VS_FLOAT32_PEAK = {"float32": 0.62, "bfloat16": 1.43}
 
 
 ATTENTION_SCORE_FLOPS = {"float32": 480, "bfloat16": 640}
@@ -61,12 +61,12 @@ SECONDS_PER_FIGURE = 10
 
 
 def estimated_training_seconds(config, peak_flops: float, compute_dtype: str) -> float:
-  """steps × tokens/step × (model FLOPs / PRODUCT_PEAK_FRACTION[compute_dtype] +
-  ATTENTION_SCORE_FLOPS[compute_dtype] · L · H · n_ctx/2) per token over the float32
+  """steps × tokens/step × (model FLOPs / PRODUCT_SPEED_VS_FLOAT32_PEAK[compute_dtype]
+  + ATTENTION_SCORE_FLOPS[compute_dtype] · L · H · n_ctx/2) per token over the float32
   ``peak_flops``, plus ``SECONDS_PER_RUN``."""
   m, t = config.model, config.train
   scores_per_token = m.n_layers * m.n_heads * m.n_ctx / 2
-  per_token = (model_flops_per_token(m) / PRODUCT_PEAK_FRACTION[compute_dtype]
+  per_token = (model_flops_per_token(m) / PRODUCT_SPEED_VS_FLOAT32_PEAK[compute_dtype]
                + ATTENTION_SCORE_FLOPS[compute_dtype] * scores_per_token)
   tokens = t.steps * t.batch_size * m.n_ctx
   return SECONDS_PER_RUN + tokens * per_token / peak_flops

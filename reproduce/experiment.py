@@ -1,9 +1,11 @@
 """What every figure module shares: the models it analyses, claims, output files and plotting.
 
-A figure module in ``experiments/`` exposes ``DESCRIPTION`` (one line) and
-``run(config, models, outdir) -> list of claims``, where ``models`` maps a label to a ``Model``:
-the trained models its config names (trained once into a shared cache and reused), or the one
-checkpoint given with ``--checkpoint``.
+Every module in ``experiments/`` that defines ``DESCRIPTION`` (one line) and
+``run(config, models, outdir) -> list of claims`` is a figure (``reproduce.figure`` finds them;
+an optional integer ``ORDER`` places it in the batch job and index.html, lowest first), with its
+config in ``configs/<name>.py``.  ``models`` maps a label to a ``Model``: the trained models its
+config names (trained once into a shared cache and reused), or the one checkpoint given with
+``--checkpoint``.  Each claim is made with ``claim``; its id follows ``claim_id``.
 """
 
 from __future__ import annotations
@@ -15,18 +17,22 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
+import jax
+import matplotlib
 import numpy as np
+from matplotlib import pyplot as plt
 
 from reproduce.core import scores
 from reproduce import data
 from reproduce.config import load_config
 from reproduce.corpus import resolve_corpus
-from reproduce.core.loading import load_with_meta
+from reproduce.core.loading import load, load_with_meta
 from reproduce.tokenizer import TokenizedCorpus, prepare_tokens
 from reproduce.core.model import ModelConfig
-from reproduce.core.weights import Weights
+from reproduce.core.weights import Weights, init_weights
+from reproduce.train.loop import train
 
 
 class FigureError(ValueError):
@@ -93,13 +99,29 @@ def plain(v):
   return v
 
 
-def claim(claim_id: str, statement: str, source: str, criterion: str, measured: str, value,
-          holds: bool, kind: str = "paper") -> dict:
+def claim_id(figure: str, what: str, model: Optional[str] = None) -> str:
+  """A claim's id: ``<figure>.<what>`` for a claim about a figure's models together,
+  ``<figure>.<what>.<model label>`` for a claim about one model (also when the figure has only
+  that model).  ``figure`` and ``what`` hold no dot; the label is everything after the second."""
+  for part, text in (("figure", figure), ("what", what)):
+    if not text or "." in text:
+      raise ValueError(f"claim id: {part} must be non-empty and hold no '.', not {text!r}")
+  if model is not None and not model:
+    raise ValueError("claim id: the model label must be non-empty (or None for every model)")
+  return f"{figure}.{what}" + ("" if model is None else f".{model}")
+
+
+def claim(*, figure: str, what: str, model: Optional[str], statement: str, source: str,
+          criterion: str, measured: str, value, holds: bool, kind: str = "paper") -> dict:
   """One row of claims.json.
 
   Args:
-    claim_id: unique across all figures, ``<figure>.<what>`` (e.g.
-      ``eigen_hist.copying_majority_1l``).
+    figure: the figure making the claim (its module's name).
+    what: what is claimed, a short identifier unique within the figure (e.g.
+      ``copying_majority``).
+    model: the label of the one model the claim is about, or None for a claim about the
+      figure's models together; the id is ``claim_id(figure, what, model)``, e.g.
+      ``eigen_hist.copying_majority.attn1l``.
     statement: what the paper says, in our words, about the model(s) and layer(s) measured.
     source: where the paper says it ("FW fig 16", "IH §3"); for a control, what it checks.
     criterion: the test in words and as computed, with its threshold values.
@@ -108,11 +130,12 @@ def claim(claim_id: str, statement: str, source: str, criterion: str, measured: 
     holds: whether the criterion holds.
     kind: "paper" for a statement of the papers, "control" for a sanity baseline.
   """
+  id_ = claim_id(figure, what, model)
   if kind not in CLAIM_KINDS:
-    raise ValueError(f"claim {claim_id!r}: kind must be one of {CLAIM_KINDS}, not {kind!r}")
-  if not claim_id or not source or not criterion:
-    raise ValueError(f"claim {claim_id!r}: id, source and criterion are required")
-  return {"id": claim_id, "kind": kind, "statement": statement, "source": source,
+    raise ValueError(f"claim {id_!r}: kind must be one of {CLAIM_KINDS}, not {kind!r}")
+  if not source or not criterion:
+    raise ValueError(f"claim {id_!r}: source and criterion are required")
+  return {"id": id_, "kind": kind, "statement": statement, "source": source,
           "criterion": criterion, "measured": measured, "value": plain(value),
           "holds": bool(holds)}
 
@@ -147,7 +170,6 @@ def trained_model(name: str, preset: str, models_dir: Path, cache_dir: Optional[
   finished one is reused as is (an interrupted one resumes).  ``seed`` overrides the config's
   ``train.seed`` (init and data order); None keeps the preset's.
   """
-  from reproduce.train.loop import train  # pylint: disable=import-outside-toplevel
   config, workdir = model_run(name, preset, models_dir, cache_dir, corpus, seed)
   result = train(config, workdir, log=log)
   return model_from_run(name, workdir, tokens=result.tokens)
@@ -200,9 +222,6 @@ def model_from_run(label: str, path, tokens: Optional[TokenizedCorpus] = None,
 def initial_weights(model: Model):
   """(weights, where from) of ``model`` at random init: its run's step-0 snapshot when there is
   one, else a fresh init of the same shapes (the run's own init is then missing: say so)."""
-  from reproduce.core.loading import load  # pylint: disable=import-outside-toplevel
-  from reproduce.core.weights import init_weights  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
   if model.workdir is not None and (Path(model.workdir) / "snapshots" / "0").is_dir():
     return load(Path(model.workdir) / "snapshots" / "0")[1], "the run's step-0 snapshot"
   return (init_weights(model.cfg, jax.random.key(0)),
@@ -252,9 +271,7 @@ def write_json(path: Path, obj) -> None:
 
 def pyplot():
   """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "font.size": 9,
                        "axes.titlesize": 10, "axes.spines.top": False,
                        "axes.spines.right": False})

@@ -15,51 +15,91 @@ criterion, the measured value, whether it holds; see ``experiment.claim``).  Mod
 ``--all`` is one resumable batch job: it trains the models first, skips every figure whose
 ``claims.json`` already matches the current models and figure config, and, re-run after an
 interruption, continues where it stopped.
+
+The figures are found, not listed: every module of ``experiments/`` that defines ``DESCRIPTION``
+and ``run`` (see ``experiment``), in the order of its optional ``ORDER`` (``figure_names``).
 """
 
 from __future__ import annotations
 
-import base64
-import html
+import functools
+import importlib.util
 import json
+import math
+import pkgutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, NoReturn, Optional, Tuple
+
+from absl import app, flags
 
 from reproduce import experiment
 from reproduce.config import project_module
 from reproduce.core.tl_config import parse_cli as parse_tl_config
 from reproduce.estimate import first_run_plan
 from reproduce.host import CPU_DEVICES_HELP, split_cpu
+from reproduce.report import claim_lines, seed_workdir, tally, write_index, write_seed_table
 from reproduce.train.loop import USER_ERRORS, quiet_libraries
 
-FIGURES = ("bigram", "skip_trigrams", "positional_heads", "ov_eigenvalues", "eigen_hist",
-           "composition_scores", "induction_attention", "ov_qk_scatter", "term_importance",
-           "induction_formation", "head_ablations", "induction_heads")
+
+def _experiment_folders() -> List[str]:
+  """Where the figure modules are: the ``reproduce.experiments`` package's folders (imported,
+  installed, or registered from a clone), else the ``experiments/`` folder beside ``reproduce/``."""
+  package = sys.modules.get("reproduce.experiments")
+  if package is not None:
+    return list(package.__path__)
+  spec = importlib.util.find_spec("reproduce.experiments")
+  if spec is not None and spec.submodule_search_locations:
+    return list(spec.submodule_search_locations)
+  return [str(Path(__file__).resolve().parent.parent / "experiments")]
+
+
+def _module_names() -> List[str]:
+  """The modules of ``experiments/``, by name (none imported)."""
+  return sorted(info.name for info in pkgutil.iter_modules(_experiment_folders())
+                if not info.ispkg and not info.name.startswith("_"))
+
+
+def _is_figure(module) -> bool:
+  return hasattr(module, "DESCRIPTION") and callable(getattr(module, "run", None))
+
+
+@functools.lru_cache(maxsize=None)
+def figure_names() -> Tuple[str, ...]:
+  """Every figure, in the order the batch job and index.html use: each module of ``experiments/``
+  that defines ``DESCRIPTION`` and ``run``, sorted by its integer ``ORDER`` (modules without one
+  come last), then by name.  Other modules there are not figures."""
+  found = []
+  for name in _module_names():
+    module = project_module("experiments", name)
+    if _is_figure(module):
+      found.append((getattr(module, "ORDER", math.inf), name))
+  return tuple(name for _, name in sorted(found))
 
 
 class UnknownFigure(ValueError):
   def __init__(self, name):
-    super().__init__(f"unknown figure {name!r}; choose one of: {', '.join(FIGURES)}")
+    super().__init__(f"unknown figure {name!r}; choose one of: {', '.join(figure_names())}")
 
 
 def figure_module(name: str):
-  """``experiments/<name>.py`` (installed as ``reproduce.experiments.<name>``)."""
-  if name not in FIGURES:
+  """``experiments/<name>.py`` (installed as ``reproduce.experiments.<name>``), if it is a figure;
+  only that module is imported."""
+  module = project_module("experiments", name) if name in _module_names() else None
+  if module is None or not _is_figure(module):
     raise UnknownFigure(name)
-  return project_module("experiments", name)
+  return module
 
 
 def figure_config(name: str, preset: str):
   """``configs/<name>.py``'s config for ``preset`` (installed as ``reproduce.configs.<name>``)."""
-  if name not in FIGURES:
-    raise UnknownFigure(name)
+  figure_module(name)  # an unknown figure is an error, even if a config of that name exists
   return project_module("configs", name).get_config(preset)
 
 
 def describe() -> str:
-  return "\n".join(f"{name:22s} {figure_module(name).DESCRIPTION}" for name in FIGURES)
+  return "\n".join(f"{name:22s} {figure_module(name).DESCRIPTION}" for name in figure_names())
 
 
 def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: Optional[str] = None,
@@ -153,7 +193,7 @@ def make_all(preset: str, workdir, models_dir: Optional[str] = None,
   continues where it stopped.
   """
   todo = []
-  for name in FIGURES:
+  for name in figure_names():
     if figure_is_current(name, preset, workdir, models_dir, cache_dir, train_corpus, seed):
       log(f"figure {name}: up to date, skipped")
     else:
@@ -175,219 +215,109 @@ def make_all(preset: str, workdir, models_dir: Optional[str] = None,
   return failures
 
 
-def claim_lines(claims) -> list:
-  """The CLI's view of a figure's claims: one line each, then the paper/control tally."""
-  lines = [f"  [{'holds' if c['holds'] else 'FAILS'}] {c['kind']} {c['id']} ({c['source']}): "
-           f"{c['statement']} — {c['measured']}" for c in claims]
-  return lines + [f"  {tally(claims)}"]
+def _usage_error(message: str) -> NoReturn:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
 
 
-def tally(claims) -> str:
-  """'paper claims: 7 of 9 hold; controls: 2 of 2 hold', counting the two kinds apart."""
-  parts = []
-  for kind, name in (("paper", "paper claims"), ("control", "controls")):
-    of_kind = [c for c in claims if c["kind"] == kind]
-    parts.append(f"{name}: {sum(c['holds'] for c in of_kind)} of {len(of_kind)} hold")
-  return "; ".join(parts)
+def _figures_to_make(args) -> list:
+  """The figures the flags ``args`` ask for, once checked (exit status 2 if they clash)."""
+  if not args.all and not args.name:
+    _usage_error("give --name=NAME, --all or --list\n\n" + describe())
+  if args.name:
+    try:
+      figure_module(args.name)
+    except UnknownFigure as e:
+      _usage_error(f"{e}\n\n{describe()}")
+  if args.corpus and not args.checkpoint:
+    _usage_error("--corpus chooses the text a --checkpoint is measured on; give --checkpoint too")
+  if args.seeds < 1 or (args.seeds > 1 and args.checkpoint):
+    _usage_error("--seeds must be ≥ 1, and a --checkpoint has one seed only")
+  return list(figure_names()) if args.all else [args.name]
 
 
-def seed_workdir(workdir, seed_index: int) -> Path:
-  """Where the figures of the ``seed_index``-th seed go: ``workdir`` itself for the first."""
-  return Path(workdir) if seed_index == 0 else Path(workdir) / f"seed{seed_index}"
+def _figure_error(name: str, seed: Optional[int], e: Exception) -> str:
+  """The CLI's line for a figure that failed: the message alone for the errors it expects."""
+  known = isinstance(e, USER_ERRORS + (experiment.FigureError, RuntimeError))
+  return (f"error: figure {name}{'' if seed is None else f' (seed {seed})'}: "
+          f"{e if known else f'{type(e).__name__}: {e}'}"
+          + ("" if known else " (run with --verbose for the traceback)"))
 
 
-def seed_table(workdir, n_seeds: int) -> list:
-  """Per claim (in figure order): how many of the ``n_seeds`` runs it holds for.
-
-  Reads ``claims.json`` of every figure under each seed's folder; a claim missing from a seed
-  (its figure failed, or the claim was not made) counts as not holding there.
-  """
-  rows: Dict[str, dict] = {}
-  for index in range(n_seeds):
-    for name in FIGURES:
-      path = seed_workdir(workdir, index) / name / "claims.json"
-      if not path.is_file():
-        continue
-      for c in json.loads(path.read_text())["claims"]:
-        row = rows.setdefault(c["id"], {"id": c["id"], "kind": c["kind"], "source": c["source"],
-                                         "statement": c["statement"], "figure": name,
-                                         "holds": [None] * n_seeds, "measured": [None] * n_seeds})
-        row["holds"][index], row["measured"][index] = c["holds"], c["measured"]
-  for row in rows.values():
-    row["seeds_holding"] = sum(bool(h) for h in row["holds"])
-  return list(rows.values())
+def _made_claims(workdir, name: str) -> list:
+  """The claims in ``<workdir>/<name>/claims.json``, none if it is missing."""
+  claims_file = Path(workdir) / name / "claims.json"
+  return json.loads(claims_file.read_text())["claims"] if claims_file.is_file() else []
 
 
-def seed_table_markdown(rows, n_seeds: int) -> str:
-  """The seed table as Markdown: one row per claim, paper claims first."""
-  lines = ["| claim | kind | source | holds on | " + " | ".join(
-      f"seed {i}" for i in range(n_seeds)) + " |", "|---|---|---|---|" + "---|" * n_seeds]
-  for row in sorted(rows, key=lambda r: r["kind"] != "paper"):
-    cells = ["—" if m is None else ("✓ " if h else "✗ ") + m.replace("|", "/")
-             for h, m in zip(row["holds"], row["measured"])]
-    lines.append(f"| `{row['id']}` | {row['kind']} | {row['source']} | "
-                 f"{row['seeds_holding']} of {n_seeds} | " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
+def _tl_config(args) -> Optional[dict]:
+  """``--tl_config`` parsed (a JSON object or a .json file; only with --checkpoint)."""
+  try:
+    return parse_tl_config(args.tl_config, bool(args.checkpoint)) if args.tl_config else None
+  except ValueError as e:
+    _usage_error(str(e))
 
 
-def _seed_section(workdir: Path) -> str:
-  """index.html's table of claims across seeds, when ``seeds.json`` is present."""
-  path = workdir / "seeds.json"
-  if not path.is_file():
-    return ""
-  seeds = json.loads(path.read_text())
-  n = seeds["n_seeds"]
-  rows = "".join(
-      f"<tr class=\"{'ok' if r['seeds_holding'] == n else 'no'}\"><td><code>"
-      f"{html.escape(r['id'])}</code></td><td>{r['kind']}</td><td>{html.escape(r['source'])}"
-      f"</td><td>{html.escape(r['statement'])}</td><td>{r['seeds_holding']} of {n}</td></tr>"
-      for r in sorted(seeds["claims"], key=lambda r: r["kind"] != "paper"))
-  return (f"<section id='seeds'><h2>Claims across {n} training seeds</h2><p>The figures below "
-          "are seed 0's; seeds 1 and later are under <code>seed1/</code>, … </p><table><tr>"
-          f"<th>id</th><th>kind</th><th>source</th><th>statement</th><th>holds on</th></tr>"
-          f"{rows}</table></section>")
-
-
-def _claims_table(title: str, claims) -> str:
-  """An HTML table of claims of one kind (empty string when there are none)."""
-  if not claims:
-    return ""
-  rows = "".join(
-      f"<tr class=\"{'ok' if c['holds'] else 'no'}\"><td><code>{html.escape(c['id'])}</code>"
-      f"<br><span class='kind'>{html.escape(c['source'])}</span></td>"
-      f"<td>{html.escape(c['statement'])}</td><td>{html.escape(c['criterion'])}</td>"
-      f"<td>{html.escape(c['measured'])}</td>"
-      f"<td>{'holds' if c['holds'] else 'does not hold'}</td></tr>" for c in claims)
-  return (f"<h3>{html.escape(title)}</h3><table><tr><th>id, source</th><th>statement</th>"
-          f"<th>criterion</th><th>measured</th><th></th></tr>{rows}</table>")
-
-
-def write_index(workdir) -> Path:
-  """``index.html``: every figure present in ``workdir`` with its picture and claims table,
-  self-contained (pictures embedded), so it opens offline anywhere."""
-  workdir = Path(workdir)
-  parts, all_claims = [], []
-  for name in FIGURES:
-    claims_file = workdir / name / "claims.json"
-    if not claims_file.is_file():
-      continue
-    summary = json.loads(claims_file.read_text())
-    pictures = "".join(
-        f'<img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" '
-        f'alt="{html.escape(p.stem)}">' for p in sorted((workdir / name).glob("*.png")))
-    all_claims.extend(summary["claims"])
-    tables = "".join(_claims_table(title, [c for c in summary["claims"] if c["kind"] == kind])
-                     for kind, title in (("paper", "paper claims"), ("control", "controls")))
-    extra = ""
-    if (workdir / name / f"{name}.html").is_file():
-      extra = f'<p><a href="{name}/{name}.html">interactive view</a></p>'
-    models = ", ".join(f"{k} (step {v.get('step')})" for k, v in summary["models"].items())
-    parts.append(f'<section id="{name}"><h2>{name}</h2><p>{html.escape(summary["description"])}'
-                 f'</p><p class="models">models: {html.escape(models)}; preset '
-                 f'{html.escape(summary["preset"])}; {html.escape(tally(summary["claims"]))}</p>'
-                 f'{pictures}{extra}{tables}</section>')
-  page = ("<!doctype html><html><head><meta charset='utf-8'><title>circuits-repro figures</title>"
-          "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-          "img{max-width:100%;border:1px solid #ddd;margin:.5em 0}table{border-collapse:collapse;"
-          "width:100%;font-size:90%}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;"
-          "vertical-align:top}tr.ok td:last-child{color:#176b2c;font-weight:bold}tr.no "
-          "td:last-child{color:#a11;font-weight:bold}.models{color:#666;font-size:90%}"
-          "section{margin-bottom:3em}.kind{font-size:80%;color:#666}</style></head><body>"
-          "<h1>A Mathematical Framework for Transformer Circuits — reproduced</h1>"
-          f"<p class='tally'>All figures: {html.escape(tally(all_claims))}. Paper claims are "
-          "statements of the papers (FW: A Mathematical Framework for Transformer Circuits; IH: "
-          "In-context Learning and Induction Heads); controls are sanity baselines.</p>"
-          + "".join(f'<a href="#{n}">{n}</a> · ' for n in FIGURES
-                    if (workdir / n / "claims.json").is_file())
-          + _seed_section(workdir) + "".join(parts) + "</body></html>")
-  path = workdir / "index.html"
-  path.write_text(page)
-  return path
+def _make_seed(args, names, index: int, models_dir: str, loaded) -> Tuple[list, list]:
+  """Makes the ``index``-th seed's figures; returns (the names of those that failed, the claims
+  of those made)."""
+  seed = None if args.seeds == 1 else index
+  workdir = seed_workdir(args.workdir, index)
+  if seed is not None:
+    print(f"=== seed {seed}: figures in {workdir}")
+  if args.all and not args.checkpoint:
+    try:
+      failures = make_all(args.preset, workdir, models_dir, train_corpus=args.train_corpus,
+                          seed=seed)
+    except USER_ERRORS + (RuntimeError,) as e:  # a model could not be trained
+      _usage_error(str(e))
+    return failures, [c for name in figure_names() for c in _made_claims(workdir, name)]
+  failures, claims = [], []
+  for name in names:
+    try:
+      claims.extend(make_figure(name, args.preset, workdir, args.checkpoint, models_dir,
+                                loaded=loaded, corpus=args.corpus,
+                                train_corpus=args.train_corpus, seed=seed,
+                                tl_config=_tl_config(args))["claims"])
+    except Exception as e:  # pylint: disable=broad-except
+      if args.verbose:
+        raise
+      print(_figure_error(name, seed, e), file=sys.stderr)
+      failures.append(name)
+  return failures, claims
 
 
 def main(argv):
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  FLAGS = flags.FLAGS
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   quiet_libraries(FLAGS.verbose)
   try:
     split_cpu(FLAGS.cpu_devices)
   except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _usage_error(str(e))
   if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    sys.exit(2)
+    _usage_error(f"unexpected arguments {argv[1:]}")
   if FLAGS.list:
     print(describe())
     return
-  if not FLAGS.all and not FLAGS.name:
-    print("error: give --name=NAME, --all or --list\n\n" + describe(), file=sys.stderr)
-    sys.exit(2)
-  names = FIGURES if FLAGS.all else [FLAGS.name]
-  if FLAGS.name and FLAGS.name not in FIGURES:
-    print(f"error: {UnknownFigure(FLAGS.name)}\n\n{describe()}", file=sys.stderr)
-    sys.exit(2)
-  if FLAGS.corpus and not FLAGS.checkpoint:
-    print("error: --corpus chooses the text a --checkpoint is measured on; give --checkpoint too",
-          file=sys.stderr)
-    sys.exit(2)
-  if FLAGS.seeds < 1 or (FLAGS.seeds > 1 and FLAGS.checkpoint):
-    print("error: --seeds must be ≥ 1, and a --checkpoint has one seed only", file=sys.stderr)
-    sys.exit(2)
-  tl_config = None
-  try:
-    if FLAGS.tl_config:
-      tl_config = parse_tl_config(FLAGS.tl_config, bool(FLAGS.checkpoint))
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  loaded: Dict[str, experiment.Model] = {}
+  names = _figures_to_make(FLAGS)
+  _tl_config(FLAGS)  # a bad --tl_config stops here, before any training
   if not FLAGS.checkpoint:
     models = {m for n in names for m in figure_config(n, FLAGS.preset).models}
-    print(first_run_plan(models, len(names), FLAGS.preset, FLAGS.models_dir or Path(FLAGS.workdir) / "models",
-                         seeds=FLAGS.seeds, train_corpus=FLAGS.train_corpus))
+    print(first_run_plan(models, len(names), FLAGS.preset,
+                         FLAGS.models_dir or Path(FLAGS.workdir) / "models", seeds=FLAGS.seeds,
+                         train_corpus=FLAGS.train_corpus))
   started, failures, all_claims = time.time(), [], []
   models_dir = FLAGS.models_dir or str(Path(FLAGS.workdir) / "models")
+  loaded: Dict[str, experiment.Model] = {}
   for index in range(FLAGS.seeds):
-    seed = None if FLAGS.seeds == 1 else index
-    workdir = seed_workdir(FLAGS.workdir, index)
-    if seed is not None:
-      print(f"=== seed {seed}: figures in {workdir}")
-    if FLAGS.all and not FLAGS.checkpoint:
-      try:
-        failures += make_all(FLAGS.preset, workdir, models_dir, train_corpus=FLAGS.train_corpus,
-                             seed=seed)
-      except USER_ERRORS + (RuntimeError,) as e:  # a model could not be trained
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-      for name in FIGURES:
-        claims_file = Path(workdir) / name / "claims.json"
-        if claims_file.is_file():
-          all_claims.extend(json.loads(claims_file.read_text())["claims"])
-      continue
-    for name in names:
-      try:
-        summary = make_figure(name, FLAGS.preset, workdir, FLAGS.checkpoint, models_dir,
-                              loaded=loaded, corpus=FLAGS.corpus,
-                              train_corpus=FLAGS.train_corpus, seed=seed, tl_config=tl_config)
-        all_claims.extend(summary["claims"])
-      except Exception as e:  # pylint: disable=broad-except
-        if FLAGS.verbose:
-          raise
-        known = isinstance(e, USER_ERRORS + (experiment.FigureError, RuntimeError))
-        print(f"error: figure {name}{'' if seed is None else f' (seed {seed})'}: "
-              f"{e if known else f'{type(e).__name__}: {e}'}"
-              + ("" if known else " (run with --verbose for the traceback)"), file=sys.stderr)
-        failures.append(name)
+    failed, claims = _make_seed(FLAGS, names, index, models_dir, loaded)
+    failures += failed
+    all_claims += claims
   if FLAGS.seeds > 1:
-    rows = seed_table(FLAGS.workdir, FLAGS.seeds)
-    experiment.write_json(Path(FLAGS.workdir) / "seeds.json",
-                          {"n_seeds": FLAGS.seeds, "preset": FLAGS.preset, "claims": rows})
-    table = Path(FLAGS.workdir) / "seeds.md"
-    table.write_text(seed_table_markdown(rows, FLAGS.seeds))
+    table = write_seed_table(FLAGS.workdir, FLAGS.seeds, FLAGS.preset, figure_names())
     print(f"wrote {table}")
   if FLAGS.all:
-    print(f"wrote {write_index(FLAGS.workdir)}")
+    print(f"wrote {write_index(FLAGS.workdir, figure_names())}")
   print(tally(all_claims) + (f" (over {FLAGS.seeds} seeds)" if FLAGS.seeds > 1 else ""))
   print(f"done in {time.time() - started:.0f}s")
   if failures:
@@ -395,7 +325,6 @@ def main(argv):
 
 
 def run_cli():
-  from absl import app, flags  # pylint: disable=import-outside-toplevel
   flags.DEFINE_string("name", None, "figure to make (see --list)")
   flags.DEFINE_bool("all", False, "make every figure and index.html")
   flags.DEFINE_bool("list", False, "list the figures")

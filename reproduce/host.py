@@ -1,11 +1,11 @@
 """The host CPU: what it is, and how many JAX devices training splits it into.
 
 XLA's CPU backend runs one program on a shared thread pool, and at the cpu presets' widths
-(d_model 128, d_head 32) its small matmuls and fusions scale badly across threads: on 2 cores
-the anchor step ran 1.3× faster than on 1 core.  Split into one JAX device per core, the
+(d_model 128, d_head 32) its small matmuls and fusions scale badly across threads: a second core
+leaves one step's ops mostly waiting on each other.  Split into one JAX device per core, the
 training step runs data-parallel (one ``psum`` of the gradients per step) and each core works on
-its own rows: 1.35× faster again (experiments/SPEED.md).  Analysis code still runs on device 0
-with every core available to its matmuls.
+its own rows, so every core stays busy (experiments/SPEED.md).  Analysis code still runs on
+device 0 with every core available to its matmuls.
 
 The split must happen before JAX starts its CPU backend, so the command-line entry points call
 ``split_cpu`` first thing; library users can call it right after ``import jax``.
@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 import os
 from typing import Callable, Optional
+
+import jax
 
 CPU_DEVICES_HELP = ("JAX CPU devices to split this machine into, training data-parallel over "
                     "them: auto (one per core, at most 8) or N")
@@ -52,7 +54,8 @@ def cpu_name_and_flags():
 
 def cpu_has_amx() -> bool:
   """Whether the CPU has AMX bfloat16 tiles (Intel Sapphire Rapids and later), where XLA's
-  bfloat16 products run ≈ 4× faster than float32 ones at the cpu presets' widths."""
+  bfloat16 products run several times faster than float32 ones at the cpu presets' widths
+  (experiments/SPEED.md)."""
   return "amx_bf16" in cpu_name_and_flags()[1]
 
 
@@ -85,7 +88,6 @@ def split_cpu(requested: str = "auto", distributed: bool = False,
   whose processes may share a machine) or a positive integer.  Only CPU devices change: on a
   GPU/TPU host training uses the accelerators as before.
   """
-  import jax  # pylint: disable=import-outside-toplevel
   say = log or (lambda _: None)
   if requested != "auto" and (not str(requested).isdigit() or int(requested) < 1):
     raise ValueError(f"--cpu_devices must be 'auto' or a positive integer, got {requested!r}")

@@ -13,6 +13,9 @@ from __future__ import annotations
 import json
 import sys
 
+from absl import app, flags
+
+from reproduce.config import define_config_flag, parse_flags
 from reproduce.corpus import CorpusError, corpus_from_config
 from reproduce.tokenizer import prepare_tokens, store_path
 
@@ -28,11 +31,11 @@ def prepare(config, log=print):
 
 
 def main(argv):
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from reproduce.config import validate  # pylint: disable=import-outside-toplevel
-  del argv
+  if len(argv) > 1:
+    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+    sys.exit(2)
   try:
-    entry, _ = prepare(validate(flags.FLAGS.config),
+    entry, _ = prepare(flags.FLAGS.config,  # validated by parse_flags
                        log=lambda line: print(line, file=sys.stderr, flush=True))
   except (CorpusError, ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
@@ -43,11 +46,9 @@ def main(argv):
 
 
 def run_cli():
-  from absl import app  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/attn2l.py:paper",
-                                  lock_config=True)
-  app.run(main)
+  define_config_flag()
+  flags.mark_flag_as_required("config")
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -39,13 +39,14 @@ from typing import Iterable, Iterator, List, Optional
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from reproduce.corpus import PIECE_BYTES, Corpus, CorpusError, Position
+from reproduce.corpus import Corpus
+from reproduce.corpus_files import PIECE_BYTES, CorpusError, Position
 from reproduce.tokenizer_file import declared_bos, load_tokenizer
 
 BOS, EOT = "<|bos|>", "<|endoftext|>"
 CACHE_VERSION = 2  # bump when the tokenisation recipe or the store layout changes
-DEFAULT_SAMPLE_BYTES = 64 << 20
-DEFAULT_SHARD_TOKENS = 1 << 24
+DEFAULT_SAMPLE_BYTES = 64 << 20  # the tokenizer trains on at most this much text
+DEFAULT_SHARD_TOKENS = 1 << 24  # tokens per shard of the store (bounds prepare's memory)
 _ENCODE_BATCH_CHARS = 1 << 20  # text encoded per encode_batch call (bounds its temporaries)
 
 

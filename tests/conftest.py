@@ -1,11 +1,8 @@
 """Shared fixtures: a private token cache, the `test` presets, and one tiny trained run."""
 
-import jax
 import pytest
 
 from reproduce.config import load_config
-from reproduce.core.model import ModelConfig
-from reproduce.core.weights import init_weights
 
 
 @pytest.fixture(scope="session")
@@ -35,10 +32,3 @@ def trained_2l(make_config, tmp_path_factory):
   from reproduce.train.loop import train  # pylint: disable=import-outside-toplevel
   workdir = tmp_path_factory.mktemp("trained_2l")
   return train(make_config("attn2l"), workdir, log=lambda *_: None)
-
-
-def random_model(n_layers=2, n_heads=3, d_head=4, d_model=12, d_vocab=23, n_ctx=10, seed=0,
-                 std=0.4, **kw):
-  """A small model with weights large enough that attention is far from uniform."""
-  cfg = ModelConfig(n_layers, n_heads, d_head, d_model, d_vocab, n_ctx, **kw)
-  return cfg, init_weights(cfg, jax.random.key(seed), init_std=std)

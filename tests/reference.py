@@ -1,6 +1,6 @@
 """A slow, obviously correct NumPy forward pass over TransformerLens-named weights (float64).
 
-Written from the formulas of PAPER.md §1–2 (and TransformerLens's documented block: biases on
+Written from docs/METHODS.md, "Conventions" to "The forward pass" (and TransformerLens's block: biases on
 q, k, v and the layer output, ln1 before attention, positions added after ln1 for shortformer)
 with explicit loops over layers, heads and positions, independent of the JAX model code.
 """

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from reproduce import experiment
-from reproduce.figure import FIGURES, figure_config, figure_is_current
+from reproduce.figure import figure_config, figure_is_current, figure_names
 
 ROOT = Path(__file__).resolve().parents[1]
+FIGURES = figure_names()
 TIMEOUT_S = 600  # per run of the batch job
 
 

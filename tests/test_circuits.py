@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import random_model
+from helpers import random_model
 from reproduce.core import circuits
 
 
@@ -55,7 +55,7 @@ def test_positivity_of_known_spectra():
   assert circuits.positivity(np.zeros(3)) == 0  # no nonzero eigenvalue: 0 by convention
   np.testing.assert_array_equal(np.isnan(circuits.positivity(np.full((2, 3), np.nan))), True)
   _, w = random_model(n_layers=1, n_heads=2, d_model=12, d_head=4, d_vocab=23)
-  copying = w.replace(W_O=np.swapaxes(np.asarray(w.W_V), -1, -2)[None][0] * 1.0,
+  copying = w.replace(W_O=np.swapaxes(np.asarray(w.W_V), -1, -2),
                       W_U=np.asarray(w.W_E).T)  # W_E W_V W_Vᵀ W_Eᵀ is positive semi-definite
   assert np.all(circuits.positivity(circuits.ov_eigenvalues(copying)) > 0.999)
 
@@ -169,6 +169,24 @@ def test_batched_eigenvalues_equal_a_per_head_loop(model):
       scale = np.abs(batched[l, h]).max()  # float32 products: agree to ~1e-6 of the spectrum
       np.testing.assert_allclose(np.sort_complex(circuits.ov_eigenvalues(single)[0, 0]),
                                  np.sort_complex(batched[l, h]), rtol=0, atol=1e-5 * scale)
+
+
+def test_lifted_functions_equal_the_per_head_function_called_per_head(model):
+  """over_heads / the composition lift give, head by head, what the one-head function gives."""
+  _, w = model
+  ov, qk = circuits.ov_eigen_matrices(w), circuits.qk_eigen_matrices(w)
+  comp = np.asarray(circuits.composition_scores(w, "k"))
+  for l in range(2):
+    for h in range(3):
+      np.testing.assert_allclose(ov[l, h], circuits.head_ov_eigen_matrix(
+          w.W_V[l, h], w.W_O[l, h], w.W_U @ w.W_E), rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(qk[l, h], circuits.head_qk_eigen_matrix(
+          w.W_Q[l, h], w.W_K[l, h], w.W_E.T @ w.W_E), rtol=1e-5, atol=1e-5)
+  for h1 in range(3):  # writer (0, h1), reader (1, h2)
+    for h2 in range(3):
+      reader = w.W_Q[1, h2], w.W_K[1, h2], w.W_V[1, h2], w.W_O[1, h2]
+      one = circuits.head_composition_score(w.W_V[0, h1], w.W_O[0, h1], *reader, "k")
+      assert comp[0, h1, 1, h2] == pytest.approx(float(one), rel=1e-5)
 
 
 def test_biases_as_weights_gives_identical_logits_and_every_circuit_runs():

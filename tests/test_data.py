@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from reproduce import corpus_files as corpus_module
 from reproduce import data
+from reproduce.config import validate
 from reproduce.corpus import CorpusError, resolve_corpus
 from reproduce.tokenizer import (BOS, EOT, ShardedTokens, prepare_tokens, tokenizer_sample,
                                  train_tokenizer)
@@ -164,7 +166,6 @@ def test_binary_file_without_nul_is_skipped_with_a_warning(tmp_path):
 
 
 def test_pieces_cut_at_word_starts_encode_like_the_whole_text():
-  from reproduce import corpus as corpus_module  # pylint: disable=import-outside-toplevel
   cut = lambda t: corpus_module._cut(t, 2000, corpus_module._CUT_TEXT)  # pylint: disable=protected-access
   text = "".join(Path(f).read_text() for f in resolve_corpus("stdlib").train_files[:12])
   text += " " + _words(3000, 1)  # and one long line
@@ -282,8 +283,8 @@ def test_long_single_line_file_in_bounded_memory(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
   n_train, n_heldout, peak_kib = map(int, out.stdout.split())
   assert n_train > 2 * n_heldout > 0  # three of the four byte ranges train
-  # before pieces, such a line took ~250x its size (14.8 GB for 58 MB); now the interpreter,
-  # the libraries and a 1 MiB tokenizer sample dominate
+  # the line is read and encoded in bounded pieces (corpus.PIECE_BYTES), so the interpreter, the
+  # libraries and the 1 MiB tokenizer sample dominate, not the line's length
   assert peak_kib < 500 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
 
 
@@ -333,7 +334,6 @@ def test_reading_restarts_exactly_from_every_piece_position(tmp_path, kind):
 
 
 def test_new_data_fields_are_validated(make_config):
-  from reproduce.config import validate  # pylint: disable=import-outside-toplevel
   for field, value in (("tokenizer_sample_bytes", 1000), ("shard_tokens", 10)):
     c = make_config("attn0l")
     c.unlock()

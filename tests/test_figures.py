@@ -10,10 +10,15 @@ import numpy as np
 import pytest
 
 import reproduce
-from reproduce import experiment
-from reproduce.figure import FIGURES, UnknownFigure, make_figure, write_index
+from reproduce import experiment, report
+from reproduce.figure import UnknownFigure, figure_names, make_figure
 
 ROOT = Path(__file__).resolve().parents[1]
+FIGURES = figure_names()
+# The batch job's and index.html's order: each figure module's ORDER.
+ORDER = ("bigram", "skip_trigrams", "positional_heads", "ov_eigenvalues", "eigen_hist",
+         "composition_scores", "induction_attention", "ov_qk_scatter", "term_importance",
+         "induction_formation", "head_ablations", "induction_heads")
 
 
 @pytest.fixture(scope="session")
@@ -39,10 +44,59 @@ def test_figure_writes_picture_numbers_and_claims(figures, name):
     assert set(c) == {"id", "kind", "statement", "source", "criterion", "measured", "value",
                       "holds"}
     assert isinstance(c["holds"], bool) and c["kind"] in ("paper", "control")
-    assert c["id"].startswith(f"{name}.") and c["source"] and c["criterion"]
+    assert c["source"] and c["criterion"]
+    assert_id_scheme(c["id"], name, claims["models"])
     if c["kind"] == "paper":
       assert c["source"].startswith(("FW", "IH")), c
   assert summaries[name]["claims"] == claims["claims"]
+
+
+def assert_id_scheme(claim_id, figure, labels):
+  """``<figure>.<what>`` (about the models together) or ``<figure>.<what>.<label>`` (about the
+  model ``label``, however many models the figure has)."""
+  parts = claim_id.split(".", 2)
+  assert parts[0] == figure and len(parts) >= 2 and parts[1], claim_id
+  assert len(parts) == 2 or parts[2] in labels, (claim_id, list(labels))
+
+
+def test_figures_are_the_experiment_modules_with_description_and_run():
+  assert FIGURES == ORDER
+  assert "check_transformer_lens" not in FIGURES and not (ROOT / "experiments" /
+                                                          "check_transformer_lens.py").exists()
+
+
+def test_a_new_figure_module_is_found_without_editing_the_runner(tmp_path, monkeypatch):
+  from reproduce import figure  # pylint: disable=import-outside-toplevel
+  package = figure.figure_module("bigram").__name__.rsplit(".", 1)[0]
+  (tmp_path / "zz_new_figure.py").write_text(
+      "DESCRIPTION = 'a new figure'\nORDER = 15\n\ndef run(config, models, outdir):\n"
+      "  return []\n")
+  (tmp_path / "zz_helper.py").write_text("TABLE = 1  # no DESCRIPTION, no run: not a figure\n")
+  monkeypatch.setattr(sys.modules[package], "__path__",
+                      list(sys.modules[package].__path__) + [str(tmp_path)])
+  figure.figure_names.cache_clear()
+  try:
+    assert figure.figure_names() == ORDER[:1] + ("zz_new_figure",) + ORDER[1:]
+    assert figure.figure_module("zz_new_figure").DESCRIPTION == "a new figure"
+    with pytest.raises(UnknownFigure):
+      figure.figure_module("zz_helper")
+  finally:
+    figure.figure_names.cache_clear()
+    for name in ("zz_new_figure", "zz_helper"):
+      sys.modules.pop(f"{package}.{name}", None)
+
+
+def test_claim_ids_follow_one_scheme():
+  claim = lambda **kw: experiment.claim(statement="s", source="FW fig 1", criterion="c",
+                                        measured="m", value=1, holds=True, **kw)
+  assert claim(figure="eigen_hist", what="copying", model="attn1l")["id"] == \
+      "eigen_hist.copying.attn1l"
+  assert claim(figure="bigram", what="both", model=None)["id"] == "bigram.both"
+  assert claim(figure="f", what="w", model="model.safetensors")["id"] == "f.w.model.safetensors"
+  for bad in ({"figure": "a.b", "what": "w"}, {"figure": "f", "what": "w.x"},
+              {"figure": "f", "what": ""}):
+    with pytest.raises(ValueError, match="claim id"):
+      claim(model=None, **bad)
 
 
 def test_claim_ids_are_unique_across_figures(figures):
@@ -53,7 +107,8 @@ def test_claim_ids_are_unique_across_figures(figures):
 
 def test_claim_record_rejects_unknown_kinds():
   with pytest.raises(ValueError, match="kind must be one of"):
-    experiment.claim("x.y", "s", "FW fig 1", "c", "m", 1, True, kind="padding")
+    experiment.claim(figure="x", what="y", model=None, statement="s", source="FW fig 1",
+                     criterion="c", measured="m", value=1, holds=True, kind="padding")
 
 
 def test_models_are_trained_once_and_shared(figures):
@@ -68,9 +123,11 @@ def test_induction_attention_writes_standalone_html(figures):
 
 
 def test_index_page_shows_every_figure(figures):
-  page = write_index(figures[0]).read_text()
+  page = report.write_index(figures[0], FIGURES).read_text()
   for name in FIGURES:
     assert f'id="{name}"' in page
+  assert [page.index(f'id="{name}"') for name in FIGURES] == sorted(
+      page.index(f'id="{name}"') for name in FIGURES)  # in figure order
   assert page.count("data:image/png;base64,") >= len(FIGURES)
   assert "<h3>paper claims</h3>" in page and "<h3>controls</h3>" in page
   assert "All figures: paper claims: " in page
@@ -194,22 +251,23 @@ def test_weight_file_figures_say_what_is_missing_and_make_the_rest(figures, tmp_
 
 
 def test_seed_table_counts_the_seeds_each_claim_holds_for(tmp_path):
-  from reproduce import figure  # pylint: disable=import-outside-toplevel
   def write(index, name, holds):
-    folder = figure.seed_workdir(tmp_path, index) / name
+    folder = report.seed_workdir(tmp_path, index) / name
     folder.mkdir(parents=True)
-    claims = [experiment.claim(f"{name}.a", "s", "FW fig 1", "c", f"m{index}", 0, h)
-              for h in holds[:1]]
-    claims += [experiment.claim(f"{name}.b", "s", "control: x", "c", "m", 0, h, kind="control")
-               for h in holds[1:]]
+    claims = [experiment.claim(figure=name, what="a", model=None, statement="s",
+                               source="FW fig 1", criterion="c", measured=f"m{index}", value=0,
+                               holds=h) for h in holds[:1]]
+    claims += [experiment.claim(figure=name, what="b", model=None, statement="s",
+                                source="control: x", criterion="c", measured="m", value=0,
+                                holds=h, kind="control") for h in holds[1:]]
     (folder / "claims.json").write_text(json.dumps({"claims": claims}))
   write(0, "bigram", [True, True])
   write(1, "bigram", [False, True])
   write(2, "bigram", [True])  # claim b missing on seed 2: counts as not holding
-  rows = {r["id"]: r for r in figure.seed_table(tmp_path, 3)}
+  rows = {r["id"]: r for r in report.seed_table(tmp_path, 3, FIGURES)}
   assert rows["bigram.a"]["seeds_holding"] == 2 and rows["bigram.a"]["holds"] == [True, False, True]
   assert rows["bigram.b"]["seeds_holding"] == 2 and rows["bigram.b"]["holds"][2] is None
-  table = figure.seed_table_markdown(list(rows.values()), 3)
+  table = report.seed_table_markdown(list(rows.values()), 3)
   assert "| `bigram.a` | paper | FW fig 1 | 2 of 3 |" in table
   assert table.index("bigram.a") < table.index("bigram.b")  # paper claims first
 
@@ -221,14 +279,16 @@ def test_seeds_flag_refuses_a_checkpoint(tmp_path):
 
 
 def test_first_run_plan_lists_every_seeds_models_and_spots_finished_ones(tmp_path):
-  from reproduce.bench import first_run_plan  # pylint: disable=import-outside-toplevel
+  from reproduce.estimate import first_run_plan  # pylint: disable=import-outside-toplevel
+  from reproduce.figure import figure_config  # pylint: disable=import-outside-toplevel
   _, finished = experiment.model_run("attn2l", "test", tmp_path, seed=1)
   (finished / "checkpoints" / "30").mkdir(parents=True)  # the test preset trains 30 steps
-  plan = first_run_plan(["eigen_hist"], "test", tmp_path, seeds=2).splitlines()
+  models = figure_config("eigen_hist", "test").models
+  plan = first_run_plan(models, 1, "test", tmp_path, seeds=2).splitlines()
   assert "2 seeds" in plan[0] and "estimated" in plan[0]
   assert [line.split(", 0.0M tokens")[0] for line in plan[1:]] == [
       "  attn1l seed 0: train 30 steps", "  attn2l seed 0: train 30 steps",
       "  attn1l seed 1: train 30 steps", "  attn2l seed 1: trained, reused"]
-  single = first_run_plan(["eigen_hist"], "test", tmp_path).splitlines()
+  single = first_run_plan(models, 1, "test", tmp_path).splitlines()
   assert single[1:] and all(line.startswith(("  attn1l: train", "  attn2l: train"))
                            for line in single[1:])  # seed 0 trains; seed 1 is not it

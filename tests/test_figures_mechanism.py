@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import random_model
+from helpers import random_model
 from reproduce.core import scores
 from reproduce import experiment
 from reproduce.figure import figure_config, figure_module
@@ -151,7 +151,10 @@ def test_mechanism_figure_writes_picture_numbers_and_claims(mechanism_figures, n
   assert [p for p in out.glob("*.png") if p.stat().st_size > 5000] and list(out.glob("*.svg"))
   assert list(out.glob("*.json"))
   ids = [c["id"] for c in claims[name]]
-  assert claims[name] and len(set(ids)) == len(ids) and all(i.startswith(f"{name}.") for i in ids)
+  assert claims[name] and len(set(ids)) == len(ids)
+  # <figure>.<what>.<model label> even for a single model
+  assert all(i.startswith(f"{name}.") and i.endswith(".attn2l") and i.count(".") == 2
+             for i in ids), ids
   for c in claims[name]:
     assert c["kind"] in ("paper", "control") and c["source"].startswith(("FW", "IH"))
     assert c["criterion"] and isinstance(c["holds"], bool)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import random_model
+from helpers import random_model
 from reference import reference_logits
 from reproduce.core.module import AttentionOnlyTransformer
 from reproduce.core.model import ModelConfig, forward, mean_loss, token_losses

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import reproduce
-from conftest import random_model
+from helpers import random_model
 from reproduce.core import circuits, scores
 from reproduce.core.model import ModelConfig, forward, token_losses
 from reproduce.core.paths import path_expansion, sum_of_paths, term_importance
@@ -241,3 +241,75 @@ def test_positional_offsets_equal_a_loop():
           np.mean([pattern[l, h, i, i] for i in range(1, T)]), rel=1e-5)
       assert offsets["offset1"][l, h] == pytest.approx(
           np.mean([pattern[l, h, i, i - 1] for i in range(1, T)]), rel=1e-5)
+
+
+def _score_model(which: str):
+  """A random model (std 0.5: peaked, varied patterns) or the hand-built induction circuit."""
+  if which == "random":
+    return random_model(n_layers=2, n_heads=3, d_vocab=23, n_ctx=33, std=0.5, seed=7)
+  return induction_model()
+
+
+@pytest.mark.parametrize("which", ["random", "induction"])
+def test_prefix_matching_score_equals_a_loop(which):
+  """Against the docstring's definition, looped: for each destination i in the second and later
+  repeats, the attention summed over positions k + 1 right after each earlier copy k < i of
+  token i; averaged over destinations and samples.  The patterns come from ``forward``."""
+  cfg, w = _score_model(which)
+  pool, repeats, samples = np.arange(1, cfg.d_vocab), 4, 3
+  got = np.asarray(scores.prefix_matching_score(cfg, w, pool, 0, length=25, repeats=repeats,
+                                                samples=samples, seed=5))
+  length = min(25, (cfg.n_ctx - 1) // repeats)  # cut to fit n_ctx, as documented
+  tokens = scores.repeated_sequences(pool, 0, length, repeats, samples, seed=5)
+  _, ex = forward(cfg, w, tokens, return_patterns=True)
+  A = np.asarray(ex["patterns"], np.float64)  # [L, B, H, dest, src]
+  T = tokens.shape[1]
+  expected = np.zeros((cfg.n_layers, cfg.n_heads))
+  for l in range(cfg.n_layers):
+    for h in range(cfg.n_heads):
+      per_dest = []
+      for b in range(samples):
+        for i in range(length + 1, T):  # destinations in repeats 2, 3, ...
+          per_dest.append(sum(A[l, b, h, i, k + 1] for k in range(i)
+                              if tokens[b, k] == tokens[b, i]))
+      expected[l, h] = np.mean(per_dest)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+  if which == "induction":
+    assert got[1, 0] > 0.95  # the reference is not vacuous: the induction head prefix-matches
+
+
+@pytest.mark.parametrize("which", ["random", "induction"])
+def test_copying_score_equals_a_loop(which):
+  """Against the docstring's definition, looped over sequences, heads and destinations t ≥ 1:
+  the head's direct logit effect on each token present (positions ≥ 1), minus its mean over them,
+  through ReLU → r; a = the attention-weighted mean of r over the attended positions s ≥ 1 (BOS
+  left out); m = the plain mean of r; score = mean over t of (a − m)/(a + m), then over
+  sequences.  Patterns and head outputs come from ``forward``."""
+  cfg, w = _score_model(which)
+  rng = np.random.default_rng(len(which))
+  tokens = np.concatenate([np.zeros((3, 1), int), rng.integers(1, cfg.d_vocab, (3, 24))], 1)
+  got = np.asarray(scores.copying_score(cfg, w, tokens))
+  _, ex = forward(cfg, w, tokens, return_patterns=True, return_head_outputs=True)
+  A = np.asarray(ex["patterns"], np.float64)  # [L, B, H, dest, src]
+  out = np.asarray(ex["head_outputs"], np.float64)  # [L, B, H, T, D]
+  W_U = np.asarray(w.W_U, np.float64)
+  B, T = tokens.shape
+  expected = np.zeros((cfg.n_layers, cfg.n_heads))
+  for l in range(cfg.n_layers):
+    for h in range(cfg.n_heads):
+      per_sequence = []
+      for b in range(B):
+        present = sorted(set(tokens[b, 1:].tolist()))
+        per_dest = []
+        for t in range(1, T):
+          effect = {p: float(out[l, b, h, t] @ W_U[:, p]) for p in present}
+          mean_effect = sum(effect.values()) / len(present)
+          r = {p: max(effect[p] - mean_effect, 0.0) for p in present}
+          attended = sum(A[l, b, h, t, s] * r[tokens[b, s]] for s in range(1, t + 1))
+          a = attended / (sum(A[l, b, h, t, s] for s in range(1, t + 1)) + 1e-9)
+          m = sum(r.values()) / len(present)
+          per_dest.append((a - m) / (a + m + 1e-9))  # the function's 1e-9: 0/0 → 0
+        per_sequence.append(np.mean(per_dest))
+      expected[l, h] = np.mean(per_sequence)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+  assert np.abs(expected).max() > 0.05  # not vacuously zero

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -205,9 +206,20 @@ def test_cli_errors_are_one_line_naming_the_problem(trained_2l, cache_dir, tmp_p
   a_file.write_text("not a directory")
   broken = _copy_run(trained_2l, tmp_path, "broken")
   (broken / "config.json").write_text('{"name": "attn2l", "model": {')
+  python = sys.executable
   cases = [
       (_cli(tmp_path / "w", cache_dir, "--config.train.lrr=0.1"),
        ["train.lrr", 'Did you mean "lr"']),
+      (_cli(tmp_path / "w", cache_dir, "--config.train.steps=abc"),
+       ["--config.train.steps=abc", "int"]),
+      (_cli(tmp_path / "w", cache_dir, "--config.train.lr=-1"), ["train.lr", "must be > 0"]),
+      # every CLI that takes a config parses it, and its overrides, the same way
+      ([python, "-m", "reproduce.prepare", "--config=attn2l:test", "--config.data.corpsu=x"],
+       ["--config.data.corpsu", 'Did you mean "corpus"']),
+      ([python, "-m", "reproduce.bench", "train", "--config=configs/attn2l.py:test",
+        "--config.trian.steps=3"], ["--config.trian.steps", 'Did you mean "train"']),
+      ([python, "-m", "reproduce.bench", "plan", "--config=attn9l:test"],
+       ["no config named 'attn9l'"]),
       (_cli(a_file / "run", cache_dir), [f"{a_file} (on the path to", "is a file"]),
       (_cli(broken, cache_dir), [f"{broken / 'config.json'} is not valid JSON"]),
   ]
@@ -281,7 +293,6 @@ def test_installed_package_runs_readme_commands_from_elsewhere(tmp_path):
   python = str(venv / "bin" / "python")
   site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                    cwd=tmp_path).stdout.strip())
-  import sysconfig  # pylint: disable=import-outside-toplevel
   (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # jax & co.
   install = _run([python, "-m", "pip", "install", "--no-deps", "-q",
                   str(src)], cwd=tmp_path)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import reproduce
-from conftest import random_model
+from helpers import random_model
 from reference import reference_logits
 from reproduce.core import circuits, tl_format
 from reproduce.core import tl_config as tlc

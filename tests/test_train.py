@@ -78,8 +78,11 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, cache_dir):
 SHARDED_STEP = textwrap.dedent("""
   import json, sys
   import jax, numpy as np
-  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
+  from jax.sharding import NamedSharding, PartitionSpec as P
   from reproduce.config import load_config
+  from reproduce.train.plan import micro_batches
+  from reproduce.train.step import (TrainState, compile_train_step, data_mesh, initial_weights,
+                                    make_optimizer, put_batch, training_devices)
   assert len(jax.devices()) == 8, jax.devices()
   c = load_config("attn2l:test")
   c.unlock(); c.train.batch_size = 16; c.lock()
@@ -118,9 +121,12 @@ def test_data_parallel_step_on_8_fake_devices_equals_one_device():
 
 
 def test_misspelled_config_field_is_named(tmp_path, cache_dir):
-  out = subprocess.run(_cli(tmp_path / "w", cache_dir, "--config.train.lrr=0.1"), cwd=ROOT,
-                       capture_output=True, text=True)
-  assert out.returncode != 0 and "lrr" in out.stderr and 'Did you mean "lr"' in out.stderr
+  args = [a.replace("configs/attn2l.py:test", "attn2l:test")  # the short form of --config
+          for a in _cli(tmp_path / "w", cache_dir, "--config.train.lrr=0.1")]
+  out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=240)
+  assert out.returncode == 2, out.stderr
+  assert out.stderr == ("error: --config.train.lrr: the config has no field 'train.lrr'. "
+                        'Did you mean "lr"?\n')
 
 
 def test_bad_config_values_are_named(make_config, tmp_path):

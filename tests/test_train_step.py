@@ -20,7 +20,7 @@ from reproduce.train.step import (TrainState, compile_train_step, data_mesh, ini
 from reproduce.config import load_config
 from reproduce.core.kernels import blocked_causal_attention, unembed_cross_entropy
 from reproduce.core.model import mean_loss
-from tests.conftest import random_model
+from helpers import random_model
 
 ROOT = Path(__file__).resolve().parents[1]
 # bfloat16 keeps 8 significant bits (relative rounding 2⁻⁹ ≈ 0.002 per operand); over a handful

@@ -1,34 +1,34 @@
-"""Per-head circuits as pure functions of the stacked weights, batched over [layer, head].
+"""Per-head circuits: each written once for one head, lifted over [layer, head] with vmap.
 
-Convention: row vectors (PAPER.md §1).  Per head
+Convention: row vectors (docs/METHODS.md, 'Circuits').  For one head, with W_Q, W_K, W_V
+[d_model, d_head] and W_O [d_head, d_model],
 
     W_QK = W_Q W_Kᵀ   [d_model, d_model]   score(dest i, src j) = x_i W_QK x_jᵀ / sqrt(d_head)
     W_OV = W_V W_O    [d_model, d_model]   a head adds Σ_j A_ij x_j W_OV to position i
-
-The paper's column-vector W_OV is the transpose of ours (same Frobenius norm and eigenvalues);
-its W_QK = W_Qᵀ W_K is the same matrix as our W_Q W_Kᵀ.  Full circuits go through the embedding
-and unembedding:
-
     QK circuit  W_E W_QK W_Eᵀ   [vocab, vocab]   entry [dest token, src token] = attention score
     OV circuit  W_E W_OV W_U    [vocab, vocab]   entry [src token, out token]  = logit change
 
-Biases are left out, as TransformerLens's circuits leave them out: b_Q, b_K add terms to the
-scores, b_O and b_U constant vectors (``weights.biases_as_weights`` turns a no-norm model with
-biases into an equivalent bias-free one whose circuits include them).  A model with layer norm
-must be folded first (``reproduce.load`` does it; ``weights.fold_for_analysis``): the circuits
-are then exact up to the per-token 1/σ, and every function here raises
-``weights.UnfoldedLayerNormError`` on weights that still carry layer-norm gains.
+The paper's column-vector W_OV is the transpose of ours (same Frobenius norm and eigenvalues);
+its W_QK = W_Qᵀ W_K is the same matrix as our W_Q W_Kᵀ.  Each quantity is a function of one
+head's matrices (``head_*``, ``pair_score``); ``over_heads`` lifts it to the stacked [L, H, ...]
+weights with two ``jax.vmap``s, heads inside and layers outside, broadcasting W_E, W_pos, W_U.
+vmap leaves work on unmapped inputs unbatched, so shared products are computed once.
+
+Biases are left out, as in TransformerLens (``weights.biases_as_weights`` folds a no-norm
+model's biases into the weights).  Layer norm must be folded first (``reproduce.load``,
+``weights.fold_for_analysis``; the circuits are then exact up to the per-token 1/σ): every
+function here raises ``weights.UnfoldedLayerNormError`` on weights with layer-norm gains.
 
 Low-rank matrices stay factored (``Factored(left, right)`` stands for ``left @ right``): rows,
 columns, top-k entries, norms and eigenvalues are all computed at the narrow side, so no
 vocab × vocab matrix is ever built.  Eigensolves of the small non-symmetric matrices run on the
-host in float64 (JAX has no TPU kernel for them, and its GPU path is fragile).
+host in float64 NumPy (JAX has no TPU kernel for them, and its GPU path is fragile).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Tuple
+from typing import Callable, NamedTuple, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -70,24 +70,34 @@ class Factored(NamedTuple):
     return jnp.sqrt(jnp.maximum(jnp.einsum("...rs,...rs->...", gram_l, gram_r), 0.0))
 
   def eigenvalues(self) -> np.ndarray:
-    """Eigenvalues of the square product through the low-rank trick: eig(right @ left), r × r.
-
-    Its nonzero eigenvalues are exactly the nonzero eigenvalues of left @ right (the other
-    m − r are zero).  Complex128 [..., r], computed on the host.
-    """
+    """Eigenvalues of the square product through the low-rank trick: eig(right @ left), r × r,
+    whose eigenvalues are the nonzero ones of left @ right (the other m − r are zero).
+    Complex128 [..., r], computed on the host."""
     return host_eigenvalues(self.right @ self.left)
 
 
+def over_heads(fn: Callable, in_axes: Sequence) -> Callable:
+  """Lifts ``fn`` from one head to every head: vmap over the head axis, then the layer axis.
+  ``in_axes``, one per positional argument: 0 for a per-head weight stacked [L, H, ...] (``fn``
+  sees one head's [...]), None for one shared by all heads (W_E, W_pos, W_U, their products,
+  or None).  Every output gains leading [L, H] axes."""
+  in_axes = tuple(in_axes)
+  return jax.vmap(jax.vmap(fn, in_axes=in_axes), in_axes=in_axes)
+
+
 def host_eigenvalues(matrices) -> np.ndarray:
-  """Eigenvalues of a batch of small square matrices [..., r, r], on the host CPU in float64."""
+  """Eigenvalues of a batch of small square matrices [..., r, r], on the host CPU in float64.
+  Host NumPy, so no vmap (eigvals batches over the leading axes itself); the matrices come from
+  per-head functions lifted with ``over_heads``."""
   return np.linalg.eigvals(np.asarray(jax.device_get(matrices), np.float64))
 
 
 def positivity(eigenvalues) -> np.ndarray:
-  """Re(Σλ) / Σ|λ| over the last axis, in [−1, 1] (IH appendix).
+  """Re(Σλ) / Σ|λ| of one head's eigenvalues (the last axis), in [−1, 1] (IH appendix).
 
   +1: all eigenvalues positive real (the circuit copies: a mix of tokens raises its own logits);
   about 0 for random matrices; −1: anti-copying.  Zero eigenvalues add nothing to either sum.
+  Host NumPy, so no vmap: leading axes ([L, H]) broadcast.
   """
   lam = np.asarray(eigenvalues)
   total = np.abs(lam).sum(-1)
@@ -95,55 +105,113 @@ def positivity(eigenvalues) -> np.ndarray:
     return np.where(total != 0, lam.real.sum(-1) / total, 0.0)
 
 
+# ----------------------------------------------------------------------------------------------
+# One head's circuits
+
+def head_qk(W_Q, W_K, W_E=None) -> Factored:
+  """One head's QK circuit.  W_E None: W_QK = W_Q W_Kᵀ [d_model, d_model] = Factored(W_Q, W_Kᵀ),
+  score(dest x_i, src x_j) = x_i W_QK x_jᵀ / sqrt(d_head) (the paper's W_Qᵀ W_K, same matrix).
+  Full: W_E W_QK W_Eᵀ [vocab, vocab] = Factored(W_E W_Q, (W_E W_K)ᵀ), entry [dest token, src
+  token] = the unscaled token-token term of the score."""
+  if W_E is None:
+    return Factored(W_Q, W_K.T)
+  return Factored(W_E @ W_Q, (W_E @ W_K).T)
+
+
+def head_ov(W_V, W_O, W_E=None, W_U=None) -> Factored:
+  """One head's OV circuit.  W_E None: W_OV = W_V W_O [d_model, d_model] = Factored(W_V, W_O),
+  a source row x_j contributes x_j W_OV (the paper's column-vector W_OV is its transpose).
+  Full: W_E W_OV W_U [vocab, vocab] = Factored(W_E W_V, W_O W_U), entry [src token, out token]
+  = the logit change of ``out`` per unit of attention to ``src``."""
+  if W_E is None:
+    return Factored(W_V, W_O)
+  return Factored(W_E @ W_V, W_O @ W_U)
+
+
+def head_positional_qk(W_Q, W_K, W_pos) -> jax.Array:
+  """One head's position–position scores (W_pos W_Q)(W_pos W_K)ᵀ / sqrt(d_head) [n_ctx, n_ctx],
+  entry [dest position, src position]."""
+  d_head = W_Q.shape[-1]
+  return (W_pos @ W_Q) @ (W_pos @ W_K).T / jnp.sqrt(jnp.float32(d_head))
+
+
+def head_token_position_qk(W_Q, W_K, W_E, W_pos) -> Tuple[Factored, Factored]:
+  """One head's shortformer cross terms, unscaled: (W_E W_QK W_posᵀ [vocab, n_ctx], dest token ×
+  src position; W_pos W_QK W_Eᵀ [n_ctx, vocab], dest position × src token)."""
+  return (Factored(W_E @ W_Q, (W_pos @ W_K).T), Factored(W_pos @ W_Q, (W_E @ W_K).T))
+
+
+def head_ov_eigen_matrix(W_V, W_O, unembed_embed=None) -> jax.Array:
+  """[d_head, d_head] with all the nonzero eigenvalues of one head's OV circuit, by the swap
+  nonzero eig(AB) = eig(BA): ``unembed_embed`` = W_U W_E gives W_O (W_U W_E) W_V for the full
+  (W_E W_V)(W_O W_U); None gives W_O W_V for W_V W_O."""
+  if unembed_embed is None:
+    return W_O @ W_V
+  return (W_O @ unembed_embed) @ W_V
+
+
+def head_qk_eigen_matrix(W_Q, W_K, middle=None) -> jax.Array:
+  """[d_head, d_head] W_Kᵀ M W_Q, with the nonzero eigenvalues of W_Q W_Kᵀ M (the swap as
+  above): ``middle`` M = W_Eᵀ W_E for the full (W_E W_Q)(W_Kᵀ W_Eᵀ); None (M = I) for W_QK."""
+  if middle is None:
+    return W_K.T @ W_Q
+  return (W_K.T @ middle) @ W_Q
+
+
+def head_k_composition_qk_matrix(W_Q, W_K, W_V_prev, W_O_prev, embed_gram) -> jax.Array:
+  """The swap matrix of one reading head's K-composition term with an earlier head p.
+
+  The term (docs/METHODS.md, 'Composition'; row form) is W_E W_Q W_Kᵀ (W_E W_OV^p)ᵀ [vocab,
+  vocab], W_OV^p = W_V^p W_O^p: entry [dest token, token at the source's previous position]
+  when p is a previous-token head.  Its nonzero eigenvalues are those of the [d_head, d_head]
+  W_Kᵀ (W_OV^pᵀ W_Eᵀ W_E) W_Q (``embed_gram`` = W_Eᵀ W_E)."""
+  return head_qk_eigen_matrix(W_Q, W_K, (W_V_prev @ W_O_prev).T @ embed_gram)
+
+
+_qk = jax.jit(over_heads(head_qk, (0, 0, None)))
+_ov = jax.jit(over_heads(head_ov, (0, 0, None, None)))
+_token_position_qk = jax.jit(over_heads(head_token_position_qk, (0, 0, None, None)))
+_ov_eigen = jax.jit(over_heads(head_ov_eigen_matrix, (0, 0, None)))
+_qk_eigen = jax.jit(over_heads(head_qk_eigen_matrix, (0, 0, None)))
+_k_composition = jax.jit(over_heads(head_k_composition_qk_matrix, (0, 0, None, None, None)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Every head: the per-head functions lifted over [L, H]
+
 def qk_circuit(w: Weights, full: bool = True) -> Factored:
-  """Every head's QK circuit [L, H, ·, ·].
+  """Every head's QK circuit [L, H, ·, ·]: ``head_qk`` lifted.
 
   full=False: W_QK = W_Q W_Kᵀ [d_model, d_model].  full=True: W_E W_QK W_Eᵀ [vocab, vocab],
   entry [dest token, src token] (the token-token term; positions add separate terms, below).
   """
   require_folded(w)
-  if not full:
-    return Factored(w.W_Q, jnp.swapaxes(w.W_K, -1, -2))
-  return Factored(jnp.einsum("vd,lhde->lhve", w.W_E, w.W_Q),
-                  jnp.einsum("lhde,vd->lhev", w.W_K, w.W_E))
+  return _qk(w.W_Q, w.W_K, w.W_E if full else None)
 
 
 def ov_circuit(w: Weights, full: bool = True) -> Factored:
-  """Every head's OV circuit [L, H, ·, ·].
+  """Every head's OV circuit [L, H, ·, ·]: ``head_ov`` lifted.
 
   full=False: W_OV = W_V W_O [d_model, d_model].  full=True: W_E W_OV W_U [vocab, vocab], entry
   [src token, out token] = the logit change of ``out`` per unit of attention to ``src``.
   """
   require_folded(w)
-  if not full:
-    return Factored(w.W_V, w.W_O)
-  return Factored(jnp.einsum("vd,lhde->lhve", w.W_E, w.W_V),
-                  jnp.einsum("lhed,du->lheu", w.W_O, w.W_U))
+  return _ov(w.W_V, w.W_O, *((w.W_E, w.W_U) if full else (None, None)))
 
 
 @jax.jit
 def positional_qk(w: Weights) -> jax.Array:
-  """Position–position attention scores W_pos W_QK W_posᵀ / sqrt(d_head): [L, H, n_ctx, n_ctx].
-
-  Entry [dest position, src position]; with "shortformer" positions this is the whole positional
-  part of a layer-0 score (plus the two token–position cross terms, ``token_position_qk``).
-  """
+  """``head_positional_qk`` of every head, [L, H, n_ctx, n_ctx]: with "shortformer" positions
+  the whole positional part of a layer-0 score (plus the cross terms, ``token_position_qk``)."""
   require_folded(w)
-  q = jnp.einsum("td,lhde->lhte", w.W_pos, w.W_Q)
-  k = jnp.einsum("sd,lhde->lhse", w.W_pos, w.W_K)
-  return jnp.einsum("lhte,lhse->lhts", q, k) / jnp.sqrt(jnp.float32(w.d_head))
+  return over_heads(head_positional_qk, (0, 0, None))(w.W_Q, w.W_K, w.W_pos)
 
 
 def token_position_qk(w: Weights) -> Tuple[Factored, Factored]:
-  """The cross terms of a shortformer score: (dest token × src position, dest position × src token).
-
-  W_E W_QK W_posᵀ [L, H, vocab, n_ctx] and W_pos W_QK W_Eᵀ [L, H, n_ctx, vocab], unscaled.
-  """
+  """``head_token_position_qk`` of every head: W_E W_QK W_posᵀ [L, H, vocab, n_ctx] and
+  W_pos W_QK W_Eᵀ [L, H, n_ctx, vocab], unscaled."""
   require_folded(w)
-  tok_q = jnp.einsum("vd,lhde->lhve", w.W_E, w.W_Q)
-  pos_q = jnp.einsum("td,lhde->lhte", w.W_pos, w.W_Q)
-  return (Factored(tok_q, jnp.einsum("lhde,td->lhet", w.W_K, w.W_pos)),
-          Factored(pos_q, jnp.einsum("lhde,vd->lhev", w.W_K, w.W_E)))
+  return _token_position_qk(w.W_Q, w.W_K, w.W_E, w.W_pos)
 
 
 def positional_attention(w: Weights, n_ctx: int = 0) -> jax.Array:
@@ -161,38 +229,9 @@ def positional_attention(w: Weights, n_ctx: int = 0) -> jax.Array:
 def unembed_embed(w: Weights) -> jax.Array:
   """W_U W_E [d_model, d_model]: the one contraction over the vocabulary that the full OV
   eigenvalues need, shared by every head.  Jitted alone: fused with the per-head products, XLA
-  lays it out for them and transposes a vocab-sized operand (about 1.5× slower on CPU)."""
+  lays it out for them and transposes a vocab-sized operand."""
   require_folded(w)
   return w.W_U @ w.W_E
-
-
-@jax.jit
-def _sandwich(outer_left, middle, outer_right):
-  return (outer_left @ middle) @ outer_right  # [L, H, r, D] @ [D, D] @ [L, H, D, r]
-
-
-def ov_eigen_matrices(w: Weights, full: bool = True) -> jax.Array:
-  """The d_head × d_head matrices whose eigenvalues are every head's OV eigenvalues.
-
-  full: W_O (W_U W_E) W_V, the low-rank swap of (W_E W_V)(W_O W_U), with W_U W_E computed once
-  for all heads.  plain: W_O W_V, the swap of W_V W_O.  Shape [L, H, d_head, d_head].
-  """
-  require_folded(w)
-  if not full:
-    return w.W_O @ w.W_V
-  return _sandwich(w.W_O, unembed_embed(w), w.W_V)
-
-
-def qk_eigen_matrices(w: Weights, full: bool = True) -> jax.Array:
-  """The d_head × d_head matrices whose eigenvalues are every head's QK eigenvalues.
-
-  full: W_Kᵀ (W_Eᵀ W_E) W_Q, the swap of (W_E W_Q)(W_Kᵀ W_Eᵀ); plain: W_Kᵀ W_Q.
-  """
-  require_folded(w)
-  keys = jnp.swapaxes(w.W_K, -1, -2)
-  if not full:
-    return keys @ w.W_Q
-  return _sandwich(keys, embed_gram(w), w.W_Q)
 
 
 @jax.jit
@@ -202,11 +241,23 @@ def embed_gram(w: Weights) -> jax.Array:
   return w.W_E.T @ w.W_E
 
 
-def ov_eigenvalues(w: Weights, full: bool = True) -> np.ndarray:
-  """Eigenvalues of every head's OV circuit (full: W_E W_OV W_U), complex128 [L, H, d_head].
+def ov_eigen_matrices(w: Weights, full: bool = True) -> jax.Array:
+  """``head_ov_eigen_matrix`` of every head, [L, H, d_head, d_head]: full W_O (W_U W_E) W_V
+  (W_U W_E computed once for all heads) or plain W_O W_V."""
+  require_folded(w)
+  return _ov_eigen(w.W_V, w.W_O, unembed_embed(w) if full else None)
 
-  These are all the nonzero eigenvalues of the vocab × vocab (or d_model × d_model) matrix.
-  """
+
+def qk_eigen_matrices(w: Weights, full: bool = True) -> jax.Array:
+  """``head_qk_eigen_matrix`` of every head, [L, H, d_head, d_head]: full W_Kᵀ (W_Eᵀ W_E) W_Q
+  (W_Eᵀ W_E computed once) or plain W_Kᵀ W_Q."""
+  require_folded(w)
+  return _qk_eigen(w.W_Q, w.W_K, embed_gram(w) if full else None)
+
+
+def ov_eigenvalues(w: Weights, full: bool = True) -> np.ndarray:
+  """Eigenvalues of every head's OV circuit (full: W_E W_OV W_U), complex128 [L, H, d_head]:
+  all the nonzero eigenvalues of the vocab × vocab (or d_model × d_model) matrix."""
   return host_eigenvalues(ov_eigen_matrices(w, full=full))
 
 
@@ -216,98 +267,106 @@ def qk_eigenvalues(w: Weights, full: bool = True) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
-# Composition
-
+# Composition (docs/METHODS.md, 'Composition')
 
 COMPOSITION_KINDS = ("q", "k", "v")
 
 
-def _reader_factors(w: Weights, kind: str):
-  """(A_y, B_y) with Y = A_y B_y the matrix of the reading head that a writer's W_OV meets.
-
-  Q: Y = W_QK = W_Q W_Kᵀ; K: Y = W_QKᵀ = W_K W_Qᵀ; V: Y = W_OV = W_V W_O.
-  """
+def reader_factors(W_Q, W_K, W_V, W_O, kind: str):
+  """(A_y, B_y) of one reading head, Y = A_y B_y the matrix that a writer's W_OV meets (row
+  vectors): Q, Y = W_QK = W_Q W_Kᵀ; K, Y = W_QKᵀ = W_K W_Qᵀ; V, Y = W_OV = W_V W_O."""
   if kind == "q":
-    return w.W_Q, jnp.swapaxes(w.W_K, -1, -2)
+    return W_Q, W_K.T
   if kind == "k":
-    return w.W_K, jnp.swapaxes(w.W_Q, -1, -2)
+    return W_K, W_Q.T
   if kind == "v":
-    return w.W_V, w.W_O
+    return W_V, W_O
   raise ValueError(f"composition kind must be one of {COMPOSITION_KINDS}, got {kind!r}")
 
 
-def _pair_scores(Ax, Bx, Ay, By, permuted: bool):
-  """comp(X, Y) = ‖XY‖_F / (‖X‖_F ‖Y‖_F) for all writer × reader pairs, X = Ax Bx, Y = Ay By.
+def pair_score(Ax, Bx, Ay, By, permuted: bool = False) -> jax.Array:
+  """comp(X, Y) = ‖XY‖_F / (‖X‖_F ‖Y‖_F) of one writer X = Ax Bx and one reader Y = Ay By.
 
-  Writers [Hx, d_model, r] / [Hx, r, d_model], readers likewise → [Hx, Hy].  Uses
-  ‖XY‖² = tr((AxᵀAx)(Bx Ay)(By Byᵀ)(Bx Ay)ᵀ): only r × r products, no SVD.  ``permuted`` gives
-  the erratum's cyclically permuted norm ‖By Ax Bx Ay‖_F instead of ‖Ax Bx Ay By‖_F.
+  Ax, Ay [d_model, r], Bx, By [r, d_model].  Row vectors: the writer's output x W_OV is what
+  the reader's Y reads, so the product is X Y (the paper's column-vector Yᵀ Xᵀ, same norm).
+  ‖XY‖² = tr((AxᵀAx)(Bx Ay)(By Byᵀ)(Bx Ay)ᵀ): r × r products only, no SVD.  ``permuted``
+  gives the erratum's cyclically permuted norm ‖By Ax Bx Ay‖_F instead of ‖Ax Bx Ay By‖_F.
   """
-  gram_ax = jnp.einsum("hdr,hds->hrs", Ax, Ax)
-  gram_bx = jnp.einsum("hrd,hsd->hrs", Bx, Bx)
-  gram_ay = jnp.einsum("gdr,gds->grs", Ay, Ay)
-  gram_by = jnp.einsum("grd,gsd->grs", By, By)
-  norm_x = jnp.sqrt(jnp.einsum("hrs,hsr->h", gram_ax, gram_bx))
-  norm_y = jnp.sqrt(jnp.einsum("grs,gsr->g", gram_ay, gram_by))
-  middle = jnp.einsum("hrd,gds->hgrs", Bx, Ay)  # Bx Ay for every pair
+  gram_ax, gram_ay = (jnp.einsum("dr,ds->rs", a, a) for a in (Ax, Ay))  # Aᵀ A
+  gram_bx, gram_by = (jnp.einsum("rd,sd->rs", b, b) for b in (Bx, By))  # B Bᵀ
+  norm_x = jnp.sqrt(jnp.einsum("rs,sr->", gram_ax, gram_bx))
+  norm_y = jnp.sqrt(jnp.einsum("rs,sr->", gram_ay, gram_by))
+  middle = Bx @ Ay
   if permuted:
-    inner = jnp.einsum("grd,hds->hgrs", By, Ax)  # By Ax
-    product = jnp.einsum("hgrs,hgst->hgrt", inner, middle)
-    squared = jnp.sum(product * product, axis=(-2, -1))
+    product = (By @ Ax) @ middle
+    squared = jnp.sum(product * product)
   else:
-    left = jnp.einsum("hrs,hgst->hgrt", gram_ax, middle)
-    right = jnp.einsum("hgrs,gst->hgrt", middle, gram_by)
-    squared = jnp.einsum("hgrt,hgrt->hg", left, right)
-  return jnp.sqrt(jnp.maximum(squared, 0.0)) / (norm_x[:, None] * norm_y[None, :])
+    squared = jnp.einsum("rt,rt->", gram_ax @ middle, middle @ gram_by)
+  return jnp.sqrt(jnp.maximum(squared, 0.0)) / (norm_x * norm_y)
+
+
+def head_composition_score(W_V1, W_O1, W_Q2, W_K2, W_V2, W_O2, kind: str,
+                           permuted: bool = False) -> jax.Array:
+  """comp(W_OV¹, Y²) of an earlier (writing) head 1 and a later head 2 that reads with its
+  ``kind`` ∈ {q, k, v} (Y² from ``reader_factors``): a scalar."""
+  return pair_score(W_V1, W_O1, *reader_factors(W_Q2, W_K2, W_V2, W_O2, kind), permuted)
+
+
+def _over_head_pairs(fn: Callable, n_writer: int, n_reader: int) -> Callable:
+  """Lifts fn(*writer_args, *reader_args) to every writer head × reader head → [Hx, Hy]."""
+  readers = jax.vmap(fn, in_axes=(None,) * n_writer + (0,) * n_reader)
+  return jax.vmap(readers, in_axes=(0,) * n_writer + (None,) * n_reader)
+
+
+def _pair_scores(Ax, Bx, Ay, By, permuted: bool):
+  """``pair_score`` of every writer × reader: factors [Hx, ...] and [Hy, ...] → [Hx, Hy]."""
+  return _over_head_pairs(functools.partial(pair_score, permuted=permuted), 2, 2)(Ax, Bx, Ay, By)
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "permuted"))
 def composition_scores(w: Weights, kind: str, permuted: bool = False) -> jax.Array:
-  """Composition scores of every (earlier head, later head) pair → [L, H, L, H].
-
-  Entry [l1, h1, l2, h2] = comp(W_OV^{l1,h1}, Y^{l2,h2}) with Y as in ``_reader_factors``;
-  zero unless l1 < l2 (a head reads only what earlier layers wrote).  ``permuted=True`` gives
-  the erratum variant (FW's original figure 19).
-  """
+  """Composition scores of every (earlier head, later head) pair → [L, H, L, H]: entry
+  [l1, h1, l2, h2] = ``head_composition_score`` of writer (l1, h1) and reader (l2, h2), lifted
+  with vmap over both heads and the layer pairs l1 < l2; zero unless l1 < l2 (a head reads only
+  what earlier layers wrote).  ``permuted=True``: the erratum variant (FW's original fig. 19)."""
   require_folded(w)
+  if kind not in COMPOSITION_KINDS:  # as reader_factors would, even with no layer pair
+    raise ValueError(f"composition kind must be one of {COMPOSITION_KINDS}, got {kind!r}")
   L, H = w.n_layers, w.n_heads
-  Ay, By = _reader_factors(w, kind)
   out = jnp.zeros((L, H, L, H), jnp.float32)
-  for l2 in range(1, L):
-    for l1 in range(l2):
-      scores = _pair_scores(w.W_V[l1], w.W_O[l1], Ay[l2], By[l2], permuted)
-      out = out.at[l1, :, l2, :].set(scores)
+  pairs = [(l1, l2) for l2 in range(L) for l1 in range(l2)]
+  if not pairs:
+    return out
+  stack = lambda a, side: jnp.stack([a[pair[side]] for pair in pairs])  # [pair, H, ...]
+  one = functools.partial(head_composition_score, kind=kind, permuted=permuted)
+  scores = jax.vmap(_over_head_pairs(one, 2, 4))(  # [pair, Hx, Hy]
+      stack(w.W_V, 0), stack(w.W_O, 0), stack(w.W_Q, 1), stack(w.W_K, 1), stack(w.W_V, 1),
+      stack(w.W_O, 1))
+  for p, (l1, l2) in enumerate(pairs):
+    out = out.at[l1, :, l2, :].set(scores[p])
   return out
 
 
 def composition_baseline(w: Weights, key: jax.Array, n_samples: int = 256,
                          permuted: bool = False) -> float:
-  """Mean composition score of random factors with the model's shapes.
-
-  X = Ax Bx and Y = Ay By with every factor [d_model, d_head] / [d_head, d_model] of i.i.d.
-  Gaussians (a random init; the score does not depend on the scale).  Q, K and V composition
-  all have these shapes, so one baseline serves all three.  About 1/sqrt(d_model) when
-  d_head ≪ d_model.
+  """Mean ``pair_score`` (lifted over samples with vmap) of random factors with the model's
+  shapes: every factor of X = Ax Bx and Y = Ay By [d_model, d_head] / [d_head, d_model] of
+  i.i.d. Gaussians (the score does not depend on the scale).  Q, K and V composition all have
+  these shapes, so one baseline serves all three.  About 1/sqrt(d_model) when d_head ≪ d_model.
   """
   D, r = w.d_model, w.d_head
   k1, k2, k3, k4 = jax.random.split(key, 4)
   draw = lambda k, s: jax.random.normal(k, (n_samples,) + s, jnp.float32)
   factors = draw(k1, (D, r)), draw(k2, (r, D)), draw(k3, (D, r)), draw(k4, (r, D))
-  one = lambda a, b, c, d: _pair_scores(a[None], b[None], c[None], d[None], permuted)[0, 0]
-  return float(jax.vmap(one)(*factors).mean())
+  return float(jax.vmap(functools.partial(pair_score, permuted=permuted))(*factors).mean())
 
 
 def k_composition_qk_matrices(w: Weights, prev_layer: int, prev_head: int) -> jax.Array:
-  """d_head × d_head matrices for the K-composition term of every later head with one head p.
-
-  The term (PAPER.md §6, row form) is W_E W_Q W_Kᵀ (W_E W_OV^p)ᵀ [vocab, vocab]: entry [dest
-  token, token at the source's previous position] when p is a previous-token head.  Its nonzero
-  eigenvalues are those of W_Kᵀ W_Oᵖᵀ W_Vᵖᵀ (W_Eᵀ W_E) W_Q.  Returns [L, H, d_head, d_head];
-  layers ≤ prev_layer are NaN.
-  """
+  """``head_k_composition_qk_matrix`` of every later head with head p = (prev_layer,
+  prev_head), [L, H, d_head, d_head]; layers ≤ prev_layer are NaN."""
   require_folded(w)
-  written = w.W_V[prev_layer, prev_head] @ w.W_O[prev_layer, prev_head]  # W_OV^p [D, D]
-  mats = _sandwich(jnp.swapaxes(w.W_K, -1, -2), written.T @ embed_gram(w), w.W_Q)
+  mats = _k_composition(w.W_Q, w.W_K, w.W_V[prev_layer, prev_head],
+                        w.W_O[prev_layer, prev_head], embed_gram(w))
   later = jnp.arange(w.n_layers) > prev_layer
   return jnp.where(later[:, None, None, None], mats, jnp.nan)
 
@@ -317,14 +376,12 @@ def k_composition_qk_eigenvalues(w: Weights, prev_layer: int, prev_head: int) ->
   prev_head): complex128 [L, H, d_head] (NaN for layers that cannot read it)."""
   mats = np.asarray(jax.device_get(k_composition_qk_matrices(w, prev_layer, prev_head)))
   out = np.full(mats.shape[:-1], np.nan, np.complex128)
-  later = slice(prev_layer + 1, None)
-  out[later] = host_eigenvalues(mats[later])
+  out[prev_layer + 1:] = host_eigenvalues(mats[prev_layer + 1:])
   return out
 
 
 # ----------------------------------------------------------------------------------------------
 # Skip-trigrams
-
 
 def skip_trigrams(w: Weights, source_tokens, k: int = 10):
   """For each source token and head: the top-k destination and output tokens (FW §4).

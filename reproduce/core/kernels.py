@@ -159,8 +159,8 @@ def _cast(a: jax.Array, dtype) -> jax.Array:
 def _contract(a: jax.Array, b: jax.Array, a_axis: int, b_axis: int) -> jax.Array:
   """Σ_k a[…k…] b[…k…] over one axis of each 2-D operand, float32 result, written as one
   ``dot_general`` with no transpose op: XLA's CPU backend runs a bf16 product in bf16 only when
-  no transpose is folded into it (``d · W_Uᵀ`` through ``W.T`` ran 6× slower, upcast to
-  float32; experiments/SPEED.md)."""
+  no transpose is folded into it (``d · W_Uᵀ`` through ``W.T`` is upcast to float32 and runs
+  several times slower; experiments/SPEED.md)."""
   return jax.lax.dot_general(a, b, (((a_axis,), (b_axis,)), ((), ())),
                              preferred_element_type=jnp.float32)
 
@@ -213,11 +213,15 @@ def _chunked_ce_bwd(chunk, dtype, residuals, g):
     d = _cast(p * (gc * row_scale)[:, None]
               - jax.nn.one_hot(tc, W_U.shape[1], dtype=p.dtype) * gc[:, None], dtype)
     # dW_U = xᵀ d contracts over rows; XLA's CPU backend runs that form with bf16 operands only
-    # on its float32 path, so there xᵀ is formed first (1.3× the anchor step, SPEED.md).
-    if dtype is not None and jax.default_backend() == "cpu":
-      dW = _contract(_transposed(xc, dtype), d, 1, 0)
+    # on its float32 path, so there xᵀ is formed first (experiments/SPEED.md).  The
+    # branch follows the platform lowered for (not the host's), so a step exported for an
+    # accelerator from a CPU host holds the accelerator's form.
+    rows = lambda xc, d: _contract(_cast(xc, dtype), d, 0, 0)
+    if dtype is not None:
+      dW = jax.lax.platform_dependent(
+          xc, d, cpu=lambda xc, d: _contract(_transposed(xc, dtype), d, 1, 0), default=rows)
     else:
-      dW = _contract(_cast(xc, dtype), d, 0, 0)
+      dW = rows(xc, d)
     return dW, _contract(d, W, 1, 1).astype(x.dtype)
 
   if e is not None:
@@ -245,9 +249,9 @@ def unembed_cross_entropy(x: jax.Array, W_U: jax.Array, targets: jax.Array,
   recomputes each chunk's logits, so the [tokens, vocab] matrix never exists (it would not fit
   at paper scale, and on CPU cache-sized blocks are several times faster).  When all rows fit in
   one chunk (a CPU training slice), the forward keeps exp(logits − max) and its row sums for the
-  backward instead (1.05× the anchor step, experiments/SPEED.md).  With a
-  ``compute_dtype`` the products x W_U (and the backward's two products) take operands of that
-  dtype; logits, log-sum-exp, softmax, the loss and the gradient sums are float32.
+  backward instead, which then is one fused pass with no recomputation (experiments/SPEED.md).
+  With a ``compute_dtype`` the products x W_U (and the backward's two products) take operands of
+  that dtype; logits, log-sum-exp, softmax, the loss and the gradient sums are float32.
   """
   shape = targets.shape
   x = x.reshape(-1, x.shape[-1])

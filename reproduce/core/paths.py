@@ -1,9 +1,10 @@
 """Path expansion and term importance: the logits split by the paths they take (FW §4, §6, §8).
 
 With attention patterns frozen, and every layer norm's per-token scale sqrt(var + eps) frozen at
-its value in the normal run (PAPER.md §2.1), an attention-only model is affine in its
-embeddings, so its logits are exactly the sum of path terms (row vectors, ``R_l`` the linear part
-of layer l's norm: x ↦ (x − mean) / s_l · γ_l, the identity without a norm):
+its value in the normal run (docs/METHODS.md, "Layer norm and folding"), an attention-only
+model is affine in its embeddings, so its logits are exactly the sum of path terms (row
+vectors, ``R_l`` the linear part of layer l's norm: x ↦ (x − mean) / s_l · γ_l, the identity
+without a norm):
 
     direct   R_L(x0 + Σ_l b_Oˡ) W_U + β_L W_U + b_U        x0 = W_E[t] (+ W_pos if "standard")
     head     R_L(h) W_U with h = A R_l(x0 + Σ_{l'<l} b_Oˡ') W_OV + (β_l W_V + b_V) W_O

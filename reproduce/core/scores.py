@@ -1,4 +1,4 @@
-"""Head scores and model-level measurements (PAPER.md §3, §7 and §9).
+"""Head scores and model-level measurements (docs/METHODS.md, "Head and model scores").
 
 Patterns are [L, B, H, T(dest), T(src)] as returned by ``forward(..., return_patterns=True)``;
 every score comes back as [L, H] unless said otherwise.

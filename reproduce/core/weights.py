@@ -1,6 +1,6 @@
 """The stacked weight pytree that every circuit function takes, and the architecture it describes.
 
-Convention (row vectors, head-major), as in PAPER.md §1:
+Convention (row vectors, head-major), as in docs/METHODS.md, "Conventions":
 
     W_E   [vocab, d_model]              x = W_E[tokens]
     W_pos [n_ctx, d_model]              added to the Q/K inputs ("shortformer") or the residual ("standard")

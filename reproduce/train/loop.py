@@ -15,24 +15,26 @@ corrected retry; a work directory with no checkpoint yet may be restarted with a
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
+import logging
 import math
 import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
+from absl import logging as absl_logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from reproduce import data
-from reproduce.config import (apply_overrides, check_corpus_size, load_config,
-                              split_config_flags, validate)
+from reproduce.config import check_corpus_size, define_config_flag, parse_flags, validate
 from reproduce.core import checkpoint, scores
 from reproduce.core.model import ModelConfig, forward, token_losses
 from reproduce.core.weights import Weights
@@ -307,9 +309,6 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
 
 def quiet_libraries(verbose: bool) -> None:
   """Library log lines and warnings off stderr (our own messages stay) unless ``verbose``."""
-  import logging  # pylint: disable=import-outside-toplevel
-  import warnings  # pylint: disable=import-outside-toplevel
-  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
   if verbose:
     absl_logging.set_verbosity(absl_logging.INFO)
     return
@@ -334,8 +333,7 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
   jax.distributed.initialize(coordinator_address, num_processes, process_id)
 
 
-def main(argv, overrides=()):
-  from absl import flags  # pylint: disable=import-outside-toplevel
+def main(argv):
   FLAGS = flags.FLAGS
   quiet_libraries(FLAGS.verbose)
   try:
@@ -344,8 +342,8 @@ def main(argv, overrides=()):
     split_cpu(FLAGS.cpu_devices, distributed=FLAGS.distributed)
     if FLAGS.distributed:
       initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    config = apply_overrides(load_config(FLAGS.config), overrides)
-    train(config, FLAGS.workdir, log=print if jax.process_index() == 0 else (lambda *_: None))
+    # FLAGS.config: loaded, overridden and validated by parse_flags
+    train(FLAGS.config, FLAGS.workdir, log=print if jax.process_index() == 0 else (lambda *_: None))
   except Exception as e:  # pylint: disable=broad-except
     if FLAGS.verbose:
       raise
@@ -357,10 +355,9 @@ def main(argv, overrides=()):
     sys.exit(1)
 
 
-def run_cli():
-  from absl import app, flags  # pylint: disable=import-outside-toplevel
-  flags.DEFINE_string("config", None, "config file and variant, e.g. configs/attn2l.py:cpu; "
-                      "--config.section.field=value overrides one field")
+def define_flags():
+  """The command line of ``python -m reproduce.train``."""
+  define_config_flag()
   flags.DEFINE_string("workdir", None, "run directory (created; resumed if it holds a run)")
   flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-process jobs)")
   flags.DEFINE_bool("verbose", False, "library logs on stderr and tracebacks on errors")
@@ -372,11 +369,8 @@ def run_cli():
   flags.DEFINE_integer("process_id", None, "with --distributed: this process's index "
                        "(default: $JAX_PROCESS_ID or the cluster's)")
   flags.mark_flags_as_required(["config", "workdir"])
-  try:
-    argv, overrides = split_config_flags(sys.argv)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  app.run(functools.partial(main, overrides=overrides), argv=argv)
 
 
+def run_cli():
+  """Parses the command line (``define_flags`` first) and trains."""
+  app.run(main, flags_parser=parse_flags)

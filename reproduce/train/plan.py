@@ -43,13 +43,13 @@ def _cudnn_accepts(shape, dtype) -> Optional[str]:
 def plan_step(config, n_devices: int, platform: str, check_cudnn: bool = True) -> StepPlan:
   """Resolves ``train.compute_dtype``, ``train.attention`` and ``train.micro_batch_size``.
 
-  compute_dtype "auto": bfloat16 on GPU/TPU, and on CPUs with AMX (1.8–1.9× the float32 step at the
-  anchor shape on Sapphire Rapids, experiments/SPEED.md, fifth pass); float32 on other CPUs.
+  compute_dtype "auto": bfloat16 on GPU/TPU, and on CPUs with AMX, whose bfloat16 products run
+  several times faster than float32 ones (experiments/SPEED.md); float32 on other CPUs.
   attention "auto": cuDNN's fused kernel on GPU; on CPU causal query blocks with a hand-written
-  backward (``model.blocked_causal_attention``: 1.14× the explicit step at the anchor shape
-  when introduced, where XLA's ``dot_product_attention`` ran at 0.6×); explicit patterns on
-  TPU.  cuDNN falls back to XLA's ``dot_product_attention`` when it cannot take the shape (not
-  a GPU, float32, head size...).
+  backward (``kernels.blocked_causal_attention``), which skip the fully masked blocks above the
+  diagonal (XLA's ``dot_product_attention`` was slower than explicit patterns on CPU;
+  experiments/SPEED.md); explicit patterns on TPU.  cuDNN falls back to XLA's
+  ``dot_product_attention`` when it cannot take the shape (not a GPU, float32, head size...).
   Micro-batches: a set ``train.micro_batch_size`` wins (it must divide the per-device batch).
   Otherwise, with cuDNN nothing [T, T]-sized is materialised, so the whole per-device batch is
   one slice; with materialised patterns a slice keeps one layer's patterns under 2²⁹ floats on an
@@ -104,7 +104,6 @@ def micro_batches(config, n_devices: int, platform: str) -> int:
 
 def loss_block_elements(platform: str) -> int:
   """Logits held at once by the chunked cross-entropy (``train.loss_block_elements`` = 0):
-  cache-sized on CPU (2²⁰ floats = 4 MiB; 2¹⁸ was not measurably better, experiments/SPEED.md),
-  larger on
-  accelerators."""
+  cache-sized on CPU (2²⁰ floats = 4 MiB, one block per 512-token slice; smaller blocks made the
+  step slower, experiments/SPEED.md), larger on accelerators."""
   return 1 << 20 if platform == "cpu" else 1 << 26
