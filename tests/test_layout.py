@@ -90,3 +90,15 @@ def test_function_local_imports_are_few():
                   if isinstance(n, (ast.Import, ast.ImportFrom))]
   local = sorted(set(local))
   assert len(local) <= 5, local
+
+
+def test_readme_layout_names_every_module():
+  """README's "Layout" picture has a line for every module of the package."""
+  readme = (ROOT / "README.md").read_text()
+  layout = readme[readme.index("## Layout"):]
+  layout = layout[:layout.index("\n## ", 1)]
+  missing = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "reproduce").rglob("*.py"))
+             if p.name not in ("__main__.py",) and not p.is_symlink()
+             and not any(part in ("configs", "experiments") for part in p.relative_to(ROOT).parts)
+             and p.name not in layout]
+  assert not missing, f"README's Layout does not mention {missing}"
