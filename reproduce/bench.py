@@ -34,7 +34,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from reproduce.bench_compare import compare_with_transformerlens
 from reproduce.bench_prepare import bench_prepare
@@ -46,8 +45,8 @@ from reproduce.core.weights import init_weights
 from reproduce.estimate import best_time, matmul_peak_flops, model_flops_per_token
 from reproduce.host import split_cpu
 from reproduce.train.plan import plan_step
-from reproduce.train.step import (TrainState, compile_train_step, data_mesh, initial_weights,
-                                  make_optimizer, put_batch)
+from reproduce.train.step import (TrainState, abstract_step_inputs, compile_train_step, data_mesh,
+                                  initial_weights, make_optimizer, put_batch)
 
 # The shape the issue compares against TransformerLens: 2 layers, d_model 128, 4 heads × 32,
 # vocab 2048, n_ctx 256, batch 16.
@@ -118,21 +117,10 @@ def _compilable_plan(config, n_devices: int, platform: str, local: str):
 
 def _compile_abstract_step(config, plan, mesh):
   """(the step compiled ahead of time for abstract inputs of the config's shapes, seconds)."""
-  m, t = config.model, config.train
   tx = make_optimizer(config)
-  replicated = NamedSharding(mesh, P())
-  rows = NamedSharding(mesh, P("data"))
-
-  def abstract_state():
-    w = initial_weights(config)
-    return TrainState(jnp.zeros((), jnp.int32), w, tx.init(w))
-
-  state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
-                       jax.eval_shape(abstract_state))
-  batch = jax.ShapeDtypeStruct((t.batch_size, m.n_ctx), jnp.int32, sharding=rows)
   step = compile_train_step(config, tx, mesh, plan)
   start = time.perf_counter()
-  compiled = step.lower(state, batch, batch).compile()
+  compiled = step.lower(*abstract_step_inputs(config, tx, mesh)).compile()
   return compiled, time.perf_counter() - start
 
 

@@ -29,7 +29,7 @@ from reproduce.core.model import ModelConfig, forward, token_losses
 from reproduce.core.weights import init_weights
 from reproduce.figure import figure_config, figure_names
 from reproduce.train.plan import StepPlan, plan_step
-from reproduce.train.step import TrainState, initial_weights, make_optimizer, train_step
+from reproduce.train.step import abstract_step_inputs, make_optimizer, train_step
 
 PLATFORMS = ("cuda", "tpu", "cpu")
 RULES = {"cuda": "gpu", "tpu": "tpu", "cpu": "cpu"}  # jax.export's names → plan_step's
@@ -203,23 +203,15 @@ def export_train_step(config, platform: str, n_devices: int = 1) -> dict:
   does: state replicated and donated, batch rows split over ``data``) for ``platform`` over a
   mesh of ``n_devices`` (``step_mesh``); returns the JSON report."""
   platform = platform_name(platform)
-  m, t = config.model, config.train
+  t = config.train
   if n_devices < 1 or t.batch_size % n_devices:
     raise ValueError(f"--devices={n_devices} must divide train.batch_size {t.batch_size}")
   plan = export_plan(config, n_devices, platform)
   mesh = step_mesh(n_devices, plan.attention)
-  replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  replicated = NamedSharding(mesh, P())
   tx = make_optimizer(config)
-
-  def state():
-    w = initial_weights(config)
-    return TrainState(jnp.zeros((), jnp.int32), w, tx.init(w))
-
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
-                          jax.eval_shape(state))
-  batch = jax.ShapeDtypeStruct((t.batch_size, m.n_ctx), jnp.int32, sharding=rows)
-  args = (abstract, batch, batch)
-  n_state = len(jax.tree.leaves(abstract))
+  args = abstract_step_inputs(config, tx, mesh)
+  n_state = len(jax.tree.leaves(args[0]))
   report, exported = export_kernel(
       "train_step", functools.partial(train_step, config, tx, plan, mesh), args, platform,
       allow=CUDNN_CALLS if plan.attention == "cudnn" else None, out_shardings=replicated,

@@ -168,3 +168,20 @@ def put_batch(mesh: Mesh, inputs: np.ndarray, targets: np.ndarray, local: bool =
   global_shape = (inputs.shape[0] * (n if local else 1),) + inputs.shape[1:]
   make = lambda x: jax.make_array_from_process_local_data(rows, x[mine], global_shape)
   return make(inputs), make(targets)
+
+
+def abstract_step_inputs(config, tx: optax.GradientTransformation, mesh):
+  """(state, inputs, targets) as ``jax.ShapeDtypeStruct``s of the step's shapes and shardings:
+  the state replicated, the batch's rows split over ``data`` (``mesh`` may be abstract).  For
+  compiling or exporting the step without allocating it."""
+  replicated = NamedSharding(mesh, P())
+
+  def state():
+    w = initial_weights(config)
+    return TrainState(jnp.zeros((), jnp.int32), w, tx.init(w))
+
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+                          jax.eval_shape(state))
+  batch = jax.ShapeDtypeStruct((config.train.batch_size, config.model.n_ctx), jnp.int32,
+                               sharding=NamedSharding(mesh, P("data")))
+  return abstract, batch, batch
