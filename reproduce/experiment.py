@@ -24,14 +24,14 @@ import matplotlib
 import numpy as np
 from matplotlib import pyplot as plt
 
-from reproduce.core import scores
 from reproduce import data
 from reproduce.config import load_config
-from reproduce.corpus import resolve_corpus
+from reproduce.core import scores
 from reproduce.core.loading import load, load_with_meta
-from reproduce.tokenizer import TokenizedCorpus, prepare_tokens
 from reproduce.core.model import ModelConfig
 from reproduce.core.weights import Weights, init_weights
+from reproduce.corpus import DEFAULT_HELDOUT_EVERY, resolve_corpus
+from reproduce.tokenizer import TokenizedCorpus, prepare_tokens
 from reproduce.train.loop import train
 
 
@@ -213,7 +213,7 @@ def model_from_run(label: str, path, tokens: Optional[TokenizedCorpus] = None,
     # The checkpoint's sampling settings (numbers, not paths) pick the files and the split.
     text = resolve_corpus(spec, jsonl_field=str(stored.get("jsonl_field", "text")),
                           max_files=int(stored.get("max_files", 0)),
-                          heldout_every=int(stored.get("heldout_every", 20)))
+                          heldout_every=int(stored.get("heldout_every", DEFAULT_HELDOUT_EVERY)))
     tokens = prepare_tokens(text, cfg.d_vocab, cache_dir or None, log=log,
                             tokenizer_file=str(tokenizer_file))
   return Model(label=label, cfg=cfg, weights=weights, meta=meta, workdir=workdir, tokens=tokens)

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec as P
 
-from reproduce.core import circuits, paths, scores
 from reproduce.config import load_config
+from reproduce.core import circuits, paths, scores
 from reproduce.core.model import ModelConfig, forward, token_losses
 from reproduce.core.weights import init_weights
 from reproduce.figure import figure_config, figure_names

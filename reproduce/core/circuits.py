@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reproduce.core.kernels import MASKED
 from reproduce.core.weights import Weights, require_folded
 
 
@@ -222,7 +223,7 @@ def positional_attention(w: Weights, n_ctx: int = 0) -> jax.Array:
   T = n_ctx or scores.shape[-1]
   scores = scores[..., :T, :T]
   causal = jnp.tril(jnp.ones((T, T), bool))
-  return jax.nn.softmax(jnp.where(causal, scores, -1e30), axis=-1)
+  return jax.nn.softmax(jnp.where(causal, scores, MASKED), axis=-1)
 
 
 @jax.jit

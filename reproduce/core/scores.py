@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from reproduce.core import circuits
-from reproduce.core.model import ModelConfig, forward, residual_stream, token_losses, unembed
 from reproduce.core.kernels import largest_divisor_at_most
+from reproduce.core.model import ModelConfig, forward, residual_stream, token_losses, unembed
 from reproduce.core.weights import Weights
 
 
