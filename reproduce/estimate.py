@@ -49,14 +49,8 @@ def model_flops_per_token(m) -> float:
 # fitted on the 1L and 2L models.  The fits and how close they come are in experiments/SPEED.md.
 # Each run adds its start-up, each figure its analysis.  Printed as a rough estimate.
 PRODUCT_SPEED_VS_FLOAT32_PEAK = {"float32": 0.62, "bfloat16": 1.43}
-
-
 ATTENTION_SCORE_FLOPS = {"float32": 480, "bfloat16": 640}
-
-
 SECONDS_PER_RUN = 3
-
-
 SECONDS_PER_FIGURE = 10
 
 
