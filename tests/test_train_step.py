@@ -93,7 +93,7 @@ def test_blocked_attention_equals_full_pattern(block):
     s = jnp.where(np.tril(np.ones((12, 12), bool)), s, -np.inf)
     return jnp.einsum("bhts,bhse->bhte", jax.nn.softmax(s, -1), v)
 
-  blocked = lambda q, k, v: blocked_causal_attention(q, k, v, block=block)
+  blocked = jax.jit(lambda q, k, v: blocked_causal_attention(q, k, v, block=block))
   np.testing.assert_allclose(blocked(q, k, v), full(q, k, v), rtol=1e-5, atol=1e-6)
   g_full = jax.vjp(full, q, k, v)[1](dz)
   g_blocked = jax.vjp(blocked, q, k, v)[1](dz)
