@@ -39,7 +39,8 @@ from reproduce.config import project_module
 from reproduce.core.tl_config import parse_cli as parse_tl_config
 from reproduce.estimate import first_run_plan
 from reproduce.host import CPU_DEVICES_HELP, split_cpu
-from reproduce.report import claim_lines, seed_workdir, tally, write_index, write_seed_table
+from reproduce.report import (claim_lines, seed_workdir, tally, training_record, write_index,
+                              write_seed_table)
 from reproduce.train.loop import USER_ERRORS, quiet_libraries
 
 
@@ -141,7 +142,9 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
         "figure_config": config.to_dict(),
         "models": {label: {"source": str(m.workdir or m.meta.get("path", "")),
                            "step": m.meta.get("step"), "tokens_seen": m.meta.get("tokens_seen"),
-                           "architecture": m.cfg.to_dict()} for label, m in models.items()},
+                           "architecture": m.cfg.to_dict(),
+                           "training": training_record(m.workdir)}
+                   for label, m in models.items()},
         "claims": claims, "analysis_seconds": round(time.time() - started, 1)}
     experiment.write_json(out.path / "claims.json", summary)
     out.commit()

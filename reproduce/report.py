@@ -23,12 +23,14 @@ def claim_lines(claims) -> list:
 
 
 def tally(claims) -> str:
-  """'paper claims: 7 of 9 hold; controls: 2 of 2 hold', counting the two kinds apart."""
+  """'paper claims: 7 of 9 hold; controls: 2 of 2 hold', counting the two kinds apart and leaving
+  out a kind with no claims."""
   parts = []
   for kind, name in (("paper", "paper claims"), ("control", "controls")):
     of_kind = [c for c in claims if c["kind"] == kind]
-    parts.append(f"{name}: {sum(c['holds'] for c in of_kind)} of {len(of_kind)} hold")
-  return "; ".join(parts)
+    if of_kind:
+      parts.append(f"{name}: {sum(c['holds'] for c in of_kind)} of {len(of_kind)} hold")
+  return "; ".join(parts) or "no claims"
 
 
 def seed_workdir(workdir, seed_index: int) -> Path:
@@ -81,22 +83,93 @@ def write_seed_table(workdir, n_seeds: int, preset: str, names: Sequence[str]) -
   return table
 
 
-def _seed_section(workdir: Path) -> str:
-  """index.html's table of claims across seeds, when ``seeds.json`` is present."""
+PAPERS = ("“A Mathematical Framework for Transformer Circuits” (Elhage et al., 2021; FW) and "
+          "“In-context Learning and Induction Heads” (Olsson et al., 2022; IH)")
+
+
+def training_record(run) -> dict:
+  """What a training run's ``metrics.jsonl`` says at its end: the last training loss, held-out
+  loss and wall time (seconds); empty when ``run`` is not one of our work directories."""
+  path = Path(run) / "metrics.jsonl" if run else None
+  if path is None or not path.is_file():
+    return {}
+  record = {}
+  for line in path.read_text().splitlines():
+    r = json.loads(line) if line.strip() else {}
+    for key, name in (("loss", "final_loss"), ("heldout_loss", "heldout_loss"),
+                      ("elapsed_s", "seconds")):
+      if key in r:
+        record[name] = r[key]
+  return record
+
+
+def _summaries(workdir: Path, names: Sequence[str]) -> list:
+  """(name, claims.json contents) of each figure of ``names`` made in ``workdir``, in order."""
+  return [(n, json.loads((workdir / n / "claims.json").read_text())) for n in names
+          if (workdir / n / "claims.json").is_file()]
+
+
+def _seeds_held(workdir: Path) -> dict:
+  """claim id -> 'k of n' over the training seeds, when ``seeds.json`` is present."""
   path = workdir / "seeds.json"
   if not path.is_file():
-    return ""
+    return {}
   seeds = json.loads(path.read_text())
-  n = seeds["n_seeds"]
-  rows = "".join(
-      f"<tr class=\"{'ok' if r['seeds_holding'] == n else 'no'}\"><td><code>"
-      f"{html.escape(r['id'])}</code></td><td>{r['kind']}</td><td>{html.escape(r['source'])}"
-      f"</td><td>{html.escape(r['statement'])}</td><td>{r['seeds_holding']} of {n}</td></tr>"
-      for r in sorted(seeds["claims"], key=lambda r: r["kind"] != "paper"))
-  return (f"<section id='seeds'><h2>Claims across {n} training seeds</h2><p>The figures below "
-          "are seed 0's; seeds 1 and later are under <code>seed1/</code>, … </p><table><tr>"
-          f"<th>id</th><th>kind</th><th>source</th><th>statement</th><th>holds on</th></tr>"
-          f"{rows}</table></section>")
+  return {r["id"]: f"{r['seeds_holding']} of {seeds['n_seeds']}" for r in seeds["claims"]}
+
+
+def _verdict(holds: bool) -> str:
+  return "holds" if holds else "fails"
+
+
+def _summary_section(summaries, seeds: dict) -> str:
+  """The answer at a glance: every claim, what the paper says, verdict, seeds, its figure."""
+  out = []
+  for kind, title in (("paper", "Paper claims"), ("control", "Controls")):
+    rows = "".join(
+        f"<tr class=\"{'ok' if c['holds'] else 'no'}\"><td><a href=\"#{name}\">{name}</a><br>"
+        f"<code>{html.escape(c['id'])}</code></td>"
+        f"<td>{html.escape(c.get('paper_says') or c['statement'])}<br><span class='kind'>"
+        f"{html.escape(c['source'])}</span></td><td>{html.escape(c['measured'])}</td>"
+        f"<td class='seeds'>{html.escape(seeds.get(c['id'], 'this run only'))}</td>"
+        f"<td class='verdict'>{_verdict(c['holds'])}</td></tr>"
+        for name, summary in summaries for c in summary["claims"] if c["kind"] == kind)
+    if rows:
+      out.append(f"<h2>{title}</h2><table><tr><th>figure, claim</th><th>what the paper says"
+                 "</th><th>measured (this run)</th><th>seeds holding</th><th>verdict</th></tr>"
+                 f"{rows}</table>")
+  return "<section id='summary'>" + "".join(out) + "</section>"
+
+
+def _models_section(summaries) -> str:
+  """One row per model analysed: its shape, tokens seen and how its training ended."""
+  models = {}
+  for _, summary in summaries:
+    for label, m in summary["models"].items():
+      models.setdefault(m.get("source") or label, (label, m))
+  rows = []
+  for label, m in models.values():
+    a, t = m.get("architecture", {}), m.get("training", {})
+    number = lambda key, fmt: fmt.format(t[key]) if key in t else "—"
+    tokens = f"{m['tokens_seen']:,}" if m.get("tokens_seen") else "—"
+    heads = f"{a['n_heads']} × {a['d_head']}" if a.get("n_layers") else "—"
+    rows.append(f"<tr><td>{html.escape(label)}</td><td>{a.get('n_layers')}</td>"
+                f"<td>{heads}</td><td>{a.get('d_model')}</td>"
+                f"<td>{tokens}</td><td>{number('final_loss', '{:.3f}')}</td>"
+                f"<td>{number('heldout_loss', '{:.3f}')}</td>"
+                f"<td>{number('seconds', '{:.0f} s')}</td></tr>")
+  return ("<section id='models'><h2>Models</h2><table><tr><th>model</th><th>layers</th><th>heads"
+          "</th><th>d_model</th><th>tokens trained</th><th>final training loss</th><th>held-out "
+          "loss</th><th>training time</th></tr>" + "".join(rows) + "</table></section>")
+
+
+def _file_links(folder: Path, name: str) -> str:
+  """Links to a figure's interactive pages, vector pictures and numbers."""
+  links = []
+  for pattern, what in (("*.html", "interactive"), ("*.svg", "SVG"), ("*.json", "JSON")):
+    links += [f'<a href="{name}/{p.name}">{html.escape(p.name)}</a> ({what})'
+              for p in sorted(folder.glob(pattern))]
+  return f"<p class='files'>files: {' · '.join(links)}</p>" if links else ""
 
 
 def _claims_table(title: str, claims) -> str:
@@ -108,49 +181,49 @@ def _claims_table(title: str, claims) -> str:
       f"<br><span class='kind'>{html.escape(c['source'])}</span></td>"
       f"<td>{html.escape(c['statement'])}</td><td>{html.escape(c['criterion'])}</td>"
       f"<td>{html.escape(c['measured'])}</td>"
-      f"<td>{'holds' if c['holds'] else 'does not hold'}</td></tr>" for c in claims)
+      f"<td class='verdict'>{_verdict(c['holds'])}</td></tr>" for c in claims)
   return (f"<h3>{html.escape(title)}</h3><table><tr><th>id, source</th><th>statement</th>"
           f"<th>criterion</th><th>measured</th><th></th></tr>{rows}</table>")
 
 
+def _figure_section(workdir: Path, name: str, summary: dict) -> str:
+  pictures = "".join(
+      f'<img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" '
+      f'alt="{html.escape(p.stem)}">' for p in sorted((workdir / name).glob("*.png")))
+  tables = "".join(_claims_table(title, [c for c in summary["claims"] if c["kind"] == kind])
+                   for kind, title in (("paper", "paper claims"), ("control", "controls")))
+  models = ", ".join(f"{k} (step {v.get('step')})" for k, v in summary["models"].items())
+  return (f'<section id="{name}"><h2>{name}</h2><p>{html.escape(summary["description"])}</p>'
+          f'<p class="models">models: {html.escape(models)}; preset '
+          f'{html.escape(summary["preset"])}; {html.escape(tally(summary["claims"]))}</p>'
+          f'{pictures}{_file_links(workdir / name, name)}{tables}</section>')
+
+
+STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+         "img{max-width:100%;border:1px solid #ddd;margin:.5em 0}table{border-collapse:collapse;"
+         "width:100%;font-size:90%}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;"
+         "vertical-align:top;overflow-wrap:break-word}td.verdict,td.seeds{white-space:nowrap}th{background:#f3f3f3}tr.ok td.verdict{color:#176b2c;"
+         "font-weight:bold}tr.no td.verdict{color:#a11;font-weight:bold}tr.no{background:#fff5f5}"
+         ".models,.files{color:#666;font-size:90%}section{margin-bottom:3em}"
+         ".kind{font-size:80%;color:#666}nav{display:flex;flex-wrap:wrap;gap:.3em .9em}")
+
+
 def write_index(workdir, names: Sequence[str]) -> Path:
-  """``index.html``: every figure of ``names`` present in ``workdir``, in that order, with its
-  picture and claims table, self-contained (pictures embedded), so it opens offline anywhere."""
+  """``index.html``, the landing page: what reproduces (every claim with what the paper says, its
+  verdict and the seeds it holds on), the models, then every figure of ``names`` present in
+  ``workdir`` in that order with its pictures (embedded, so the page opens offline anywhere),
+  links to its interactive, SVG and JSON files, and its claims."""
   workdir = Path(workdir)
-  parts, all_claims = [], []
-  for name in names:
-    claims_file = workdir / name / "claims.json"
-    if not claims_file.is_file():
-      continue
-    summary = json.loads(claims_file.read_text())
-    pictures = "".join(
-        f'<img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}" '
-        f'alt="{html.escape(p.stem)}">' for p in sorted((workdir / name).glob("*.png")))
-    all_claims.extend(summary["claims"])
-    tables = "".join(_claims_table(title, [c for c in summary["claims"] if c["kind"] == kind])
-                     for kind, title in (("paper", "paper claims"), ("control", "controls")))
-    extra = ""
-    if (workdir / name / f"{name}.html").is_file():
-      extra = f'<p><a href="{name}/{name}.html">interactive view</a></p>'
-    models = ", ".join(f"{k} (step {v.get('step')})" for k, v in summary["models"].items())
-    parts.append(f'<section id="{name}"><h2>{name}</h2><p>{html.escape(summary["description"])}'
-                 f'</p><p class="models">models: {html.escape(models)}; preset '
-                 f'{html.escape(summary["preset"])}; {html.escape(tally(summary["claims"]))}</p>'
-                 f'{pictures}{extra}{tables}</section>')
-  page = ("<!doctype html><html><head><meta charset='utf-8'><title>circuits-repro figures</title>"
-          "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-          "img{max-width:100%;border:1px solid #ddd;margin:.5em 0}table{border-collapse:collapse;"
-          "width:100%;font-size:90%}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;"
-          "vertical-align:top}tr.ok td:last-child{color:#176b2c;font-weight:bold}tr.no "
-          "td:last-child{color:#a11;font-weight:bold}.models{color:#666;font-size:90%}"
-          "section{margin-bottom:3em}.kind{font-size:80%;color:#666}</style></head><body>"
-          "<h1>A Mathematical Framework for Transformer Circuits — reproduced</h1>"
-          f"<p class='tally'>All figures: {html.escape(tally(all_claims))}. Paper claims are "
-          "statements of the papers (FW: A Mathematical Framework for Transformer Circuits; IH: "
-          "In-context Learning and Induction Heads); controls are sanity baselines.</p>"
-          + "".join(f'<a href="#{n}">{n}</a> · ' for n in names
-                    if (workdir / n / "claims.json").is_file())
-          + _seed_section(workdir) + "".join(parts) + "</body></html>")
+  summaries = _summaries(workdir, names)
+  all_claims = [c for _, s in summaries for c in s["claims"]]
+  page = ("<!doctype html><html><head><meta charset='utf-8'><title>circuits-repro: FW and IH "
+          f"reproduced</title><style>{STYLE}</style></head><body>"
+          f"<h1>Reproducing {html.escape(PAPERS)}</h1>"
+          f"<p class='tally'>{html.escape(tally(all_claims))}. A paper claim is a statement of "
+          "one of the papers, tested on our models; a control is a sanity baseline.</p><nav>"
+          + "".join(f'<a href="#{n}">{n}</a>' for n, _ in summaries) + "</nav>"
+          + _summary_section(summaries, _seeds_held(workdir)) + _models_section(summaries)
+          + "".join(_figure_section(workdir, n, s) for n, s in summaries) + "</body></html>")
   path = workdir / "index.html"
   path.write_text(page)
   return path

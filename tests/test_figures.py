@@ -111,6 +111,14 @@ def test_claim_record_rejects_unknown_kinds():
                      criterion="c", measured="m", value=1, holds=True, kind="padding")
 
 
+def test_tally_leaves_out_a_kind_with_no_claims():
+  paper = {"kind": "paper", "holds": False}
+  assert report.tally([paper]) == "paper claims: 0 of 1 hold"
+  assert report.tally([paper, {"kind": "control", "holds": True}]) == (
+      "paper claims: 0 of 1 hold; controls: 1 of 1 hold")
+  assert report.tally([]) == "no claims"
+
+
 def test_models_are_trained_once_and_shared(figures):
   workdir, _, loaded = figures
   assert sorted(loaded) == ["attn0l:test", "attn1l:test", "attn2l:test"]
@@ -123,6 +131,7 @@ def test_induction_attention_writes_standalone_html(figures):
 
 
 def test_index_page_shows_every_figure(figures):
+  _, summaries, _ = figures
   page = report.write_index(figures[0], FIGURES).read_text()
   for name in FIGURES:
     assert f'id="{name}"' in page
@@ -130,7 +139,14 @@ def test_index_page_shows_every_figure(figures):
       page.index(f'id="{name}"') for name in FIGURES)  # in figure order
   assert page.count("data:image/png;base64,") >= len(FIGURES)
   assert "<h3>paper claims</h3>" in page and "<h3>controls</h3>" in page
-  assert "All figures: paper claims: " in page
+  assert "In-context Learning and Induction Heads" in page.split("</h1>")[0]  # both papers
+  summary = page.split("<section id='summary'>")[1].split("</section>")[0]
+  claims = [c for s in summaries.values() for c in s["claims"]]
+  assert summary.count("<tr class=") == len(claims)  # every claim, with its verdict and figure
+  assert summary.count("<td class='verdict'>fails</td>") == sum(not c["holds"] for c in claims)
+  assert "<section id='models'>" in page and "tokens trained" in page
+  assert 'href="induction_attention/induction_attention_attn2l.html"' in page
+  assert "0 of 0" not in page
 
 
 def test_checkpoint_option_takes_transformer_lens_weights(figures, tmp_path):
