@@ -14,6 +14,7 @@ from reference import reference_logits, reference_run
 from reproduce.core import circuits, tl_format
 from reproduce.core import tl_config as tlc
 from reproduce.core.model import residual_stream
+from reproduce.core.paths import path_expansion, sum_of_paths
 from reproduce.core.tl_format import WeightFormatError
 from reproduce.core.weights import UnfoldedLayerNormError, check_weights
 
@@ -123,6 +124,9 @@ def test_layer_norm_with_positions_after_it_folds_and_keeps_its_function(tmp_pat
                                              norm="LN", pos_after_norm=True, eps=1e-4)
     np.testing.assert_allclose(_log_softmax(logits[b]), _log_softmax(ref_logits), atol=2e-5)
     np.testing.assert_allclose(np.asarray(extras["patterns"])[:, b], ref_patterns, atol=2e-6)
+  np.testing.assert_array_equal(reproduce.load_model(path)(tokens)[0], logits)  # the module
+  terms = path_expansion(cfg, w, tokens)  # the paths of the folded model sum to its logits
+  np.testing.assert_allclose(sum_of_paths(terms), logits, atol=1e-5 * np.abs(logits).max())
 
 
 def test_the_training_kernels_run_the_folded_positional_readers_too(tmp_path):
@@ -229,6 +233,10 @@ def test_token_path_equals_the_standard_model_with_no_positions(tmp_path):
 def test_positional_readers_are_checked_and_never_saved_as_transformer_lens(tmp_path):
   _, _, path = _ln_shortformer(tmp_path)
   cfg, w = reproduce.load(path)
+  _, raw, meta = reproduce.load_with_meta(path, fold=False)  # raw gains: still refused
+  assert not meta["folded"] and raw.W_Q_pos is None
+  with pytest.raises(UnfoldedLayerNormError, match="layer norm folded"):
+    circuits.positional_qk(raw)
   with pytest.raises(WeightFormatError, match="positional readers"):
     reproduce.save_transformer_lens(tmp_path / "folded.npz", cfg, w)
   with pytest.raises(ValueError, match="W_K_pos needs its partner"):
