@@ -26,6 +26,12 @@ def reference_logits(state, tokens, n_layers, n_heads, pos="shortformer", norm=N
   enter the Q/K input as LN(x) + W_pos when ``pos_after_norm`` (TransformerLens), else as
   LN(x + W_pos) (our trained models).  Missing biases count as zero.
   """
+  return reference_run(state, tokens, n_layers, n_heads, pos, norm, pos_after_norm, eps)[0]
+
+
+def reference_run(state, tokens, n_layers, n_heads, pos="shortformer", norm=None,
+                  pos_after_norm=False, eps=1e-5):
+  """(logits [T, vocab], patterns [L, H, T, T]) for one sequence; as ``reference_logits``."""
   sd = {k: np.asarray(v, np.float64) for k, v in state.items()}
   zero = lambda shape: np.zeros(shape)
   T = len(tokens)
@@ -33,6 +39,7 @@ def reference_logits(state, tokens, n_layers, n_heads, pos="shortformer", norm=N
   p = sd["pos_embed.W_pos"][:T]
   if pos == "standard":
     x = x + p
+  patterns = np.zeros((n_layers, n_heads, T, T))
   for l in range(n_layers):
     write = np.zeros_like(x)
     ln = f"blocks.{l}.ln1"
@@ -58,8 +65,9 @@ def reference_logits(state, tokens, n_layers, n_heads, pos="shortformer", norm=N
         scores = np.array([q @ (qk_in[j] @ W_K + b_K) for j in range(i + 1)]) / np.sqrt(d_head)
         a = np.exp(scores - scores.max())
         a /= a.sum()
+        patterns[l, h, i, :i + 1] = a
         z = sum(a[j] * (v_in[j] @ W_V + b_V) for j in range(i + 1))
         write[i] += z @ W_O
     x = x + write + sd.get(f"blocks.{l}.attn.b_O", 0.0)
   x = _norm(x, sd, "ln_final", norm, eps)
-  return x @ sd["unembed.W_U"] + sd.get("unembed.b_U", 0.0)
+  return x @ sd["unembed.W_U"] + sd.get("unembed.b_U", 0.0), patterns

@@ -57,7 +57,6 @@ def test_positions_before_and_after_the_norm_are_different_models():
   after = dataclasses.replace(cfg, pos_after_norm=True)
   assert after != cfg and after.positions_after_norm and not cfg.positions_after_norm
   assert not np.allclose(forward(cfg, w, tokens)[0], forward(after, w, tokens)[0], atol=1e-3)
-  assert cfg.foldable and not after.foldable
 
 
 def test_frozen_norm_scales_reproduce_the_logits():

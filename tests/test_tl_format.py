@@ -1,6 +1,7 @@
 """TransformerLens-format weights: round trips, parity with a NumPy reference (biases, layer norm,
 both positional types, 4 layers), the analysis fold, and every refusal."""
 
+import dataclasses
 import json
 import re
 
@@ -9,11 +10,13 @@ import pytest
 
 import reproduce
 from helpers import random_model
-from reference import reference_logits
+from reference import reference_logits, reference_run
 from reproduce.core import circuits, tl_format
 from reproduce.core import tl_config as tlc
+from reproduce.core.model import residual_stream
+from reproduce.core.paths import path_expansion, sum_of_paths
 from reproduce.core.tl_format import WeightFormatError
-from reproduce.core.weights import UnfoldedLayerNormError
+from reproduce.core.weights import UnfoldedLayerNormError, check_weights
 
 
 def tl_model(n_layers=4, pos="standard", norm="LN", n_heads=2, d_head=3, d_model=10, d_vocab=17,
@@ -75,13 +78,9 @@ def test_four_layer_model_with_biases_matches_the_reference(tmp_path, pos, norm)
     np.testing.assert_allclose(logits[b], ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
   # The analysis-ready load: same patterns, logits up to one constant per position.
   folded_cfg, folded, meta = reproduce.load_with_meta(path)
-  if not cfg.foldable:  # LN with positions after it: kept raw, and the circuits refuse it
-    assert norm == "LN" and pos == "shortformer" and not meta["folded"]
-    assert "cannot be folded" in meta["fold_problem"] and folded.ln_gain is not None
-    with pytest.raises(UnfoldedLayerNormError, match="layer norm folded"):
-      circuits.ov_eigenvalues(folded)
-    return
-  assert meta["folded"] and not folded.has_norm_parameters and folded.b_V is None
+  assert meta["folded"] and "fold_problem" not in meta
+  assert not folded.has_norm_parameters and folded.b_V is None
+  assert (folded.W_Q_pos is not None) == (norm == "LN" and pos == "shortformer")
   assert folded_cfg.norm == ("none" if norm is None else "lnpre")
   f_logits, f_ex = reproduce.forward(folded_cfg, folded, tokens, return_patterns=True)
   _, ex = reproduce.forward(cfg, w, tokens, return_patterns=True)
@@ -90,6 +89,162 @@ def test_four_layer_model_with_biases_matches_the_reference(tmp_path, pos, norm)
   np.testing.assert_allclose(shift, shift.mean(-1, keepdims=True) + 0 * shift,
                              atol=2e-5 * np.abs(logits).max())
   circuits.ov_eigenvalues(folded)  # analysable
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer norm with shortformer positions after it, LN(x) + W_pos (issue 19, item 2)
+
+def _log_softmax(a):
+  a = np.asarray(a, np.float64)
+  top = a.max(-1, keepdims=True)
+  return a - top - np.log(np.exp(a - top).sum(-1, keepdims=True))
+
+
+def _ln_shortformer(tmp_path, n_layers=2, seed=7, **zeroed):
+  """A TL-format LN + shortformer model on disk: (config, state, path); ``zeroed`` names state
+  keys (without the block prefix, e.g. ``attn.b_Q``) set to zero in every block."""
+  config, state = tl_model(n_layers, pos="shortformer", norm="LN", seed=seed)
+  for key in zeroed:
+    for name in [k for k in state if k.endswith(key)]:
+      state[name] = np.zeros_like(state[name])
+  return config, state, write_tl_model(tmp_path, config, state)
+
+
+def test_layer_norm_with_positions_after_it_folds_and_keeps_its_function(tmp_path):
+  """Loaded and folded, the model's log-probabilities and patterns equal the float64 reference
+  of the raw model (gains, LN biases and every bias random)."""
+  config, state, path = _ln_shortformer(tmp_path, n_layers=3)
+  cfg, w, meta = reproduce.load_with_meta(path)
+  assert meta["folded"] and "fold_problem" not in meta and not w.has_norm_parameters
+  assert (cfg.norm, cfg.pos, cfg.pos_after_norm) == ("lnpre", "shortformer", True)
+  tokens = np.random.default_rng(3).integers(0, config["d_vocab"], (2, config["n_ctx"]))
+  logits, extras = reproduce.forward(cfg, w, tokens, return_patterns=True)
+  for b in range(2):
+    ref_logits, ref_patterns = reference_run(state, tokens[b], 3, 2, pos="shortformer",
+                                             norm="LN", pos_after_norm=True, eps=1e-4)
+    np.testing.assert_allclose(_log_softmax(logits[b]), _log_softmax(ref_logits), atol=2e-5)
+    np.testing.assert_allclose(np.asarray(extras["patterns"])[:, b], ref_patterns, atol=2e-6)
+  np.testing.assert_array_equal(reproduce.load_model(path)(tokens)[0], logits)  # the module
+  terms = path_expansion(cfg, w, tokens)  # the paths of the folded model sum to its logits
+  np.testing.assert_allclose(sum_of_paths(terms), logits, atol=1e-5 * np.abs(logits).max())
+
+
+def test_the_training_kernels_run_the_folded_positional_readers_too(tmp_path):
+  """Blocked and fused attention add W_pos W_Q_pos, W_pos W_K_pos as the explicit path (checked
+  against the reference above) does: the same final residual stream."""
+  config, _, path = _ln_shortformer(tmp_path)
+  cfg, w = reproduce.load(path)
+  tokens = np.random.default_rng(4).integers(0, config["d_vocab"], (2, config["n_ctx"]))
+  explicit = np.asarray(residual_stream(cfg, w, tokens)[0])
+  for attention in ("blocked", "xla"):
+    got = residual_stream(cfg, w, tokens, attention=attention)[0]
+    np.testing.assert_allclose(got, explicit, atol=1e-5, err_msg=attention)
+
+
+def _slow_layer0_patterns(state, tokens, eps):
+  """Layer 0's patterns rebuilt from the raw state dict as a sum of the circuit terms the
+  folded model should give (no Q/K or LN biases): score · sqrt(d_head) = t_i W_QK t_jᵀ/(s_i s_j)
+  + t_i W_QK p_jᵀ/s_i + p_i W_QK t_jᵀ/s_j + p_i W_QK p_jᵀ, here with W_Q = diag(γ) W_Q^raw on
+  the token side and the raw W_Q on the position side, written without centring: t = W_E[t]
+  − its mean, s = sqrt(var + eps).  [H, T, T]."""
+  sd = {k: np.asarray(v, np.float64) for k, v in state.items()}
+  gamma = sd["blocks.0.ln1.w"]
+  tok = sd["embed.W_E"][tokens]
+  tok = tok - tok.mean(-1, keepdims=True)
+  s = np.sqrt((tok * tok).mean(-1) + eps)
+  pos = sd["pos_embed.W_pos"][:len(tokens)]
+  H, T = sd["blocks.0.attn.W_Q"].shape[0], len(tokens)
+  out = np.zeros((H, T, T))
+  for h in range(H):
+    Q, K = sd["blocks.0.attn.W_Q"][h], sd["blocks.0.attn.W_K"][h]
+    tq, tk = (tok * gamma) @ Q, (tok * gamma) @ K
+    scores = (tq @ tk.T / np.outer(s, s) + (tq / s[:, None]) @ (pos @ K).T
+              + (pos @ Q) @ (tk / s[:, None]).T + (pos @ Q) @ (pos @ K).T) / np.sqrt(Q.shape[1])
+    for i in range(T):
+      a = np.exp(scores[i, :i + 1] - scores[i, :i + 1].max())
+      out[h, i, :i + 1] = a / a.sum()
+  return out
+
+
+def test_positional_circuits_of_the_folded_model_rebuild_its_attention(tmp_path):
+  """Token-token, token-position, position-token and position-position terms of the folded
+  model (``qk_circuit``, ``token_position_qk``, ``positional_qk``) with the per-token 1/s sum to
+  layer 0's scores: their softmax is the reference pattern, and each term is the slow one."""
+  config, state, path = _ln_shortformer(tmp_path, **{"attn.b_Q": 0, "attn.b_K": 0, "ln1.b": 0})
+  cfg, w = reproduce.load(path)
+  tokens = np.random.default_rng(5).integers(0, config["d_vocab"], config["n_ctx"])
+  _, ref_patterns = reference_run(state, tokens, 2, 2, pos="shortformer", norm="LN",
+                                  pos_after_norm=True, eps=1e-4)
+  slow = _slow_layer0_patterns(state, tokens, 1e-4)
+  np.testing.assert_allclose(slow, ref_patterns[0], atol=1e-10)  # the slow split is the model
+
+  E = np.asarray(w.W_E, np.float64)
+  s = np.sqrt((E[tokens] ** 2).mean(-1) + 1e-4)  # W_E is centred by the fold
+  T, dh = len(tokens), cfg.d_head
+  tok_tok = np.asarray(circuits.qk_circuit(w).rows(tokens), np.float64)[..., tokens]
+  tok_pos, pos_tok = circuits.token_position_qk(w)
+  tok_pos = np.asarray(tok_pos.rows(tokens), np.float64)[..., :T]
+  pos_tok = np.asarray(pos_tok.columns(tokens), np.float64)[..., :T, :]
+  pos_pos = np.asarray(circuits.positional_qk(w), np.float64)[..., :T, :T]
+  scores = ((tok_tok / np.outer(s, s) + tok_pos / s[:, None] + pos_tok / s[None, :]) / np.sqrt(dh)
+            + pos_pos)[0]
+  causal = np.tril(np.ones((T, T), bool))
+  scores = np.where(causal, scores, -np.inf)
+  patterns = np.exp(scores - scores.max(-1, keepdims=True))
+  np.testing.assert_allclose(patterns / patterns.sum(-1, keepdims=True), slow, atol=2e-5)
+  sd = {k: np.asarray(v, np.float64) for k, v in state.items()}
+  P, Q, K = sd["pos_embed.W_pos"], sd["blocks.1.attn.W_Q"][1], sd["blocks.1.attn.W_K"][1]
+  np.testing.assert_allclose(circuits.positional_qk(w)[1, 1], (P @ Q) @ (P @ K).T / np.sqrt(dh),
+                             rtol=1e-5, atol=1e-5)
+
+
+def _standard_twin(config, state):
+  """The same weights as a TL standard-position model with W_pos = 0."""
+  state = dict(state, **{"pos_embed.W_pos": np.zeros_like(state["pos_embed.W_pos"])})
+  return dict(config, positional_embedding_type="standard"), state
+
+
+def test_token_path_equals_the_standard_model_with_no_positions(tmp_path):
+  """Every token-path weight and circuit of the folded LN + shortformer model equals our fold of
+  the same weights as a standard model with W_pos = 0 (that fold is checked against
+  TransformerLens: tools/check_transformer_lens.py)."""
+  config, state, path = _ln_shortformer(tmp_path / "shortformer", n_layers=3)
+  _, w = reproduce.load(path)
+  _, twin = reproduce.load(write_tl_model(tmp_path / "standard", *_standard_twin(config, state)))
+  for name in ("W_E", "W_Q", "W_K", "W_V", "W_O", "W_U", "b_Q", "b_K", "b_O", "b_U"):
+    np.testing.assert_allclose(getattr(w, name), getattr(twin, name), atol=1e-6, err_msg=name)
+  assert twin.W_Q_pos is None and w.b_V is None and twin.b_V is None
+  for full in (True, False):
+    for fn in (circuits.ov_eigenvalues, circuits.qk_eigenvalues):
+      np.testing.assert_allclose(np.sort_complex(fn(w, full)), np.sort_complex(fn(twin, full)),
+                                 atol=1e-4)
+  np.testing.assert_allclose(circuits.positivity(circuits.ov_eigenvalues(w)),
+                             circuits.positivity(circuits.ov_eigenvalues(twin)), atol=1e-5)
+  for kind in circuits.COMPOSITION_KINDS:
+    np.testing.assert_allclose(circuits.composition_scores(w, kind),
+                               circuits.composition_scores(twin, kind), atol=1e-5)
+  np.testing.assert_allclose(circuits.k_composition_qk_eigenvalues(w, 0, 1),
+                             circuits.k_composition_qk_eigenvalues(twin, 0, 1), atol=1e-4)
+  ours, theirs = circuits.skip_trigrams(w, [2, 5], k=4), circuits.skip_trigrams(twin, [2, 5], k=4)
+  for key in ours:
+    np.testing.assert_allclose(ours[key], theirs[key], atol=1e-5, err_msg=key)
+
+
+def test_positional_readers_are_checked_and_never_saved_as_transformer_lens(tmp_path):
+  _, _, path = _ln_shortformer(tmp_path)
+  cfg, w = reproduce.load(path)
+  _, raw, meta = reproduce.load_with_meta(path, fold=False)  # raw gains: still refused
+  assert not meta["folded"] and raw.W_Q_pos is None
+  with pytest.raises(UnfoldedLayerNormError, match="layer norm folded"):
+    circuits.positional_qk(raw)
+  with pytest.raises(WeightFormatError, match="positional readers"):
+    reproduce.save_transformer_lens(tmp_path / "folded.npz", cfg, w)
+  with pytest.raises(ValueError, match="W_K_pos needs its partner"):
+    check_weights(cfg, w.replace(W_Q_pos=None))
+  with pytest.raises(ValueError, match="does not add shortformer positions after a norm"):
+    check_weights(dataclasses.replace(cfg, pos="standard"), w)
+  with pytest.raises(ValueError, match="W_Q_pos has shape"):
+    check_weights(cfg, w.replace(W_Q_pos=w.W_Q_pos[:, :1]))
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".safetensors"])

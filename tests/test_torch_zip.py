@@ -297,11 +297,9 @@ def test_published_folder_with_training_config_and_checkpoints(tmp_path, normali
   np.testing.assert_allclose(reproduce.forward(cfg, w, tokens)[0][0], ref, rtol=1e-4,
                              atol=1e-5 * np.abs(ref).max())
   folded_cfg, folded, meta = reproduce.load_with_meta(folder)  # fold=True
-  if normalization and shortformer:  # not foldable: loads raw, says why (issue 19, item 2)
-    assert not meta["folded"] and "cannot be folded" in meta["fold_problem"]
-  else:
-    assert meta["folded"] and not folded.has_norm_parameters
-    circuits.ov_eigenvalues(folded)
+  assert meta["folded"] and not folded.has_norm_parameters and "fold_problem" not in meta
+  assert (folded.W_Q_pos is not None) == bool(normalization and shortformer)
+  circuits.ov_eigenvalues(folded)
 
   points = model_folder.training_checkpoints(folder)
   assert [(p.value, p.kind) for p in points] == [(n, "tokens") for n in sorted(labels)]

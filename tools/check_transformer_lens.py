@@ -15,6 +15,14 @@ fold_value_biases, with from_pretrained's rule that shortformer models skip the 
 Phase 2 (``--compare DIR``, run with the project's Python, which phase 1 starts) loads each
 model with ``reproduce.load`` and prints the largest differences.  Exit status 1 if any
 difference exceeds its tolerance.
+
+Layer norm with shortformer positions (TransformerLens adds them after ln1 and will not fold
+that norm): we fold it anyway, with W_pos read by the raw W_Q, W_K (``Weights.W_Q_pos``,
+``W_K_pos``).  The reference for its token path is TransformerLens's default processing of the
+same weights loaded as a standard-position model with W_pos = 0 (phase 1 records it with the
+prefix ``twin_``); its log-probabilities and patterns are compared with TransformerLens's raw
+model, and its positional QK circuit with (W_pos W_Q)(W_pos W_K)ᵀ / sqrt(d_head) from
+TransformerLens's raw weights.
 """
 
 import argparse
@@ -75,19 +83,43 @@ def _tl_phase(out: Path) -> None:
           center_writing_weights=not shortformer, center_unembed=not shortformer,
           fold_value_biases=True)
       ref["logits_processed"] = processed(tokens).numpy()
-      ref["normalization_processed"] = np.array(str(processed.cfg.normalization_type))
-      for key, value in processed.state_dict().items():
-        if not key.endswith(("mask", "IGNORE")):
-          ref["w/" + key] = value.numpy()
-      full_ov = processed.W_E @ processed.OV @ processed.W_U
-      full_qk = processed.W_E @ processed.QK @ processed.W_E.T
-      ref["ov_eigenvalues"] = full_ov.eigenvalues.numpy()
-      ref["qk_eigenvalues"] = full_qk.eigenvalues.numpy()
-      ref["ov_eigenvalues_plain"] = processed.OV.eigenvalues.numpy()
-      for mode in "QKV":
-        ref[f"composition_{mode}"] = processed.all_composition_scores(mode).numpy()
+      ref.update(_tl_processed_numbers(processed, ""))
+      if shortformer and cfg.normalization_type == "LN":
+        ref.update(_tl_standard_twin_numbers(state, arch))
+        pos_q, pos_k = model.W_pos @ model.W_Q, model.W_pos @ model.W_K  # [L, H, n_ctx, d_head]
+        ref["positional_qk"] = (pos_q @ pos_k.transpose(-1, -2) / cfg.d_head ** 0.5).numpy()
     np.savez(directory / "transformer_lens.npz", **ref)
     print(f"{name}: TransformerLens outputs written to {directory}")
+
+
+def _tl_processed_numbers(processed, prefix: str) -> dict:
+  """A processed HookedTransformer's weights and circuit numbers, keys starting ``prefix``."""
+  ref = {prefix + "normalization_processed": str(processed.cfg.normalization_type)}
+  for key, value in processed.state_dict().items():
+    if not key.endswith(("mask", "IGNORE")):
+      ref[prefix + "w/" + key] = value.numpy()
+  full_ov = processed.W_E @ processed.OV @ processed.W_U
+  full_qk = processed.W_E @ processed.QK @ processed.W_E.T
+  ref[prefix + "ov_eigenvalues"] = full_ov.eigenvalues.numpy()
+  ref[prefix + "qk_eigenvalues"] = full_qk.eigenvalues.numpy()
+  ref[prefix + "ov_eigenvalues_plain"] = processed.OV.eigenvalues.numpy()
+  for mode in "QKV":
+    ref[f"{prefix}composition_{mode}"] = processed.all_composition_scores(mode).numpy()
+  return ref
+
+
+def _tl_standard_twin_numbers(state, arch) -> dict:
+  """TransformerLens's default processing (fold_ln, center_writing_weights, center_unembed,
+  fold_value_biases) of ``state`` as a standard-position model with W_pos = 0, prefix twin_."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from transformer_lens import (  # pylint: disable=import-outside-toplevel
+      HookedTransformer, HookedTransformerConfig)
+  twin_state = {k: v.clone() for k, v in state.items()}
+  twin_state["pos_embed.W_pos"] = torch.zeros_like(twin_state["pos_embed.W_pos"])
+  twin = HookedTransformer(HookedTransformerConfig(
+      **SIZES, **dict(arch, positional_embedding_type="standard")))
+  twin.load_and_process_state_dict(twin_state)  # TransformerLens's defaults: all four steps
+  return _tl_processed_numbers(twin, "twin_")
 
 
 def _sorted_eigs(lam):
@@ -111,45 +143,77 @@ def _report(what: str, value: float, limit: float = TOLERANCE) -> int:
   return 0 if ok else 1
 
 
-def _weights_difference(cfg, w, ref) -> float:
-  """The largest relative difference of any processed weight tensor from TransformerLens's."""
-  from reproduce.core import tl_format  # pylint: disable=import-outside-toplevel
-  state = tl_format.to_state_dict(cfg, w)
-  keys = ["embed.W_E", "pos_embed.W_pos", "unembed.W_U", "unembed.b_U"]
-  keys += [f"blocks.{l}.attn.{name}" for l in range(cfg.n_layers)
-           for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_O")]
-  return max(_rel(state[key], ref["w/" + key]) for key in keys)
+def _weights_difference(cfg, w, ref, prefix: str = "", positions: bool = True) -> float:
+  """The largest relative difference of any processed weight tensor from TransformerLens's
+  (``prefix`` chooses its record; ``positions=False`` leaves W_pos out)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  L, H, dh, D = cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.d_model
+  zero = {"b_Q": (L, H, dh), "b_K": (L, H, dh), "b_O": (L, D), "b_U": (cfg.d_vocab,)}
+  ours = lambda name: np.asarray(getattr(w, name) if getattr(w, name) is not None
+                                 else np.zeros(zero[name]))
+  pairs = [(ours("W_E"), "embed.W_E"), (ours("W_U"), "unembed.W_U"), (ours("b_U"), "unembed.b_U")]
+  if positions:
+    pairs.append((ours("W_pos"), "pos_embed.W_pos"))
+  pairs += [(ours(name)[l], f"blocks.{l}.attn.{name}") for l in range(L)
+            for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_O")]
+  return max(_rel(a, ref[prefix + "w/" + key]) for a, key in pairs)
 
 
-def _compare_circuits(w, ref) -> int:
+def _compare_circuits(w, ref, prefix: str = "", against: str = "TL") -> int:
   """Eigenvalues, positivity and composition scores against TransformerLens's; failures."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   from reproduce.core import circuits  # pylint: disable=import-outside-toplevel
-  failures = _report("OV eigenvalues (full) vs TL",
+  failures = _report(f"OV eigenvalues (full) vs {against}",
                      _rel(_sorted_eigs(circuits.ov_eigenvalues(w)),
-                          _sorted_eigs(ref["ov_eigenvalues"])))
-  failures += _report("QK eigenvalues (full) vs TL",
+                          _sorted_eigs(ref[prefix + "ov_eigenvalues"])))
+  failures += _report(f"QK eigenvalues (full) vs {against}",
                       _rel(_sorted_eigs(circuits.qk_eigenvalues(w)),
-                           _sorted_eigs(ref["qk_eigenvalues"])))
-  failures += _report("OV eigenvalues (d_model) vs TL",
+                           _sorted_eigs(ref[prefix + "qk_eigenvalues"])))
+  failures += _report(f"OV eigenvalues (d_model) vs {against}",
                       _rel(_sorted_eigs(circuits.ov_eigenvalues(w, full=False)),
-                           _sorted_eigs(ref["ov_eigenvalues_plain"])))
+                           _sorted_eigs(ref[prefix + "ov_eigenvalues_plain"])))
   ours_pos = circuits.positivity(circuits.ov_eigenvalues(w))
-  theirs_pos = circuits.positivity(ref["ov_eigenvalues"])
-  failures += _report("OV positivity vs TL (absolute)",
+  theirs_pos = circuits.positivity(ref[prefix + "ov_eigenvalues"])
+  failures += _report(f"OV positivity vs {against} (absolute)",
                       float(np.abs(ours_pos - theirs_pos).max()), limit=1e-4)
   for mode in "QKV":
-    failures += _report(f"{mode}-composition scores vs TL",
+    failures += _report(f"{mode}-composition scores vs {against}",
                         _rel(circuits.composition_scores(w, mode.lower()),
-                             ref[f"composition_{mode}"]))
+                             ref[f"{prefix}composition_{mode}"]))
   return failures
+
+
+def _log_softmax(logits):
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  a = np.asarray(logits, np.float64)
+  top = a.max(-1, keepdims=True)
+  return a - top - np.log(np.exp(a - top).sum(-1, keepdims=True))
+
+
+def _compare_folded_positions_after_norm(cfg, w, tokens, ref) -> int:
+  """Our fold of LN + shortformer (positions after ln1) against TransformerLens: the raw model's
+  log-probabilities and patterns, the standard-model twin's token path, the raw positional QK."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from reproduce.core import circuits  # pylint: disable=import-outside-toplevel
+  import reproduce  # pylint: disable=import-outside-toplevel
+  logits, extras = reproduce.forward(cfg, w, tokens, return_patterns=True)
+  failures = _report("folded log-probabilities vs TL raw",
+                     _rel(_log_softmax(logits), _log_softmax(ref["logits_raw"])))
+  failures += _report("folded patterns vs TL raw", _rel(extras["patterns"], ref["patterns"]))
+  failures += _report("token-path weights vs twin (each tensor)",
+                      _weights_difference(cfg, w, ref, "twin_", positions=False))
+  failures += _report("W_Q_pos, W_K_pos vs TL raw W_Q, W_K", max(
+      _rel(np.asarray(getattr(w, f"W_{x}_pos"))[l], ref[f"w/blocks.{l}.attn.W_{x}"])
+      for l in range(cfg.n_layers) for x in "QK"))
+  failures += _report("positional QK vs TL raw weights",
+                      _rel(circuits.positional_qk(w), ref["positional_qk"]))
+  return failures + _compare_circuits(w, ref, "twin_", "twin")
 
 
 def _compare_model(name: str, directory: Path) -> int:
   """One model loaded with ``reproduce.load`` against TransformerLens's numbers; failures."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   import reproduce  # pylint: disable=import-outside-toplevel
-  from reproduce.core import circuits  # pylint: disable=import-outside-toplevel
   ref = dict(np.load(directory / "transformer_lens.npz"))
   path = directory / "model.safetensors"
   print(f"{name}:")
@@ -159,15 +223,11 @@ def _compare_model(name: str, directory: Path) -> int:
   failures = _report("raw logits vs TL", _rel(logits, ref["logits_raw"]))
   failures += _report("patterns vs TL", _rel(extras["patterns"], ref["patterns"]))
   cfg, w, meta = reproduce.load_with_meta(path)
-  if not cfg.foldable:
-    print(f"  not foldable (meta['folded']={meta['folded']}): {meta['fold_problem']}")
-    try:
-      circuits.ov_eigenvalues(w)
-      print("  circuits computed on unfolded weights: FAIL")
-      return failures + 1
-    except ValueError as e:
-      print(f"  circuits refuse it: ok ({type(e).__name__})")
-      return failures
+  if cfg_raw.norm == "ln" and cfg_raw.positions_after_norm:
+    print(f"  folded (meta['folded']={meta['folded']}): norm {cfg.norm!r}, W_pos read by the raw "
+          f"W_Q, W_K; TL leaves it unfolded (norm {ref['normalization_processed']}), the "
+          f"standard twin has norm {ref['twin_normalization_processed']}")
+    return failures + _compare_folded_positions_after_norm(cfg, w, tokens, ref)
   print(f"  folded: norm {cfg.norm!r} (TL: {ref['normalization_processed']})")
   logits = reproduce.forward(cfg, w, tokens)[0]
   failures += _report("processed logits vs TL", _rel(logits, ref["logits_processed"]))

@@ -18,6 +18,9 @@ Biases are left out, as in TransformerLens (``weights.biases_as_weights`` folds 
 model's biases into the weights).  Layer norm must be folded first (``reproduce.load``,
 ``weights.fold_for_analysis``; the circuits are then exact up to the per-token 1/σ): every
 function here raises ``weights.UnfoldedLayerNormError`` on weights with layer-norm gains.
+Positional terms read W_pos through ``Weights.positional_readers``: W_Q_pos, W_K_pos where a
+folded LN(x) + W_pos model has them (the raw W_Q, W_K, which positions meet unscaled by γ and
+outside the norm, so those terms carry no 1/σ), else W_Q, W_K.
 
 Low-rank matrices stay factored (``Factored(left, right)`` stands for ``left @ right``): rows,
 columns, top-k entries, norms and eigenvalues are all computed at the narrow side, so no
@@ -131,15 +134,17 @@ def head_ov(W_V, W_O, W_E=None, W_U=None) -> Factored:
 
 def head_positional_qk(W_Q, W_K, W_pos) -> jax.Array:
   """One head's position–position scores (W_pos W_Q)(W_pos W_K)ᵀ / sqrt(d_head) [n_ctx, n_ctx],
-  entry [dest position, src position]."""
+  entry [dest position, src position]; W_Q, W_K the weights that read positions."""
   d_head = W_Q.shape[-1]
   return (W_pos @ W_Q) @ (W_pos @ W_K).T / jnp.sqrt(jnp.float32(d_head))
 
 
-def head_token_position_qk(W_Q, W_K, W_E, W_pos) -> Tuple[Factored, Factored]:
-  """One head's shortformer cross terms, unscaled: (W_E W_QK W_posᵀ [vocab, n_ctx], dest token ×
-  src position; W_pos W_QK W_Eᵀ [n_ctx, vocab], dest position × src token)."""
-  return (Factored(W_E @ W_Q, (W_pos @ W_K).T), Factored(W_pos @ W_Q, (W_E @ W_K).T))
+def head_token_position_qk(W_Q, W_K, W_Q_pos, W_K_pos, W_E, W_pos) -> Tuple[Factored, Factored]:
+  """One head's shortformer cross terms, unscaled, with W_Q_pos, W_K_pos the weights that read
+  positions (W_Q, W_K themselves unless the model has separate ones): (W_E W_Q (W_pos W_K_pos)ᵀ
+  [vocab, n_ctx], dest token × src position; W_pos W_Q_pos (W_E W_K)ᵀ [n_ctx, vocab], dest
+  position × src token)."""
+  return (Factored(W_E @ W_Q, (W_pos @ W_K_pos).T), Factored(W_pos @ W_Q_pos, (W_E @ W_K).T))
 
 
 def head_ov_eigen_matrix(W_V, W_O, unembed_embed=None) -> jax.Array:
@@ -171,7 +176,7 @@ def head_k_composition_qk_matrix(W_Q, W_K, W_V_prev, W_O_prev, embed_gram) -> ja
 
 _qk = jax.jit(over_heads(head_qk, (0, 0, None)))
 _ov = jax.jit(over_heads(head_ov, (0, 0, None, None)))
-_token_position_qk = jax.jit(over_heads(head_token_position_qk, (0, 0, None, None)))
+_token_position_qk = jax.jit(over_heads(head_token_position_qk, (0, 0, 0, 0, None, None)))
 _ov_eigen = jax.jit(over_heads(head_ov_eigen_matrix, (0, 0, None)))
 _qk_eigen = jax.jit(over_heads(head_qk_eigen_matrix, (0, 0, None)))
 _k_composition = jax.jit(over_heads(head_k_composition_qk_matrix, (0, 0, None, None, None)))
@@ -202,17 +207,20 @@ def ov_circuit(w: Weights, full: bool = True) -> Factored:
 
 @jax.jit
 def positional_qk(w: Weights) -> jax.Array:
-  """``head_positional_qk`` of every head, [L, H, n_ctx, n_ctx]: with "shortformer" positions
-  the whole positional part of a layer-0 score (plus the cross terms, ``token_position_qk``)."""
+  """``head_positional_qk`` of every head with its positional readers (W_Q_pos, W_K_pos, else
+  W_Q, W_K): (W_pos W_Q_pos)(W_pos W_K_pos)ᵀ / sqrt(d_head), [L, H, n_ctx, n_ctx].  With
+  "shortformer" positions the whole positional part of a layer-0 score (plus the cross terms,
+  ``token_position_qk``)."""
   require_folded(w)
-  return over_heads(head_positional_qk, (0, 0, None))(w.W_Q, w.W_K, w.W_pos)
+  return over_heads(head_positional_qk, (0, 0, None))(*w.positional_readers, w.W_pos)
 
 
 def token_position_qk(w: Weights) -> Tuple[Factored, Factored]:
-  """``head_token_position_qk`` of every head: W_E W_QK W_posᵀ [L, H, vocab, n_ctx] and
-  W_pos W_QK W_Eᵀ [L, H, n_ctx, vocab], unscaled."""
+  """``head_token_position_qk`` of every head: W_E W_Q (W_pos W_K_pos)ᵀ [L, H, vocab, n_ctx]
+  and W_pos W_Q_pos (W_E W_K)ᵀ [L, H, n_ctx, vocab], unscaled (W_Q_pos, W_K_pos: the
+  positional readers, W_Q, W_K where the model has none apart)."""
   require_folded(w)
-  return _token_position_qk(w.W_Q, w.W_K, w.W_E, w.W_pos)
+  return _token_position_qk(w.W_Q, w.W_K, *w.positional_readers, w.W_E, w.W_pos)
 
 
 def positional_attention(w: Weights, n_ctx: int = 0) -> jax.Array:

@@ -32,11 +32,13 @@ def load_with_meta(path, tl_config: Optional[dict] = None, fold: bool = True
 
   ``fold=True`` (the default) returns analysis-ready weights, processed as TransformerLens's
   default loading does (``weights.fold_for_analysis``): the same function up to a per-position
-  logit constant, and every circuit number equals a TransformerLens user's.  ``meta["folded"]``
-  says whether the layer norm is folded (True also for models without one); it is False only for
-  ``fold=False`` or a model whose ``config.foldable`` is False (layer norm with shortformer
-  positions added after it), and then ``meta["fold_problem"]`` says why.  Such weights keep
-  their gains, and the circuit functions refuse them.  ``fold=False`` gives the raw weights.
+  logit constant, and every circuit number equals a TransformerLens user's.  Layer norm with
+  shortformer positions added after it (LN(x) + W_pos, e.g. Redwood's 2-layer model) folds too:
+  W_pos then keeps the raw W_Q, W_K as its own readers (``Weights.W_Q_pos``, ``W_K_pos``), and
+  the token path equals TransformerLens's processing of the same weights as a standard model
+  with W_pos = 0.  ``meta["folded"]`` says whether the layer norm is folded (True also for
+  models without one); it is False only for ``fold=False`` on a model with gains, which gives
+  the raw weights (the circuit functions refuse those).
   """
   path = Path(path)
   if model_folder.is_model_folder(path):
@@ -70,17 +72,12 @@ def _from_weight_file(path: Path, tl_config: Optional[dict], folder: Optional[Pa
 
 
 def _analysis_ready(cfg: ModelConfig, weights: Weights, meta: dict, fold: bool):
-  """Float32 weights, checked, and folded unless ``fold`` is False or the model is unfoldable."""
+  """Float32 weights, checked, and folded unless ``fold`` is False."""
   weights = Weights.from_dict({k: jnp.asarray(v, jnp.float32) for k, v in weights.to_dict().items()})
   check_weights(cfg, weights)
-  meta["folded"] = not weights.has_norm_parameters
-  if fold and not cfg.foldable:
-    meta["fold_problem"] = (
-        "layer norm with shortformer positions added after it (LN(x) + W_pos feeds W_Q and W_K): "
-        "its gain cannot be folded into the weights, so circuit analysis would not be exact")
-  elif fold:
+  if fold:
     cfg, weights = fold_for_analysis(cfg, weights)
-    meta["folded"] = True
+  meta["folded"] = not weights.has_norm_parameters
   return cfg, weights, meta
 
 

@@ -67,15 +67,6 @@ class ModelConfig:
     """True when W_pos is added to the already normalised Q/K input (TransformerLens's order)."""
     return self.pos == "shortformer" and self.norm != "none" and self.pos_after_norm
 
-  @property
-  def foldable(self) -> bool:
-    """Whether the layer norm's gain and bias fold exactly into the weights (``fold_for_analysis``).
-
-    False only for "ln" with positions added after the norm: LN(x) + W_pos feeds W_Q and W_K, so
-    the gain cannot move into W_Q without also scaling the positional term.
-    """
-    return not (self.norm == "ln" and self.positions_after_norm)
-
   @classmethod
   def from_any(cls, config: Any) -> "ModelConfig":
     """Accepts a ModelConfig, a full experiment config (with a ``model`` field) or a mapping."""
@@ -133,6 +124,10 @@ def residual_stream(cfg: ModelConfig, w: Weights, tokens: jax.Array, patterns=No
       q = x_qk W_Q + b_Q,  k = x_qk W_K + b_K,  v = x_v W_V + b_V
       x ← x + Σ_h A_h v_h W_O^h + b_O        (b_O is not part of any head's output)
 
+  With positional readers (``Weights.W_Q_pos``, ``W_K_pos``: a folded LN(x) + W_pos model) the
+  positions meet those instead: q = N(x) W_Q + b_Q + W_pos W_Q_pos, k = N(x) W_K + b_K +
+  W_pos W_K_pos.
+
   ``norm_scales`` (per-layer list or [L, B, T, 1]) replaces the per-token sqrt(var + eps) by
   which N divides the residual stream x (frozen scales, as for term importance); the scale of
   N(x + W_pos) is never frozen.  ``keep_norm_scales`` returns the scales used ([B, T, 1] each).
@@ -162,10 +157,11 @@ def residual_stream(cfg: ModelConfig, w: Weights, tokens: jax.Array, patterns=No
       scale = norm_scale(x, cfg.eps) if norm_scales is None else norm_scales[l]
       all_scales.append(scale)
     qk_in, v_in = _layer_inputs(cfg, w, l, x, pos, scale)
+    pos_qk = _positional_query_key(w, l, pos, compute_dtype)
     if attention in ("xla", "cudnn"):
-      x = x + _fused_attention(w, l, qk_in, v_in, compute_dtype, attention)
+      x = x + _fused_attention(w, l, qk_in, v_in, pos_qk, compute_dtype, attention)
     else:
-      write, A, out = _attention(w, l, qk_in, v_in, compute_dtype, attention,
+      write, A, out = _attention(w, l, qk_in, v_in, pos_qk, compute_dtype, attention,
                                  _layer(patterns, l), _layer(head_outputs, l),
                                  keep_head_outputs or head_outputs is not None)
       x = x + write
@@ -189,34 +185,48 @@ def _layer_inputs(cfg: ModelConfig, w: Weights, l: int, x, pos, scale):
   v_in = _normalise(cfg, x, gain, bias, scale)
   if cfg.pos != "shortformer":
     return v_in, v_in
+  if w.W_Q_pos is not None:  # positions meet their own readers (_positional_query_key)
+    return v_in, v_in
   if cfg.positions_after_norm:
     return v_in + pos, v_in
   return _normalise(cfg, x + pos, gain, bias), v_in
 
 
-def _fused_attention(w: Weights, l: int, qk_in, v_in, dt, attention: str):
+def _positional_query_key(w: Weights, l: int, pos, dt):
+  """(W_pos W_Q_pos, W_pos W_K_pos) of layer ``l``, [T, H, d_head] each, added to the queries
+  and keys; None without positional readers (then W_pos is part of x_qk, if anywhere)."""
+  if w.W_Q_pos is None:
+    return None
+  return tuple(mixed_einsum("td,hde->the", pos, W[l], dt) for W in (w.W_Q_pos, w.W_K_pos))
+
+
+def _fused_attention(w: Weights, l: int, qk_in, v_in, pos_qk, dt, attention: str):
   """Layer ``l``'s heads through ``jax.nn.dot_product_attention`` ("xla" or "cudnn"), [B, T, D]
   without b_O: the same maths, patterns never materialised by cuDNN's flash kernel."""
   q, k, v = (mixed_einsum("btd,hde->bthe", a, W[l], dt) + (0.0 if b is None else b[l])
              for a, W, b in ((qk_in, w.W_Q, w.b_Q), (qk_in, w.W_K, w.b_K),
                              (v_in, w.W_V, w.b_V)))
+  if pos_qk is not None:
+    q, k = q + pos_qk[0], k + pos_qk[1]
   cast = (lambda a: a.astype(dt)) if dt is not None else (lambda a: a)
   z = jax.nn.dot_product_attention(cast(q), cast(k), cast(v), is_causal=True,
                                    implementation=attention)  # [B, T, H, E]
   return mixed_einsum("bthe,hed->btd", z, w.W_O[l], dt)
 
 
-def _attention(w: Weights, l: int, qk_in, v_in, dt, attention: str, pattern, head_output,
-               per_head: bool):
+def _attention(w: Weights, l: int, qk_in, v_in, pos_qk, dt, attention: str, pattern,
+               head_output, per_head: bool):
   """Layer ``l``'s heads with explicit or blocked patterns → (write to the stream [B, T, D]
   without b_O, the pattern A [B, H, T, T] or None, each head's output [B, H, T, D] or None).
 
+  ``pos_qk``: None or the positional (query, key) terms [T, H, E] (``_positional_query_key``).
   ``pattern`` replaces the computed A; ``head_output`` replaces what the heads write (the computed
   outputs are still returned); ``per_head`` keeps each head's output apart."""
   add_bias = lambda a, b: a if b is None else a + b[l][None, :, None, :]  # a [B, H, T, E]
+  add_positions = lambda a, i: a if pos_qk is None else a + jnp.swapaxes(pos_qk[i], 0, 1)
   if pattern is None:
-    q = add_bias(mixed_einsum("btd,hde->bhte", qk_in, w.W_Q[l], dt), w.b_Q)
-    k = add_bias(mixed_einsum("btd,hde->bhte", qk_in, w.W_K[l], dt), w.b_K)
+    q = add_positions(add_bias(mixed_einsum("btd,hde->bhte", qk_in, w.W_Q[l], dt), w.b_Q), 0)
+    k = add_positions(add_bias(mixed_einsum("btd,hde->bhte", qk_in, w.W_K[l], dt), w.b_K), 1)
   v = add_bias(mixed_einsum("btd,hde->bhte", v_in, w.W_V[l], dt), w.b_V)
   A = None
   if attention == "blocked":

@@ -234,7 +234,14 @@ def from_state_dict(arrays: Dict[str, np.ndarray], tl_config: Optional[dict] = N
 
 def to_state_dict(cfg: ModelConfig, weights: Weights) -> Dict[str, np.ndarray]:
   """Our weights under TransformerLens names, with explicit zero biases where we have none
-  (naming only: ``tl_config_of`` says whether TransformerLens computes the same function)."""
+  (naming only: ``tl_config_of`` says whether TransformerLens computes the same function).
+  Refuses positional readers (W_Q_pos, W_K_pos of a folded LN(x) + W_pos model): TransformerLens
+  has no place for them."""
+  if weights.W_Q_pos is not None or weights.W_K_pos is not None:
+    raise WeightFormatError(
+        "these weights have separate positional readers (W_Q_pos, W_K_pos: a folded layer-norm "
+        "model with shortformer positions), which TransformerLens cannot express; save the raw "
+        "weights (reproduce.load(path, fold=False)) instead")
   w = {k: np.asarray(v, np.float32) for k, v in weights.to_dict().items()}
   L, H, D, dh, V = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_vocab
   get = lambda name, shape: w.get(name, np.zeros(shape, np.float32))

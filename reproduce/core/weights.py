@@ -16,12 +16,18 @@ Optional parts (``None`` when absent, and then omitted from ``to_dict``):
 
     b_Q, b_K, b_V [L, H, d_head]    b_O [L, d_model]    b_U [vocab]        biases
     ln_gain, ln_bias [L, d_model]   ln_final, ln_final_bias [d_model]      layer norm (norm="ln")
+    W_Q_pos, W_K_pos [L, H, d_model, d_head]    positional readers (folded LN(x) + W_pos models)
 
 Normalisation (``ModelConfig.norm``): "none"; "ln", (x − mean)/sqrt(var + eps) · gain (+ bias)
 wherever the residual stream is read; "lnpre", the same without gain or bias (TransformerLens's
 LNPre, and what a folded "ln" model becomes).  With shortformer positions and a norm,
 ``ModelConfig.pos_after_norm`` says where W_pos enters the Q/K input: False (our trained models)
 LN(x + W_pos); True (TransformerLens) LN(x) + W_pos.
+
+Positional readers: folding such an LN(x) + W_pos model (``fold_for_analysis``) moves the gain
+into W_Q and W_K, while the positions must still meet the raw ones, so W_pos gets its own
+readers: q = N(x) W_Q + b_Q + W_pos[p] W_Q_pos (k likewise with W_K_pos), N the gainless norm.
+Only models with ``ModelConfig.positions_after_norm`` carry them, both or neither.
 """
 
 from __future__ import annotations
@@ -38,12 +44,11 @@ POSITION_INITS = ("learned", "sinusoidal")
 WEIGHT_NAMES = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_U")
 BIAS_NAMES = ("b_Q", "b_K", "b_V", "b_O", "b_U")
 NORM_NAMES = ("ln_gain", "ln_bias", "ln_final", "ln_final_bias")
+POSITIONAL_READER_NAMES = ("W_Q_pos", "W_K_pos")
 
 
 class UnfoldedLayerNormError(ValueError):
   """Circuit maths asked of weights that still carry layer-norm gains or biases."""
-
-
 
 
 @jax.tree_util.register_dataclass
@@ -67,6 +72,8 @@ class Weights:
   b_U: Optional[Any] = None
   ln_bias: Optional[Any] = None
   ln_final_bias: Optional[Any] = None
+  W_Q_pos: Optional[Any] = None
+  W_K_pos: Optional[Any] = None
 
   @property
   def n_layers(self) -> int:
@@ -114,6 +121,14 @@ class Weights:
     """True while layer-norm gains or biases are still separate from the weights."""
     return any(getattr(self, n) is not None for n in NORM_NAMES)
 
+  @property
+  def positional_readers(self) -> tuple:
+    """(W_Q_pos, W_K_pos) where present, else (W_Q, W_K): the weights that read W_pos in a
+    shortformer model's queries and keys, [L, H, d_model, d_head] each."""
+    if self.W_Q_pos is None:
+      return self.W_Q, self.W_K
+    return self.W_Q_pos, self.W_K_pos
+
 
 def require_folded(w: Weights, what: str = "circuit analysis") -> None:
   """Raises UnfoldedLayerNormError if ``w`` still has layer-norm gains or biases."""
@@ -121,8 +136,7 @@ def require_folded(w: Weights, what: str = "circuit analysis") -> None:
     raise UnfoldedLayerNormError(
         f"{what} needs weights with the layer norm folded in, but these still carry its gain"
         " (ln_gain/ln_final): load with reproduce.load(path) (fold=True, the default) or call "
-        "reproduce.core.weights.fold_for_analysis(config, weights); a model whose ModelConfig."
-        "foldable is False (layer norm with positions added after it) cannot be analysed exactly")
+        "reproduce.core.weights.fold_for_analysis(config, weights)")
 
 
 def check_weights(cfg: ModelConfig, w: Weights) -> None:
@@ -150,6 +164,26 @@ def check_weights(cfg: ModelConfig, w: Weights) -> None:
       raise ValueError(f"weight {name} is present but model.norm is {cfg.norm!r}")
     if tuple(got.shape) != optional[name]:
       raise ValueError(f"weight {name} has shape {tuple(got.shape)}, expected {optional[name]}")
+  _check_positional_readers(cfg, w)
+
+
+def _check_positional_readers(cfg: ModelConfig, w: Weights) -> None:
+  """W_Q_pos and W_K_pos: both or neither, [L, H, d_model, d_head], and only where positions
+  are added after the norm (elsewhere W_Q and W_K read them)."""
+  present = [n for n in POSITIONAL_READER_NAMES if getattr(w, n) is not None]
+  if not present:
+    return
+  if len(present) == 1:
+    raise ValueError(f"weight {present[0]} needs its partner: W_Q_pos and W_K_pos come together")
+  if not cfg.positions_after_norm:
+    raise ValueError("W_Q_pos/W_K_pos are present but the model does not add shortformer "
+                     f"positions after a norm (pos={cfg.pos!r}, norm={cfg.norm!r}, "
+                     f"pos_after_norm={cfg.pos_after_norm})")
+  shape = (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head)
+  for name in present:
+    if tuple(getattr(w, name).shape) != shape:
+      raise ValueError(f"weight {name} has shape {tuple(getattr(w, name).shape)}, "
+                       f"expected {shape}")
 
 
 def sinusoidal_positions(n_ctx: int, d_model: int) -> np.ndarray:
@@ -209,30 +243,32 @@ def fold_for_analysis(cfg: ModelConfig, w: Weights) -> tuple:
      position moves by the same amount; softmax is unchanged).
   4. fold the value biases: b_O ← b_O + Σ_h b_Vʰ W_Oʰ (patterns sum to 1), b_V ← 0 (dropped).
 
-  TransformerLens skips steps 1-3 for shortformer positions (it adds W_pos after the norm, which
-  a gain cannot fold past); so do we, except for our own "ln" models with positions inside the
-  norm (``pos_after_norm=False``), whose norm folds exactly (steps 1, 2 and 4).  When
-  ``cfg.foldable`` is False the weights keep their gains and the circuit functions refuse them.
+  Shortformer models: TransformerLens skips steps 1-3 for them, and so do we for "none" and
+  "lnpre".  "ln" models fold too:
+    positions inside the norm, LN(x + W_pos) (our trained models): steps 1, 2 and 4.
+    positions after it, LN(x) + W_pos (TransformerLens's order): all four steps, except that
+      W_pos stays raw and gets its own readers, the raw W_Q and W_K (row vectors, n(x) the
+      gainless norm, W_Q' the folded W_Q):
+        q = (γ ⊙ n(x) + β + W_pos[p]) W_Q + b_Q = n(x) W_Q' + b_Q' + W_pos[p] W_Q_pos,
+      W_Q_pos = W_Q (unscaled by γ, not centred), and k likewise.  The token path is then
+      exactly TransformerLens's processing of the same weights as a standard model with
+      W_pos = 0.
   Logits are unchanged except for a per-position constant from step 3.
   """
   W = {k: _f64(v) for k, v in w.to_dict().items()}
-  D, L, H, dh = cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_head
-  shortformer = cfg.pos == "shortformer"
-  fold_norm = cfg.norm == "ln" and cfg.foldable
+  shortformer, fold_norm = cfg.pos == "shortformer", cfg.norm == "ln"
   centre_writers = cfg.norm in ("ln", "lnpre") and (not shortformer or fold_norm)
-  centre_unembed = not shortformer
+  centre_positions = centre_writers and not cfg.positions_after_norm
+  centre_unembed = not shortformer or (fold_norm and cfg.positions_after_norm)
   centre = lambda a, axis: a - a.mean(axis, keepdims=True)
   if fold_norm:
-    gain, beta = W.pop("ln_gain"), W.pop("ln_bias", np.zeros((L, D)))
-    for name, bias in (("W_Q", "b_Q"), ("W_K", "b_K"), ("W_V", "b_V")):
-      W[bias] = W.get(bias, np.zeros((L, H, dh))) + np.einsum("ld,lhde->lhe", beta, W[name])
-      W[name] = centre(gain[:, None, :, None] * W[name], -2)
-    gain_f, beta_f = W.pop("ln_final"), W.pop("ln_final_bias", np.zeros(D))
-    W["b_U"] = W.get("b_U", np.zeros(cfg.d_vocab)) + beta_f @ W["W_U"]
-    W["W_U"] = centre(gain_f[:, None] * W["W_U"], 0)
+    if cfg.positions_after_norm:
+      W.setdefault("W_Q_pos", W["W_Q"])
+      W.setdefault("W_K_pos", W["W_K"])
+    _fold_layer_norm(cfg, W)
     cfg = dataclasses.replace(cfg, norm="lnpre")
   if centre_writers:
-    for name in ("W_E", "W_pos", "W_O", "b_O"):
+    for name in ("W_E", "W_O", "b_O") + (("W_pos",) if centre_positions else ()):
       if name in W:
         W[name] = centre(W[name], -1)
   if centre_unembed:
@@ -240,11 +276,26 @@ def fold_for_analysis(cfg: ModelConfig, w: Weights) -> tuple:
     if "b_U" in W:
       W["b_U"] = centre(W["b_U"], -1)
   if "b_V" in W:
+    L, D = cfg.n_layers, cfg.d_model
     b_V = W.pop("b_V")
     W["b_O"] = W.get("b_O", np.zeros((L, D))) + np.einsum("lhe,lhed->ld", b_V, W["W_O"])
     if centre_writers:
       W["b_O"] = centre(W["b_O"], -1)
   return cfg, Weights.from_dict({k: jnp.asarray(v, jnp.float32) for k, v in W.items()})
+
+
+def _fold_layer_norm(cfg: ModelConfig, W: dict) -> None:
+  """Step 1 of ``fold_for_analysis``, in place on the float64 dict ``W``: for each reader W with
+  bias b, b ← b + β W and W ← (I − 11ᵀ/d_model) diag(γ) W; the gains and biases are removed."""
+  D, L, H, dh = cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_head
+  centre_rows = lambda a: a - a.mean(-2, keepdims=True)  # over d_model, the readers' input axis
+  gain, beta = W.pop("ln_gain"), W.pop("ln_bias", np.zeros((L, D)))
+  for name, bias in (("W_Q", "b_Q"), ("W_K", "b_K"), ("W_V", "b_V")):
+    W[bias] = W.get(bias, np.zeros((L, H, dh))) + np.einsum("ld,lhde->lhe", beta, W[name])
+    W[name] = centre_rows(gain[:, None, :, None] * W[name])
+  gain_f, beta_f = W.pop("ln_final"), W.pop("ln_final_bias", np.zeros(D))
+  W["b_U"] = W.get("b_U", np.zeros(cfg.d_vocab)) + beta_f @ W["W_U"]
+  W["W_U"] = centre_rows(gain_f[:, None] * W["W_U"])
 
 
 def biases_as_weights(cfg: ModelConfig, w: Weights) -> tuple:
