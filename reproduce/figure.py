@@ -37,6 +37,7 @@ from absl import app, flags
 from reproduce import experiment
 from reproduce.config import project_module
 from reproduce.core.tl_config import parse_cli as parse_tl_config
+from reproduce.core.weights import UnfoldedLayerNormError
 from reproduce.estimate import first_run_plan
 from reproduce.host import CPU_DEVICES_HELP, split_cpu
 from reproduce.report import claim_lines, seed_workdir, tally, write_index, write_seed_table
@@ -135,7 +136,7 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
   log(f"figure {name}: analysing {', '.join(models)}")
   out = experiment.OutputDir(workdir / name)
   try:
-    claims = module.run(config, models, out.path)
+    claims = _run_figure(name, module, config, models, out.path)
     summary = {
         "figure": name, "description": module.DESCRIPTION, "preset": preset, "seed": seed,
         "figure_config": config.to_dict(),
@@ -151,6 +152,20 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
   for line in claim_lines(claims):
     log(line)
   return summary
+
+
+def _run_figure(name: str, module, config, models, outdir) -> list:
+  """``module.run``; circuit maths refused on an unfoldable model becomes one line saying why."""
+  try:
+    return module.run(config, models, outdir)
+  except UnfoldedLayerNormError as e:
+    unfoldable = [(label, m.meta["fold_problem"]) for label, m in models.items()
+                  if m.meta.get("fold_problem")]
+    if not unfoldable:
+      raise
+    label, problem = unfoldable[0]
+    raise experiment.FigureError(f"figure {name} computes circuits from the weights, which "
+                                 f"{label} does not allow: {problem}") from e
 
 
 # ----------------------------------------------------------------------------------------------
