@@ -24,7 +24,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch_zip_writer as tzw  # pylint: disable=wrong-import-position
 from test_tl_format import tl_model  # pylint: disable=wrong-import-position
