@@ -15,6 +15,7 @@ def get_config(preset: str = "cpu"):
   c = ml_collections.ConfigDict()
   c.models = ("attn1l", "attn2l")  # model configs (configs/<name>.py) trained at the preset and analysed
   c.icl_windows = 512  # held-out windows for the ICL score at each snapshot (noise ~ 1/√n)
+  c.loss_positions = 16  # evenly spaced positions per window for each snapshot's held-out loss
   c.samples = 10  # prefix-matching samples
   # A formed induction head: prefix matching 0.3 is ≥ 7× a uniform head's attention over the
   # probe's 100-token context; 0.1 (≈ 2–3× uniform) is "not formed" for the 1L claim.

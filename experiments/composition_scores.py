@@ -54,6 +54,7 @@ def run(config, models, outdir):
         "heads": [[roles.label(l, h) for h in range(H)] for l in range(L)],
         "layer_pairs": pairs, "layout": "[l1, h1, l2, h2], zero unless l1 < l2",
         "previous_token_scores": roles.previous_token, "induction_scores": roles.induction,
+        "head_roles_probe": roles.probe,
         "random_init_max": init_max, "random_init_source": init_source,
         **{("erratum_" if p else "") + k: v for p, r in results.items() for k, v in r.items()}})
 

@@ -1,8 +1,9 @@
 """Histogram of OV-circuit positivity over all heads, trained vs random init (FW fig 16).
 
 positivity = Re(Σλ) / Σ|λ| of the full OV circuit W_E W_OV W_U: +1 copying, ≈0 random,
-−1 anti-copying.  The random-init distribution is the same run's step-0 snapshot; a checkpoint
-without snapshots (a weight file) has no initial weights, so a fresh init of the same shapes
+−1 anti-copying.  The random-init distribution is the model's earliest training snapshot: our
+run's step-0 snapshot, or the first of a downloaded folder's ``checkpoints/`` (the figure says
+which); a weight file without either has no initial weights, so a fresh init of the same shapes
 stands in for it and the figure says so.
 
 Copying is judged against both the fixed threshold (FW's "mostly positive eigenvalues") and the
@@ -42,8 +43,9 @@ def run(config, models, outdir):
     ax.set_ylabel("heads")
     L, H = model.cfg.n_layers, model.cfg.n_heads
     copying = int((trained > threshold).sum())
-    missing = ("\n(no step-0 snapshot: grey is a fresh init, not this run's)"
-               if "no step-0" in init_source else "")
+    missing = ("\n(no training snapshots: grey is a fresh init, not this run's)"
+               if model.snapshots is None else "" if "step-0" in init_source
+               else f"\n(grey: {init_source}, the earliest there is)")
     ax.set_title(f"{label}: {copying} of {L * H} heads copy (> {threshold:.2f}){missing}",
                  fontsize=9)
     ax.legend(fontsize=8, loc="upper left")

@@ -1,8 +1,10 @@
 """The phase change (IH §3): induction heads and in-context learning appear together.
 
-For every log-spaced snapshot of one training run per model: the in-context-learning score (loss
-late in the context minus early, on fixed held-out windows) and every head's prefix-matching
-score, against tokens seen, beside the training loss.
+For every training snapshot of each model (``Model.snapshots``: our run's log-spaced
+``snapshots/``, or the ``checkpoints/`` of a downloaded model folder, read one at a time): the
+in-context-learning score (loss late in the context minus early, on fixed held-out windows),
+every head's prefix-matching score and the held-out loss, against tokens seen (steps where a
+folder's file names count steps), beside the training loss when the run logged it.
 
 The claims follow IH's wording rather than a slope criterion (RECIPE.md tells how the earlier
 slope criteria failed and why they were replaced):
@@ -13,7 +15,8 @@ slope criteria failed and why they were replaced):
   inside the window (IH: "most in-context learning is acquired in the phase change");
 - loss bump: a smooth fit of log(training loss) against log(tokens) over the decade before the
   window to the end, the window left out, and the mean residual inside the window above the
-  fit's noise (2 standard errors of the residuals outside);
+  fit's noise (2 standard errors of the residuals outside); without a training-loss log (a
+  downloaded folder) the held-out loss measured at each snapshot stands in for it;
 - one layer never forms induction heads, and its final ICL score stays above the 2L model's.
 
 A checkpoint without training snapshots (a weight file) has no trajectory: the figure shows its
@@ -26,34 +29,48 @@ import json
 import numpy as np
 from matplotlib.ticker import NullFormatter
 
-from reproduce.core import checkpoint, scores
+from reproduce.core import scores
 from reproduce import experiment
-from reproduce.core.loading import load_with_meta
 
 DESCRIPTION = "ICL score and every head's prefix-matching score over training (1L vs 2L), with the loss"
 ORDER = 100  # place in the batch job and index.html (reproduce.figure.figure_names)
 
 
+def x_axis(model) -> str:
+  """What the x axis counts: "tokens", or "steps" for a folder whose checkpoints count steps."""
+  return model.snapshots.axis if model.snapshots is not None else "tokens"
+
+
+def measure(config, model, cfg, weights, inputs, targets, pool) -> dict:
+  """One snapshot's ICL score, held-out loss and every head's prefix matching [L, H]."""
+  icl = scores.in_context_learning_score(cfg, weights, inputs, targets,
+                                         loss_positions=config.loss_positions)
+  prefix = (np.asarray(scores.prefix_matching_score(cfg, weights, pool, model.bos_id,
+                                                    samples=config.samples))
+            if cfg.n_layers else np.zeros((0, cfg.n_heads)))
+  return {"icl": icl["score"], "loss": icl["loss"],
+          "icl_positions": [icl["early_index"], icl["late_index"]], "prefix": prefix}
+
+
 def trajectory(model, config):
-  """Per snapshot: tokens seen, ICL score, prefix matching [L, H].  Without snapshots, one row
-  for the model's own weights."""
+  """Per training snapshot (``model.snapshots``, one in memory at a time): its step, tokens seen
+  and position on ``x_axis``, ICL score, held-out loss and prefix matching [L, H].  Without
+  snapshots, one row for the model's own weights."""
   experiment.require_tokens(model, "induction_formation")
   inputs, targets = model.heldout_windows(config.icl_windows)
   pool = model.sampling_pool()
-  rows = []
-  if experiment.has_snapshots(model):
-    points = [load_with_meta(Path(model.workdir) / "snapshots" / str(step))
-              for step in checkpoint.checkpoint_steps(Path(model.workdir) / "snapshots")]
+  if model.snapshots is not None:
+    points, where = model.snapshots.iterate(), model.snapshots.position
   else:
     points = [(model.cfg, model.weights, {"step": model.meta.get("step"),
                                           "tokens_seen": model.meta.get("tokens_seen") or 0})]
+    where = lambda meta: meta["tokens_seen"]
+  rows = []
   for cfg, weights, meta in points:
-    icl = scores.in_context_learning_score(cfg, weights, inputs, targets)
-    prefix = (np.asarray(scores.prefix_matching_score(cfg, weights, pool, model.bos_id,
-                                                      samples=config.samples))
-              if cfg.n_layers else np.zeros((0, cfg.n_heads)))
-    rows.append({"step": meta.get("step"), "tokens": meta.get("tokens_seen") or 0,
-                 "icl": icl["score"], "icl_positions": [icl["early_index"], icl["late_index"]], "prefix": prefix})
+    rows.append(dict(measure(config, model, cfg, weights, inputs, targets, pool),
+                     step=meta.get("step"), tokens=meta.get("tokens_seen"),
+                     x=where(meta) or 0))
+    del cfg, weights, meta  # hold one snapshot at a time
   return rows
 
 
@@ -113,10 +130,11 @@ def loss_bump(train_loss, lo, hi, degree):
 
 
 def formation(config, model) -> dict:
-  """The model's trajectory as arrays: tokens, ICL score, prefix matching [n, L, H], the best
-  head's prefix matching, the losses logged, and the formation window (``steepest_gain``)."""
+  """The model's trajectory as arrays: ``tokens`` (its positions on ``x_axis``: tokens seen or
+  steps), ICL score, held-out loss, prefix matching [n, L, H], the best head's prefix matching,
+  the losses logged, and the formation window (``steepest_gain``)."""
   traj = trajectory(model, config)
-  tokens = np.asarray([r["tokens"] for r in traj], float)
+  tokens = np.asarray([r["x"] for r in traj], float)
   L, H = model.cfg.n_layers, model.cfg.n_heads
   prefix = np.stack([r["prefix"] for r in traj]) if L else np.zeros((len(traj), 0, H))
   flat = prefix.reshape(len(traj), -1)
@@ -125,8 +143,10 @@ def formation(config, model) -> dict:
   train_loss, heldout_loss = training_loss(model)
   snapshots = experiment.has_snapshots(model)
   gain = steepest_gain(tokens, best, config.window_ratio) if snapshots and L else None
-  return {"steps": [r["step"] for r in traj], "tokens": tokens,
-          "icl": np.asarray([r["icl"] for r in traj]), "prefix": prefix, "flat": flat,
+  return {"steps": [r["step"] for r in traj], "tokens": tokens, "axis": x_axis(model),
+          "tokens_seen": [r["tokens"] for r in traj],
+          "icl": np.asarray([r["icl"] for r in traj]),
+          "snapshot_loss": np.asarray([r["loss"] for r in traj]), "prefix": prefix, "flat": flat,
           "best_head": best_head, "best": best, "train_loss": train_loss,
           "heldout_loss": heldout_loss, "snapshots": snapshots, "gain": gain,
           "positions": traj[-1]["icl_positions"]}
@@ -139,6 +159,8 @@ def plot_row(config, axes, label, model, f) -> None:
   positions = f["positions"]
   train_loss, heldout_loss = f["train_loss"], f["heldout_loss"]
   missing = "" if f["snapshots"] else " (no training snapshots: final weights only)"
+  if not len(train_loss) and not len(heldout_loss) and f["snapshots"]:
+    heldout_loss = np.stack([tokens, f["snapshot_loss"]], axis=1)  # measured at each snapshot
   shown = tokens > 0  # log axes: the step-0 snapshot is left out of the drawing
   if not shown.any():
     shown = np.ones_like(shown)
@@ -165,14 +187,15 @@ def plot_row(config, axes, label, model, f) -> None:
     axes[2].plot(heldout_loss[:, 0], heldout_loss[:, 1], "o-", ms=2, color="#1c2833", lw=1,
                  label="held-out")
   axes[2].set_ylabel("loss (nats)")
-  axes[2].set_title(f"{label}: training loss" + ("" if len(train_loss) else
-                                                   " (no metrics log: missing)"), fontsize=9)
+  title = ("training loss" if len(train_loss) else "held-out loss at each snapshot (no "
+           "training-loss log)" if f["snapshots"] else "training loss (no metrics log: missing)")
+  axes[2].set_title(f"{label}: {title}", fontsize=9)
   if len(train_loss) or len(heldout_loss):
     axes[2].legend(fontsize=7)
   for ax in axes:
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())  # < 1 decade would label every minor tick
-    ax.set_xlabel("tokens seen")
+    ax.set_xlabel("tokens seen" if f["axis"] == "tokens" else "training steps")
     if gain is not None:
       ax.axvspan(tokens[gain[0]], tokens[gain[1]], color="#f5cba7", alpha=0.5, lw=0)
   if any(prefix[-1].ravel() >= config.formed):
@@ -215,8 +238,13 @@ def run(config, models, outdir):
     f = formation(config, model)
     L, H, tokens, gain = model.cfg.n_layers, model.cfg.n_heads, f["tokens"], f["gain"]
     final_icl[label] = (L, float(f["icl"][-1]))
-    numbers[label] = {"steps": f["steps"], "tokens": tokens, "icl": f["icl"],
-                      "prefix_matching": f["prefix"], "icl_positions": f["positions"],
+    numbers[label] = {"x_axis": f["axis"], "x": tokens, "steps": f["steps"],
+                      "tokens": f["tokens_seen"], "icl": f["icl"],
+                      "heldout_loss": f["snapshot_loss"], "prefix_matching": f["prefix"],
+                      "icl_positions": f["positions"],
+                      "snapshots": None if model.snapshots is None else
+                      f"{len(model.snapshots)} {model.snapshots.source} in "
+                      f"{model.snapshots.root}",
                       "best_head": None if f["best_head"] is None else
                       f"L{f['best_head'] // H}H{f['best_head'] % H}",
                       "window": None if gain is None else [tokens[gain[0]], tokens[gain[1]]]}
@@ -227,8 +255,10 @@ def run(config, models, outdir):
       numbers[label]["missing"] = "training snapshots (a weight file has none)"
       continue
     if L >= 2:
-      claims.extend(_phase_change_claims(config, label, tokens, f["best"], f["icl"],
-                                         f["train_loss"], gain, numbers[label]))
+      loss = (f["train_loss"], "training loss") if len(f["train_loss"]) else \
+          (np.stack([tokens, f["snapshot_loss"]], axis=1), "held-out loss at each snapshot")
+      claims.extend(_phase_change_claims(config, label, tokens, f["best"], f["icl"], loss, gain,
+                                         numbers[label], f["axis"]))
     elif L == 1:
       claims.append(_none_in_1l_claim(config, label, f["flat"]))
   comparison = _icl_2l_below_1l_claim(final_icl)
@@ -239,14 +269,16 @@ def run(config, models, outdir):
   return claims
 
 
-def _phase_change_claims(config, label, tokens, best, icl, train_loss, gain, numbers):
-  """IH §3's phase change in a model that can form induction heads."""
+def _phase_change_claims(config, label, tokens, best, icl, loss, gain, numbers, axis):
+  """IH §3's phase change in a model that can form induction heads; ``tokens``: the snapshots'
+  positions on ``axis`` ("tokens" or "steps"); ``loss``: ((position, loss) [n, 2], its name)."""
+  train_loss, loss_name = loss
   if gain is None:
     return [experiment.claim(
         figure="induction_formation", what="abrupt", model=label,
         statement=f"{label}: induction heads form abruptly", source="IH §3",
         criterion=f"the best head's prefix matching gains ≥ {config.majority} of its total rise "
-        f"within a factor {config.window_ratio:g} of tokens",
+        f"within a factor {config.window_ratio:g} of {axis}",
         measured=f"its prefix matching never rises (final {best[-1]:.2f})", value=best,
         holds=False)]
   i, j, fraction = gain
@@ -255,11 +287,11 @@ def _phase_change_claims(config, label, tokens, best, icl, train_loss, gain, num
       statement=f"{label}: induction heads form abruptly", source="IH §3",
       criterion=f"the head with the highest final prefix-matching score gains ≥ "
       f"{config.majority} of its total rise (final − initial) between two snapshots ≤ "
-      f"{config.window_ratio:g}× apart in tokens, and ends ≥ {config.formed}",
+      f"{config.window_ratio:g}× apart in {axis}, and ends ≥ {config.formed}",
       measured=f"{fraction:.2f} of its rise ({best[i]:.2f} → {best[j]:.2f}) between "
-      f"{tokens[i]:,.0f} and {tokens[j]:,.0f} tokens (×{tokens[j] / tokens[i]:.2f}); final "
+      f"{tokens[i]:,.0f} and {tokens[j]:,.0f} {axis} (×{tokens[j] / tokens[i]:.2f}); final "
       f"{best[-1]:.2f}",
-      value={"fraction": fraction, "tokens": [tokens[i], tokens[j]], "final": best[-1]},
+      value={"fraction": fraction, axis: [tokens[i], tokens[j]], "final": best[-1]},
       holds=fraction >= config.majority and best[-1] >= config.formed)]
   share, total = icl_share(icl, i, j)
   numbers["icl_share_in_window"] = share
@@ -275,15 +307,16 @@ def _phase_change_claims(config, label, tokens, best, icl, train_loss, gain, num
       holds=share >= config.majority))
   bump, noise, n_inside = loss_bump(train_loss, tokens[i], tokens[j], config.loss_fit_degree) \
       if len(train_loss) else (float("nan"), float("nan"), 0)
-  numbers["loss_bump"] = {"mean_residual": bump, "standard_error": noise, "points": n_inside}
+  numbers["loss_bump"] = {"mean_residual": bump, "standard_error": noise, "points": n_inside,
+                          "loss": loss_name}
   claims.append(experiment.claim(
       figure="induction_formation", what="loss_bump", model=label,
       statement=f"{label}: the training loss shows a bump in that window", source="IH §3",
-      criterion=f"mean residual of log(training loss) inside the window from a degree-"
-      f"{config.loss_fit_degree} fit of log loss vs log tokens (decade before the window → end, "
+      criterion=f"mean residual of log({loss_name}) inside the window from a degree-"
+      f"{config.loss_fit_degree} fit of log loss vs log {axis} (decade before the window → end, "
       f"window left out) > {config.bump_standard_errors:g} standard errors of the residuals "
       "outside",
-      measured=f"mean residual {bump:+.4f} over {n_inside} logged intervals; standard error "
-      f"{noise:.4f}", value={"residual": bump, "standard_error": noise},
+      measured=f"mean residual {bump:+.4f} over {n_inside} points of the {loss_name}; standard "
+      f"error {noise:.4f}", value={"residual": bump, "standard_error": noise},
       holds=bool(bump > config.bump_standard_errors * noise)))
   return claims

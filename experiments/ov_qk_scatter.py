@@ -50,6 +50,7 @@ def run(config, models, outdir):
         "previous_token_head_per_layer": {f"layer {l}": f"L{p[0]}H{p[1]}"
                                           for l, p in zip(range(1, L), prev)},
         "ov_positivity": ov, "k_composition_positivity": qk, "induction_scores": roles.induction,
+        "previous_token_scores": roles.previous_token, "head_roles_probe": roles.probe,
         "random_init": {"ov_positivity": init_ov, "k_composition_positivity": init_qk,
                         "source": init_source}})
 

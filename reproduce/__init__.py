@@ -20,6 +20,7 @@ _PUBLIC = {
     "load": "reproduce.core.loading", "load_with_meta": "reproduce.core.loading",
     "load_model": "reproduce.core.loading", "weights_of": "reproduce.core.loading",
     "iter_training_checkpoints": "reproduce.core.loading",
+    "training_snapshots": "reproduce.core.loading",
     "forward": "reproduce.core.model", "ModelConfig": "reproduce.core.model",
     "Weights": "reproduce.core.weights", "AttentionOnlyTransformer": "reproduce.core.module",
     "save_transformer_lens": "reproduce.core.tl_format",

@@ -27,7 +27,7 @@ from matplotlib import pyplot as plt
 from reproduce import data
 from reproduce.config import load_config
 from reproduce.core import scores
-from reproduce.core.loading import load, load_with_meta
+from reproduce.core.loading import TrainingSnapshots, load_with_meta, training_snapshots
 from reproduce.core.model import ModelConfig
 from reproduce.core.weights import Weights, init_weights
 from reproduce.corpus import DEFAULT_HELDOUT_EVERY, resolve_corpus
@@ -37,6 +37,9 @@ from reproduce.train.loop import train
 
 class FigureError(ValueError):
   """A figure that cannot be made from the models it was given."""
+
+
+NO_TOKENIZER_BOS = 0  # BOS of random-token probes without a tokenizer or a config naming one
 
 
 @dataclasses.dataclass
@@ -49,10 +52,28 @@ class Model:
   meta: dict
   workdir: Optional[Path] = None  # the training run (snapshots, metrics) when known
   tokens: Optional[TokenizedCorpus] = None  # the corpus under this model's tokenizer
+  snapshots: Optional[TrainingSnapshots] = None  # its training run's snapshots, when known
 
   @property
   def bos_id(self) -> int:
-    return self.tokens.bos_id
+    """BOS: the tokenizer's; without one, the config's ``bos_token_id``, else
+    ``NO_TOKENIZER_BOS`` (``bos_source`` says which)."""
+    if self.tokens is not None:
+      return self.tokens.bos_id
+    bos = int(self.meta.get("bos_token_id", NO_TOKENIZER_BOS))
+    if not 0 <= bos < self.cfg.d_vocab:
+      raise FigureError(f"{self.label}: its config's bos_token_id {bos} is outside the "
+                        f"vocabulary (d_vocab {self.cfg.d_vocab})")
+    return bos
+
+  @property
+  def bos_source(self) -> str:
+    if self.tokens is not None:
+      return "the tokenizer's BOS"
+    if "bos_token_id" in self.meta:
+      return "bos_token_id of its config"
+    return (f"id {NO_TOKENIZER_BOS} assumed: no tokenizer, and its config names no "
+            "bos_token_id")
 
   def need_layers(self, n: int, figure: str) -> None:
     if self.cfg.n_layers < n:
@@ -73,7 +94,11 @@ class Model:
     return ids[0] if len(ids) == 1 else None
 
   def sampling_pool(self) -> np.ndarray:
-    """Token ids for random-token probes: the corpus's middle frequencies (IH)."""
+    """Token ids for random-token probes: the corpus's middle frequencies (IH); without a
+    tokenizer, every id of the vocabulary but BOS (uniform)."""
+    if self.tokens is None:
+      ids = np.arange(self.cfg.d_vocab)
+      return ids[ids != self.bos_id]
     return scores.frequency_band(self.tokens.train, self.cfg.d_vocab,
                                  exclude=(self.tokens.bos_id, self.tokens.eot_id),
                                  counts=self.tokens.counts)
@@ -216,20 +241,32 @@ def model_from_run(label: str, path, tokens: Optional[TokenizedCorpus] = None,
                           heldout_every=int(stored.get("heldout_every", DEFAULT_HELDOUT_EVERY)))
     tokens = prepare_tokens(text, cfg.d_vocab, cache_dir or None, log=log,
                             tokenizer_file=str(tokenizer_file))
-  return Model(label=label, cfg=cfg, weights=weights, meta=meta, workdir=workdir, tokens=tokens)
+  if tokens is None:
+    log(f"{label}: no tokenizer.json, so figures that read text will say so; random-token "
+        f"probes use token {int(meta.get('bos_token_id', NO_TOKENIZER_BOS))} as BOS")
+  run = workdir if workdir is not None else meta.get("folder")
+  snapshots = training_snapshots(run, tl_config) if run is not None else None
+  if snapshots is not None:
+    log(f"{label}: {len(snapshots)} {snapshots.source} in {snapshots.root} "
+        f"(training counted in {snapshots.axis})")
+  return Model(label=label, cfg=cfg, weights=weights, meta=meta, workdir=workdir, tokens=tokens,
+               snapshots=snapshots)
 
 
 def initial_weights(model: Model):
-  """(weights, where from) of ``model`` at random init: its run's step-0 snapshot when there is
-  one, else a fresh init of the same shapes (the run's own init is then missing: say so)."""
-  if model.workdir is not None and (Path(model.workdir) / "snapshots" / "0").is_dir():
-    return load(Path(model.workdir) / "snapshots" / "0")[1], "the run's step-0 snapshot"
+  """(weights, where from) of ``model`` nearest random init: its earliest training snapshot (a
+  run's step 0; a folder's first checkpoint) when it has any, else a fresh init of the same
+  shapes (the run's own init is then missing: say so)."""
+  if model.snapshots is not None:
+    _, weights, _ = model.snapshots.load(0)
+    return weights, model.snapshots.describe(0)
   return (init_weights(model.cfg, jax.random.key(0)),
-          "a fresh N(0, 0.02²) init: this checkpoint has no step-0 snapshot")
+          "a fresh N(0, 0.02²) init: this checkpoint has no training snapshots")
 
 
 def has_snapshots(model: Model) -> bool:
-  return model.workdir is not None and (Path(model.workdir) / "snapshots").is_dir()
+  """Whether the model's training run is known: a run's snapshots/ or a folder's checkpoints/."""
+  return model.snapshots is not None
 
 
 def require_tokens(model: Model, figure: str) -> None:
@@ -308,11 +345,13 @@ def symlog(x, scale: float = 1.0):
 
 @dataclasses.dataclass
 class HeadRoles:
-  """Previous-token scores (held-out text) and induction scores (repeated random tokens), [L, H]."""
+  """Previous-token scores (held-out text, or the random-token probe without a tokenizer) and
+  induction scores (repeated random tokens), [L, H]; ``probe`` says what they were measured on."""
 
   previous_token: np.ndarray
   induction: np.ndarray
   threshold: float
+  probe: str = ""
 
   def previous_token_head(self, before_layer: Optional[int] = None):
     """(layer, head) of the strongest previous-token head in the layers before ``before_layer``
@@ -342,10 +381,21 @@ class HeadRoles:
 def head_roles(model: Model, threshold: float = 0.3, length: int = 50, samples: int = 8,
                text_windows: int = 16) -> HeadRoles:
   """Measures every head's previous-token score on held-out text and its induction score on BOS
-  + ``length`` random middle-frequency tokens repeated twice."""
-  require_tokens(model, "head roles")
-  length = min(length, (model.cfg.n_ctx - 1) // 2)
-  probe = scores.repeated_sequences(model.sampling_pool(), model.bos_id, length, 2, samples)
-  roles = scores.previous_token_and_induction(model.cfg, model.weights,
-                                              model.heldout_windows(text_windows)[0], probe, length)
-  return HeadRoles(roles["previous_token"], roles["induction"], threshold)
+  + ``length`` random middle-frequency tokens repeated twice.  Without a tokenizer both come from
+  that probe (previous token: the stripe A[i, i−1]), its tokens uniform over the vocabulary but
+  BOS (``Model.sampling_pool``, ``Model.bos_id``)."""
+  pool = model.sampling_pool()
+  length = min(length, (model.cfg.n_ctx - 1) // 2, len(pool))
+  probe = scores.repeated_sequences(pool, model.bos_id, length, 2, samples)
+  repeats = f"BOS + {length} random tokens repeated twice ({samples} samples)"
+  if model.tokens is not None:
+    text = model.heldout_windows(text_windows)[0]
+    described = (f"previous-token score on {text_windows} held-out text windows; induction "
+                 f"score on {repeats}, tokens from the corpus's middle frequencies")
+  else:
+    text = None
+    described = (f"no tokenizer: previous-token and induction scores both on {repeats}, tokens "
+                 f"uniform over the vocabulary but BOS; BOS = token {model.bos_id} "
+                 f"({model.bos_source})")
+  roles = scores.previous_token_and_induction(model.cfg, model.weights, text, probe, length)
+  return HeadRoles(roles["previous_token"], roles["induction"], threshold, described)

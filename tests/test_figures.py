@@ -262,7 +262,7 @@ def test_weight_file_figures_say_what_is_missing_and_make_the_rest(figures, tmp_
   assert formation["claims"] == []  # nothing that needs a trajectory is claimed
   hist = make_figure("eigen_hist", "test", out, checkpoint=str(path), cache_dir=cache,
                      log=lambda *_: None, loaded=here)
-  assert all("no step-0 snapshot" in c["measured"] for c in hist["claims"]
+  assert all("no training snapshots" in c["measured"] for c in hist["claims"]
              if c["id"].startswith("eigen_hist.random_init"))
 
 

@@ -3,6 +3,7 @@ folders as published (``model_folder``), and the training checkpoints such a fol
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Iterator, Optional, Tuple
@@ -81,6 +82,18 @@ def _analysis_ready(cfg: ModelConfig, weights: Weights, meta: dict, fold: bool):
   return cfg, weights, meta
 
 
+def load_training_checkpoint(folder, point: model_folder.TrainingCheckpoint,
+                             tl_config: Optional[dict] = None, fold: bool = True
+                             ) -> Tuple[ModelConfig, Weights, dict]:
+  """(architecture, weights, meta) of one of a model folder's training checkpoints, with the
+  folder's config.json (or ``tl_config``); meta holds ``checkpoint``, ``checkpoint_kind`` and
+  ``tokens_seen`` or ``step`` (whichever the file name counts)."""
+  cfg, weights, meta = _from_weight_file(point.path, tl_config, Path(folder))
+  meta.update(folder=str(folder), checkpoint=point.value, checkpoint_kind=point.kind)
+  meta["step" if point.kind == "steps" else "tokens_seen"] = point.value
+  return _analysis_ready(cfg, weights, meta, fold)
+
+
 def iter_training_checkpoints(folder, tl_config: Optional[dict] = None, fold: bool = True,
                               log=print) -> Iterator[Tuple[model_folder.TrainingCheckpoint,
                                                             ModelConfig, Weights, dict]]:
@@ -95,15 +108,88 @@ def iter_training_checkpoints(folder, tl_config: Optional[dict] = None, fold: bo
     raise FileNotFoundError(f"{folder}: no training checkpoints (checkpoints/<name>_<n>.pth)")
   for index, point in enumerate(points, 1):
     started = time.time()
-    cfg, weights, meta = _from_weight_file(point.path, tl_config, Path(folder))
-    meta.update(folder=str(folder), checkpoint=point.value, checkpoint_kind=point.kind)
-    meta["step" if point.kind == "steps" else "tokens_seen"] = point.value
-    cfg, weights, meta = _analysis_ready(cfg, weights, meta, fold)
+    cfg, weights, meta = load_training_checkpoint(folder, point, tl_config, fold)
     log(f"training checkpoint {index}/{len(points)}: {point.kind} {point.value:,} "
         f"({point.path.name}, {point.path.stat().st_size / 1e6:,.0f} MB, read in "
         f"{time.time() - started:.1f}s)")
     yield point, cfg, weights, meta
     del cfg, weights, meta
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSnapshots:
+  """A model's training snapshots, whichever kind it has: our run's ``snapshots/<step>/``
+  (Orbax; step and tokens seen recorded in each) or a model folder's
+  ``checkpoints/<name>_<n>.pth`` (n counts tokens or steps, ``model_folder``).
+
+  ``axis`` is what the x axis of a trajectory counts: "tokens" (our runs; folders whose file
+  names count tokens) or "steps" (folders whose names count steps).  Iterating reads one
+  snapshot at a time, in training order, with one progress line each.
+  """
+
+  source: str  # what they are, for messages: "run snapshots" or "training checkpoints"
+  root: Path  # the run's work directory or the model folder
+  labels: Tuple[int, ...]  # run: steps; folder: the numbers in the file names
+  paths: Tuple[Path, ...]  # run: snapshots/<step>/; folder: checkpoints/<name>_<n>.pth
+  axis: str  # "tokens" or "steps"
+  tl_config: Optional[dict] = None  # the folder's TransformerLens config, when given
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def position(self, meta: dict) -> Optional[int]:
+    """Where a snapshot (its ``meta``) sits on ``axis``: its tokens seen or its step."""
+    return meta.get("tokens_seen" if self.axis == "tokens" else "step")
+
+  def load(self, index: int, fold: bool = True) -> Tuple[ModelConfig, Weights, dict]:
+    """The ``index``-th snapshot (0: the earliest) as (architecture, weights, meta)."""
+    if self.source == "run snapshots":
+      return load_with_meta(self.paths[index], fold=fold)
+    point = model_folder.TrainingCheckpoint(self.labels[index], self.axis, self.paths[index])
+    return load_training_checkpoint(self.root, point, self.tl_config, fold)
+
+  def describe(self, index: int) -> str:
+    """The ``index``-th snapshot in words, e.g. "the run's step-0 snapshot"."""
+    label = self.labels[index]
+    if self.source == "run snapshots":
+      return f"the run's step-{label} snapshot"
+    return f"the folder's training checkpoint at {self.axis} {label:,}"
+
+  def __iter__(self) -> Iterator[Tuple[ModelConfig, Weights, dict]]:
+    return self.iterate()
+
+  def iterate(self, log=print, fold: bool = True) -> Iterator[Tuple[ModelConfig, Weights, dict]]:
+    """(architecture, weights, meta) of each snapshot in order, one in memory at a time (the
+    caller drops its references before asking for the next), a progress line each."""
+    for index in range(len(self)):
+      started = time.time()
+      loaded = self.load(index, fold)
+      log(f"{self.source} {index + 1}/{len(self)}: {self.axis} "
+          f"{self.position(loaded[2]) or 0:,} ({self.paths[index].name}, read in "
+          f"{time.time() - started:.1f}s)")
+      yield loaded
+      del loaded
+
+
+def training_snapshots(path, tl_config: Optional[dict] = None) -> Optional[TrainingSnapshots]:
+  """The training snapshots of a work directory of ours (``snapshots/<step>/``) or of a model
+  folder as published (``checkpoints/<name>_<n>.pth``); None when ``path`` has none."""
+  path = Path(path)
+  if model_folder.is_model_folder(path):
+    points = model_folder.training_checkpoints(path)
+    if not points:
+      return None
+    return TrainingSnapshots("training checkpoints", path, tuple(p.value for p in points),
+                             tuple(p.path for p in points), points[0].kind, tl_config)
+  if (path / "snapshots").is_dir():
+    # A finished snapshot is a folder named by its step (checkpoint.checkpoint_steps; Orbax
+    # renames it into place when complete), listed here without importing Orbax.
+    steps = sorted(int(p.name) for p in (path / "snapshots").iterdir()
+                   if p.name.isdigit() and p.is_dir())
+    if steps:
+      return TrainingSnapshots("run snapshots", path, tuple(steps),
+                               tuple(path / "snapshots" / str(s) for s in steps), "tokens")
+  return None
 
 
 def load(path, tl_config: Optional[dict] = None, fold: bool = True

@@ -43,15 +43,21 @@ def previous_token_score(patterns):
 def previous_token_and_induction(config, w: Weights, text, probe=None, length: int = 0) -> dict:
   """The two role scores of every head, measured as the figures and the trainer both do.
 
-  ``previous_token`` [L, H] on ``text`` (held-out windows); with a ``probe`` (BOS + ``length``
-  tokens repeated), also ``induction`` [L, H] on it and its next-token losses
-  ``probe_losses`` [B, T − 1].
+  ``previous_token`` [L, H] on ``text`` (held-out windows; None: on the probe); with a
+  ``probe`` (BOS + ``length`` tokens repeated), also ``induction`` [L, H] on it and its
+  next-token losses ``probe_losses`` [B, T − 1].
   """
   cfg = ModelConfig.from_any(config)
-  _, extras = forward(cfg, w, text, return_patterns=True)
-  out = {"previous_token": np.asarray(previous_token_score(extras["patterns"]))}
+  if text is None and probe is None:
+    raise ValueError("previous_token_and_induction: give text, a probe or both")
+  out = {}
+  if text is not None:
+    _, extras = forward(cfg, w, text, return_patterns=True)
+    out["previous_token"] = np.asarray(previous_token_score(extras["patterns"]))
   if probe is not None:
     logits, extras = forward(cfg, w, probe, return_patterns=True)
+    if text is None:
+      out["previous_token"] = np.asarray(previous_token_score(extras["patterns"]))
     out["induction"] = np.asarray(induction_score(extras["patterns"], length))
     out["probe_losses"] = np.asarray(token_losses(logits[:, :-1], jnp.asarray(probe)[:, 1:]))
   return out
@@ -160,16 +166,28 @@ def position_losses(cfg: ModelConfig, w: Weights, inputs, targets, positions, ch
   return jax.lax.map(losses, (split(inputs), split(targets))).reshape(B, len(positions))
 
 
-def in_context_learning_score(config, w: Weights, inputs, targets) -> Dict[str, float]:
+def in_context_learning_score(config, w: Weights, inputs, targets, loss_positions: int = 0
+                              ) -> Dict[str, float]:
   """IH's in-context-learning score: mean loss at the late position minus at the early one over
-  fixed held-out windows (negative: later tokens are predicted better, the context helps)."""
+  fixed held-out windows (negative: later tokens are predicted better, the context helps).
+
+  With ``loss_positions`` > 0, also ``loss``: the mean loss at that many evenly spaced positions
+  of every window (a stratified estimate of the held-out loss per token), from the same pass.
+  """
   cfg = ModelConfig.from_any(config)
-  early, late = icl_positions(inputs.shape[1])
+  T = inputs.shape[1]
+  early, late = icl_positions(T)
+  spread = np.unique(np.linspace(0, T - 1, loss_positions).round().astype(int)) \
+      if loss_positions > 0 else np.zeros(0, int)
+  positions = tuple(int(i) for i in np.union1d([early, late], spread))
   losses = np.asarray(position_losses(cfg, w, jnp.asarray(inputs), jnp.asarray(targets),
-                                      (early, late)))
-  return {"score": float(losses[:, 1].mean() - losses[:, 0].mean()),
-          "early_index": early, "late_index": late,
-          "loss_early": float(losses[:, 0].mean()), "loss_late": float(losses[:, 1].mean())}
+                                      positions))
+  at = lambda i: losses[:, positions.index(i)].mean()
+  out = {"score": float(at(late) - at(early)), "early_index": early, "late_index": late,
+         "loss_early": float(at(early)), "loss_late": float(at(late))}
+  if len(spread):
+    out["loss"] = float(np.mean([at(int(i)) for i in spread]))
+  return out
 
 
 def positional_offsets(w: Weights, n_ctx: int = 0) -> Dict[str, np.ndarray]:

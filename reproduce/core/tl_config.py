@@ -22,6 +22,8 @@
    ln_eps                     not read: TransformerLens computes with eps = 1e-5 for these
                               repositories (a different value is noted in meta["notes"])
    tokenizer_name             recorded as meta["tokenizer_name"]
+   bos_token_id               recorded as meta["bos_token_id"] (either form; the BOS of
+                              random-token probes when no tokenizer.json is given)
    anything else              training fields, ignored
    =========================  ============================================================
 
@@ -80,10 +82,14 @@ def is_training_config(config: dict) -> bool:
 
 def normalise(config: dict, where: str = "config") -> Tuple[dict, dict]:
   """(TransformerLens fields, info) from either form; info holds ``config_form``
-  ("transformer_lens" or "training"), ``tokenizer_name`` when given, and ``notes``."""
+  ("transformer_lens" or "training"), ``tokenizer_name`` and ``bos_token_id`` when given, and
+  ``notes``."""
   info = {"config_form": "transformer_lens", "notes": []}
   if config.get("tokenizer_name"):
     info["tokenizer_name"] = str(config["tokenizer_name"])
+  bos = config.get("bos_token_id")
+  if isinstance(bos, int) and not isinstance(bos, bool) and bos >= 0:
+    info["bos_token_id"] = bos  # the BOS of random-token probes when there is no tokenizer
   if not is_training_config(config):
     return dict(config), info
   info["config_form"] = "training"
