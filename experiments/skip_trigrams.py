@@ -126,7 +126,16 @@ def skip_trigrams(config, model) -> dict:
                   f"{prefix}rank": np.median(scores.own_logit_row_rank(weights, allowed), -1)})
     del ranked["dest_row"]  # [L, H, n_dest, vocab]: no longer needed
   found["counts"] = trigram_counts(found["ranked"], counter)
+  found["names"] = token_names(model, found["ranked"]["dest"], found["ranked"]["source"],
+                               found["ranked"]["out"])
   return found
+
+
+def token_names(model, *ids) -> dict:
+  """id → text for every token id in the arrays ``ids``, decoded in one call (the tokenizer is
+  loaded once: per-token calls took minutes at a 48k vocabulary)."""
+  unique = np.unique(np.concatenate([np.ravel(a) for a in ids]))
+  return dict(zip(unique.tolist(), model.token_strings(unique)))
 
 
 def _nanmedian(a):
@@ -141,7 +150,8 @@ def write_numbers(config, outdir, label, model, t) -> None:
   """The JSON numbers, and the per-head tables as Markdown and HTML."""
   L, H = model.cfg.n_layers, model.cfg.n_heads
   ranked, counts = t["ranked"], t["counts"]
-  names = model.token_strings
+  name = t["names"].__getitem__
+  names = lambda ids: [name(int(i)) for i in ids]
   n, k = ranked["source"].shape[-2:]
   experiment.write_json(outdir / f"skip_trigrams_{label}.json", {
       "tokens_considered": len(t["allowed"]), "min_count": config.min_count,
@@ -161,14 +171,15 @@ def write_numbers(config, outdir, label, model, t) -> None:
       "random_init_source": t["init_source"],
       "bugs": [{**b, **{key: names([b[key]])[0] for key in ("source", "d1", "o1", "d2", "o2")}}
                for b in t["bugs"]]})
-  markdown, page = tables(model, ranked, counts, label)
+  markdown, page = tables(t["names"], ranked, counts, label)
   (outdir / f"skip_trigrams_{label}.md").write_text(markdown)
   (outdir / f"skip_trigrams_{label}.html").write_text(page)
 
 
-def tables(model, ranked, counts, label):
-  """(markdown, html) tables: one per head, a row per (destination, source)."""
-  tok = lambda t: experiment.show_token(model.token_strings([t])[0], 16)
+def tables(names, ranked, counts, label):
+  """(markdown, html) tables: one per head, a row per (destination, source); ``names`` maps
+  token ids to their text."""
+  tok = lambda t: experiment.show_token(names[int(t)], 16)
   legend = ("Per head: its most selective destinations; for each, the sources it attends to most "
             "(QK gain: nats over the row's mean source, compared only within that destination's "
             "row); for each source, the outputs it raises most (OV gain: nats over the row's mean "
@@ -211,7 +222,7 @@ def plot_heads(config, label, model, t, outdir, picture: str) -> None:
   height = 0.24 * (n + 2) * rows + 1.0
   fig, axes = plt.subplots(rows, cols, figsize=(9.5 * cols, height), squeeze=False)
   fig.subplots_adjust(top=1 - 0.7 / height, bottom=0.01, hspace=0.15)
-  tok = lambda i: experiment.show_token(model.token_strings([i])[0], 10)
+  tok = lambda i: experiment.show_token(t["names"][int(i)], 10)
   for ax, (l, h) in zip(axes.ravel(), heads):
     ax.axis("off")
     ax.set_xlim(0, 1); ax.set_ylim(n + 0.5, -1.2)
@@ -251,7 +262,7 @@ def claims_of(config, label, model, t) -> list:
   auc_bar = float(np.nanmax(init_auc)) if np.isfinite(init_auc).any() else float("nan")
   plausible = int((auc > auc_bar).sum())
   undefined = int((~np.isfinite(auc)).sum())
-  tok = lambda i: experiment.show_token(model.token_strings([i])[0], 24)
+  tok = lambda i: experiment.show_token(t["names"][int(i)], 24)
   examples = "; ".join(
       f"{b['head']}: {tok(b['source'])} … {tok(b['d1'])} → {tok(b['o1'])} (seen "
       f"{b['seen_d1_o1']}×) and … {tok(b['d2'])} → {tok(b['o2'])} ({b['seen_d2_o2']}×), but "

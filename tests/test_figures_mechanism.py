@@ -218,3 +218,30 @@ def test_head_ablations_needs_two_layers(tmp_path):
   with pytest.raises(experiment.FigureError, match="at least 2 layer"):
     figure_module("head_ablations").run(figure_config("head_ablations", "test"),
                                         {"one": one_layer}, tmp_path)
+
+
+def test_value_weighted_attention_keeps_row_magnitudes():
+  """A_ij·‖x_j W_V W_O‖ from explicit loops (x_j: the layer's input stream), scaled by one
+  number per head and sequence: rows keep their relative magnitudes (per-row scaling made every
+  row reach 1, drawing a head that rests on a small-valued BOS as a solid BOS column)."""
+  induction_attention = figure_module("induction_attention")
+  cfg, w = random_model(n_layers=2, n_heads=3, std=0.5, seed=4)
+  model = experiment.Model("m", cfg, w, {})
+  tokens = np.array([[0, 5, 7, 5, 7, 2, 9, 1], [0, 3, 3, 4, 8, 8, 2, 6]])
+  patterns, weighted = induction_attention.value_weighted(model, tokens)
+  _, ex = forward(cfg, w, tokens, return_patterns=True, return_head_outputs=True)
+  g = lambda a: np.asarray(a, np.float64)
+  x = g(w.W_E)[tokens]
+  for l in range(cfg.n_layers):
+    for b in range(len(tokens)):
+      for h in range(cfg.n_heads):
+        for j in range(tokens.shape[1]):
+          norm = np.linalg.norm(x[b, j] @ g(w.W_V[l, h]) @ g(w.W_O[l, h]))
+          np.testing.assert_allclose(weighted[l, b, h, :, j], patterns[l, b, h, :, j] * norm,
+                                     rtol=1e-4, atol=1e-6)
+    x = x + g(ex["head_outputs"][l]).sum(1)
+  scaled, scale = induction_attention.per_head_scale(weighted)
+  np.testing.assert_allclose(scale, weighted.max(axis=(-1, -2)), rtol=1e-6)
+  np.testing.assert_allclose(scaled * scale[..., None, None], weighted, rtol=1e-5, atol=1e-7)
+  row_max = scaled.max(-1)
+  assert scaled.max() == pytest.approx(1) and (row_max < 0.9).any()
