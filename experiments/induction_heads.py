@@ -105,15 +105,15 @@ def plot_prefix_vs_copying(ax, config, label, m) -> None:
              marker="x", c="#aab7b8", s=25, label=f"random init ({m['init_source']})")
   for l in range(L):
     ax.scatter(prefix[l], copying[l], s=45, label=f"layer {l}", alpha=0.9)
-    for h in range(H):
-      y = copying[l, h] if np.isfinite(copying[l, h]) else UNDEFINED_Y
-      ax.annotate(f"L{l}H{h}", (prefix[l, h], y), fontsize=7,
+    for h in np.flatnonzero(np.isfinite(copying[l])):
+      ax.annotate(f"L{l}H{h}", (prefix[l, h], copying[l, h]), fontsize=7,
                   xytext=(4, 3), textcoords="offset points")
   undefined = ~np.isfinite(copying)
-  if undefined.any():
+  if undefined.any():  # named in the legend: their points sit on one strip and would overlap
+    names = ", ".join(f"L{l}H{h}" for l, h in zip(*np.nonzero(undefined)))
     ax.scatter(prefix[undefined], np.full(undefined.sum(), UNDEFINED_Y), marker="D", s=40,
                facecolors="none", edgecolors="#7d3c98",
-               label=f"copying undefined (rests on BOS): {int(undefined.sum())}")
+               label=f"copying undefined (rests on BOS): {names}")
   ax.axhspan(UNDEFINED_Y - 0.1, -1.1, color="#f4ecf7", zorder=0)
   ax.axvline(config.role_threshold, color="#888", ls="--", lw=0.8)
   if np.isfinite(init_copying).any():
@@ -122,7 +122,7 @@ def plot_prefix_vs_copying(ax, config, label, m) -> None:
   ax.set_xlabel("prefix-matching score"); ax.set_ylabel("copying score (strip below: undefined)")
   ax.set_title(f"{label}: every head\n(dashed: induction threshold; dotted: best random-init "
                "copying)", fontsize=8)
-  ax.legend(fontsize=7, loc="lower right")
+  ax.legend(fontsize=7, loc="upper left")
 
 
 def plot_bos_attention(ax, label, m) -> None:
