@@ -4,7 +4,8 @@ On BOS + 20 random tokens repeated 3 times an induction head attends from each r
 the token after its previous copy: a stripe at offset −(20 − 1).  Patterns are value-weighted as
 in FW: A_ij · ‖x_j W_V W_O‖ (what the head would write from source j), drawn on one scale per
 head (its largest entry on that sequence = 1, the value printed in its title), never per row:
-a head that rests on BOS with a small BOS value reads as faint, not as a solid BOS column.  The per-position loss drops once the sequence repeats.  An interactive HTML view (no
+a head that rests on BOS with a small BOS value reads as faint, not as a solid BOS column.
+The per-position loss drops once the sequence repeats.  An interactive HTML view (no
 network needed) shows every head on both sequences.
 
 Claims: the stripe belongs to a head of a layer ≥ 1 (a layer-0 head cannot know what followed an
@@ -65,7 +66,8 @@ border-radius:3px;font-family:monospace;white-space:pre;cursor:default;border:1p
 #tokens span.dest{{outline:2px solid #c0392b}}canvas{{border:1px solid #ccc;margin-top:1em}}</style>
 </head><body><h2>{title}</h2><p>Choose a sequence and a head; hover a token to shade the tokens it
 attends to (value-weighted attention on one scale per head: its largest entry is darkest).
-The heatmap shows the whole pattern (rows: destination, columns: source).</p><div id="seqs"></div><div id="heads"></div>
+The heatmap shows the whole pattern (rows: destination, columns: source).</p>
+<div id="seqs"></div><div id="heads"></div>
 <div id="tokens"></div><canvas id="map" width="420" height="420"></canvas>
 <script>
 const V = {payload};

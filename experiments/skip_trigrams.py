@@ -24,7 +24,8 @@ import numpy as np
 from reproduce.core import scores
 from reproduce import experiment
 
-DESCRIPTION = "1L skip-trigrams per head: destinations, their top QK sources, those sources' top OV outputs, with corpus counts"
+DESCRIPTION = ("1L skip-trigrams per head: destinations, their top QK sources, those sources' top "
+               "OV outputs, with corpus counts")
 ORDER = 20  # place in the batch job and index.html (reproduce.figure.figure_names)
 
 

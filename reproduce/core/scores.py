@@ -110,7 +110,8 @@ COPYING_MIN_ATTENDED = 0.1  # fraction of uniform attention's mass off BOS (see 
 COPYING_MIN_DEFINED = 0.1  # fraction of destinations where the score must be defined
 
 
-def copying_score(config, w: Weights, tokens: np.ndarray, min_attended: float = COPYING_MIN_ATTENDED,
+def copying_score(config, w: Weights, tokens: np.ndarray,
+                  min_attended: float = COPYING_MIN_ATTENDED,
                   min_defined: float = COPYING_MIN_DEFINED) -> Dict[str, np.ndarray]:
   """How much each head raises the logits of the tokens it attends to, where that is defined.
 
