@@ -5,7 +5,7 @@
 From the log-spaced snapshots of one run per model: the in-context-learning score and every
 head's prefix-matching score against tokens seen, with the training loss.  Claims (2L): the best
 head gains most of its prefix matching within a factor of 2 in tokens; most of the ICL fall
-happens in that window; the training loss sits above a smooth fit there (a bump).  1L: never
+happens in that window; the training loss falls faster there than on both sides (a bump).  1L: never
 forms induction heads, and its final ICL score is above the 2L model's."""
 
 import ml_collections
@@ -23,7 +23,8 @@ def get_config(preset: str = "cpu"):
   c.unformed = 0.1
   c.window_ratio = 2.0  # "abrupt": the window spans at most a factor 2 in tokens (IH)
   c.majority = 0.5  # "most": more than half of the total change (IH's wording)
-  c.loss_fit_degree = 3  # smooth fit of log loss vs log tokens (allows the late cosine decay)
-  c.bump_standard_errors = 2.0  # a bump: the window's mean residual > 2 standard errors
+  # A bump: the window's loss slope (per decade of tokens) below each neighbour's by > 2
+  # standard errors of the difference (RECIPE.md, issue 20: the old fit extrapolated).
+  c.bump_standard_errors = 2.0
   c.lock()
   return c

@@ -13,10 +13,11 @@ slope criteria failed and why they were replaced):
   in tokens; that span is the formation window;
 - ICL: the majority of the ICL score's total fall (from its highest value to the end) happens
   inside the window (IH: "most in-context learning is acquired in the phase change");
-- loss bump: a smooth fit of log(training loss) against log(tokens) over the decade before the
-  window to the end, the window left out, and the mean residual inside the window above the
-  fit's noise (2 standard errors of the residuals outside); without a training-loss log (a
-  downloaded folder) the held-out loss measured at each snapshot stands in for it;
+- loss bump: the training loss falls faster inside the window than over the neighbouring
+  intervals of the same token ratio on both sides (least-squares slopes against log tokens, by
+  more than 2 standard errors); without data on both sides it cannot be tested, and says so;
+  without a training-loss log (a downloaded folder) the held-out loss measured at each snapshot
+  stands in for it;
 - one layer never forms induction heads, and its final ICL score stays above the 2L model's.
 
 A checkpoint without training snapshots (a weight file) has no trajectory: the figure shows its
@@ -112,21 +113,44 @@ def icl_share(icl, i, j):
   return (float(icl[i] - icl[j]) / total if total > 0 else float("nan")), total
 
 
-def loss_bump(train_loss, lo, hi, degree):
-  """Mean residual of log(loss) inside [lo, hi] from a degree-``degree`` polynomial fit of
-  log(loss) against log(tokens) over [lo/10, end] with [lo, hi] left out, and the standard error
-  of that mean estimated from the residuals outside (same number of points)."""
+def interval_slope(tokens, loss, lo, hi):
+  """(slope, standard error, points): least-squares slope of ``loss`` against log10(tokens) over
+  lo ≤ tokens ≤ hi, nats per decade; NaNs with fewer than 3 points."""
+  inside = (tokens >= lo) & (tokens <= hi) & (tokens > 0)
+  n = int(inside.sum())
+  if n < 3:
+    return float("nan"), float("nan"), n
+  x, y = np.log10(tokens[inside]), loss[inside]
+  slope, intercept = np.polyfit(x, y, 1)
+  residual = y - (slope * x + intercept)
+  spread = float(np.sum((x - x.mean()) ** 2))
+  error = float(np.sqrt(np.sum(residual ** 2) / (n - 2) / spread)) if spread > 0 else float("nan")
+  return float(slope), error, n
+
+
+def loss_bump(train_loss, lo, hi, min_points: int = 5) -> dict:
+  """The loss curve's slope (nats per decade of tokens) inside the window [lo, hi] and in its two
+  neighbours of the same ratio r = hi/lo, [lo/r, lo) and (hi, hi·r], with standard errors: no
+  fit is extrapolated.  A neighbour is ``usable`` when its logged points reach half way across it
+  (lo/√r, hi·√r) and number ≥ ``min_points``; ``margin`` (per side) = (neighbour slope − window
+  slope) / the standard error of that difference: > 0 where the window falls faster."""
   tokens, loss = train_loss[:, 0], train_loss[:, 1]
-  use = (tokens >= lo / 10) & (tokens > 0)
-  inside = use & (tokens >= lo) & (tokens <= hi)
-  outside = use & ~inside
-  if inside.sum() < 1 or outside.sum() < degree + 3:
-    return float("nan"), float("nan"), int(inside.sum())
-  x, y = np.log(tokens), np.log(loss)
-  fit = np.polyfit(x[outside], y[outside], degree)
-  residual = y - np.polyval(fit, x)
-  noise = float(np.std(residual[outside], ddof=degree + 1) / np.sqrt(inside.sum()))
-  return float(residual[inside].mean()), noise, int(inside.sum())
+  r = hi / lo
+  inside = interval_slope(tokens, loss, lo, hi)
+  out = {"window": inside}
+  sides = (("before", lo / r, lo * (1 - 1e-9), lo / np.sqrt(r)),
+           ("after", hi * (1 + 1e-9), hi * r, hi * np.sqrt(r)))
+  for side, a, b, half_way in sides:
+    slope, error, n = interval_slope(tokens, loss, a, b)
+    there = tokens[(tokens >= a) & (tokens <= b)]
+    reaches = bool(len(there)) and (there.min() <= half_way if side == "before"
+                                    else there.max() >= half_way)
+    usable = n >= min_points and reaches and np.isfinite(error)
+    margin = (slope - inside[0]) / np.hypot(error, inside[1]) if usable else float("nan")
+    out[side] = (slope, error, n)
+    out[f"{side}_usable"] = bool(usable)
+    out[f"{side}_margin"] = float(margin)
+  return out
 
 
 def formation(config, model) -> dict:
@@ -305,18 +329,37 @@ def _phase_change_claims(config, label, tokens, best, icl, loss, gain, numbers, 
       f"({icl.max():+.3f} → {icl[-1]:+.3f}): share {share:.2f}",
       value={"share": share, "window": [icl[i], icl[j]], "total_fall": total},
       holds=share >= config.majority))
-  bump, noise, n_inside = loss_bump(train_loss, tokens[i], tokens[j], config.loss_fit_degree) \
-      if len(train_loss) else (float("nan"), float("nan"), 0)
-  numbers["loss_bump"] = {"mean_residual": bump, "standard_error": noise, "points": n_inside,
-                          "loss": loss_name}
-  claims.append(experiment.claim(
-      figure="induction_formation", what="loss_bump", model=label,
-      statement=f"{label}: the training loss shows a bump in that window", source="IH §3",
-      criterion=f"mean residual of log({loss_name}) inside the window from a degree-"
-      f"{config.loss_fit_degree} fit of log loss vs log {axis} (decade before the window → end, "
-      f"window left out) > {config.bump_standard_errors:g} standard errors of the residuals "
-      "outside",
-      measured=f"mean residual {bump:+.4f} over {n_inside} points of the {loss_name}; standard "
-      f"error {noise:.4f}", value={"residual": bump, "standard_error": noise},
-      holds=bool(bump > config.bump_standard_errors * noise)))
+  bump = loss_bump(train_loss, tokens[i], tokens[j]) if len(train_loss) else None
+  claims.append(_loss_bump_claim(config, label, tokens[i], tokens[j], bump, loss_name))
+  numbers["loss_bump"] = bump
   return claims
+
+
+def _loss_bump_claim(config, label, lo, hi, bump, loss_name="training loss"):
+  """IH §3: the loss falls faster inside the formation window than on both sides of it; not
+  testable without a usable neighbour on each side (RECIPE.md, issue 20)."""
+  k = config.bump_standard_errors
+  criterion = (f"the least-squares slope of the logged {loss_name} against log10 tokens inside "
+               f"the window is below the slope over each neighbouring interval of the same token "
+               f"ratio (before and after) by > {k:g} standard errors of the difference; each "
+               "neighbour needs ≥ 5 logged points reaching half way across it, else the claim "
+               "cannot be tested")
+  statement = f"{label}: the training loss shows a bump in that window"
+  if bump is None:
+    measured, testable, holds = f"cannot be tested: no {loss_name} log", False, False
+  else:
+    slope = lambda key: f"{bump[key][0]:+.3f} ± {bump[key][1]:.3f} ({bump[key][2]} points)"
+    parts = [f"window {lo:,.0f} → {hi:,.0f} tokens: {slope('window')} nats/decade"]
+    for side in ("before", "after"):
+      parts.append(f"{side}: {slope(side)}" + (f", margin {bump[side + '_margin']:.1f} SE"
+                                               if bump[side + "_usable"] else ", not usable"))
+    testable = bump["before_usable"] and bump["after_usable"]
+    holds = testable and min(bump["before_margin"], bump["after_margin"]) > k
+    missing = [side for side in ("before", "after") if not bump[side + "_usable"]]
+    measured = ("" if testable else f"cannot be tested: no usable {' and '.join(missing)} "
+                "neighbour; ") + "; ".join(parts)
+  return experiment.claim(
+      figure="induction_formation", what="loss_bump", model=label, statement=statement,
+      source="IH §3", criterion=criterion, measured=measured,
+      value={"testable": testable, "slopes": bump}, holds=holds)
+

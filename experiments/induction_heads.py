@@ -2,8 +2,9 @@
 layer-0 heads that feed them.
 
 - IH's prefix-matching and copying scores of every head (``scores.prefix_matching_score``,
-  ``scores.copying_score``: mean-subtracted, ReLU, rescaled to [−1, 1]) on BOS + 25 random
-  tokens × 4; the same scores at random init give the range a head can reach by chance.
+  ``scores.copying_score``: mean-subtracted, ReLU, rescaled to [−1, 1]; undefined, drawn apart
+  and left out of the claims, for a head resting on BOS) on BOS + 25 random tokens × 4; the same
+  scores at random init give the range a head can reach by chance.
 - Attention on BOS from destinations whose token has no earlier copy: the first repeat of
   those sequences, and first occurrences in held-out text (``scores.first_occurrences``), next to
   what uniform attention over the visible positions would put there.
@@ -45,7 +46,7 @@ def measure(model, w, config):
                                     config.samples)
   prefix = np.asarray(scores.prefix_matching_score(cfg, w, model.sampling_pool(), model.bos_id,
                                                    length, config.repeats, config.samples))
-  copying = np.asarray(scores.copying_score(cfg, w, probe))
+  copying = scores.copying_score(cfg, w, probe)  # NaN where the head rests on BOS
   return probe, prefix, copying
 
 
@@ -53,9 +54,10 @@ def head_scores(config, model) -> dict:
   """Every number the figure shows for one model: prefix matching and copying (trained and at
   random init), attention on BOS from first occurrences, layer 0's attention by offset."""
   L, H = model.cfg.n_layers, model.cfg.n_heads
-  probe, prefix, copying = measure(model, model.weights, config)
+  probe, prefix, copying_details = measure(model, model.weights, config)
   init, init_source = experiment.initial_weights(model)
-  _, init_prefix, init_copying = measure(model, init, config)
+  _, init_prefix, init_details = measure(model, init, config)
+  copying, init_copying = copying_details["score"], init_details["score"]
   _, ex = forward(model.cfg, model.weights, probe, return_patterns=True)
   first_probe = scores.first_occurrences(probe)
   bos_probe = scores.bos_attention(ex["patterns"], first_probe)
@@ -68,15 +70,18 @@ def head_scores(config, model) -> dict:
   induction = [(l, h) for l in range(1, L) for h in range(H)
                if prefix[l, h] >= config.role_threshold]
   baseline = {"probe": uniform_bos(first_probe), "text": uniform_bos(first_text)}
-  return {"prefix": prefix, "copying": copying, "init_prefix": init_prefix,
-          "init_copying": init_copying, "init_source": init_source, "bos_probe": bos_probe,
+  return {"prefix": prefix, "copying": copying, "copying_defined": copying_details["defined"],
+          "init_prefix": init_prefix, "init_copying": init_copying, "init_source": init_source,
+          "bos_probe": bos_probe,
           "bos_text": bos_text, "offsets": offsets, "mass": mass, "spread": spread,
           "induction": induction, "baseline": baseline}
 
 
 def write_numbers(outdir, label, m) -> None:
   experiment.write_json(outdir / f"induction_heads_{label}.json", {
-      "prefix_matching": m["prefix"], "copying": m["copying"], "random_init_prefix_matching":
+      "prefix_matching": m["prefix"], "copying": m["copying"],
+      "copying_defined_share": m["copying_defined"], "copying_undefined_reason": UNDEFINED,
+      "random_init_prefix_matching":
       m["init_prefix"], "random_init_copying": m["init_copying"],
       "random_init_source": m["init_source"],
       "induction_heads": [f"L{l}H{h}" for l, h in m["induction"]],
@@ -86,23 +91,38 @@ def write_numbers(outdir, label, m) -> None:
       "layer0_spread": m["spread"]})
 
 
+UNDEFINED = ("copying undefined: the head rests on BOS (attention off BOS below a tenth of "
+             "uniform's) at more than 90% of destinations (scores.copying_score)")
+UNDEFINED_Y = -1.2  # where heads without a copying score are drawn, below the [−1, 1] range
+
+
 def plot_prefix_vs_copying(ax, config, label, m) -> None:
+  """Every head's prefix matching against its copying score; heads whose copying is undefined
+  (NaN) drawn apart, as hollow diamonds on a strip below the axis's [−1, 1] range."""
   prefix, copying, init_copying = m["prefix"], m["copying"], m["init_copying"]
   L, H = prefix.shape
-  ax.scatter(m["init_prefix"].ravel(), init_copying.ravel(), marker="x", c="#aab7b8", s=25,
-             label=f"random init ({m['init_source']})")
+  ax.scatter(m["init_prefix"].ravel(), np.nan_to_num(init_copying, nan=UNDEFINED_Y).ravel(),
+             marker="x", c="#aab7b8", s=25, label=f"random init ({m['init_source']})")
   for l in range(L):
     ax.scatter(prefix[l], copying[l], s=45, label=f"layer {l}", alpha=0.9)
-    for h in range(H):
+    for h in np.flatnonzero(np.isfinite(copying[l])):
       ax.annotate(f"L{l}H{h}", (prefix[l, h], copying[l, h]), fontsize=7,
                   xytext=(4, 3), textcoords="offset points")
+  undefined = ~np.isfinite(copying)
+  if undefined.any():  # named in the legend: their points sit on one strip and would overlap
+    names = ", ".join(f"L{l}H{h}" for l, h in zip(*np.nonzero(undefined)))
+    ax.scatter(prefix[undefined], np.full(undefined.sum(), UNDEFINED_Y), marker="D", s=40,
+               facecolors="none", edgecolors="#7d3c98",
+               label=f"copying undefined (rests on BOS): {names}")
+  ax.axhspan(UNDEFINED_Y - 0.1, -1.1, color="#f4ecf7", zorder=0)
   ax.axvline(config.role_threshold, color="#888", ls="--", lw=0.8)
-  ax.axhline(float(init_copying.max()), color="#aab7b8", ls=":", lw=0.8)
-  ax.set_xlim(-0.02, 1.02); ax.set_ylim(-1.05, 1.05)
-  ax.set_xlabel("prefix-matching score"); ax.set_ylabel("copying score")
+  if np.isfinite(init_copying).any():
+    ax.axhline(float(np.nanmax(init_copying)), color="#aab7b8", ls=":", lw=0.8)
+  ax.set_xlim(-0.02, 1.02); ax.set_ylim(UNDEFINED_Y - 0.12, 1.05)
+  ax.set_xlabel("prefix-matching score"); ax.set_ylabel("copying score (strip below: undefined)")
   ax.set_title(f"{label}: every head\n(dashed: induction threshold; dotted: best random-init "
                "copying)", fontsize=8)
-  ax.legend(fontsize=7, loc="lower right")
+  ax.legend(fontsize=7, loc="upper left")
 
 
 def plot_bos_attention(ax, label, m) -> None:
@@ -143,20 +163,34 @@ def _names_of(heads) -> str:
 
 
 def induction_claims(config, label, m) -> list:
-  """IH §2, FW §7: the induction heads copy, and rest on BOS when nothing earlier matches."""
+  """IH §2, FW §7: the induction heads copy, and rest on BOS when nothing earlier matches.  Heads
+  whose copying score is undefined (NaN: resting on BOS) are left out of the comparison and
+  counted."""
   induction, copying, init_copying = m["induction"], m["copying"], m["init_copying"]
+  defined = [(l, h) for l, h in induction if np.isfinite(copying[l, h])]
+  undefined = [(l, h) for l, h in induction if not np.isfinite(copying[l, h])]
+  init_defined = init_copying[np.isfinite(init_copying)]
+  init_max = float(init_defined.max()) if init_defined.size else float("nan")
+  init_range = (f"random init: {init_defined.min():.2f} … {init_max:.2f}" if init_defined.size
+                else "random init: none defined") + (
+                    f", {init_copying.size - init_defined.size} of {init_copying.size} undefined"
+                    if init_defined.size < init_copying.size else "")
   claims = [experiment.claim(
       figure="induction_heads", what="induction_heads_copy", model=label,
       statement=f"{label}: induction heads also copy (IH's copying score)",
       source="IH §2 (copying score)",
       criterion=f"every head with prefix-matching score ≥ {config.role_threshold} in layers ≥ 1 "
-      f"has a copying score above the largest of the random-init heads "
-      f"({init_copying.max():.2f})",
+      "whose copying score is defined has one above the largest defined score of the random-init "
+      f"heads ({init_max:.2f}); a head resting on BOS (undefined copying) is left out and counted, "
+      "and at least one induction head must be defined",
       measured=f"{_names_of(induction)}: copying "
-      + (", ".join(f"{copying[l, h]:.2f}" for l, h in induction) or "—")
-      + f" (random init: {init_copying.min():.2f} … {init_copying.max():.2f})",
-      value={f"L{l}H{h}": float(copying[l, h]) for l, h in induction},
-      holds=bool(induction) and all(copying[l, h] > init_copying.max() for l, h in induction))]
+      + (", ".join(f"{copying[l, h]:.2f}" if (l, h) in defined else "undefined"
+                   for l, h in induction) or "—")
+      + f" ({len(undefined)} of {len(induction)} undefined; {init_range})",
+      value={f"L{l}H{h}": (float(copying[l, h]) if (l, h) in defined else None)
+             for l, h in induction},
+      holds=bool(defined) and bool(init_defined.size)
+      and all(copying[l, h] > init_max for l, h in defined))]
   for where, values, mask in (("random", m["bos_probe"], "the first repeat of random tokens"),
                               ("text", m["bos_text"], "tokens of held-out text not seen earlier "
                                                       "in the window")):

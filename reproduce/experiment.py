@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -323,10 +324,24 @@ def save_figure(fig, outdir: Path, name: str) -> None:
 
 
 def show_token(text: str, width: int = 10) -> str:
-  """A token as it reads in a figure: spaces as ·, newlines as ↵, tabs as →, cut to ``width``."""
-  shown = text.replace(" ", "·").replace("\n", "↵").replace("\t", "→")
-  shown = "".join(ch if ch.isprintable() else "¤" for ch in shown)  # control bytes
-  return shown if len(shown) <= width else shown[: width - 1] + "…"
+  """A token as it reads in every figure: a space as ·, a newline as ↵, a tab as →, a run of
+  ≥ 4 spaces as its length (``"\\n" + 20 spaces`` → ``↵+20sp``) so that indents of different depth
+  stay apart; control bytes as ¤; cut to ``width`` with … (the counted run is never cut)."""
+  parts = []
+  for run in re.findall(r" {4,}|[^ ]+| +", text):
+    if run.startswith(" ") and len(run) >= 4:
+      parts.append(("+" if parts else "") + f"{len(run)}sp")
+    else:
+      run = run.replace(" ", "·").replace("\n", "↵").replace("\t", "→")
+      parts.append(("+" if parts and parts[-1].endswith("sp") else "")
+                   + "".join(ch if ch.isprintable() else "¤" for ch in run))
+  shown = "".join(parts)
+  if len(shown) <= width:
+    return shown
+  if parts[-1].endswith("sp"):  # keep the indent's count whole, cut the text before it
+    tail = parts[-1]
+    return shown[: max(width - len(tail) - 1, 0)] + "…" + tail
+  return shown[: width - 1] + "…"
 
 
 def head_labels(L: int, H: int) -> List[str]:

@@ -68,51 +68,64 @@ def test_attention_by_offset_first_occurrences_and_bos_attention_against_loops()
                              np.mean([patterns[:, b, :, i, 0] for b, i in picked], axis=0))
 
 
-def test_block_moments_against_the_dense_block():
-  rng = np.random.default_rng(1)
-  f = scores.circuits.Factored(rng.normal(size=(2, 3, 9, 4)), rng.normal(size=(2, 3, 4, 11)))
-  rows, cols = np.array([0, 3, 4, 8]), np.array([1, 2, 5, 6, 10])
-  mean, std = scores.block_moments(f, rows, cols)
-  dense = (np.asarray(f.left) @ np.asarray(f.right))[..., rows, :][..., cols]
-  np.testing.assert_allclose(mean, dense.mean(axis=(-1, -2)), rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(std, dense.std(axis=(-1, -2)), rtol=1e-4, atol=1e-5)
+def dense_circuits(cfg, w, layer, head, tokens):
+  """The head's QK (scaled) and OV circuits over ``tokens`` × ``tokens``, dense, float64."""
+  E, U = np.asarray(w.W_E, np.float64), np.asarray(w.W_U, np.float64)
+  g = lambda a: np.asarray(a[layer, head], np.float64)
+  qk = E @ g(w.W_Q) @ g(w.W_K).T @ E.T / np.sqrt(cfg.d_head)
+  ov = E @ g(w.W_V) @ g(w.W_O) @ U
+  return qk[np.ix_(tokens, tokens)], ov[np.ix_(tokens, tokens)]
 
 
-def test_ranked_skip_trigrams_against_every_triple():
-  cfg, w = random_model(n_layers=1, n_heads=2, d_vocab=15)
+def test_ranked_skip_trigrams_against_every_row():
+  """Each destination's sources are the top of its own QK row (centred over sources), each
+  source's outputs the top of its own OV row; destinations by their row's top gain."""
+  cfg, w = random_model(n_layers=2, n_heads=2, d_vocab=15)
   tokens = np.array([1, 2, 4, 5, 7, 8, 9, 11, 13])
-  got = scores.ranked_skip_trigrams(w, tokens, n_sources=4, k=2, chunk=4)
-  E, U = np.asarray(w.W_E, np.float64), np.asarray(w.W_U, np.float64)
-  for h in range(2):
-    qk = E @ np.asarray(w.W_Q[0, h]) @ np.asarray(w.W_K[0, h]).T @ E.T / np.sqrt(cfg.d_head)
-    ov = E @ np.asarray(w.W_V[0, h]) @ np.asarray(w.W_O[0, h]) @ U
-    qk, ov = qk[np.ix_(tokens, tokens)], ov[np.ix_(tokens, tokens)]
-    qk = qk - qk.mean(axis=1, keepdims=True)  # per destination, over sources
-    ov = ov - ov.mean(axis=1, keepdims=True)  # per source, over outputs
-    zq, zo = (qk - qk.mean()) / qk.std(), (ov - ov.mean()) / ov.std()
-    best = {}  # source → best score over every (dest, out)
-    for si, s in enumerate(tokens):
-      best[s] = max(zq[di, si] + zo[si, oi] for di in range(len(tokens))
-                    for oi in range(len(tokens)))
-    ranked = sorted(best, key=lambda s: -best[s])[:4]
-    assert list(got["source"][0, h]) == ranked
-    np.testing.assert_allclose(got["score"][0, h], [best[s] for s in ranked], rtol=1e-4)
-    for r, s in enumerate(ranked):
-      si = list(tokens).index(s)
-      assert got["dest"][0, h, r, 0] == tokens[np.argmax(zq[:, si])]
-      assert got["out"][0, h, r, 0] == tokens[np.argmax(zo[si])]
+  got = scores.ranked_skip_trigrams(w, tokens, n_destinations=4, k=2, chunk=4)
+  for l in range(2):
+    for h in range(2):
+      qk, ov = dense_circuits(cfg, w, l, h, tokens)
+      qk = qk - qk.mean(axis=1, keepdims=True)  # per destination, over sources
+      ov = ov - ov.mean(axis=1, keepdims=True)  # per source, over outputs
+      chosen = sorted(range(len(tokens)), key=lambda d: -qk[d].max())[:4]
+      assert list(got["dest"][l, h]) == list(tokens[chosen])
+      for r, d in enumerate(chosen):
+        np.testing.assert_allclose(got["dest_row"][l, h, r], qk[d], rtol=1e-4, atol=1e-5)
+        sources = np.argsort(-qk[d])[:2]
+        assert list(got["source"][l, h, r]) == list(tokens[sources])
+        np.testing.assert_allclose(got["source_gain"][l, h, r], qk[d, sources], rtol=1e-4)
+        for i, s in enumerate(sources):
+          outs = np.argsort(-ov[s])[:2]
+          assert list(got["out"][l, h, r, i]) == list(tokens[outs])
+          np.testing.assert_allclose(got["out_gain"][l, h, r, i], ov[s, outs], rtol=1e-4)
 
 
-def test_own_logit_column_rank_against_loops():
-  _, w = random_model(n_layers=1, n_heads=2, d_vocab=13)
+def test_a_destinations_sources_depend_on_its_own_row_only():
+  """Sharpening one destination's query (its QK row) must leave every other destination's
+  sources as they were: the old ranking compared QK entries across destinations, so one sharp
+  row became every source's top destination."""
+  cfg, w = random_model(n_layers=1, n_heads=1, d_model=20, d_vocab=20, std=0.5, seed=3)
+  w = w.replace(W_E=np.eye(20, dtype=np.float32))  # one-hot: W_Q's row t is token t's query
+  tokens = np.arange(1, 20)
+  before = scores.ranked_skip_trigrams(w, tokens, n_destinations=19, k=3)
+  sharp = np.array(w.W_Q)
+  sharp[0, 0, 5] *= 20
+  after = scores.ranked_skip_trigrams(w.replace(W_Q=sharp), tokens, n_destinations=19, k=3)
+  assert after["dest"][0, 0, 0] == 5  # the sharpened row is now the most selective
+  sources = lambda r: {int(d): list(s) for d, s in zip(r["dest"][0, 0], r["source"][0, 0])}
+  b, a = sources(before), sources(after)
+  assert all(a[d] == b[d] for d in b if d != 5)
+
+
+def test_own_logit_row_rank_against_loops():
+  cfg, w = random_model(n_layers=1, n_heads=2, d_vocab=13)
   tokens = np.array([0, 2, 3, 6, 7, 12])
-  got = scores.own_logit_column_rank(w, tokens, chunk=4)
-  E, U = np.asarray(w.W_E, np.float64), np.asarray(w.W_U, np.float64)
+  got = scores.own_logit_row_rank(w, tokens, chunk=4)
   for h in range(2):
-    ov = E @ np.asarray(w.W_V[0, h]) @ np.asarray(w.W_O[0, h]) @ U
-    ov = ov - ov[:, tokens].mean(axis=1, keepdims=True)  # each source's row over the tokens
-    for ti, t in enumerate(tokens):
-      below = sum(ov[s, t] < ov[t, t] for s in tokens if s != t)
+    _, ov = dense_circuits(cfg, w, 0, h, tokens)
+    for ti in range(len(tokens)):
+      below = sum(ov[ti, o] < ov[ti, ti] for o in range(len(tokens)) if o != ti)
       assert got[0, h, ti] == pytest.approx(below / (len(tokens) - 1))
 
 
@@ -125,9 +138,34 @@ def test_skip_trigram_counter_against_loops():
     expect = sum(tokens[p] == d and tokens[p + 1] == o and before(s, p)
                  for p in range(len(tokens) - 1))
     assert counter.count(s, d, o) == expect
-    at_d = [before(s, p) for p in range(len(tokens)) if tokens[p] == d]
-    anywhere = [before(s, p) for p in range(len(tokens))]
-    assert counter.lift(s, d) == pytest.approx(np.mean(at_d) / np.mean(anywhere))
+  short = np.array([3, 1, 4, 1, 5, 9, 2, 6, 1, 4])
+  assert list(scores.SkipTrigramCounter(short, 2).followers(1)) == [4, 5]
+
+
+def test_find_bugs_counts_each_unseen_trigram_once():
+  """Two witnesses of one unseen "s … d1 → o2" make one bug, not two."""
+  skip_trigrams = figure_module("skip_trigrams")
+  s, d1, d2, d3, o1, o2, x = 1, 2, 3, 4, 5, 6, 7
+  text = []
+  for _ in range(6):  # every pair seen but s … d1 → o2, which d2 and d3 both witness
+    text += [s, d1, o1, x, s, d2, o2, x, s, d3, o2, x, s, d2, o1, x, s, d3, o1, x]
+  counter = scores.SkipTrigramCounter(np.array(text), window=3)
+  ranked = {"dest": np.array([[[d1, d2, d3]]]),
+            "source": np.array([[[[s], [s], [s]]]]),
+            "out": np.array([[[[[o1, o2]], [[o1, o2]], [[o1, o2]]]]])}
+  bugs = skip_trigrams.find_bugs(ranked, counter, min_seen=5)
+  assert [(b["source"], b["d1"], b["o2"]) for b in bugs] == [(s, d1, o2)]
+
+
+def test_show_token_keeps_indents_apart():
+  """Newline-plus-indent tokens of different depth read differently at every width the figures
+  use (they were cut to the same ↵·······… before)."""
+  show = experiment.show_token
+  assert show("\n" + " " * 20) == "↵+20sp" and show(" " * 10) == "10sp"
+  assert show(" if") == "·if" and show("\t") == "→" and show("\x01") == "¤"
+  for width in (9, 10, 14, 24):
+    assert len({show("\n" + " " * n, width) for n in range(4, 40)}) == 36
+  assert show("):\n" + " " * 24, 6).endswith("+24sp")
 
 
 @pytest.fixture(scope="module")
@@ -165,11 +203,13 @@ def test_skip_trigram_tables_are_readable(mechanism_figures):
   out = mechanism_figures[0] / "skip_trigrams"
   L, H = mechanism_figures[2].cfg.n_layers, mechanism_figures[2].cfg.n_heads
   markdown = (out / "skip_trigrams_attn2l.md").read_text()
-  assert markdown.count("\n## L") == L * H and "| source |" in markdown
+  assert markdown.count("\n## L") == L * H and "| destination |" in markdown
   page = (out / "skip_trigrams_attn2l.html").read_text()
   assert page.count("<table>") == L * H and "<script" not in page
   numbers = json.loads((out / "skip_trigrams_attn2l.json").read_text())
-  assert len(numbers["heads"]["L0H0"]) == figure_config("skip_trigrams", "test").sources_per_head
+  config = figure_config("skip_trigrams", "test")
+  assert len(numbers["heads"]["L0H0"]) == config.destinations_per_head
+  assert len(numbers["heads"]["L0H0"][0]["sources"]) == config.top_k
 
 
 def test_head_ablations_needs_two_layers(tmp_path):
@@ -178,3 +218,30 @@ def test_head_ablations_needs_two_layers(tmp_path):
   with pytest.raises(experiment.FigureError, match="at least 2 layer"):
     figure_module("head_ablations").run(figure_config("head_ablations", "test"),
                                         {"one": one_layer}, tmp_path)
+
+
+def test_value_weighted_attention_keeps_row_magnitudes():
+  """A_ij·‖x_j W_V W_O‖ from explicit loops (x_j: the layer's input stream), scaled by one
+  number per head and sequence: rows keep their relative magnitudes (per-row scaling made every
+  row reach 1, drawing a head that rests on a small-valued BOS as a solid BOS column)."""
+  induction_attention = figure_module("induction_attention")
+  cfg, w = random_model(n_layers=2, n_heads=3, std=0.5, seed=4)
+  model = experiment.Model("m", cfg, w, {})
+  tokens = np.array([[0, 5, 7, 5, 7, 2, 9, 1], [0, 3, 3, 4, 8, 8, 2, 6]])
+  patterns, weighted = induction_attention.value_weighted(model, tokens)
+  _, ex = forward(cfg, w, tokens, return_patterns=True, return_head_outputs=True)
+  g = lambda a: np.asarray(a, np.float64)
+  x = g(w.W_E)[tokens]
+  for l in range(cfg.n_layers):
+    for b in range(len(tokens)):
+      for h in range(cfg.n_heads):
+        for j in range(tokens.shape[1]):
+          norm = np.linalg.norm(x[b, j] @ g(w.W_V[l, h]) @ g(w.W_O[l, h]))
+          np.testing.assert_allclose(weighted[l, b, h, :, j], patterns[l, b, h, :, j] * norm,
+                                     rtol=1e-4, atol=1e-6)
+    x = x + g(ex["head_outputs"][l]).sum(1)
+  scaled, scale = induction_attention.per_head_scale(weighted)
+  np.testing.assert_allclose(scale, weighted.max(axis=(-1, -2)), rtol=1e-6)
+  np.testing.assert_allclose(scaled * scale[..., None, None], weighted, rtol=1e-5, atol=1e-7)
+  row_max = scaled.max(-1)
+  assert scaled.max() == pytest.approx(1) and (row_max < 0.9).any()

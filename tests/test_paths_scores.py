@@ -163,10 +163,10 @@ def test_hand_built_induction_circuit_scores_high_and_random_low():
   assert prefix[1, 0] > 0.95 and prefix[0, 0] < 0.1
   # Copying: ≈1 where the head attends selectively (the repeat), lower where it spreads over
   # every token seen so far (the first half), so the average is well above 0 but below 1.
-  copying = np.asarray(scores.copying_score(cfg, w, tokens))
+  copying = scores.copying_score(cfg, w, tokens)["score"]
   assert copying[1, 0] > 0.5
   _, anti = induction_model(copy=-1.0)
-  assert np.asarray(scores.copying_score(cfg, anti, tokens))[1, 0] < -0.5
+  assert scores.copying_score(cfg, anti, tokens)["score"][1, 0] < -0.5
   offsets = scores.positional_offsets(w)
   assert offsets["offset1"][0, 0] > 0.95 and offsets["offset0"][0, 0] < 0.05
   icl = scores.in_context_learning_score(cfg, w, tokens, np.roll(tokens, -1, 1))
@@ -185,7 +185,7 @@ def test_hand_built_induction_circuit_scores_high_and_random_low():
   rcfg, rw = random_model(n_layers=2, n_heads=2, d_head=8, d_model=32, d_vocab=20, n_ctx=33)
   _, rex = forward(rcfg, rw, tokens, return_patterns=True)
   assert np.asarray(scores.induction_score(rex["patterns"], 16)).max() < 0.2
-  assert np.abs(np.asarray(scores.copying_score(rcfg, rw, tokens))).max() < 0.35
+  assert np.nanmax(np.abs(scores.copying_score(rcfg, rw, tokens)["score"])) < 0.35
 
 
 def test_transformer_lens_weights_give_the_same_scores(tmp_path):
@@ -283,33 +283,68 @@ def test_copying_score_equals_a_loop(which):
   """Against the docstring's definition, looped over sequences, heads and destinations t ≥ 1:
   the head's direct logit effect on each token present (positions ≥ 1), minus its mean over them,
   through ReLU → r; a = the attention-weighted mean of r over the attended positions s ≥ 1 (BOS
-  left out); m = the plain mean of r; score = mean over t of (a − m)/(a + m), then over
-  sequences.  Patterns and head outputs come from ``forward``."""
+  left out); m = the plain mean of r; the score at t is (a − m)/(a + m), defined where the
+  attention off BOS is ≥ 0.1·t/(t + 1); the head's score is the mean over the defined (sequence,
+  destination) pairs, NaN when fewer than 10% are.  Patterns and head outputs from ``forward``."""
   cfg, w = _score_model(which)
   rng = np.random.default_rng(len(which))
   tokens = np.concatenate([np.zeros((3, 1), int), rng.integers(1, cfg.d_vocab, (3, 24))], 1)
-  got = np.asarray(scores.copying_score(cfg, w, tokens))
+  got = scores.copying_score(cfg, w, tokens)
   _, ex = forward(cfg, w, tokens, return_patterns=True, return_head_outputs=True)
   A = np.asarray(ex["patterns"], np.float64)  # [L, B, H, dest, src]
   out = np.asarray(ex["head_outputs"], np.float64)  # [L, B, H, T, D]
   W_U = np.asarray(w.W_U, np.float64)
   B, T = tokens.shape
   expected = np.zeros((cfg.n_layers, cfg.n_heads))
+  share = np.zeros((cfg.n_layers, cfg.n_heads))
   for l in range(cfg.n_layers):
     for h in range(cfg.n_heads):
-      per_sequence = []
+      per_dest = []
       for b in range(B):
         present = sorted(set(tokens[b, 1:].tolist()))
-        per_dest = []
         for t in range(1, T):
+          off_bos = sum(A[l, b, h, t, s] for s in range(1, t + 1))
+          if off_bos < 0.1 * t / (t + 1):
+            continue  # rests on BOS: undefined here
           effect = {p: float(out[l, b, h, t] @ W_U[:, p]) for p in present}
           mean_effect = sum(effect.values()) / len(present)
           r = {p: max(effect[p] - mean_effect, 0.0) for p in present}
-          attended = sum(A[l, b, h, t, s] * r[tokens[b, s]] for s in range(1, t + 1))
-          a = attended / (sum(A[l, b, h, t, s] for s in range(1, t + 1)) + 1e-9)
+          a = sum(A[l, b, h, t, s] * r[tokens[b, s]] for s in range(1, t + 1)) / off_bos
           m = sum(r.values()) / len(present)
-          per_dest.append((a - m) / (a + m + 1e-9))  # the function's 1e-9: 0/0 → 0
-        per_sequence.append(np.mean(per_dest))
-      expected[l, h] = np.mean(per_sequence)
-  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
-  assert np.abs(expected).max() > 0.05  # not vacuously zero
+          per_dest.append((a - m) / (a + m) if a + m > 0 else 0.0)
+      share[l, h] = len(per_dest) / (B * (T - 1))
+      expected[l, h] = np.mean(per_dest) if share[l, h] >= 0.1 else np.nan
+  np.testing.assert_allclose(got["defined"], share, rtol=1e-6)
+  np.testing.assert_allclose(got["score"], expected, rtol=1e-4, atol=1e-5)
+  assert np.nanmax(np.abs(expected)) > 0.05  # not vacuously zero
+
+
+def bos_resting_model(V=20, T=33, dh=8):
+  """1 layer × 2 heads on one-hot tokens (token 0 is BOS) and positions: head 0 puts all its
+  attention on BOS (attention logit 60 there, 0 elsewhere) and BOS's value raises the logits of
+  tokens 1 … 5; head 1 attends uniformly and copies the tokens it attends to."""
+  D = V + T
+  E = np.zeros((V, D)); E[np.arange(V), np.arange(V)] = 1
+  P = np.zeros((T, D)); P[np.arange(T), V + np.arange(T)] = 1
+  Q, K = np.zeros((1, 2, D, dh)), np.zeros((1, 2, D, dh))
+  Vw, O = np.zeros((1, 2, D, dh)), np.zeros((1, 2, dh, D))
+  Q[0, 0, :V, 0] = np.sqrt(60 * np.sqrt(dh)); K[0, 0, 0, 0] = np.sqrt(60 * np.sqrt(dh))
+  Vw[0, 0, 0, 0] = 1; O[0, 0, 0, 1:6] = 1
+  for t in range(min(V, dh)):
+    Vw[0, 1, t, t] = 1; O[0, 1, t, t] = 1
+  U = np.zeros((D, V)); U[np.arange(V), np.arange(V)] = 1
+  f = lambda a: jnp.asarray(a, jnp.float32)
+  return ModelConfig(1, 2, dh, D, V, T), Weights(W_E=f(E), W_pos=f(P), W_Q=f(Q), W_K=f(K),
+                                                 W_V=f(Vw), W_O=f(O), W_U=f(U))
+
+
+def test_copying_score_is_undefined_for_a_head_resting_on_bos():
+  """A head with (numerically) no attention off BOS has no copying score: NaN, not −1 (the
+  attended mean a → 0 made it read as anti-copying); the uniform copying head beside it stays
+  defined and positive."""
+  cfg, w = bos_resting_model()
+  tokens = scores.repeated_sequences(np.arange(1, 8), 0, 7, 4, samples=3)  # T = 29 ≤ n_ctx
+  got = scores.copying_score(cfg, w, tokens)
+  assert np.isnan(got["score"][0, 0]) and got["defined"][0, 0] == 0
+  assert got["off_bos"][0, 0] < 1e-6
+  assert got["score"][0, 1] > 0.05 and got["defined"][0, 1] == 1

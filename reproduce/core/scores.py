@@ -112,30 +112,55 @@ def prefix_matching_score(config, w: Weights, pool: np.ndarray, bos_id: int, len
   return per_dest.mean(axis=(1, 3))
 
 
-def copying_score(config, w: Weights, tokens: np.ndarray):
-  """How much each head raises the logits of the tokens it attends to → [L, H] in [−1, 1].
+COPYING_MIN_ATTENDED = 0.1  # fraction of uniform attention's mass off BOS (see copying_score)
+COPYING_MIN_DEFINED = 0.1  # fraction of destinations where the score must be defined
 
-  Our concrete form of IH's copying score, on sequences of random tokens: at each destination,
+
+def copying_score(config, w: Weights, tokens: np.ndarray,
+                  min_attended: float = COPYING_MIN_ATTENDED,
+                  min_defined: float = COPYING_MIN_DEFINED) -> Dict[str, np.ndarray]:
+  """How much each head raises the logits of the tokens it attends to, where that is defined.
+
+  Our concrete form of IH's copying score, on sequences of random tokens: at each destination t,
   the head's direct logit effect (its output through W_U) on the tokens present in the sequence
   is mean-subtracted and passed through ReLU (r ≥ 0); a = attention-weighted mean of r over the
-  tokens it attends to (BOS left out), m = mean of r over all present tokens; the score is
-  (a − m) / (a + m), averaged over destinations.  A head that raises what it attends to scores
-  near +1, one that raises other tokens near −1, a random head near 0.
+  tokens it attends to (BOS left out), m = mean of r over all present tokens; the score at t is
+  (a − m) / (a + m).  +1: the head raises what it attends to; −1: other tokens; ≈ 0: random.
+
+  Undefined where the head rests on BOS: at t its attention off BOS, 1 − A[t, 0], is below
+  ``min_attended`` × t/(t + 1) (what uniform attention would put there).  BOS then holds over
+  90% of the attention, the output is mostly BOS's value vector, and r describes what BOS
+  writes, not what attending to a token does (a → 0 made such heads score −1).  The head's
+  score is the mean over the (sequence, destination) pairs where it is defined, and NaN when
+  fewer than ``min_defined`` of them are: a head that attends to tokens at fewer than one
+  destination in ten rests on BOS, and a mean over the few others is not its behaviour.
+
+  Returns [L, H] arrays: ``score`` (NaN where undefined), ``defined`` (the fraction of
+  destinations t ≥ 1 where it is defined) and ``off_bos`` (mean attention off BOS).
   """
   cfg = ModelConfig.from_any(config)
   tokens = np.asarray(tokens)
+  B, T = tokens.shape
   _, extras = forward(cfg, w, tokens, return_patterns=True, return_head_outputs=True)
-  scores = []
-  for b in range(tokens.shape[0]):
+  patterns = np.asarray(extras["patterns"], np.float64)  # [L, B, H, T, T]
+  off_bos = 1.0 - patterns[..., 1:, 0]  # [L, B, H, T−1], destinations t ≥ 1
+  t = np.arange(1, T)
+  defined = off_bos >= min_attended * t / (t + 1)
+  per_dest = np.empty(off_bos.shape)
+  for b in range(B):
     present = np.unique(tokens[b, 1:])
-    onehot = (tokens[b][:, None] == present[None, :]).astype(np.float32)  # [T, n_present]
-    effect = extras["head_outputs"][:, b] @ w.W_U[:, present]  # [L, H, T, n_present]
-    raised = jax.nn.relu(effect - effect.mean(-1, keepdims=True))
-    weight = extras["patterns"][:, b] @ onehot  # attention per present token [L, H, T, n]
-    attended = (weight * raised).sum(-1) / (weight.sum(-1) + 1e-9)
+    onehot = (tokens[b, 1:, None] == present[None, :]).astype(np.float64)  # [T−1, n_present]
+    effect = np.asarray(extras["head_outputs"][:, b, :, 1:] @ w.W_U[:, present], np.float64)
+    raised = np.maximum(effect - effect.mean(-1, keepdims=True), 0)  # [L, H, T−1, n_present]
+    weight = patterns[:, b, :, 1:, 1:] @ onehot  # attention on each present token, BOS left out
+    attended = (weight * raised).sum(-1) / np.maximum(weight.sum(-1), 1e-30)
     mean = raised.mean(-1)
-    scores.append(((attended - mean) / (attended + mean + 1e-9))[:, :, 1:].mean(-1))
-  return jnp.stack(scores).mean(0)
+    per_dest[:, b] = (attended - mean) / np.maximum(attended + mean, 1e-30)
+  count = defined.sum(axis=(1, 3))
+  share = count / defined[0, :, 0].size
+  mean_defined = np.where(defined, per_dest, 0).sum(axis=(1, 3)) / np.maximum(count, 1)
+  return {"score": np.where(share >= min_defined, mean_defined, np.nan), "defined": share,
+          "off_bos": off_bos.mean(axis=(1, 3))}
 
 
 def icl_positions(n_ctx: int):
@@ -292,102 +317,107 @@ def bos_attention(patterns, mask: np.ndarray) -> np.ndarray:
   return (on_bos * m).sum(axis=(1, 3)) / max(float(m.sum()), 1.0)
 
 
-def block_moments(f: circuits.Factored, rows: np.ndarray, cols: np.ndarray):
-  """Mean and standard deviation of the entries of the block (left @ right)[rows, cols] of
-  every head, [L, H] each, without forming it: Σ entries = (1ᵀ left_r)(right_c 1) and
-  Σ entries² = tr((left_rᵀ left_r)(right_c right_cᵀ))."""
-  left = jnp.asarray(f.left)[..., jnp.asarray(rows), :]
-  right = jnp.asarray(f.right)[..., :, jnp.asarray(cols)]
-  n = len(rows) * len(cols)
-  total = jnp.einsum("...r,...r->...", left.sum(-2), right.sum(-1))
-  squares = jnp.einsum("...ab,...ba->...", jnp.swapaxes(left, -1, -2) @ left,
-                       right @ jnp.swapaxes(right, -1, -2))
-  mean = total / n
-  return np.asarray(mean), np.asarray(jnp.sqrt(jnp.maximum(squares / n - mean ** 2, 0)))
-
-
-def centred_rows(f: circuits.Factored, tokens: np.ndarray) -> circuits.Factored:
-  """The product with each row's mean over the columns ``tokens`` subtracted, still factored:
-  X[i, j] − mean_{j' ∈ tokens} X[i, j'] = left[i] (right[:, j] − mean_{j'} right[:, j'])."""
-  right = jnp.asarray(f.right)
-  mean = right[..., :, jnp.asarray(tokens)].mean(-1, keepdims=True)
-  return circuits.Factored(f.left, right - mean)
-
-
-def _source_chunk(w: Weights, n_tokens: int, max_elements: int = 1 << 24) -> int:
-  """Sources per block so that an [L, H, n_tokens, chunk] circuit block stays ≤ max_elements."""
+def _row_chunk(w: Weights, n_tokens: int, max_elements: int = 1 << 24) -> int:
+  """Rows per block so that an [L, H, chunk, n_tokens] circuit block stays ≤ max_elements."""
   return max(1, max_elements // (w.n_layers * w.n_heads * max(n_tokens, 1)))
 
 
-def ranked_skip_trigrams(w: Weights, tokens: np.ndarray, n_sources: int = 10, k: int = 3,
+def restricted(w: Weights, tokens: np.ndarray, centre: bool = True):
+  """(QK, OV): the full circuits' blocks [tokens, tokens], factored (rows and columns then index
+  ``tokens``), built from W_E[tokens] and W_U[:, tokens] alone (the vocabulary-wide factors cost
+  most of the time at a large vocabulary); each row centred over those columns when ``centre``
+  (a term that depends on the row alone cancels in the row's softmax)."""
+  index = jnp.asarray(tokens)
+  small = w.replace(W_E=jnp.asarray(w.W_E)[index], W_U=jnp.asarray(w.W_U)[:, index])
+  out = []
+  for f in (circuits.qk_circuit(small, full=True), circuits.ov_circuit(small, full=True)):
+    right = f.right - f.right.mean(-1, keepdims=True) if centre else f.right
+    out.append(circuits.Factored(f.left, right))
+  return tuple(out)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _top_k_of_rows(left, right, k: int):
+  return jax.lax.top_k(left @ right, k)
+
+
+def top_k_in_rows(f: circuits.Factored, k: int, chunk: int):
+  """(values, column indices) [..., m, k] of every row's k largest entries, ``chunk`` rows at a
+  time (at most [..., chunk, n] entries exist at once)."""
+  m = f.left.shape[-2]
+  values, index = [], []
+  for start in range(0, m, chunk):
+    v, i = _top_k_of_rows(f.left[..., start:start + chunk, :], f.right, k)
+    values.append(np.asarray(v)); index.append(np.asarray(i))
+  return np.concatenate(values, -2), np.concatenate(index, -2)
+
+
+def ranked_skip_trigrams(w: Weights, tokens: np.ndarray, n_destinations: int = 8, k: int = 3,
                          chunk: Optional[int] = None) -> Dict[str, np.ndarray]:
-  """Every head's strongest skip-trigrams "src … dest → out" among ``tokens`` (all three
-  restricted to them), ranked by the sum of two standardised logits:
+  """Every head's skip-trigrams "src … dest → out" among ``tokens``, as FW's tables read them:
+  each circuit compared only along the axis its softmax normalises.
 
-      score(src, dest, out) = z_QK[dest, src] + z_OV[src, out]
+  QK[dest, src] = W_E W_QK W_Eᵀ / sqrt(d_head) is compared only within a destination's row (the
+  softmax over sources); OV[src, out] = W_E W_OV W_U only within a source's row (the softmax over
+  outputs).  Each row is centred over ``tokens``, so an entry is a gain in nats: e^gain is the
+  attention on src relative to the row's average source, or the odds of out relative to the
+  average output.  Per head: the ``n_destinations`` destinations whose row's top gain is largest
+  (the most selective: a log ratio means the same in every row); for each, its ``k`` top
+  sources; for each source, its ``k`` top outputs.  No entry is ever ranked against an entry of
+  another row.  Rows go ``chunk`` at a time (default: 2²⁴ entries for all heads together).
 
-  with z_QK the attention score W_E W_QK W_Eᵀ[dest, src] / sqrt(d_head) and z_OV the logit
-  change W_E W_OV W_U[src, out], each first centred along its row (``centred_rows``: a term that
-  depends on the destination alone cancels in the softmax over sources, one that depends on the
-  source alone shifts every output logit equally) and then standardised by the mean and standard
-  deviation of its head's own block over ``tokens``.  Attention logits and output logits are in different units;
-  standardising makes "strong on both" comparable, and a sum (unlike a product) never ranks two
-  large negative values as a strong trigram.  The score separates, so a source's best trigram is
-  its best destination with its best output.  Sources are ranked by that best score; each keeps
-  its top ``k`` destinations and outputs.  Sources go ``chunk`` at a time (default: 2²⁴
-  entries): at most [L, H, len(tokens), chunk] entries of either circuit exist at once.
-
-  Returns [L, H, n_sources] ``source``, ``score``; [L, H, n_sources, k] ``dest``, ``dest_z``,
-  ``out``, ``out_z`` (token ids, standardised values).
+  Returns [L, H, n_destinations] ``dest``; [L, H, n_destinations, k] ``source``,
+  ``source_gain``; [L, H, n_destinations, k, k] ``out``, ``out_gain`` (token ids and nats);
+  [L, H, n_destinations, len(tokens)] ``dest_row``: each chosen destination's whole centred QK
+  row over ``tokens``.
   """
   tokens = np.asarray(tokens)
-  chunk = chunk or _source_chunk(w, len(tokens))
-  qk = centred_rows(circuits.qk_circuit(w, full=True), tokens)
-  ov = centred_rows(circuits.ov_circuit(w, full=True), tokens)
-  scale = float(np.sqrt(w.d_head))
-  qk_mean, qk_std = block_moments(qk, tokens, tokens)
-  ov_mean, ov_std = block_moments(ov, tokens, tokens)
-  qk_mean, qk_std = qk_mean / scale, qk_std / scale
-  dest_z, dest_i, out_z, out_i = [], [], [], []
-  for start in range(0, len(tokens), chunk):
-    src = tokens[start:start + chunk]
-    cols = qk.left[..., jnp.asarray(tokens), :] @ qk.right[..., :, jnp.asarray(src)] / scale
-    z = (jnp.swapaxes(cols, -1, -2) - qk_mean[..., None, None]) / qk_std[..., None, None]
-    values, index = jax.lax.top_k(z, k)  # [L, H, chunk, k]
-    dest_z.append(np.asarray(values)); dest_i.append(tokens[np.asarray(index)])
-    rows = ov.left[..., jnp.asarray(src), :] @ ov.right[..., :, jnp.asarray(tokens)]
-    z = (rows - ov_mean[..., None, None]) / ov_std[..., None, None]
-    values, index = jax.lax.top_k(z, k)
-    out_z.append(np.asarray(values)); out_i.append(tokens[np.asarray(index)])
-  dest_z, dest_i = np.concatenate(dest_z, -2), np.concatenate(dest_i, -2)
-  out_z, out_i = np.concatenate(out_z, -2), np.concatenate(out_i, -2)
-  best = dest_z[..., 0] + out_z[..., 0]  # [L, H, n_tokens]
-  order = np.argsort(-best, axis=-1, kind="stable")[..., :n_sources]
-  pick = lambda a: np.take_along_axis(a, order[..., None], axis=-2)
-  return {"source": tokens[order], "score": np.take_along_axis(best, order, -1),
-          "dest": pick(dest_i), "dest_z": pick(dest_z), "out": pick(out_i), "out_z": pick(out_z)}
+  chunk = chunk or _row_chunk(w, len(tokens))
+  L, H = w.n_layers, w.n_heads
+  qk, ov = restricted(w, tokens)
+  qk = circuits.Factored(qk.left / np.sqrt(w.d_head), qk.right)
+  source_gain, source_at = top_k_in_rows(qk, k, chunk)  # [L, H, n, k] for every destination
+  pick = np.argsort(-source_gain[..., 0], axis=-1, kind="stable")[..., :n_destinations]
+  source_gain = np.take_along_axis(source_gain, pick[..., None], axis=-2)  # [L, H, n_dest, k]
+  source_at = np.take_along_axis(source_at, pick[..., None], axis=-2)
+  dest_row = np.asarray(jnp.take_along_axis(qk.left, jnp.asarray(pick)[..., None], axis=-2)
+                        @ qk.right)
+  del qk
+  flat = jnp.asarray(source_at.reshape(L, H, -1))
+  left = jnp.take_along_axis(ov.left, flat[..., None], axis=-2)  # chosen sources' OV rows
+  out_gain, out_at = top_k_in_rows(circuits.Factored(left, ov.right), k, chunk)
+  shape = source_at.shape + (k,)
+  return {"dest": tokens[pick], "source": tokens[source_at], "source_gain": source_gain,
+          "out": tokens[out_at].reshape(shape), "out_gain": out_gain.reshape(shape),
+          "dest_row": dest_row}
 
 
-def own_logit_column_rank(w: Weights, tokens: np.ndarray,
-                          chunk: Optional[int] = None) -> np.ndarray:
-  """Per head and token t in ``tokens``: the fraction of the other tokens s whose OV entry
-  W_E W_OV W_U[s, t] is below the token's own [t, t] → [L, H, len(tokens)].
+def own_logit_row_rank(w: Weights, tokens: np.ndarray, chunk: Optional[int] = None) -> np.ndarray:
+  """Per head and token t in ``tokens``: the fraction of the other tokens o whose OV entry
+  W_E W_OV W_U[t, o] is below the token's own [t, t] → [L, H, len(tokens)].
 
-  The column of t says which sources, when attended to, raise t most; a copying head puts t
-  itself on top (near 1), a random head anywhere (0.5 on average).  Rows are centred first
-  (``centred_rows``): a source that raises every output alike raises none of them.  Ranking within the column,
-  not the row, keeps tokens whose unembedding is large for every source from looking copied.
+  The row of t is what attending to t does to the output logits, the one comparison the softmax
+  over outputs makes (FW); a copying head puts t itself on top of its own row (near 1), a random
+  head anywhere (0.5 on average).  Ranks within a row ignore a shift of the whole row, so no
+  centring is needed.  Rows go ``chunk`` at a time (default: 2²⁴ entries for all heads).
   """
   tokens = np.asarray(tokens)
-  chunk = chunk or _source_chunk(w, len(tokens))
-  ov = centred_rows(circuits.ov_circuit(w, full=True), tokens)
+  chunk = chunk or _row_chunk(w, len(tokens))
+  _, ov = restricted(w, tokens, centre=False)
+  left, right = np.asarray(ov.left), np.asarray(ov.right)
   out = []
   for start in range(0, len(tokens), chunk):
-    t = tokens[start:start + chunk]
-    cols = np.asarray(ov.left[..., jnp.asarray(tokens), :] @ ov.right[..., :, jnp.asarray(t)])
-    own = cols[..., start + np.arange(len(t)), np.arange(len(t))]  # [L, H, chunk]
-    out.append(((cols < own[..., None, :]).sum(-2)) / (len(tokens) - 1))
-  return np.concatenate(out, -1)
+    out.append(_below_own(left[..., start:start + chunk, :], right, start))
+  return np.concatenate(out, -1) / (len(tokens) - 1)
+
+
+def _below_own(left, right, start):
+  """For rows start … start + len − 1 of left @ right: how many entries are below the diagonal's
+  (NumPy: its compare-and-count ran 4× faster than XLA's on CPU)."""
+  rows = np.matmul(left, right)  # [..., c, n]
+  c = rows.shape[-2]
+  own = rows[..., np.arange(c), start + np.arange(c)]  # [..., c]
+  return (rows < own[..., None]).sum(-1)
 
 
 class SkipTrigramCounter:
@@ -401,26 +431,23 @@ class SkipTrigramCounter:
     codes = self.tokens[:-1] * self.vocab + self.tokens[1:]
     self._order = np.argsort(codes, kind="stable")
     self._sorted = codes[self._order]
-    self._before = {}
 
-  def _source_before(self, s: int) -> np.ndarray:
-    """[len(tokens)] bool: s occurs in tokens[p − window : p]."""
-    if s not in self._before:
-      c = np.concatenate([[0], np.cumsum(self.tokens == s)])  # c[p] = #s in tokens[:p]
-      p = np.arange(len(self.tokens))
-      self._before[s] = c[p] - c[np.maximum(p - self.window, 0)] > 0
-    return self._before[s]
+  def _pair_positions(self, d: int, o: int) -> np.ndarray:
+    """Positions p with tokens[p] = d and tokens[p + 1] = o."""
+    code = int(d) * self.vocab + int(o)
+    lo, hi = np.searchsorted(self._sorted, [code, code + 1])
+    return self._order[lo:hi]
+
+  def _source_before(self, s: int, positions: np.ndarray) -> np.ndarray:
+    """[len(positions)] bool: s occurs in tokens[p − window : p]."""
+    back = positions[:, None] - np.arange(1, self.window + 1)[None, :]
+    return ((self.tokens[np.maximum(back, 0)] == s) & (back >= 0)).any(-1)
 
   def count(self, s: int, d: int, o: int) -> int:
     """How many positions p hold "s … d → o"."""
-    code = d * self.vocab + o
-    lo, hi = np.searchsorted(self._sorted, [code, code + 1])
-    return int(self._source_before(int(s))[self._order[lo:hi]].sum())
+    return int(self._source_before(int(s), self._pair_positions(d, o)).sum())
 
-  def lift(self, s: int, d: int) -> float:
-    """P(s in the window before p | tokens[p] = d) / P(s in the window before p): how much more
-    often the source precedes this destination than a random position (1: no relation)."""
-    before = self._source_before(int(s))
-    at_d = self.tokens == d
-    base = before.mean()
-    return float(before[at_d].mean() / base) if at_d.any() and base > 0 else float("nan")
+  def followers(self, d: int) -> np.ndarray:
+    """The distinct tokens seen right after ``d``."""
+    lo, hi = np.searchsorted(self._sorted, [int(d) * self.vocab, (int(d) + 1) * self.vocab])
+    return np.unique(self._sorted[lo:hi] % self.vocab)
