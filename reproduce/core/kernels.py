@@ -8,6 +8,7 @@ experiments/SPEED.md).
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -269,9 +270,10 @@ def unembed_cross_entropy(x: jax.Array, W_U: jax.Array, targets: jax.Array,
 CHUNK_BYTES = 1 << 28  # 256 MiB
 
 
-def items_per_chunk(bytes_per_item: int, total: int, budget: int = CHUNK_BYTES) -> int:
+def items_per_chunk(bytes_per_item: int, total: int, budget: Optional[int] = None) -> int:
   """How many items (windows, heads, rows) one chunk takes: ⌊budget / bytes per item⌋, at least
-  1 and at most ``total``."""
+  1 and at most ``total``; ``budget`` defaults to ``CHUNK_BYTES`` as it is at the call."""
+  budget = CHUNK_BYTES if budget is None else budget
   return int(max(1, min(int(total), int(budget) // max(1, int(bytes_per_item)))))
 
 
@@ -291,11 +293,13 @@ def map_in_chunks(fn, xs, chunk: int):
 
 
 def unembed_losses(x: jax.Array, W_U: jax.Array, targets: jax.Array, b_U=None,
-                   budget: int = CHUNK_BYTES) -> jax.Array:
+                   budget: Optional[int] = None) -> jax.Array:
   """−log softmax(x W_U + b_U)[target] per row of x [..., d_model] → [...] (forward only).
 
   Rows go through in chunks sized so that a chunk's logits and their exponentials (2 · vocab
-  float32 per row) fit ``budget``: the [rows, vocab] logits never exist at once."""
+  float32 per row) fit ``budget`` (default ``CHUNK_BYTES``): the [rows, vocab] logits never
+  exist at once.  Chunks of many rows: per-row loops run the product far slower on CPU
+  (experiments/SPEED.md)."""
   shape = targets.shape
   x, targets = x.reshape(-1, x.shape[-1]), targets.reshape(-1)
 

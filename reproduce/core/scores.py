@@ -279,13 +279,14 @@ def positional_offsets(w: Weights, n_ctx: int = 0) -> Dict[str, np.ndarray]:
 
 
 def bigram_statistics(w: Weights, train_tokens: np.ndarray, min_count: int = 20,
-                      chunk: int = 1024) -> Dict[str, object]:
+                      chunk: Optional[int] = None) -> Dict[str, object]:
   """The direct path W_E W_U as a bigram model, against the corpus's empirical bigram table.
 
   Returns the Pearson correlation of model vs empirical log p(next | current) over pairs seen at
   least ``min_count`` times, the KL divergence Σ_c p(c) KL(p_emp(·|c) ‖ p_model(·|c)) in nats,
   the conditional entropy H(next | current) of the table (the best loss any bigram model can
-  reach), and the pairs used (for plotting).
+  reach), and the pairs used (for plotting).  Source rows of W_E W_U go ``chunk`` at a time
+  (default: sized from ``kernels.CHUNK_BYTES``): the vocab × vocab table never exists.
   """
   tokens = np.asarray(train_tokens, np.int64)
   V = w.d_vocab
@@ -296,6 +297,8 @@ def bigram_statistics(w: Weights, train_tokens: np.ndarray, min_count: int = 20,
   sources = np.unique(current)
   lse = np.zeros(V)
   W_E, W_U = np.asarray(w.W_E), np.asarray(w.W_U)
+  # Source rows per block: a block's logits and two temporaries of the same size fit the budget.
+  chunk = chunk or items_per_chunk(3 * W_U.dtype.itemsize * V, len(sources))
   for start in range(0, len(sources), chunk):  # log-normaliser of each source's row
     rows = sources[start:start + chunk]
     logits = W_E[rows] @ W_U
