@@ -1,7 +1,10 @@
 """Head scores and model-level measurements (docs/METHODS.md, "Head and model scores").
 
 Patterns are [L, B, H, T(dest), T(src)] as returned by ``forward(..., return_patterns=True)``;
-every score comes back as [L, H] unless said otherwise.
+every score comes back as [L, H] unless said otherwise.  The figures measure on many full-length
+windows through ``pattern_statistics`` and ``sequence_losses`` instead, which compute the same
+numbers window chunk by window chunk (sized from ``kernels.CHUNK_BYTES``), never holding every
+window's patterns or logits.
 """
 
 from __future__ import annotations
