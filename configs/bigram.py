@@ -16,6 +16,7 @@ def get_config(preset: str = "cpu"):
   # model configs (configs/<name>.py) trained at the preset and analysed
   c.models = ("attn0l", "attn1l", "attn2l")
   c.min_count = 20  # pairs seen at least this often enter the scatter and the correlation
+  # Every vocabulary row of W_E W_U is normalised, in row blocks (never vocab × vocab).
   # "Well above a unigram model": at least half-way from the unigram's correlation (KL) to a
   # perfect 1 (0).  The unigram knows only how common the next token is.
   c.gap_closed = 0.5

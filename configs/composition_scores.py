@@ -15,11 +15,12 @@ import ml_collections
 def get_config(preset: str = "cpu"):
   c = ml_collections.ConfigDict()
   c.models = ("attn2l",)  # model configs (configs/<name>.py) trained at the preset and analysed
+  # Random factor pairs of the model's shapes (d_model × d_head) averaged for the baseline.
   c.baseline_samples = 256
   c.seed = 0
   # Previous-token / induction score that labels a head: attention of 0.3 on one position is
   # ≥ 7× a uniform pattern's over the induction probe's 50-token repeat (1/50 per position).
-  c.role_threshold = 0.3
+  c.role_threshold = 0.3  # roles measured as experiment.head_roles does (see ov_qk_scatter)
   c.draw_erratum = True
   c.lock()
   return c

@@ -16,9 +16,13 @@ import ml_collections
 def get_config(preset: str = "cpu"):
   c = ml_collections.ConfigDict()
   c.models = ("attn2l",)  # model configs (configs/<name>.py) trained at the preset and analysed
-  c.length = 50  # random middle-frequency tokens per repeat (cut to fit n_ctx)
+  # Random middle-frequency tokens per repeat: min(length, (n_ctx − 1) // 2), BOS + 2 repeats.
+  c.length = 50
   c.samples = 16 if preset != "test" else 4  # repeated sequences
-  c.icl_windows = 64 if preset != "test" else 8  # held-out windows for the ICL score
+  # Held-out windows of n_ctx tokens for the ICL score, losses at positions (49, 499) when
+  # n_ctx ≥ 500, else the same fractions of n_ctx (scores.icl_positions); head roles as in
+  # experiment.head_roles (16 windows of n_ctx; BOS + min(50, (n_ctx − 1) // 2) tokens × 2).
+  c.icl_windows = 64 if preset != "test" else 8
   # Head roles: previous-token score on text, induction score on repeats.  0.3 is three times
   # the most a head attending uniformly over ≥ 10 positions could score.
   c.role_threshold = 0.3

@@ -17,10 +17,13 @@ import ml_collections
 def get_config(preset: str = "cpu"):
   c = ml_collections.ConfigDict()
   c.models = ("attn1l", "attn2l")  # model configs (configs/<name>.py) trained and analysed
-  c.length = 25  # IH: 25 random tokens repeated 4 times, 10 samples
+  # IH: 25 random tokens repeated 4 times, 10 samples; the length is min(length,
+  # (n_ctx − 1) // repeats) so that BOS + the repeats fit the context.
+  c.length = 25
   c.repeats = 4
   c.samples = 10 if preset != "test" else 3
-  c.text_windows = 32 if preset != "test" else 8  # held-out windows for the text measures
+  # Held-out windows of the model's full n_ctx for the text measures (in chunks of windows).
+  c.text_windows = 32 if preset != "test" else 8
   # Induction head: prefix-matching score ≥ 0.3, three times the most a head attending
   # uniformly over ≥ 10 positions could score (and far above every random-init head).
   c.role_threshold = 0.3

@@ -12,7 +12,8 @@ import ml_collections
 def get_config(preset: str = "cpu"):
   c = ml_collections.ConfigDict()
   c.models = ("attn1l", "attn2l")  # model configs (configs/<name>.py) trained at the preset and analysed
-  c.positions = 24  # leading positions drawn
+  # Leading positions drawn: min(positions, n_ctx); the offset scores use the whole context.
+  c.positions = 24
   c.min_offset_attention = 0.5
   c.lock()
   return c

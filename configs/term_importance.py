@@ -13,7 +13,9 @@ import ml_collections
 def get_config(preset: str = "cpu"):
   c = ml_collections.ConfigDict()
   c.models = ("attn2l",)  # model configs (configs/<name>.py) trained at the preset and analysed
-  c.windows = 32  # held-out windows
+  # Held-out windows, each of the model's full context n_ctx (FW measures on whole contexts); the
+  # recursion runs them in chunks sized from kernels.CHUNK_BYTES, so any n_ctx and vocabulary fit.
+  c.windows = 32
   # At random init every head's output is ≈ 0, so each effect is ≈ 0 nats; 0.5 nats is ≈ 10% of
   # the direct path's loss (L0 ≈ 5.5 nats in RECIPE.md's run A), an effect no untrained head has.
   c.min_first_order = 0.5

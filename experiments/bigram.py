@@ -13,9 +13,12 @@ through how common the next token is.  "Well above" means closing at least ``gap
 distance from the unigram's value to a perfect one (correlation 1, KL 0).
 """
 
+from typing import Optional
+
 import numpy as np
 
 from reproduce.core import scores
+from reproduce.core.kernels import items_per_chunk
 from reproduce import experiment
 
 DESCRIPTION = "0L model vs the corpus's bigram table (and 1L/2L direct paths vs the 0L table): scatter, KL, top-next table"
@@ -28,10 +31,13 @@ def unigram_log_probs(train_tokens, vocab_size):
   return np.log(counts / counts.sum())
 
 
-def direct_log_probs(weights, current, following, chunk: int = 512):
-  """log softmax(W_E W_U)[current, following] for pairs of token ids (the direct path)."""
+def direct_log_probs(weights, current, following, chunk: Optional[int] = None):
+  """log softmax(W_E W_U)[current, following] for pairs of token ids (the direct path), float64;
+  the rows of W_E W_U go ``chunk`` at a time (default: three float64 blocks of that many rows
+  fit ``kernels.CHUNK_BYTES``), never the vocab × vocab table."""
   W_E, W_U = np.asarray(weights.W_E, np.float64), np.asarray(weights.W_U, np.float64)
   rows = np.unique(current)
+  chunk = chunk or items_per_chunk(3 * 8 * W_U.shape[1], len(rows))
   lse = np.zeros(W_E.shape[0])
   for start in range(0, len(rows), chunk):
     r = rows[start:start + chunk]

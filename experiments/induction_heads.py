@@ -16,7 +16,6 @@ import numpy as np
 
 from reproduce.core import scores
 from reproduce import experiment
-from reproduce.core.model import forward
 
 DESCRIPTION = ("Prefix matching vs copying of every head, induction heads resting on BOS, "
                "layer-0 averaging heads")
@@ -39,6 +38,16 @@ def averaging_profile(offsets: np.ndarray, window: int):
   return mass, spread
 
 
+def bos_share(model, tokens, mask, *more):
+  """Mean attention on BOS over the destinations where ``mask`` [B, T] is true, per head
+  [L, H] (``scores.bos_attention``), in chunks of windows; with ``more`` statistics, also their
+  [L, B, …] values from the same pass."""
+  sums, *rest = scores.pattern_statistics(model.cfg, model.weights, tokens,
+                                          (scores.MaskedBos(),) + more, mask)
+  share = sums.sum(1) / max(float(np.sum(mask)), 1.0)
+  return (share, *rest) if more else share
+
+
 def measure(model, w, config):
   cfg = model.cfg
   length = min(config.length, (cfg.n_ctx - 1) // config.repeats)
@@ -58,14 +67,12 @@ def head_scores(config, model) -> dict:
   init, init_source = experiment.initial_weights(model)
   _, init_prefix, init_details = measure(model, init, config)
   copying, init_copying = copying_details["score"], init_details["score"]
-  _, ex = forward(model.cfg, model.weights, probe, return_patterns=True)
   first_probe = scores.first_occurrences(probe)
-  bos_probe = scores.bos_attention(ex["patterns"], first_probe)
+  bos_probe = bos_share(model, probe, first_probe)
   text = model.heldout_windows(config.text_windows)[0]
-  _, ex = forward(model.cfg, model.weights, text, return_patterns=True)
   first_text = scores.first_occurrences(text)
-  bos_text = scores.bos_attention(ex["patterns"], first_text)
-  offsets = scores.attention_by_offset(ex["patterns"][:1], config.offsets_shown)[0]  # [H, o]
+  bos_text, by_offset = bos_share(model, text, first_text, scores.Offsets(config.offsets_shown))
+  offsets = by_offset[0].mean(0)  # layer 0, mean over windows: [H, o]
   mass, spread = averaging_profile(offsets, config.averaging_window)
   induction = [(l, h) for l in range(1, L) for h in range(H)
                if prefix[l, h] >= config.role_threshold]

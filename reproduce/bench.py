@@ -8,6 +8,7 @@
     python -m reproduce.bench prepare                   # token-store build: tokens/s, peak RSS
     python -m reproduce.bench export --config=configs/attn2l.py:paper --platform=cuda [--devices=8]
     python -m reproduce.bench export --figures=paper --platform=tpu   # every figure's kernels
+    python -m reproduce.bench figures --shape=attn-only-2l   # every figure: wall time, peak RSS
 
 ``train`` measures the machine's matmul peak (a 4096³ product) in the step's compute dtype and
 in float32 in the same run, and reports model FLOP utilisation against both.  ``compare`` times
@@ -16,7 +17,8 @@ follow the usual convention: 6·N (N = matmul parameters: W_U and the per-head W
 W_O; the embedding gather is free) plus 12·L·H·d_head·n_ctx for the attention scores and mixing
 (the full square, masked half included).
 
-``compare`` and ``prepare`` live in ``bench_compare`` and ``bench_prepare``; a new subcommand is
+``compare``, ``prepare`` and ``figures`` live in ``bench_compare``, ``bench_prepare`` and
+``bench_figures``; a new subcommand is
 one more entry in ``COMMANDS``.
 """
 
@@ -36,6 +38,7 @@ import numpy as np
 from absl import app, flags
 
 from reproduce.bench_compare import compare_with_transformerlens
+from reproduce.bench_figures import SHAPES as FIGURE_SHAPES, bench_figures
 from reproduce.bench_prepare import bench_prepare
 from reproduce.config import define_config_flag, load_config, parse_flags, validate
 from reproduce import export
@@ -239,6 +242,8 @@ def _split_cpu(opts) -> None:
 
 
 def _train(opts) -> dict:
+  if opts.shape not in (None, "anchor"):
+    raise ValueError(f"train takes --shape=anchor only; {opts.shape} is a shape of `figures`")
   _split_cpu(opts)
   config = opts.config if opts.config is not None else load_config("attn2l:cpu")
   if opts.shape == "anchor":
@@ -275,6 +280,7 @@ COMMANDS: Dict[str, Callable[[flags.FlagValues], dict]] = {
     "compare": _compare,
     "prepare": lambda opts: bench_prepare(),
     "export": _export,
+    "figures": lambda opts: bench_figures(opts.shape or "attn-only-2l", opts.only),
 }
 
 
@@ -293,7 +299,10 @@ def main(argv):
 
 def run_cli():
   define_config_flag()
-  flags.DEFINE_enum("shape", None, ["anchor"], "anchor: the TransformerLens comparison shape")
+  flags.DEFINE_enum("shape", None, ["anchor", *FIGURE_SHAPES],
+                    "train: anchor, the TransformerLens comparison shape; figures: a public "
+                    "model's shape (default attn-only-2l)")
+  flags.DEFINE_list("only", None, "figures: only these figures (comma-separated)")
   flags.DEFINE_float("seconds", 15.0, "how long to time the train step")
   flags.DEFINE_string("tl-python", None, "compare: Python interpreter with torch and "
                       "transformer-lens (a throwaway environment, never a project dependency)")

@@ -25,7 +25,8 @@ from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec as P
 
 from reproduce.config import load_config
 from reproduce.core import circuits, paths, scores
-from reproduce.core.model import ModelConfig, forward, token_losses
+from reproduce.core.kernels import items_per_chunk
+from reproduce.core.model import ModelConfig, forward
 from reproduce.core.weights import init_weights
 from reproduce.figure import figure_config, figure_names
 from reproduce.train.plan import StepPlan, plan_step
@@ -256,20 +257,6 @@ def _composition(w, key, n_samples: int = 256) -> dict:
   return out
 
 
-def _recursion_step(cfg, w, x, y, patterns, head_outputs):
-  """term_importance's run k + 2: frozen patterns, saved outputs added → (loss, new outputs)."""
-  logits, ex = forward(cfg, w, x, patterns=patterns, head_outputs=head_outputs,
-                       return_head_outputs=True)
-  return token_losses(logits, y).mean(), ex["head_outputs"]
-
-
-def _one_head(cfg, w, x, y, patterns, first_order):
-  """term_importance's loss with one head's first-order term (the last head here)."""
-  L, H = cfg.n_layers, cfg.n_heads
-  only = jnp.zeros_like(first_order).at[L - 1, :, H - 1].set(first_order[L - 1, :, H - 1])
-  return token_losses(forward(cfg, w, x, patterns=patterns, head_outputs=only)[0], y).mean()
-
-
 def _kernels(cfg, preset: str):
   """({family: [(kernel name, function, abstract args)]}, {family: host transfer}) at
   ``preset``'s figure shapes.
@@ -285,11 +272,17 @@ def _kernels(cfg, preset: str):
   icl = figure_config("induction_formation", preset).icl_windows
   windows = figure_config("term_importance", preset).windows
   frozen = lambda b: jax.ShapeDtypeStruct((L, b, H, T, T), jnp.float32)
-  outputs = jax.ShapeDtypeStruct((L, windows, H, T, D), jnp.float32)
+  # pylint: disable=protected-access
+  frozen_run, recursion_step, first_order, term_window_bytes = (
+      paths._frozen_run, paths._recursion_step, paths._first_order_losses, paths._window_bytes)
+  chunk = items_per_chunk(term_window_bytes(cfg, T), windows)
+  scales = jax.ShapeDtypeStruct((L + 1, chunk, T, 1), jnp.float32)
+  layer_outputs = jax.ShapeDtypeStruct((L, chunk, T, D), jnp.float32)
 
   host = {"eigen_matrices": f"each [{L}, {H}, {r}, {r}] float32 output ({L * H * r * r * 4:,} "
                             "bytes) goes to the host for np.linalg.eigvals in float64",
-          "term_importance": f"{2 * L + 1 + L * H} scalar losses are read to the host (float())"}
+          "term_importance": f"per chunk of {chunk} window(s): {2 * L + 2 + L * H} loss sums "
+                             "per window are read to the host"}
   families = {
       "forward_patterns": [("forward_patterns", lambda w, x: forward(
           cfg, w, x, return_patterns=True, return_head_outputs=True), (w, tokens(text)))],
@@ -298,13 +291,13 @@ def _kernels(cfg, preset: str):
                        (w, jax.ShapeDtypeStruct((), jax.random.key(0).dtype)))],
       "path_expansion": [("path_expansion", lambda w, x: paths.path_expansion(cfg, w, x),
                           (w, tokens(1)))],
-      "term_importance": [
-          ("term_importance.frozen_run", lambda w, x: forward(
-              cfg, w, x, return_patterns=True, return_norm_scales=True), (w, tokens(windows))),
-          ("term_importance.recursion_step", functools.partial(_recursion_step, cfg),
-           (w, tokens(windows), tokens(windows), frozen(windows), outputs)),
-          ("term_importance.one_head", functools.partial(_one_head, cfg),
-           (w, tokens(windows), tokens(windows), frozen(windows), outputs))],
+      "term_importance": [  # one chunk of windows, as paths.term_importance runs them
+          ("term_importance.frozen_run", functools.partial(frozen_run, cfg),
+           (w, tokens(chunk), tokens(chunk))),
+          ("term_importance.recursion_step", functools.partial(recursion_step, cfg),
+           (w, tokens(chunk), tokens(chunk), frozen(chunk), scales, layer_outputs)),
+          ("term_importance.first_order", functools.partial(first_order, cfg),
+           (w, tokens(chunk), tokens(chunk), frozen(chunk), scales))],
       "icl_losses": [("icl_losses", lambda w, x, y: scores.position_losses(
           cfg, w, x, y, scores.icl_positions(T)), (w, tokens(icl), tokens(icl)))],
       "positional": [("positional", lambda w: circuits.positional_attention(w, T), (w,))],

@@ -31,7 +31,7 @@ host in float64 NumPy (JAX has no TPU kernel for them, and its GPU path is fragi
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple, Sequence, Tuple
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -223,15 +223,22 @@ def token_position_qk(w: Weights) -> Tuple[Factored, Factored]:
   return _token_position_qk(w.W_Q, w.W_K, *w.positional_readers, w.W_E, w.W_pos)
 
 
-def positional_attention(w: Weights, n_ctx: int = 0) -> jax.Array:
-  """Causal softmax of ``positional_qk`` alone: the pattern a head would have if only positions
-  mattered, [L, H, T, T] (T = n_ctx or the model's context)."""
+def positional_attention(w: Weights, n_ctx: int = 0, layer: Optional[int] = None) -> jax.Array:
+  """Causal softmax of ``head_positional_qk`` alone: the pattern a head would have if only
+  positions mattered, [L, H, T, T] (T = n_ctx or the model's context), or [H, T, T] of one
+  ``layer``.  Only the first T positions are computed."""
   require_folded(w)
-  scores = positional_qk(w)
-  T = n_ctx or scores.shape[-1]
-  scores = scores[..., :T, :T]
+  return _positional_attention(w, n_ctx or w.W_pos.shape[0], layer)
+
+
+@functools.partial(jax.jit, static_argnames=("T", "layer"))
+def _positional_attention(w: Weights, T: int, layer: Optional[int]) -> jax.Array:
+  picked = slice(None) if layer is None else slice(layer, layer + 1)
+  scores = over_heads(head_positional_qk, (0, 0, None))(w.W_Q[picked], w.W_K[picked],
+                                                         w.W_pos[:T])
   causal = jnp.tril(jnp.ones((T, T), bool))
-  return jax.nn.softmax(jnp.where(causal, scores, MASKED), axis=-1)
+  pattern = jax.nn.softmax(jnp.where(causal, scores, MASKED), axis=-1)
+  return pattern if layer is None else pattern[0]
 
 
 @jax.jit

@@ -8,6 +8,7 @@ experiments/SPEED.md).
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -258,3 +259,53 @@ def unembed_cross_entropy(x: jax.Array, W_U: jax.Array, targets: jax.Array,
   chunk = largest_divisor_at_most(x.shape[0], max_block_elements // W_U.shape[1])
   dtype = None if compute_dtype is None else jnp.dtype(compute_dtype)
   return _chunked_ce(x, W_U, targets.reshape(-1), chunk, dtype).reshape(shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# Analysis in bounded memory (forward only)
+
+# The most bytes that the largest array of one chunk of an analysis may hold: chunks of windows,
+# heads or vocabulary rows are sized from it, so every figure stays within a few of these at any
+# model shape (experiments/SPEED.md, "Figures in bounded memory").
+CHUNK_BYTES = 1 << 28  # 256 MiB
+
+
+def items_per_chunk(bytes_per_item: int, total: int, budget: Optional[int] = None) -> int:
+  """How many items (windows, heads, rows) one chunk takes: ⌊budget / bytes per item⌋, at least
+  1 and at most ``total``; ``budget`` defaults to ``CHUNK_BYTES`` as it is at the call."""
+  budget = CHUNK_BYTES if budget is None else budget
+  return int(max(1, min(int(total), int(budget) // max(1, int(bytes_per_item)))))
+
+
+def map_in_chunks(fn, xs, chunk: int):
+  """``fn(*batch)`` over the leading axis of the arrays ``xs`` (a tuple), ``chunk`` items per
+  call: ``jax.lax.map`` over [n / chunk, chunk, ...], so only one chunk's intermediates exist at
+  once (``fn`` sees a batch, unlike ``lax.map``'s ``batch_size``, which vmaps it).  The axis is
+  padded to a multiple of ``chunk`` with copies of the first item, and the padding dropped from
+  every output (outputs keep the items on their leading axis)."""
+  n = xs[0].shape[0]
+  pad = (-n) % chunk
+  if pad:
+    xs = tuple(jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,) + x.shape[1:])]) for x in xs)
+  split = lambda x: x.reshape((-1, chunk) + x.shape[1:])
+  out = jax.lax.map(lambda args: fn(*args), tuple(split(x) for x in xs))
+  return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[:n], out)
+
+
+def unembed_losses(x: jax.Array, W_U: jax.Array, targets: jax.Array, b_U=None,
+                   budget: Optional[int] = None) -> jax.Array:
+  """−log softmax(x W_U + b_U)[target] per row of x [..., d_model] → [...] (forward only).
+
+  Rows go through in chunks sized so that a chunk's logits and their exponentials (2 · vocab
+  float32 per row) fit ``budget`` (default ``CHUNK_BYTES``): the [rows, vocab] logits never
+  exist at once.  Chunks of many rows: per-row loops run the product far slower on CPU
+  (experiments/SPEED.md)."""
+  shape = targets.shape
+  x, targets = x.reshape(-1, x.shape[-1]), targets.reshape(-1)
+
+  def one(xr, t):
+    logits = xr @ W_U if b_U is None else xr @ W_U + b_U
+    return jax.nn.logsumexp(logits) - logits[t]
+
+  chunk = items_per_chunk(2 * 4 * W_U.shape[1], x.shape[0], budget)
+  return jax.lax.map(lambda a: one(*a), (x, targets), batch_size=chunk).reshape(shape)

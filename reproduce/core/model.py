@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from reproduce.core.kernels import (attention_pattern, blocked_causal_attention, mixed_einsum,
-                                    unembed_cross_entropy)
+                                    unembed_cross_entropy, unembed_losses)
 from reproduce.core.weights import Weights
 
 POSITION_MODES = ("shortformer", "standard")
@@ -340,3 +340,19 @@ def mean_loss(cfg: ModelConfig, w: Weights, inputs: jax.Array, targets: jax.Arra
   x, _, _ = residual_stream(cfg, w, inputs, compute_dtype=dtype, attention=attention)
   return unembed_cross_entropy(unembed_input(cfg, w, x), w.W_U, targets, max_block_elements,
                                compute_dtype=dtype).mean()
+
+
+def stream_losses(cfg: ModelConfig, w: Weights, x: jax.Array, targets: jax.Array,
+                  scale=None) -> jax.Array:
+  """Next-token losses [B, T] of the final stream x [B, T, D] (before any final norm; ``scale``
+  replaces its sqrt(var + eps)), unembedded in row chunks (``kernels.unembed_losses``): the
+  [B, T, vocab] logits never exist at once.  Forward only (analysis)."""
+  return unembed_losses(unembed_input(cfg, w, x, scale), w.W_U, targets, w.b_U)
+
+
+def window_bytes(cfg: ModelConfig, T: int) -> int:
+  """Bytes that one window of T tokens holds at the peak of an explicit-attention forward
+  without the unembedding: one layer's scores, masked scores and pattern (3 · H · T² float32)
+  and its stream, q, k, v and head outputs (≈ 8 · T · max(d_model, H · d_head)).  Analyses
+  size their chunks of windows from it."""
+  return 4 * (3 * cfg.n_heads * T * T + 8 * T * max(cfg.d_model, cfg.n_heads * cfg.d_head))

@@ -18,13 +18,17 @@ A² A¹ x0 W_OV¹ W_OV² W_U.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Dict, Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reproduce.core.model import ModelConfig, forward, token_losses
+from reproduce.core.kernels import items_per_chunk
+from reproduce.core.model import (ModelConfig, forward, residual_stream, stream_losses,
+                                  window_bytes)
 from reproduce.core.weights import Weights
 
 
@@ -135,6 +139,58 @@ def sum_of_paths(terms: Dict[str, object]):
   return total
 
 
+def _stacked(arrays, shape):
+  """``jnp.stack(arrays)``, or zeros of ``shape`` when there are none (a model with no layers)."""
+  return jnp.stack(arrays) if arrays else jnp.zeros(shape, jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _frozen_run(cfg: ModelConfig, w: Weights, inputs, targets):
+  """The normal run of a chunk of windows → (loss sum per window [b], patterns [L, b, H, T, T],
+  norm scales [L + 1, b, T, 1] (ones without a norm))."""
+  (B, T), L = inputs.shape, cfg.n_layers
+  x, patterns, _, scales = residual_stream(cfg, w, inputs, keep_patterns=True,
+                                           keep_norm_scales=True)
+  scales = _stacked(scales, (L + 1, B, T, 1)) if cfg.norm != "none" else jnp.ones((L + 1, B, T, 1))
+  patterns = _stacked(patterns, (L, B, cfg.n_heads, T, T))
+  return stream_losses(cfg, w, x, targets, scales[L]).sum(-1), patterns, scales
+
+
+def _frozen_stream(cfg: ModelConfig, w: Weights, inputs, patterns, scales, layer_outputs):
+  """The final stream with patterns and norm scales frozen and what each layer's heads write
+  replaced by ``layer_outputs`` [L, b, T, D] → (stream, computed head outputs [L, b, H, T, D])."""
+  L, (B, T) = cfg.n_layers, inputs.shape
+  x, _, outputs = residual_stream(cfg, w, inputs, patterns, layer_outputs[:, :, None],
+                                  keep_head_outputs=True,
+                                  norm_scales=None if cfg.norm == "none" else scales)
+  return x, _stacked(outputs, (L, B, cfg.n_heads, T, cfg.d_model))
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _recursion_step(cfg: ModelConfig, w: Weights, inputs, targets, patterns, scales,
+                    layer_outputs):
+  """Run k + 2 of the recursion on a chunk: loss sum per window [b] with the saved outputs
+  Oᵏ (summed over each layer's heads, [L, b, T, D]) and the outputs Oᵏ⁺¹ it computes."""
+  x, outputs = _frozen_stream(cfg, w, inputs, patterns, scales, layer_outputs)
+  return stream_losses(cfg, w, x, targets, scales[cfg.n_layers]).sum(-1), outputs.sum(2)
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _first_order_losses(cfg: ModelConfig, w: Weights, inputs, targets, patterns, scales):
+  """Loss sums per window of the direct path plus one layer's first-order terms ([L, b]) and
+  plus one head's ([L, H, b]): the stream with every head output replaced by zeros is the
+  direct path x_d, and only head (l, h) gives x_d + O¹[l, h]; the cases run one at a time."""
+  L, H, (B, T) = cfg.n_layers, cfg.n_heads, inputs.shape
+  direct, first = _frozen_stream(cfg, w, inputs, patterns, scales,
+                                 jnp.zeros((L, B, T, cfg.d_model), jnp.float32))
+  final = scales[L]
+  loss = lambda x: stream_losses(cfg, w, x, targets, final).sum(-1)
+  by_layer = jax.lax.map(lambda l: loss(direct + first[l].sum(1)), jnp.arange(L))
+  by_head = jax.lax.map(lambda lh: loss(direct + first[lh[0], :, lh[1]]),
+                        jnp.stack(jnp.divmod(jnp.arange(L * H), H), 1))
+  return by_layer, by_head.reshape(L, H, B)
+
+
 def term_importance(config, w: Weights, inputs, targets) -> Dict[str, np.ndarray]:
   """Loss of the model restricted to paths through at most k heads, k = 0 … n_layers (FW §8).
 
@@ -150,31 +206,41 @@ def term_importance(config, w: Weights, inputs, targets) -> Dict[str, np.ndarray
   layer l's first-order terms; ``first_order_by_head`` [L, H], with one head's first-order term.
   Freezing the scales makes each head's output affine in the stream, so these are exactly the
   losses of the corresponding sums of ``path_expansion`` terms, with or without layer norm.
+
+  Every loss is a mean over all tokens, summed per window over chunks of windows sized from
+  ``kernels.CHUNK_BYTES`` (a window holds its frozen patterns, its head outputs and one layer's
+  attention, ``_window_bytes``); only each layer's sum of head outputs is carried between runs,
+  and logits exist one row chunk at a time (``model.stream_losses``).
   """
   cfg = ModelConfig.from_any(config)
-  inputs, targets = jnp.atleast_2d(jnp.asarray(inputs)), jnp.atleast_2d(jnp.asarray(targets))
-  loss = lambda logits: float(token_losses(logits, targets).mean())
-  logits, extras = forward(cfg, w, inputs, return_patterns=True, return_norm_scales=True)
-  frozen = dict(patterns=extras["patterns"], norm_scales=extras["norm_scales"])
-  L, H = cfg.n_layers, cfg.n_heads
-  B, T = inputs.shape
-  outputs = jnp.zeros((L, B, H, T, cfg.d_model), jnp.float32)
-  losses, first_order = [], None
-  for k in range(L + 1):
-    logits_k, ex = forward(cfg, w, inputs, head_outputs=outputs, return_head_outputs=True,
-                           **frozen)
-    losses.append(loss(logits_k))
-    outputs = ex["head_outputs"]
-    if k == 0:
-      first_order = outputs
+  inputs = jnp.atleast_2d(jnp.asarray(inputs, jnp.int32))
+  targets = jnp.atleast_2d(jnp.asarray(targets, jnp.int32))
+  L, H, (B, T) = cfg.n_layers, cfg.n_heads, inputs.shape
+  chunk = items_per_chunk(_window_bytes(cfg, T), B)
+  full, losses = 0.0, np.zeros(L + 1)
   by_layer, by_head = np.zeros(L), np.zeros((L, H))
-  for l in range(L):
-    only_layer = jnp.zeros_like(first_order).at[l].set(first_order[l])
-    by_layer[l] = loss(forward(cfg, w, inputs, head_outputs=only_layer, **frozen)[0])
-    for h in range(H):
-      only_head = jnp.zeros_like(first_order).at[l, :, h].set(first_order[l, :, h])
-      by_head[l, h] = loss(forward(cfg, w, inputs, head_outputs=only_head, **frozen)[0])
-  losses = np.asarray(losses)
-  return {"losses": losses, "loss_full": np.asarray(loss(logits)),
-          "marginal": losses[:-1] - losses[1:], "first_order_by_layer": by_layer,
-          "first_order_by_head": by_head}
+  for start in range(0, B, chunk):
+    x, y = inputs[start:start + chunk], targets[start:start + chunk]
+    loss_sum, patterns, scales = _frozen_run(cfg, w, x, y)
+    full += float(loss_sum.sum())
+    outputs = jnp.zeros((L, len(x), T, cfg.d_model), jnp.float32)
+    for k in range(L + 1):
+      loss_sum, outputs = _recursion_step(cfg, w, x, y, patterns, scales, outputs)
+      losses[k] += float(loss_sum.sum())
+    if L:
+      layer_sums, head_sums = _first_order_losses(cfg, w, x, y, patterns, scales)
+      by_layer += np.asarray(layer_sums, np.float64).sum(-1)
+      by_head += np.asarray(head_sums, np.float64).sum(-1)
+  n = B * T
+  losses = losses / n
+  return {"losses": losses, "loss_full": np.asarray(full / n),
+          "marginal": losses[:-1] - losses[1:], "first_order_by_layer": by_layer / n,
+          "first_order_by_head": by_head / n}
+
+
+def _window_bytes(cfg: ModelConfig, T: int) -> int:
+  """What one window holds in ``term_importance``: its frozen patterns (L · H · T²) and
+  first-order head outputs (L · H · T · D) beside one layer's attention
+  (``model.window_bytes``), float32."""
+  L, H = cfg.n_layers, cfg.n_heads
+  return 4 * (L * H * T * T + L * H * T * cfg.d_model) + window_bytes(cfg, T)

@@ -1,11 +1,15 @@
 """Head scores and model-level measurements (docs/METHODS.md, "Head and model scores").
 
 Patterns are [L, B, H, T(dest), T(src)] as returned by ``forward(..., return_patterns=True)``;
-every score comes back as [L, H] unless said otherwise.
+every score comes back as [L, H] unless said otherwise.  The figures measure on many full-length
+windows through ``pattern_statistics`` and ``sequence_losses`` instead, which compute the same
+numbers window chunk by window chunk (sized from ``kernels.CHUNK_BYTES``), never holding every
+window's patterns or logits.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Dict, Optional, Sequence
 
@@ -14,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from reproduce.core import circuits
-from reproduce.core.kernels import largest_divisor_at_most
-from reproduce.core.model import ModelConfig, forward, residual_stream, token_losses, unembed
+from reproduce.core.kernels import items_per_chunk, map_in_chunks
+from reproduce.core.model import (ModelConfig, forward, residual_stream, stream_losses,
+                                  token_losses, unembed, window_bytes)
 from reproduce.core.weights import Weights
 
 
@@ -40,26 +45,126 @@ def previous_token_score(patterns):
   return stripe_mean(patterns, -1, start=2)
 
 
+# ----------------------------------------------------------------------------------------------
+# Pattern statistics in chunks of windows: the [L, B, H, T, T] patterns never exist at once
+
+
+@dataclasses.dataclass(frozen=True)
+class Stripe:
+  """Mean A[i, i + offset] over destinations i ≥ max(start, −offset), per window → [b, H]."""
+
+  offset: int
+  start: int
+
+  def __call__(self, A, tokens, mask):
+    dest = np.arange(max(self.start, -self.offset), A.shape[-1])
+    return A[..., dest, dest + self.offset].mean(-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Offsets:
+  """Mean A[i, i − o] for o = 0 … n − 1 over destinations i ≥ n, per window → [b, H, n]."""
+
+  n: int
+
+  def __call__(self, A, tokens, mask):
+    dest = np.arange(self.n, A.shape[-1])
+    return jnp.stack([A[..., dest, dest - o].mean(-1) for o in range(self.n)], -1)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedBos:
+  """Σ A[i, 0] over the destinations i where ``mask`` [b, T] is true, per window → [b, H] (a
+  sum: divide by the mask's total)."""
+
+  def __call__(self, A, tokens, mask):
+    return jnp.einsum("bht,bt->bh", A[..., 0], mask.astype(A.dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixMatching:
+  """Mean over destinations i ≥ start of Σ_j A[i, j] over the sources j ≥ 1 right after an
+  earlier copy of token i (tokens[j − 1] = tokens[i], j − 1 < i), per window → [b, H]."""
+
+  start: int
+
+  def __call__(self, A, tokens, mask):
+    T = tokens.shape[1]
+    same = tokens[:, None, :-1] == tokens[:, :, None]  # [b, dest i, j − 1]
+    earlier = np.arange(T - 1)[None, :] < np.arange(T)[:, None]
+    successor = jnp.pad(same & earlier, ((0, 0), (0, 0), (1, 0)))  # [b, i, j]
+    per_dest = jnp.einsum("bhij,bij->bhi", A, successor.astype(A.dtype))
+    return per_dest[..., self.start:].mean(-1)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "statistics", "chunk"))
+def _pattern_statistics(cfg: ModelConfig, w: Weights, tokens, mask, statistics, chunk: int):
+  def windows(t, m):
+    _, patterns, _ = residual_stream(cfg, w, t, keep_patterns=True)
+    return tuple(jnp.stack([s(A, t, m) for A in patterns], 1) for s in statistics)  # [b, L, …]
+  return map_in_chunks(windows, (tokens, mask), chunk)
+
+
+def pattern_statistics(config, w: Weights, tokens, statistics: tuple, mask=None) -> tuple:
+  """Per window, ``statistics`` (``Stripe``, ``Offsets``, ``MaskedBos``, ``PrefixMatching``) of
+  every layer's attention patterns on ``tokens`` [B, T] → one [L, B, …] array per statistic.
+
+  Windows go through in chunks sized by ``model.window_bytes`` from ``kernels.CHUNK_BYTES``, and
+  the logits are never computed: only a chunk's patterns exist at once.  ``mask`` [B, T] is
+  what ``MaskedBos`` reads."""
+  cfg = ModelConfig.from_any(config)
+  tokens = jnp.atleast_2d(jnp.asarray(tokens, jnp.int32))
+  B, T = tokens.shape
+  mask = jnp.zeros((B, T), bool) if mask is None else jnp.asarray(mask, bool)
+  if cfg.n_layers == 0:
+    raise ValueError("pattern statistics need a model with attention layers")
+  chunk = items_per_chunk(window_bytes(cfg, T), B)
+  out = _pattern_statistics(cfg, w, tokens, mask, tuple(statistics), chunk)
+  return tuple(np.swapaxes(np.asarray(o), 0, 1) for o in out)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "chunk"))
+def _sequence_losses(cfg: ModelConfig, w: Weights, inputs, targets, chunk: int):
+  def windows(x, y):
+    return stream_losses(cfg, w, residual_stream(cfg, w, x)[0], y)
+  return map_in_chunks(windows, (inputs, targets), chunk)
+
+
+def sequence_losses(config, w: Weights, inputs, targets) -> np.ndarray:
+  """Next-token losses [B, T] of the model on ``inputs`` against ``targets``: windows in chunks
+  sized by ``model.window_bytes``, the unembedding in row chunks (``model.stream_losses``), so
+  neither the patterns nor the [B, T, vocab] logits of all windows ever exist."""
+  cfg = ModelConfig.from_any(config)
+  inputs = jnp.atleast_2d(jnp.asarray(inputs, jnp.int32))
+  targets = jnp.atleast_2d(jnp.asarray(targets, jnp.int32))
+  chunk = items_per_chunk(window_bytes(cfg, inputs.shape[1]), inputs.shape[0])
+  return np.asarray(_sequence_losses(cfg, w, inputs, targets, chunk))
+
+
 def previous_token_and_induction(config, w: Weights, text, probe=None, length: int = 0) -> dict:
   """The two role scores of every head, measured as the figures and the trainer both do.
 
   ``previous_token`` [L, H] on ``text`` (held-out windows; None: on the probe); with a
   ``probe`` (BOS + ``length`` tokens repeated), also ``induction`` [L, H] on it and its
-  next-token losses ``probe_losses`` [B, T − 1].
+  next-token losses ``probe_losses`` [B, T − 1].  Both in chunks of windows
+  (``pattern_statistics``).
   """
   cfg = ModelConfig.from_any(config)
   if text is None and probe is None:
     raise ValueError("previous_token_and_induction: give text, a probe or both")
+  previous = (Stripe(-1, 2),)  # mean A[i, i − 1] over i ≥ 2 (resting on BOS does not count)
   out = {}
   if text is not None:
-    _, extras = forward(cfg, w, text, return_patterns=True)
-    out["previous_token"] = np.asarray(previous_token_score(extras["patterns"]))
+    prev, = pattern_statistics(cfg, w, text, previous)
+    out["previous_token"] = prev.mean(1)
   if probe is not None:
-    logits, extras = forward(cfg, w, probe, return_patterns=True)
+    probe = np.atleast_2d(np.asarray(probe))
+    induction, *prev = pattern_statistics(
+        cfg, w, probe, (Stripe(-(length - 1), length + 1),) + (previous if text is None else ()))
+    out["induction"] = induction.mean(1)
     if text is None:
-      out["previous_token"] = np.asarray(previous_token_score(extras["patterns"]))
-    out["induction"] = np.asarray(induction_score(extras["patterns"], length))
-    out["probe_losses"] = np.asarray(token_losses(logits[:, :-1], jnp.asarray(probe)[:, 1:]))
+      out["previous_token"] = prev[0].mean(1)
+    out["probe_losses"] = sequence_losses(cfg, w, probe[:, :-1], probe[:, 1:])
   return out
 
 
@@ -101,15 +206,8 @@ def prefix_matching_score(config, w: Weights, pool: np.ndarray, bos_id: int, len
   cfg = ModelConfig.from_any(config)
   length = min(length, (cfg.n_ctx - 1) // repeats)
   tokens = repeated_sequences(pool, bos_id, length, repeats, samples, seed)
-  _, extras = forward(cfg, w, tokens, return_patterns=True)
-  T = tokens.shape[1]
-  i, j = np.arange(T)[:, None], np.arange(T)[None, :]
-  same = tokens[:, None, :-1] == tokens[:, :, None]  # [B, dest i, j−1]: token j−1 = token i
-  successor = np.zeros((len(tokens), T, T), bool)
-  successor[:, :, 1:] = same & ((j[:, 1:] - 1) < i)  # j−1 is an earlier copy; j ≤ i
-  masked = jnp.asarray(extras["patterns"]) * successor[None, :, None]
-  per_dest = masked.sum(-1)[..., length + 1:]  # destinations in repeats ≥ 2
-  return per_dest.mean(axis=(1, 3))
+  prefix, = pattern_statistics(cfg, w, tokens, (PrefixMatching(length + 1),))
+  return prefix.mean(1)
 
 
 COPYING_MIN_ATTENDED = 0.1  # fraction of uniform attention's mass off BOS (see copying_score)
@@ -172,23 +270,28 @@ def icl_positions(n_ctx: int):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "positions", "chunk"))
-def position_losses(cfg: ModelConfig, w: Weights, inputs, targets, positions, chunk: int = 8):
+def _position_losses(cfg: ModelConfig, w: Weights, inputs, targets, positions, chunk: int):
+  picked = jnp.asarray(positions)
+
+  def windows(x, y):
+    stream, _, _ = residual_stream(cfg, w, x[:, : max(positions) + 1])
+    return token_losses(unembed(cfg, w, stream[:, picked]), y[:, picked])
+
+  return map_in_chunks(windows, (inputs, targets), chunk)
+
+
+def position_losses(cfg: ModelConfig, w: Weights, inputs, targets, positions,
+                    chunk: Optional[int] = None):
   """Per-window loss at the given positions only, [B, len(positions)].
 
   The residual stream is unembedded at those positions alone (the vocab-wide unembedding is
-  most of a forward pass), and windows go through ``chunk`` at a time so that the attention
-  patterns stay cache-sized.
+  most of a forward pass), and windows go through ``chunk`` at a time (default: as many as
+  ``model.window_bytes`` of the first max(positions) + 1 tokens fit in ``kernels.CHUNK_BYTES``).
   """
-  picked = jnp.asarray(positions)
-
-  def losses(xy):
-    x, _, _ = residual_stream(cfg, w, xy[0][:, : max(positions) + 1])
-    return token_losses(unembed(cfg, w, x[:, picked]), xy[1][:, picked])
-
-  B = inputs.shape[0]
-  chunk = largest_divisor_at_most(B, chunk)
-  split = lambda a: a.reshape(B // chunk, chunk, a.shape[-1])
-  return jax.lax.map(losses, (split(inputs), split(targets))).reshape(B, len(positions))
+  positions = tuple(int(p) for p in positions)
+  if chunk is None:
+    chunk = items_per_chunk(window_bytes(cfg, max(positions) + 1), inputs.shape[0])
+  return _position_losses(cfg, w, jnp.asarray(inputs), jnp.asarray(targets), positions, chunk)
 
 
 def in_context_learning_score(config, w: Weights, inputs, targets, loss_positions: int = 0
@@ -217,20 +320,22 @@ def in_context_learning_score(config, w: Weights, inputs, targets, loss_position
 
 def positional_offsets(w: Weights, n_ctx: int = 0) -> Dict[str, np.ndarray]:
   """Mean attention at offset 0 (self) and offset 1 (previous token) of each head's purely
-  positional pattern (``circuits.positional_attention``), over destinations i ≥ 1 → [L, H]."""
-  pattern = circuits.positional_attention(w, n_ctx)[:, None]  # [L, batch 1, H, T, T]
-  return {"offset0": np.asarray(stripe_mean(pattern, 0, start=1)),
-          "offset1": np.asarray(stripe_mean(pattern, -1, start=1))}
+  positional pattern (``circuits.positional_attention``), over destinations i ≥ 1 → [L, H];
+  one layer's [H, T, T] patterns at a time."""
+  layers = [circuits.positional_attention(w, n_ctx, layer=l) for l in range(w.n_layers)]
+  return {"offset0": np.stack([np.asarray(Stripe(0, 1)(A, None, None)) for A in layers]),
+          "offset1": np.stack([np.asarray(Stripe(-1, 1)(A, None, None)) for A in layers])}
 
 
 def bigram_statistics(w: Weights, train_tokens: np.ndarray, min_count: int = 20,
-                      chunk: int = 1024) -> Dict[str, object]:
+                      chunk: Optional[int] = None) -> Dict[str, object]:
   """The direct path W_E W_U as a bigram model, against the corpus's empirical bigram table.
 
   Returns the Pearson correlation of model vs empirical log p(next | current) over pairs seen at
   least ``min_count`` times, the KL divergence Σ_c p(c) KL(p_emp(·|c) ‖ p_model(·|c)) in nats,
   the conditional entropy H(next | current) of the table (the best loss any bigram model can
-  reach), and the pairs used (for plotting).
+  reach), and the pairs used (for plotting).  Source rows of W_E W_U go ``chunk`` at a time
+  (default: sized from ``kernels.CHUNK_BYTES``): the vocab × vocab table never exists.
   """
   tokens = np.asarray(train_tokens, np.int64)
   V = w.d_vocab
@@ -241,6 +346,8 @@ def bigram_statistics(w: Weights, train_tokens: np.ndarray, min_count: int = 20,
   sources = np.unique(current)
   lse = np.zeros(V)
   W_E, W_U = np.asarray(w.W_E), np.asarray(w.W_U)
+  # Source rows per block: a block's logits and two temporaries of the same size fit the budget.
+  chunk = chunk or items_per_chunk(3 * W_U.dtype.itemsize * V, len(sources))
   for start in range(0, len(sources), chunk):  # log-normaliser of each source's row
     rows = sources[start:start + chunk]
     logits = W_E[rows] @ W_U
@@ -281,8 +388,8 @@ def repeat_loss_drop(config, w: Weights, tokens: np.ndarray, length: int) -> Dic
   """On BOS + ``length`` tokens repeated: mean next-token loss when predicting the first
   occurrence (targets 1..length), on the repeats (targets length+1..end), and their difference
   (the drop: what in-context copying buys)."""
-  logits, _ = forward(config, w, tokens)
-  losses = np.asarray(token_losses(logits[:, :-1], jnp.asarray(tokens)[:, 1:]))  # target t+1
+  tokens = np.asarray(tokens)
+  losses = sequence_losses(config, w, tokens[:, :-1], tokens[:, 1:])  # target t+1
   first, repeat = losses[:, :length].mean(), losses[:, length:].mean()
   return {"first": float(first), "repeat": float(repeat), "drop": float(first - repeat)}
 
@@ -298,14 +405,12 @@ def attention_by_offset(patterns, n_offsets: int) -> np.ndarray:
 
 
 def first_occurrences(tokens: np.ndarray) -> np.ndarray:
-  """[B, T] bool: position i ≥ 1 holds a token that does not occur at positions 1 … i−1."""
-  tokens = np.asarray(tokens)
-  T = tokens.shape[1]
-  earlier = (tokens[:, :, None] == tokens[:, None, :]) & (np.arange(T)[None, :] <
-                                                           np.arange(T)[:, None])[None]
-  earlier[:, :, 0] = False  # position 0 is BOS, not an earlier copy
-  first = ~earlier.any(-1)
-  first[:, 0] = False
+  """[B, T] bool: position i ≥ 1 holds a token that does not occur at positions 1 … i−1 (each
+  row's first index of every distinct token after BOS: O(T log T), no [T, T] comparison)."""
+  tokens = np.atleast_2d(np.asarray(tokens))
+  first = np.zeros(tokens.shape, bool)
+  for row, t in zip(first, tokens):
+    row[1 + np.unique(t[1:], return_index=True)[1]] = True
   return first
 
 
