@@ -44,7 +44,7 @@ def direct_log_probs(weights, current, following, chunk: Optional[int] = None):
     logits = W_E[r] @ W_U
     top = logits.max(-1, keepdims=True)
     lse[r] = (top + np.log(np.exp(logits - top).sum(-1, keepdims=True)))[:, 0]
-  return np.einsum("pd,dp->p", W_E[current], W_U[:, following]) - lse[current]
+  return scores.pair_logits(W_E, W_U, current, following) - lse[current]
 
 
 def heldout_kl(log_model, heldout_tokens, vocab_size):

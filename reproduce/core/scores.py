@@ -327,6 +327,20 @@ def positional_offsets(w: Weights, n_ctx: int = 0) -> Dict[str, np.ndarray]:
           "offset1": np.stack([np.asarray(Stripe(-1, 1)(A, None, None)) for A in layers])}
 
 
+def pair_logits(W_E: np.ndarray, W_U: np.ndarray, current: np.ndarray,
+                following: np.ndarray) -> np.ndarray:
+  """(W_E W_U)[current_p, following_p] for every pair p, in the dtype of W_E: W_E[c] · W_U[:, f]
+  over chunks of pairs sized so that a chunk's two [pairs, d_model] gathers fit
+  ``kernels.CHUNK_BYTES`` (millions of pairs would otherwise gather gigabytes)."""
+  W_E, W_U_rows = np.asarray(W_E), np.ascontiguousarray(np.asarray(W_U).T)  # [V, D] both
+  out = np.empty(len(current), W_E.dtype)
+  chunk = items_per_chunk(2 * W_E.shape[1] * W_E.dtype.itemsize, len(current))
+  for start in range(0, len(current), chunk):
+    c, f = current[start:start + chunk], following[start:start + chunk]
+    out[start:start + chunk] = np.einsum("pd,pd->p", W_E[c], W_U_rows[f])
+  return out
+
+
 def bigram_statistics(w: Weights, train_tokens: np.ndarray, min_count: int = 20,
                       chunk: Optional[int] = None) -> Dict[str, object]:
   """The direct path W_E W_U as a bigram model, against the corpus's empirical bigram table.
@@ -353,7 +367,7 @@ def bigram_statistics(w: Weights, train_tokens: np.ndarray, min_count: int = 20,
     logits = W_E[rows] @ W_U
     top = logits.max(-1, keepdims=True)
     lse[rows] = (top + np.log(np.exp(logits - top).sum(-1, keepdims=True)))[:, 0]
-  log_model = np.einsum("pd,dp->p", W_E[current], W_U[:, following]) - lse[current]
+  log_model = pair_logits(W_E, W_U, current, following) - lse[current]
   weight = counts / counts.sum()
   frequent = counts >= min_count
   return {
