@@ -146,7 +146,7 @@ def test_index_page_shows_every_figure(figures):
   assert summary.count("<td class='verdict'>fails</td>") == sum(not c["holds"] for c in claims)
   assert "<section id='models'>" in page and "tokens trained" in page
   assert 'href="induction_attention/induction_attention_attn2l.html"' in page
-  assert "0 of 0" not in page
+  assert "controls: 0 of 0" not in page and "paper claims: 0 of 0" not in page
 
 
 def test_checkpoint_option_takes_transformer_lens_weights(figures, tmp_path):
