@@ -42,7 +42,7 @@ SHAPES = {
                          n_ctx=1024, pos="standard", norm="ln"),
     "attn-only-4l": dict(n_layers=4, n_heads=8, d_head=64, d_model=512, d_vocab=48262,
                          n_ctx=1024, pos="standard", norm="ln"),
-    # Redwood's 2-layer model: LN, shortformer positions added after the norm (not foldable)
+    # Redwood's 2-layer model: LN, shortformer positions added after the norm
     "redwood": dict(n_layers=2, n_heads=8, d_head=32, d_model=256, d_vocab=50259, n_ctx=2048,
                     pos="shortformer", norm="ln", pos_after_norm=True),
     # The papers' 2-layer model (configs/attn2l.py:paper): no norm, shortformer positions

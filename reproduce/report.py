@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Dict, Sequence
 
 from reproduce import experiment
+from reproduce.train.workdir import read_metrics
 
 
 def claim_lines(claims) -> list:
@@ -90,12 +91,8 @@ PAPERS = ("“A Mathematical Framework for Transformer Circuits” (Elhage et al
 def training_record(run) -> dict:
   """What a training run's ``metrics.jsonl`` says at its end: the last training loss, held-out
   loss and wall time (seconds); empty when ``run`` is not one of our work directories."""
-  path = Path(run) / "metrics.jsonl" if run else None
-  if path is None or not path.is_file():
-    return {}
   record = {}
-  for line in path.read_text().splitlines():
-    r = json.loads(line) if line.strip() else {}
+  for r in read_metrics(Path(run) / "metrics.jsonl", log=lambda line: None) if run else []:
     for key, name in (("loss", "final_loss"), ("heldout_loss", "heldout_loss"),
                       ("elapsed_s", "seconds")):
       if key in r:

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import reproduce
+from reproduce import report
 from reproduce.core import checkpoint
 from reproduce.experiment import model_from_run
 from reproduce.train.loop import WorkdirLock, train
@@ -262,6 +263,16 @@ def test_metrics_truncated_last_line_is_dropped_corrupt_line_is_named(
   with pytest.raises(ValueError, match=r"metrics.jsonl:2 is not a metrics record"):
     train(make_config("attn2l"), workdir, log=lambda *_: None)
 
+def test_the_report_reads_a_metrics_log_cut_short_as_training_does(tmp_path):
+  metrics = tmp_path / "metrics.jsonl"
+  metrics.write_text('{"step": 10, "loss": 3.5, "elapsed_s": 4.0}\n'
+                     '{"step": 20, "heldout_loss": 3.25}\n{"step": 30, "lo')
+  assert report.training_record(tmp_path) == {"final_loss": 3.5, "heldout_loss": 3.25,
+                                              "seconds": 4.0}
+  metrics.write_text('{"step": 10, "loss": 3.5}\nnot json\n{"step": 30, "loss": 2.0}\n')
+  with pytest.raises(ValueError, match=r"metrics.jsonl:2 is not a metrics record"):
+    report.training_record(tmp_path)
+
 
 # 9. -------------------------------------------------------------------------------------------
 
@@ -312,3 +323,4 @@ def test_installed_package_runs_readme_commands_from_elsewhere(tmp_path):
   imported = _run([python, "-c", "import reproduce.config as c; print(c.__file__)"],
                   cwd=elsewhere).stdout
   assert imported.startswith(str(site)), imported
+

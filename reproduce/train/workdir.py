@@ -113,37 +113,47 @@ def read_json_file(path: Path):
                      "(the checkpoints also record the config) or use another --workdir") from None
 
 
-class Metrics:
-  """Appends JSON records to ``metrics.jsonl``; on resume, drops records past the resumed step.
+def read_metrics(path: Path, log: Callable[[str], None] = print) -> list:
+  """The records of a ``metrics.jsonl``, in order ([] when there is no file).
 
   A last line cut short (a run killed while writing it) is dropped with a warning; any other line
-  that is not a JSON record is an error naming the file and line.
+  that is not a JSON object is a ValueError naming the file and line.
   """
+  path = Path(path)
+  if not path.is_file():
+    return []
+  text = path.read_text(encoding="utf-8", errors="replace")
+  lines = text.splitlines()
+  records = []
+  for n, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    except ValueError as e:
+      if n == len(lines) and not text.endswith("\n"):
+        log(f"WARNING: {path}:{n} is an unfinished record (the run was stopped while "
+            "writing it); dropped")
+        continue
+      raise ValueError(f"{path}:{n} is not a metrics record ({e}); move the file aside "
+                       "to continue") from None
+    records.append(record)
+  return records
+
+
+class Metrics:
+  """Appends JSON records to ``metrics.jsonl``; on resume, drops records past the resumed step
+  (and a last line cut short, ``read_metrics``)."""
 
   def __init__(self, path: Path, resume_step: int, log: Callable[[str], None] = print):
     self.path = path
     if path.exists() and jax.process_index() == 0:
-      text = path.read_text(encoding="utf-8", errors="replace")
-      lines = text.splitlines()
-      kept = []
-      for n, line in enumerate(lines, 1):
-        if not line.strip():
-          continue
-        try:
-          record = json.loads(line)
-          if not isinstance(record, dict):
-            raise ValueError("not a JSON object")
-        except ValueError as e:
-          if n == len(lines) and not text.endswith("\n"):
-            log(f"WARNING: {path}:{n} is an unfinished record (the run was stopped while "
-                "writing it); dropped")
-            continue
-          raise ValueError(f"{path}:{n} is not a metrics record ({e}); move the file aside "
-                           "to continue") from None
-        if resume_step and record.get("step", 0) <= resume_step:
-          kept.append(line)
+      kept = [r for r in read_metrics(path, log)
+              if resume_step and r.get("step", 0) <= resume_step]
       tmp = path.with_suffix(".tmp")
-      tmp.write_text("".join(line + "\n" for line in kept))
+      tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
       os.replace(tmp, path)
 
   def write(self, record: dict) -> None:
