@@ -297,7 +297,8 @@ def _kernels(cfg, preset: str):
           ("term_importance.recursion_step", functools.partial(recursion_step, cfg),
            (w, tokens(chunk), tokens(chunk), frozen(chunk), scales, layer_outputs)),
           ("term_importance.first_order", functools.partial(first_order, cfg),
-           (w, tokens(chunk), tokens(chunk), frozen(chunk), scales))],
+           (w, tokens(chunk), tokens(chunk), frozen(chunk), scales,
+            jax.ShapeDtypeStruct((L * H, r, cfg.d_vocab), jnp.float32)))],
       "icl_losses": [("icl_losses", lambda w, x, y: scores.position_losses(
           cfg, w, x, y, scores.icl_positions(T)), (w, tokens(icl), tokens(icl)))],
       "positional": [("positional", lambda w: circuits.positional_attention(w, T), (w,))],

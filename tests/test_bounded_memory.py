@@ -53,6 +53,21 @@ def test_unembed_losses_equal_the_full_logits_cross_entropy(budget):
     np.testing.assert_allclose(got, token_losses(logits, targets), rtol=1e-5, atol=1e-5)
 
 
+def test_low_rank_update_losses_equal_each_updates_full_logits(budget):
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(3, 5, 8)), jnp.float32)
+  W_U = jnp.asarray(rng.normal(size=(8, 31)), jnp.float32)
+  b_U = jnp.asarray(rng.normal(size=31), jnp.float32)
+  z = jnp.asarray(rng.normal(size=(4, 3, 5, 2)), jnp.float32)
+  M = jnp.asarray(rng.normal(size=(4, 2, 31)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, 31, (3, 5)))
+  got = kernels.low_rank_update_losses(x, W_U, targets, z, M, b_U)
+  assert got.shape == (4, 3, 5)
+  for k in range(4):  # the update's logits written out in full, one at a time
+    logits = np.asarray(x) @ np.asarray(W_U) + np.asarray(b_U) + np.asarray(z[k]) @ np.asarray(M[k])
+    np.testing.assert_allclose(got[k], token_losses(logits, targets), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("norm, pos", [("ln", "standard"), ("none", "shortformer")])
 def test_sequence_losses_equal_the_forwards(budget, norm, pos):
   cfg, w = _model(norm, pos)

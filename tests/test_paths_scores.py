@@ -118,10 +118,13 @@ def test_path_terms_match_a_hand_computation():
                              rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("n_layers, norm", [
-    (2, "none"), (3, "ln"), (4, "none"), pytest.param(1, "none", marks=pytest.mark.slow)])
-def test_term_importance_equals_the_losses_of_path_sums(n_layers, norm):
-  cfg, w = random_model(n_layers=n_layers, n_heads=2, seed=5, norm=norm, pos="standard")
+@pytest.mark.parametrize("n_layers, norm, pos", [
+    (2, "none", "standard"), (3, "ln", "standard"), (2, "ln", "shortformer"),
+    pytest.param(4, "none", "standard", marks=pytest.mark.slow),
+    pytest.param(1, "none", "standard", marks=pytest.mark.slow)])
+def test_term_importance_equals_the_losses_of_path_sums(n_layers, norm, pos):
+  cfg, w = random_model(n_layers=n_layers, n_heads=2, seed=5, norm=norm, pos=pos,
+                        pos_after_norm=pos == "shortformer")
   if norm == "ln":
     w = _with_biases(cfg, w, 5)
   rng = np.random.default_rng(2)

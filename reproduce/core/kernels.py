@@ -309,3 +309,30 @@ def unembed_losses(x: jax.Array, W_U: jax.Array, targets: jax.Array, b_U=None,
 
   chunk = items_per_chunk(2 * 4 * W_U.shape[1], x.shape[0], budget)
   return jax.lax.map(lambda a: one(*a), (x, targets), batch_size=chunk).reshape(shape)
+
+
+def low_rank_update_losses(x: jax.Array, W_U: jax.Array, targets: jax.Array, z: jax.Array,
+                           M: jax.Array, b_U=None, budget: Optional[int] = None) -> jax.Array:
+  """−log softmax(x W_U + b_U + z_k M_k)[target] per row of x [..., d_model], for each of K
+  low-rank updates (z [K, ..., r], M [K, r, vocab]) → [K, ...] (forward only).
+
+  The shared logits x W_U + b_U are computed once per row and each update adds only its rank-r
+  product, so K losses cost (d_model + K·r)·vocab multiply-adds per row instead of K·d_model·vocab
+  (``paths.term_importance``: one head's output is rank d_head).  Rows go in chunks whose shared
+  logits, one update's logits and their exponentials (3 · vocab float32 per row) fit ``budget``.
+  """
+  shape, K = targets.shape, z.shape[0]
+  x, targets = x.reshape(-1, x.shape[-1]), targets.reshape(-1)
+  z = jnp.moveaxis(z.reshape(K, -1, z.shape[-1]), 0, 1)  # [rows, K, r]
+
+  def one(xr, t, zr):
+    shared = xr @ W_U if b_U is None else xr @ W_U + b_U
+
+    def update(zk_Mk):
+      logits = shared + zk_Mk[0] @ zk_Mk[1]
+      return jax.nn.logsumexp(logits) - logits[t]
+    return jax.lax.map(update, (zr, M))
+
+  chunk = items_per_chunk(3 * 4 * W_U.shape[1], x.shape[0], budget)
+  out = jax.lax.map(lambda a: one(*a), (x, targets, z), batch_size=chunk)  # [rows, K]
+  return out.T.reshape((K,) + shape)

@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reproduce.core.kernels import items_per_chunk
+from reproduce.core.kernels import items_per_chunk, low_rank_update_losses
 from reproduce.core.model import (ModelConfig, forward, residual_stream, stream_losses,
-                                  window_bytes)
+                                  unembed_input, window_bytes)
 from reproduce.core.weights import Weights
 
 
@@ -175,20 +175,56 @@ def _recursion_step(cfg: ModelConfig, w: Weights, inputs, targets, patterns, sca
   return stream_losses(cfg, w, x, targets, scales[cfg.n_layers]).sum(-1), outputs.sum(2)
 
 
+def _first_order_values(cfg: ModelConfig, w: Weights, inputs, patterns, scales):
+  """What each head mixes in its first-order term, before W_O: z = A (N_l(x_d) W_V + b_V)
+  [L, b, H, T, d_head], with x_d the direct stream entering layer l (embeddings and the earlier
+  layers' b_O) and N_l its norm at the frozen scales; z W_O^h is the head's first-order output."""
+  x = w.W_E[inputs]
+  if cfg.pos == "standard":
+    x = x + w.W_pos[:inputs.shape[1]]
+  values = []
+  for l in range(cfg.n_layers):
+    read = _reader(cfg, w, scales, l)(x)
+    if _norm_bias(cfg, w, l) is not None:
+      read = read + _norm_bias(cfg, w, l)
+    v = jnp.einsum("btd,hde->bhte", read, w.W_V[l])
+    if w.b_V is not None:
+      v = v + w.b_V[l][None, :, None, :]
+    values.append(jnp.einsum("bhts,bhse->bhte", patterns[l], v))
+    if w.b_O is not None:
+      x = x + w.b_O[l]
+  return jnp.stack(values)
+
+
 @functools.partial(jax.jit, static_argnames="cfg")
-def _first_order_losses(cfg: ModelConfig, w: Weights, inputs, targets, patterns, scales):
+def _head_unembeds(cfg: ModelConfig, w: Weights):
+  """R(W_O^h) W_U per head [L · H, d_head, vocab], R the linear part of the final norm at unit
+  scale: what one unit of z_h adds to the logits (divided by the token's frozen final scale)."""
+  unit = jnp.ones((cfg.n_layers + 1, 1, 1))
+  read = _reader(cfg, w, unit, cfg.n_layers)(w.W_O)  # [L, H, d_head, D]
+  return (read @ w.W_U).reshape((-1,) + read.shape[2:3] + (w.W_U.shape[1],))
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _first_order_losses(cfg: ModelConfig, w: Weights, inputs, targets, patterns, scales,
+                        head_unembeds):
   """Loss sums per window of the direct path plus one layer's first-order terms ([L, b]) and
   plus one head's ([L, H, b]): the stream with every head output replaced by zeros is the
-  direct path x_d, and only head (l, h) gives x_d + O¹[l, h]; the cases run one at a time."""
+  direct path x_d, and only head (l, h) gives x_d + O¹[l, h].  A layer's terms run one layer at
+  a time; a head's term z_h W_O^h has rank d_head, so its logits are the direct path's plus
+  (z_h / s) ``head_unembeds``[l, h] (s the frozen final scale), the direct logits computed once
+  for all heads (``kernels.low_rank_update_losses``)."""
   L, H, (B, T) = cfg.n_layers, cfg.n_heads, inputs.shape
   direct, first = _frozen_stream(cfg, w, inputs, patterns, scales,
                                  jnp.zeros((L, B, T, cfg.d_model), jnp.float32))
   final = scales[L]
   loss = lambda x: stream_losses(cfg, w, x, targets, final).sum(-1)
   by_layer = jax.lax.map(lambda l: loss(direct + first[l].sum(1)), jnp.arange(L))
-  by_head = jax.lax.map(lambda lh: loss(direct + first[lh[0], :, lh[1]]),
-                        jnp.stack(jnp.divmod(jnp.arange(L * H), H), 1))
-  return by_layer, by_head.reshape(L, H, B)
+  z = _first_order_values(cfg, w, inputs, patterns, scales)  # [L, B, H, T, dh]
+  z = jnp.moveaxis(z, 2, 1).reshape((L * H, B, T, cfg.d_head)) / final
+  by_head = low_rank_update_losses(unembed_input(cfg, w, direct, final), w.W_U, targets, z,
+                                   head_unembeds, w.b_U)
+  return by_layer, by_head.sum(-1).reshape(L, H, B)
 
 
 def term_importance(config, w: Weights, inputs, targets) -> Dict[str, np.ndarray]:
@@ -219,6 +255,7 @@ def term_importance(config, w: Weights, inputs, targets) -> Dict[str, np.ndarray
   chunk = items_per_chunk(_window_bytes(cfg, T), B)
   full, losses = 0.0, np.zeros(L + 1)
   by_layer, by_head = np.zeros(L), np.zeros((L, H))
+  head_unembeds = _head_unembeds(cfg, w) if L else None
   for start in range(0, B, chunk):
     x, y = inputs[start:start + chunk], targets[start:start + chunk]
     loss_sum, patterns, scales = _frozen_run(cfg, w, x, y)
@@ -228,7 +265,8 @@ def term_importance(config, w: Weights, inputs, targets) -> Dict[str, np.ndarray
       loss_sum, outputs = _recursion_step(cfg, w, x, y, patterns, scales, outputs)
       losses[k] += float(loss_sum.sum())
     if L:
-      layer_sums, head_sums = _first_order_losses(cfg, w, x, y, patterns, scales)
+      layer_sums, head_sums = _first_order_losses(cfg, w, x, y, patterns, scales,
+                                                  head_unembeds)
       by_layer += np.asarray(layer_sums, np.float64).sum(-1)
       by_head += np.asarray(head_sums, np.float64).sum(-1)
   n = B * T
