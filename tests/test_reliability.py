@@ -4,6 +4,7 @@ mismatches, paths inside checkpoints, errors that name the file, and the install
 Real files and real subprocesses throughout; every subprocess has a time limit.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,12 +16,15 @@ import sysconfig
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
+import optax
 import pytest
 
 import reproduce
 from reproduce import report
 from reproduce.core import checkpoint
+from reproduce.core.weights import init_weights
 from reproduce.experiment import model_from_run
 from reproduce.train.loop import WorkdirLock, train
 
@@ -97,6 +101,34 @@ def test_non_finite_weights_are_refused(trained_2l, tmp_path):
   with pytest.raises(checkpoint.CheckpointError, match="non-finite values in weight W_O"):
     reproduce.load(step_dir)
 
+
+
+def test_an_optimiser_state_saved_before_the_positional_readers_resumes(tmp_path):
+  """Runs trained before ``Weights`` gained W_Q_pos / W_K_pos saved their optimiser state as a
+  dataclass without them: written here by such a class, it restores into today's layout."""
+  cfg = reproduce.ModelConfig(2, 2, 4, 8, 11, 6)
+  weights = init_weights(cfg, jax.random.key(0))
+  old_fields = [f.name for f in dataclasses.fields(reproduce.Weights)
+                if f.name not in ("W_Q_pos", "W_K_pos")]
+  OldWeights = jax.tree_util.register_dataclass(
+      dataclasses.make_dataclass("OldWeights", [(n, object, None) for n in old_fields],
+                                 frozen=True))
+  tx = optax.adamw(1e-3)
+  old_state = tx.init(OldWeights(**{n: getattr(weights, n) for n in old_fields}))
+  old_state = jax.tree.map(lambda x: np.asarray(x) + np.asarray(3, np.asarray(x).dtype),
+                           old_state)  # not the init values
+  ckpts = checkpoint.RunCheckpoints(tmp_path)
+  ckpts.save(7, weights, old_state, {"step": 7})
+  ckpts.wait()
+  step, got_weights, got_state, _ = ckpts.restore_latest(weights, tx.init(weights),
+                                                         log=pytest.fail)
+  ckpts.close()
+  assert step == 7 and not (tmp_path / "unreadable-checkpoints").exists()
+  assert jax.tree.structure(got_state) == jax.tree.structure(tx.init(weights))
+  for want, got in zip(jax.tree.leaves(old_state), jax.tree.leaves(got_state)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  for name, x in weights.to_dict().items():
+    np.testing.assert_array_equal(np.asarray(getattr(got_weights, name)), np.asarray(x))
 
 # 2. -------------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ config is a ``CheckpointConfigMismatch`` and nothing is moved.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -24,7 +25,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from reproduce.core.weights import Weights
+from reproduce.core.weights import POSITIONAL_READER_NAMES, Weights
 
 FORMAT = "circuits-repro/1"
 
@@ -108,6 +109,16 @@ def _unpack(tree, like):
                       tree, like)
 
 
+def _without_absent_readers(tree):
+  """``tree`` with each ``Weights`` in it as a dict of its fields less the positional readers
+  it lacks (W_Q_pos, W_K_pos None): the layout of optimiser states saved before they existed."""
+  def plain(w):
+    return {f.name: getattr(w, f.name) for f in dataclasses.fields(w)
+            if not (f.name in POSITIONAL_READER_NAMES and getattr(w, f.name) is None)}
+  return jax.tree.map(lambda x: plain(x) if isinstance(x, Weights) else x, tree,
+                      is_leaf=lambda x: isinstance(x, Weights))
+
+
 def _weights_meta(weights: Weights, meta: dict, stored: dict) -> dict:
   """``meta`` plus the format tag, the weights' shapes and the checksums of the ``stored`` parts."""
   shapes = {k: list(v.shape) for k, v in weights.to_dict().items()}
@@ -151,7 +162,6 @@ class RunCheckpoints:
     ``check_meta`` sees each checkpoint's meta before its arrays are read; the
     ``CheckpointConfigMismatch`` it raises stops the search with nothing moved.
     """
-    abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
     for step in sorted(self.resumable.all_steps(), reverse=True):
       where = self.workdir / "checkpoints" / str(step)
       try:
@@ -164,10 +174,7 @@ class RunCheckpoints:
       if check_meta is not None:
         check_meta(meta)  # a config mismatch propagates: nothing is moved
       try:
-        restored = self.resumable.restore(step, args=ocp.args.Composite(
-            weights=ocp.args.StandardRestore(abstract(_pack(weights_like.to_dict()))),
-            opt_state=ocp.args.StandardRestore(abstract(_pack(opt_state_like))),
-            meta=ocp.args.JsonRestore()))
+        restored = self._restore_arrays(step, weights_like, opt_state_like)
         packed = {"weights": dict(restored["weights"]), "opt_state": restored["opt_state"]}
         verify_arrays(str(where), packed, meta)
       except CheckpointError as e:
@@ -181,6 +188,28 @@ class RunCheckpoints:
       opt_state = _unpack(packed["opt_state"], opt_state_like)
       return step, Weights.from_dict(weights), opt_state, meta
     return None
+
+  def _restore_arrays(self, step: int, weights_like: Weights, opt_state_like: Any) -> dict:
+    """The weights and optimiser state of ``step``, shaped as ``weights_like`` and
+    ``opt_state_like``.  Optimiser states written before ``Weights`` had its positional readers
+    (W_Q_pos, W_K_pos) hold no entry for them: when the current layout does not match, those
+    are read with the readers left out of the target, then put back as None."""
+    abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+    read = lambda opt_target: self.resumable.restore(step, args=ocp.args.Composite(
+        weights=ocp.args.StandardRestore(abstract(_pack(weights_like.to_dict()))),
+        opt_state=ocp.args.StandardRestore(abstract(_pack(opt_target))),
+        meta=ocp.args.JsonRestore()))
+    try:
+      return read(opt_state_like)
+    except ValueError as e:
+      if "tree structures do not match" not in str(e):
+        raise
+    restored = dict(read(_without_absent_readers(opt_state_like)))
+    is_weights = lambda x: isinstance(x, Weights)
+    restored["opt_state"] = jax.tree.map(
+        lambda like, got: Weights(**got) if is_weights(like) else got,
+        opt_state_like, restored["opt_state"], is_leaf=is_weights)
+    return restored
 
   def _move_aside(self, step: int, problem: str, log: Callable[[str], None]) -> None:
     """Moves checkpoint ``step`` to ``unreadable-checkpoints/`` and logs ``problem`` (a sentence
