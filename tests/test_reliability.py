@@ -321,6 +321,22 @@ def test_clone_works_from_another_directory(tmp_path):
   assert out.returncode == 0 and "OK" in out.stdout, out.stderr
 
 
+def test_a_second_clone_on_the_path_uses_its_own_configs_and_experiments(tmp_path):
+  """A second checkout (a git worktree, say) put on PYTHONPATH imports its own configs/ and
+  experiments/, not those of the clone the editable install was made from."""
+  other = tmp_path / "other"
+  for name in ("reproduce", "configs", "experiments"):
+    shutil.copytree(ROOT / name, other / name, ignore=shutil.ignore_patterns("__pycache__"))
+  shutil.copy2(ROOT / "setup.cfg", other / "setup.cfg")
+  out = _run([sys.executable, "-c", (
+      "import reproduce.configs, reproduce.experiments; from reproduce import figure; "
+      "print(reproduce.configs.__file__); print(reproduce.experiments.__file__); "
+      "print(figure.figure_module('bigram').__file__)")],
+      cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(other)))
+  assert out.returncode == 0, out.stderr
+  assert all(line.startswith(str(other)) for line in out.stdout.split()), out.stdout
+
+
 @pytest.mark.slow
 def test_installed_package_runs_readme_commands_from_elsewhere(tmp_path):
   """``pip install .`` into a throwaway venv: reproduce.configs / reproduce.experiments are
