@@ -41,7 +41,8 @@ def measure(model, w, probe, length, icl_inputs, icl_targets):
   repeat = scores.repeat_loss_drop(model.cfg, w, probe, length)
   icl = scores.in_context_learning_score(model.cfg, w, icl_inputs, icl_targets)
   return {"repeat_drop": repeat["drop"], "repeat_loss": repeat["repeat"],
-          "first_loss": repeat["first"], "icl": icl["score"]}
+          "first_loss": repeat["first"], "icl": icl["score"],
+          "icl_standard_error": icl["standard_error"]}
 
 
 def removed(base: dict, ablated: dict) -> dict:
@@ -181,7 +182,8 @@ def claims_of(config, label, ab: Ablations) -> list:
             f"and the claim fails), on {ab.icl['windows']} held-out windows, 1 − ablated/unablated ≥ {most} for both the repeat-loss drop and "
             "the ICL score (unablated ICL score must be negative)",
             measured=f"{'+'.join(head_name(x) for x in ab.induction)}: {_both(together)} "
-            f"(unablated: drop {base['repeat_drop']:.2f} nats, ICL {base['icl']:.3f})",
+            f"(unablated: drop {base['repeat_drop']:.2f} nats, ICL {base['icl']:.3f} ± "
+            f"{base['icl_standard_error']:.3f} over {ab.icl['windows']} windows)",
             value={"removed": together, "unablated": base},
             holds=has_icl and min(together.values()) >= most),
       claim("previous_token_head", paper_says=PREV_RELIANCE,
