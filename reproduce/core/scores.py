@@ -220,9 +220,9 @@ def prefix_probe(n_ctx: int, pool: np.ndarray, bos_id: int, length: int = PREFIX
   """(tokens [samples, 1 + length·repeats], length): IH's probe for the prefix-matching score,
   BOS + ``length`` distinct tokens of ``pool`` repeated, the length cut to fit ``n_ctx``."""
   length = min(length, (n_ctx - 1) // repeats, len(pool))
-  if length < 2:
-    raise ValueError(f"the prefix-matching probe needs n_ctx ≥ {2 * repeats + 1} and ≥ 2 tokens "
-                     f"to sample (n_ctx {n_ctx}, {len(pool)} tokens)")
+  if length < 1:
+    raise ValueError(f"the prefix-matching probe needs n_ctx ≥ {repeats + 1} and a token to "
+                     f"sample (n_ctx {n_ctx}, {len(pool)} tokens)")
   return repeated_sequences(pool, bos_id, length, repeats, samples, seed), length
 
 
