@@ -12,6 +12,8 @@ head that feeds them, removes most of both; ablating another head of the same la
 
 import ml_collections
 
+from reproduce.core import scores
+
 
 def get_config(preset: str = "cpu"):
   c = ml_collections.ConfigDict()
@@ -21,10 +23,13 @@ def get_config(preset: str = "cpu"):
   c.samples = 16 if preset != "test" else 4  # repeated sequences
   # Held-out windows of n_ctx tokens for the ICL score, losses at positions (49, 499) when
   # n_ctx ≥ 500, else the same fractions of n_ctx (scores.icl_positions); head roles as in
-  # experiment.head_roles (16 windows of n_ctx; BOS + min(50, (n_ctx − 1) // 2) tokens × 2).
-  c.icl_windows = 64 if preset != "test" else 8
-  # Head roles: previous-token score on text, induction score on repeats.  0.3 is three times
-  # the most a head attending uniformly over ≥ 10 positions could score.
+  # experiment.head_roles (16 windows of n_ctx; IH's prefix-matching probe).
+  # The ICL score on as many windows as everywhere (scores.ICL_WINDOWS: one definition, one
+  # number; issue 20 item 3); the test preset uses fewer to stay fast.
+  c.icl_windows = scores.ICL_WINDOWS if preset != "test" else 8
+  # Head roles: previous-token score on text, prefix-matching score (the induction criterion)
+  # on IH's probe.  0.3 is three times the most a head attending uniformly over ≥ 10 positions
+  # could score.
   c.role_threshold = 0.3
   # "Most" of the loss drop / ICL score: more than half of what the unablated model has (the
   # baseline is the unablated model, 0 removed; ablating everything in context removes 1).

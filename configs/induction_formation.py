@@ -10,15 +10,15 @@ forms induction heads, and its final ICL score is above the 2L model's."""
 
 import ml_collections
 
+from reproduce.core import scores
+
 
 def get_config(preset: str = "cpu"):
   c = ml_collections.ConfigDict()
   c.models = ("attn1l", "attn2l")  # model configs (configs/<name>.py) trained at the preset and analysed
   # Held-out windows for the ICL score at each snapshot (noise ~ 1/√n); each is read up to its
   # late position, 499 when n_ctx ≥ 500, else the same fraction of n_ctx (scores.icl_positions).
-  c.icl_windows = 512
-  # Prefix-matching samples: BOS + min(25, (n_ctx − 1) // 4) random tokens × 4 (as IH).
-  c.samples = 10
+  c.icl_windows = scores.ICL_WINDOWS  # 512, as in head_ablations (one definition, one number)
   c.loss_positions = 16  # evenly spaced positions per window for each snapshot's held-out loss
   # A formed induction head: prefix matching 0.3 is ≥ 7× a uniform head's attention over the
   # probe's 100-token context; 0.1 (≈ 2–3× uniform) is "not formed" for the 1L claim.

@@ -4,8 +4,8 @@ plane.
     python -m reproduce.figure --name ov_eigenvalues
 
 Eigenvalues of W_E W_OV W_U and W_E W_QK W_Eᵀ (by the low-rank trick), drawn on symmetric-log
-axes.  Claim: most one-layer heads have full-QK positivity above every random-init head
-(same-token attention)."""
+axes.  No claims (FW states none about them; the copying majority is eigen_hist's claim, FW's
+one-layer QK statement is tested in skip_trigrams)."""
 
 import ml_collections
 

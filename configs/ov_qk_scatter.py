@@ -13,12 +13,9 @@ import ml_collections
 def get_config(preset: str = "cpu"):
   c = ml_collections.ConfigDict()
   c.models = ("attn2l",)  # model configs (configs/<name>.py) trained at the preset and analysed
-  # Induction score that makes a head an induction head: ≥ 15× the uniform attention 1/50 of a
-  # head spread over the probe's 50-token repeat.
+  # Prefix-matching score that makes a head an induction head (experiment.head_roles: IH's
+  # probe, the same in every figure); 16 held-out windows of n_ctx for previous-token scores.
   c.role_threshold = 0.3
-  # Head roles (experiment.head_roles): this many induction probes of BOS + min(50,
-  # (n_ctx − 1) // 2) tokens × 2, and 16 held-out windows of n_ctx for previous-token scores.
-  c.samples = 8
   # "Near (1, 1)": FW's induction heads.  Random-init heads stay within ±0.2 on both axes (cpu 2L
   # step-0 snapshot: OV −0.06…+0.08, K-comp QK −0.17…+0.03; drawn as the grey box and reported
   # in the claim), so 0.8 is far outside chance.

@@ -3,8 +3,9 @@
     python -m reproduce.figure --name positional_heads
 
 Softmax of the masked position–position score W_pos W_QK W_posᵀ / sqrt(d_head); heads ranked by
-mean attention at offset 0 (self) and offset 1 (previous token).  Claim: some heads are
-positional: a head puts ≥ 0.5 of its positional attention on the previous token or itself."""
+mean attention at offset 0 (self) and offset 1 (previous token).  Claim (one-layer models, as
+FW's statement): some head is primarily positional, putting ≥ 0.5 of its positional attention on
+the present or the previous token (the two summed)."""
 
 import ml_collections
 

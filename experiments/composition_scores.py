@@ -24,6 +24,17 @@ DESCRIPTION = "Q/K/V composition scores of every earlier × later layer pair min
 ORDER = 60  # place in the batch job and index.html (reproduce.figure.figure_names)
 
 
+K_COMPOSITION = ("FW, \"Two-Layer Attention-Only Transformers\" (and the corrected composition "
+                 "figure): small two-layer models often have a simple structure where the main "
+                 "composition is K-composition of \"a single first layer head\" (a previous-token "
+                 "head) into the induction heads; after the norm-bug correction \"the importance "
+                 "of K-composition with the previous token head remains unchanged\"")
+Q_V_SMALL = ("FW, \"Two-Layer Attention-Only Transformers\": in its two-layer model the "
+             "composition is K-composition (\"the only type\" before the correction), and it "
+             "saw no \"significant V-composition\"; the corrected figure adds composition with "
+             "a layer-0 averaging head, not Q- or V-composition with the previous-token head")
+
+
 def layer_pairs(n_layers: int):
   return [(l1, l2) for l2 in range(1, n_layers) for l1 in range(l2)]
 
@@ -53,7 +64,7 @@ def run(config, models, outdir):
     experiment.write_json(outdir / f"composition_{label}.json", {
         "heads": [[roles.label(l, h) for h in range(H)] for l in range(L)],
         "layer_pairs": pairs, "layout": "[l1, h1, l2, h2], zero unless l1 < l2",
-        "previous_token_scores": roles.previous_token, "induction_scores": roles.induction,
+        "previous_token_scores": roles.previous_token, "prefix_matching_scores": roles.induction,
         "head_roles_probe": roles.probe,
         "random_init_max": init_max, "random_init_source": init_source,
         **{("erratum_" if p else "") + k: v for p, r in results.items() for k, v in r.items()}})
@@ -93,9 +104,10 @@ def _claims(config, label, roles, correct, init_max, init_source):
   if not induction:
     claims.append(experiment.claim(
         figure="composition_scores", what="k_prev_to_induction", model=label,
+        paper_says=K_COMPOSITION,
         statement=f"{label}: each induction head's strongest K-composition is with a "
         "previous-token head of an earlier layer", source="FW fig 26",
-        criterion=f"needs an induction head (score ≥ {roles.threshold}) in a layer ≥ 1",
+        criterion=f"needs an induction head (prefix-matching score ≥ {roles.threshold}) in a layer ≥ 1",
         measured="no induction head found", value=None, holds=False))
     return claims
   # The previous-token head each induction head reads: the strongest one in earlier layers.
@@ -108,9 +120,10 @@ def _claims(config, label, roles, correct, init_max, init_source):
   is_prev = [roles.previous_token[l1, h1] >= roles.threshold for l1, h1 in strongest]
   claims.append(experiment.claim(
       figure="composition_scores", what="k_prev_to_induction", model=label,
+        paper_says=K_COMPOSITION,
       statement=f"{label}: each induction head's strongest K-composition is with a previous-token "
       "head of an earlier layer", source="FW fig 26",
-      criterion=f"for every head with induction score ≥ {roles.threshold} in layer l ≥ 1, the "
+      criterion=f"for every head with prefix-matching score ≥ {roles.threshold} in layer l ≥ 1, the "
       f"head of layers < l with the largest K-composition into it has previous-token score ≥ "
       f"{roles.threshold}",
       measured="; ".join(
@@ -124,6 +137,7 @@ def _claims(config, label, roles, correct, init_max, init_source):
   described = [f"{name(*p)}→{name(*i)}" for p, i in pairs]
   claims.append(experiment.claim(
       figure="composition_scores", what="k_above_random_init", model=label,
+      paper_says=K_COMPOSITION,
       statement=f"{label}: the previous-token head K-composes with the induction heads far above "
       "chance", source="FW fig 26",
       criterion="K-comp(previous-token head, induction head) > the largest K-composition of any "
@@ -134,6 +148,7 @@ def _claims(config, label, roles, correct, init_max, init_source):
       holds=min(k) > init_max["k"]))
   claims.append(experiment.claim(
       figure="composition_scores", what="q_v_near_baseline", model=label,
+      paper_says=Q_V_SMALL,
       statement=f"{label}: Q- and V-composition of the induction heads with the previous-token "
       "head stay near the baseline", source="FW fig 26",
       criterion="Q-comp and V-comp(previous-token head, induction head) ≤ the largest Q- and "

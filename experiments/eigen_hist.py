@@ -21,6 +21,11 @@ DESCRIPTION = "Histogram of OV positivity over all heads, trained vs random init
 ORDER = 50  # place in the batch job and index.html (reproduce.figure.figure_names)
 
 
+COPYING_MAJORITY = ("FW, \"Detecting Copying Behavior\" (eigenvalue summary): in its one-layer "
+                    "model, by the positive-eigenvalue statistic of the OV circuit, \"10 out of "
+                    "12 heads are significantly copying\"")
+
+
 def run(config, models, outdir):
   plt = experiment.pyplot()
   claims = []
@@ -54,6 +59,7 @@ def run(config, models, outdir):
     if L == 1:
       claims.append(experiment.claim(
           figure="eigen_hist", what="copying_majority", model=label,
+          paper_says=COPYING_MAJORITY,
           statement=f"{label}: most heads of a one-layer model copy (FW's 1L model: 10 of 12)",
           source="FW fig 16",
           criterion=f"more than half the heads have OV positivity > max("

@@ -99,7 +99,7 @@ draw();
 
 
 def repeats_and_text(config, model) -> dict:
-  """Patterns (raw and value-weighted), induction scores and loss per position on BOS + n random
+  """Patterns (raw and value-weighted), stripe scores (``scores.stripe_score``) and loss per position on BOS + n random
   tokens repeated, and value-weighted patterns on held-out text."""
   n = min(config.length, (model.cfg.n_ctx - 1) // config.repeats)
   repeated = scores.repeated_sequences(model.sampling_pool(), model.bos_id, n, config.repeats,
@@ -112,7 +112,7 @@ def repeats_and_text(config, model) -> dict:
   text_weighted, text_scale = per_head_scale(value_weighted(model, text)[1])
   return {"n": n, "repeated": repeated, "weighted": weighted, "losses": losses,
           "scale": {"repeated": scale, "text": text_scale},
-          "induction": np.asarray(scores.induction_score(raw, n)),
+          "stripe": np.asarray(scores.stripe_score(raw, n)),
           "first": losses[: n - 1].mean(), "later": losses[n:].mean(),
           "text": text, "text_weighted": text_weighted,
           "names": {"repeated": f"BOS + {n} random tokens × {config.repeats}",
@@ -130,7 +130,8 @@ def write_page_and_numbers(config, label, model, m, outdir, page_name: str) -> N
                   "patterns": np.round(pats.reshape(L * H, *pats.shape[-2:]), 3).tolist()})
   (outdir / page_name).write_text(_html(f"{label}: attention patterns", views))
   experiment.write_json(outdir / f"induction_{label}.json", {
-      "induction_scores": m["induction"], "loss_per_position": m["losses"], "length": m["n"],
+      "stripe_scores": m["stripe"], "stripe_probe": m["names"]["repeated"],
+      "loss_per_position": m["losses"], "length": m["n"],
       "repeats": config.repeats, "loss_first_occurrence": m["first"],
       "value_weighted_head_max": {key: v[:, 0] for key, v in m["scale"].items()},
       "loss_repeats": m["later"]})
@@ -140,7 +141,7 @@ def plot_patterns(config, label, model, m, outdir, suffix: str) -> None:
   """One grid of every head's value-weighted pattern per sequence (repeated, text), each head on
   its own scale (its largest entry = 1; that entry's value in its title), one colour bar."""
   plt = experiment.pyplot()
-  L, H, induction = model.cfg.n_layers, model.cfg.n_heads, m["induction"]
+  L, H, stripe = model.cfg.n_layers, model.cfg.n_heads, m["stripe"]
   for key, pats in (("repeated", m["weighted"][:, 0]), ("text", m["text_weighted"][:, 0])):
     scale = m["scale"][key][:, 0]  # [L, H]
     fig, axes = plt.subplots(L, H, figsize=(2.1 * H + 0.8, 2.4 * L + 0.6), squeeze=False,
@@ -150,9 +151,9 @@ def plot_patterns(config, label, model, m, outdir, suffix: str) -> None:
         ax = axes[l, h]
         image = ax.imshow(pats[l, h], cmap="Blues", vmin=0, vmax=1)
         ax.set_xticks([]); ax.set_yticks([])
-        extra = f" ind {induction[l, h]:.2f}" if key == "repeated" else ""
+        extra = f" stripe {stripe[l, h]:.2f}" if key == "repeated" else ""
         ax.set_title(f"L{l}H{h}{extra}\nmax {scale[l, h]:.3g}", fontsize=8,
-                     color="#c0392b" if induction[l, h] >= config.min_induction else "black")
+                     color="#c0392b" if stripe[l, h] >= config.min_induction else "black")
     fig.colorbar(image, ax=axes, shrink=0.8, label="A_ij·‖x_j W_V W_O‖ / the head's max")
     fig.suptitle(f"{label}: value-weighted attention on {m['names'][key]} (rows: destination, "
                  "columns: source; one scale per head, not per row)", fontsize=9)
@@ -173,26 +174,39 @@ def plot_loss(config, label, m, outdir, suffix: str) -> None:
   experiment.save_figure(fig, outdir, f"loss_per_position{suffix}")
 
 
+STRIPE = ("FW, \"Two-Layer Attention-Only Transformers\" (induction heads on random tokens): on "
+          "a sequence of uniformly random tokens repeated, induction heads attend from each token "
+          "of a repeat to the token after its previous copy, an off-diagonal stripe: they work "
+          "\"on totally random repeated patterns\"")
+REPEATS = ("FW, \"Two-Layer Attention-Only Transformers\": induction heads \"repeat previous "
+           "sequences of tokens\", even of random tokens, unlike the one-layer model's copying, "
+           "which relies on learned statistics of which token can follow which; IH, \"Key "
+           "Concepts\": so a two-layer model predicts the repeats of a random sequence")
+
+
 def claims_of(config, label, m, one_layer) -> list:
   """The stripe in a layer ≥ 1, and the loss on the repeats below ``one_layer`` (the 1L models'
   losses on the same repeats) and log(n)."""
-  n, induction, first, later = m["n"], m["induction"], m["first"], m["later"]
-  later_layers = induction[1:]
+  n, stripe, first, later = m["n"], m["stripe"], m["first"], m["later"]
+  later_layers = stripe[1:]
   best = np.unravel_index(np.argmax(later_layers), later_layers.shape)
   best = (best[0] + 1, best[1])
   log_n = float(np.log(n))
   holds = later < log_n and (not one_layer or later < min(one_layer))
   return [
       experiment.claim(
-          figure="induction_attention", what="stripe", model=label,
+          figure="induction_attention", what="stripe", model=label, paper_says=STRIPE,
           statement=f"{label}: a head of a layer ≥ 1 attends along the induction stripe on "
           "repeated random tokens", source="FW, induction heads (repeated random tokens)",
           criterion=f"max over heads of layers ≥ 1 of the mean attention on the stripe at offset "
           f"−{n - 1} ≥ {config.min_induction} (uniform attention over the repeat: 1/{n})",
-          measured=f"best: L{best[0]}H{best[1]} with {induction[best]:.2f}", value=induction,
-          holds=induction[best] >= config.min_induction),
+          measured=f"best: L{best[0]}H{best[1]} with stripe score {stripe[best]:.2f} on "
+          f"{m['names']['repeated']} (scores.stripe_score; its prefix-matching score is in "
+          "induction_heads)", value=stripe,
+          holds=stripe[best] >= config.min_induction),
       experiment.claim(
           figure="induction_attention", what="repeat_loss", model=label,
+          paper_says=REPEATS,
           statement=f"{label}: on the repeats of a random sequence the loss falls below what one "
           "layer or plain copying can reach",
           source="FW, induction heads (repeated random tokens); IH §2",

@@ -46,8 +46,7 @@ def measure(config, model, cfg, weights, inputs, targets, pool) -> dict:
   """One snapshot's ICL score, held-out loss and every head's prefix matching [L, H]."""
   icl = scores.in_context_learning_score(cfg, weights, inputs, targets,
                                          loss_positions=config.loss_positions)
-  prefix = (np.asarray(scores.prefix_matching_score(cfg, weights, pool, model.bos_id,
-                                                    samples=config.samples))
+  prefix = (np.asarray(scores.prefix_matching_score(cfg, weights, pool, model.bos_id))
             if cfg.n_layers else np.zeros((0, cfg.n_heads)))
   return {"icl": icl["score"], "loss": icl["loss"],
           "icl_positions": [icl["early_index"], icl["late_index"]], "prefix": prefix}
@@ -226,9 +225,23 @@ def plot_row(config, axes, label, model, f) -> None:
     axes[0].legend(fontsize=7)
 
 
+PHASE_CHANGE = ("IH, \"Argument 1\" (macroscopic co-occurrence): early in training, models "
+                "with more than one layer go through a \"phase change\": induction heads form "
+                "within a narrow window of training")
+ICL_IN_WINDOW = ("IH, \"Argument 1\": during the same phase change in-context learning "
+                 "improves \"dramatically\", and little of it is acquired outside it")
+LOSS_BUMP = ("IH, \"Argument 1\": the phase change is visible in the training loss as a "
+             "\"bump\": the loss curve bends there")
+NONE_IN_1L = ("IH, \"Argument 1\": one-layer attention-only models form no induction heads (an "
+              "induction head needs a previous-token head in an earlier layer) and show no "
+              "phase change")
+ICL_1L = ("IH, \"Argument 1\": one-layer models, lacking induction heads, end training with a "
+          "weaker in-context-learning score than the models with two or more layers")
+
+
 def _none_in_1l_claim(config, label, flat):
   return experiment.claim(
-      figure="induction_formation", what="none_in_1l", model=label,
+      figure="induction_formation", what="none_in_1l", model=label, paper_says=NONE_IN_1L,
       statement=f"{label}: a one-layer model never forms induction heads", source="IH §3",
       criterion=f"best prefix-matching score of any head at every snapshot < {config.unformed}",
       measured=f"best at any snapshot: {flat.max():.2f}", value=flat.max(axis=1),
@@ -242,7 +255,7 @@ def _icl_2l_below_1l_claim(final_icl):
   if not (one and two):
     return None
   return experiment.claim(
-      figure="induction_formation", what="icl_2l_below_1l", model=None,
+      figure="induction_formation", what="icl_2l_below_1l", model=None, paper_says=ICL_1L,
       statement="the two-layer model learns more in context than the one-layer model: its ICL "
       "score is lower", source="IH §3",
       criterion="final ICL score (loss late − loss early) of every model with ≥ 2 layers < that "
@@ -299,7 +312,7 @@ def _phase_change_claims(config, label, tokens, best, icl, loss, gain, numbers, 
   train_loss, loss_name = loss
   if gain is None:
     return [experiment.claim(
-        figure="induction_formation", what="abrupt", model=label,
+        figure="induction_formation", what="abrupt", model=label, paper_says=PHASE_CHANGE,
         statement=f"{label}: induction heads form abruptly", source="IH §3",
         criterion=f"the best head's prefix matching gains ≥ {config.majority} of its total rise "
         f"within a factor {config.window_ratio:g} of {axis}",
@@ -307,7 +320,7 @@ def _phase_change_claims(config, label, tokens, best, icl, loss, gain, numbers, 
         holds=False)]
   i, j, fraction = gain
   claims = [experiment.claim(
-      figure="induction_formation", what="abrupt", model=label,
+      figure="induction_formation", what="abrupt", model=label, paper_says=PHASE_CHANGE,
       statement=f"{label}: induction heads form abruptly", source="IH §3",
       criterion=f"the head with the highest final prefix-matching score gains ≥ "
       f"{config.majority} of its total rise (final − initial) between two snapshots ≤ "
@@ -321,6 +334,7 @@ def _phase_change_claims(config, label, tokens, best, icl, loss, gain, numbers, 
   numbers["icl_share_in_window"] = share
   claims.append(experiment.claim(
       figure="induction_formation", what="icl_in_window", model=label,
+      paper_says=ICL_IN_WINDOW,
       statement=f"{label}: most in-context learning is acquired in the same window",
       source="IH §3",
       criterion=f"ICL fall between the window's snapshots ≥ {config.majority} of the total fall "
@@ -360,6 +374,7 @@ def _loss_bump_claim(config, label, lo, hi, bump, loss_name="training loss"):
                 "neighbour; ") + "; ".join(parts)
   return experiment.claim(
       figure="induction_formation", what="loss_bump", model=label, statement=statement,
+      paper_says=LOSS_BUMP,
       source="IH §3", criterion=criterion, measured=measured,
       value={"testable": testable, "slopes": bump}, holds=holds)
 

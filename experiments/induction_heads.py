@@ -14,12 +14,24 @@ layer-0 heads that feed them.
 
 import numpy as np
 
-from reproduce.core import scores
+from reproduce.core import circuits, scores
 from reproduce import experiment
 
 DESCRIPTION = ("Prefix matching vs copying of every head, induction heads resting on BOS, "
                "layer-0 averaging heads")
 ORDER = 120  # place in the batch job and index.html (reproduce.figure.figure_names)
+
+
+COPYING = ("IH, \"Key Concepts\" (definition of induction heads): an induction head does two "
+           "things on repeated random tokens, \"prefix matching\" (attending to the token after "
+           "an earlier copy of the present one) and \"copying\" (raising the logit of the token "
+           "it attends to)")
+REST_ON_BOS = ("FW, \"Two-Layer Attention-Only Transformers\" (induction heads): induction heads "
+               "look for an earlier copy of the present token; \"if they don't find it, they "
+               "attend to the first token\" (the start token) and do nothing")
+NONE_IN_1L = ("IH, \"Argument 1\" (the phase change): induction heads need two layers (a "
+              "previous-token head for their key to compose with); one-layer attention-only "
+              "models form none and show no phase change")
 
 
 def uniform_bos(mask: np.ndarray) -> float:
@@ -50,11 +62,9 @@ def bos_share(model, tokens, mask, *more):
 
 def measure(model, w, config):
   cfg = model.cfg
-  length = min(config.length, (cfg.n_ctx - 1) // config.repeats)
-  probe = scores.repeated_sequences(model.sampling_pool(), model.bos_id, length, config.repeats,
-                                    config.samples)
-  prefix = np.asarray(scores.prefix_matching_score(cfg, w, model.sampling_pool(), model.bos_id,
-                                                   length, config.repeats, config.samples))
+  # IH's probe with the defaults every figure uses: one prefix-matching score per head.
+  probe, _ = scores.prefix_probe(cfg.n_ctx, model.sampling_pool(), model.bos_id)
+  prefix = np.asarray(scores.prefix_matching_score(cfg, w, model.sampling_pool(), model.bos_id))
   copying = scores.copying_score(cfg, w, probe)  # NaN where the head rests on BOS
   return probe, prefix, copying
 
@@ -74,6 +84,8 @@ def head_scores(config, model) -> dict:
   bos_text, by_offset = bos_share(model, text, first_text, scores.Offsets(config.offsets_shown))
   offsets = by_offset[0].mean(0)  # layer 0, mean over windows: [H, o]
   mass, spread = averaging_profile(offsets, config.averaging_window)
+  k_layer0 = composition_with_layer0(model) if L >= 2 else None
+  init_k_max = float(composition_with_layer0(model, init).max()) if L >= 2 else float("nan")
   induction = [(l, h) for l in range(1, L) for h in range(H)
                if prefix[l, h] >= config.role_threshold]
   baseline = {"probe": uniform_bos(first_probe), "text": uniform_bos(first_text)}
@@ -81,7 +93,8 @@ def head_scores(config, model) -> dict:
           "init_prefix": init_prefix, "init_copying": init_copying, "init_source": init_source,
           "bos_probe": bos_probe,
           "bos_text": bos_text, "offsets": offsets, "mass": mass, "spread": spread,
-          "induction": induction, "baseline": baseline}
+          "induction": induction, "baseline": baseline, "k_layer0": k_layer0,
+          "init_k_max": init_k_max}
 
 
 def write_numbers(outdir, label, m) -> None:
@@ -183,7 +196,7 @@ def induction_claims(config, label, m) -> list:
                     f", {init_copying.size - init_defined.size} of {init_copying.size} undefined"
                     if init_defined.size < init_copying.size else "")
   claims = [experiment.claim(
-      figure="induction_heads", what="induction_heads_copy", model=label,
+      figure="induction_heads", what="induction_heads_copy", model=label, paper_says=COPYING,
       statement=f"{label}: induction heads also copy (IH's copying score)",
       source="IH §2 (copying score)",
       criterion=f"every head with prefix-matching score ≥ {config.role_threshold} in layers ≥ 1 "
@@ -204,6 +217,7 @@ def induction_claims(config, label, m) -> list:
     uniform = m["baseline"][where if where == "text" else "probe"]
     claims.append(experiment.claim(
         figure="induction_heads", what=f"induction_heads_rest_on_bos_{where}", model=label,
+        paper_says=REST_ON_BOS,
         statement=f"{label}: induction heads put most of their attention on BOS when the current "
         f"token has no earlier copy ({where})", source="FW §7, IH §2",
         criterion=f"mean attention on position 0 over {mask} ≥ {config.min_bos} for every "
@@ -216,28 +230,51 @@ def induction_claims(config, label, m) -> list:
   return claims
 
 
+AVERAGING = ("FW, \"Technical Details\" (the corrected composition figure, after the norm "
+             "bug): besides the previous-token head, \"two of the induction heads also rely on a "
+             "head which attends to the last several tokens, rather than just the previous "
+             "token\"")
+
+
+def composition_with_layer0(model, weights=None) -> np.ndarray:
+  """K-composition of every layer-0 head into every layer-1 head, [H0, H1]
+  (``circuits.composition_scores``, the corrected norm)."""
+  k = np.asarray(circuits.composition_scores(model.weights if weights is None else weights, "k"))
+  return k[0, :, 1, :]
+
+
 def averaging_head_claim(config, label, m) -> dict:
-  """FW fig 26 (corrected): a layer-0 head that averages over the last few tokens."""
+  """FW's corrected composition figure: a layer-0 head attending over the last several tokens,
+  which induction heads rely on (K-composition above every head pair at random init)."""
   offsets, mass, spread = m["offsets"], m["mass"], m["spread"]
+  k, init_max = m["k_layer0"], m["init_k_max"]
   H = len(offsets)
+  window = config.averaging_window
   averaging = [h for h in range(H)
                if mass[h] >= config.min_window_mass and spread[h] >= config.min_spread]
+  layer1 = [h for l, h in m["induction"] if l == 1]
+  relied_on = {h: [h1 for h1 in layer1 if k[h, h1] > init_max] for h in averaging}
   best = int(np.argmax(np.minimum(mass / config.min_window_mass, spread / config.min_spread)))
+  k_text = "; ".join(f"L0H{h}→" + (", ".join(f"L1H{h1} {k[h, h1]:.3f}" for h1 in layer1) or
+                                   "no layer-1 induction head") for h in averaging)
   return experiment.claim(
-      figure="induction_heads", what="layer0_averaging_head", model=label,
-      statement=f"{label}: a layer-0 head attends over the last several tokens (FW's corrected "
-      "composition figure: the induction heads also compose with such a head)",
-      source="FW fig 26",
-      criterion=f"a layer-0 head with ≥ {config.min_window_mass} of its attention on offsets 0 … "
-      f"{config.averaging_window - 1} on text and spread exp(entropy) ≥ {config.min_spread} "
-      "over them",
-      measured=(f"averaging heads: {', '.join(f'L0H{h}' for h in averaging)}; " if averaging else
-                "none; ") + "per head mass/spread: " + ", ".join(
-                    f"L0H{h} {mass[h]:.2f}/{spread[h]:.1f}" for h in range(H))
-      + f"; attention on offsets 0 … {config.offsets_shown - 1} (outside the criterion): "
-      + ", ".join(f"L0H{h} {offsets[h].sum():.2f}" for h in range(H))
+      figure="induction_heads", what="layer0_averaging_head", model=label, paper_says=AVERAGING,
+      statement=f"{label}: a layer-0 head attends over the last several tokens, and an induction "
+      "head relies on it (K-composition)", source="FW, corrected composition figure",
+      criterion=f"a layer-0 head with ≥ {config.min_window_mass} of its attention on text within "
+      f"the last {window} tokens (offsets 0 … {window - 1}: 'the last several tokens') spread "
+      f"over them, exp(entropy) ≥ {config.min_spread:g} ('several', not one or two); and a "
+      "layer-1 induction head whose K-composition with it is above the largest K-composition "
+      f"of any layer-0 → layer-1 pair at random init ({init_max:.3f})",
+      measured=(f"averaging heads: {', '.join(f'L0H{h}' for h in averaging)} (K-composition: "
+                f"{k_text}); " if averaging else "no averaging head; ")
+      + "per head mass/spread: " + ", ".join(
+          f"L0H{h} {mass[h]:.2f}/{spread[h]:.1f}" for h in range(H))
       + f" (nearest to passing both: L0H{best})",
-      value={"mass": mass, "spread": spread}, holds=bool(averaging))
+      value={"mass": mass, "spread": spread, "k_into_layer1": k,
+             "random_init_k_max": init_max,
+             "relied_on_by": {f"L0H{h}": [f"L1H{x}" for x in v] for h, v in relied_on.items()}},
+      holds=any(relied_on.values()))
 
 
 def claims_of(config, label, model, m) -> list:
@@ -246,6 +283,7 @@ def claims_of(config, label, model, m) -> list:
     prefix = m["prefix"]
     return [experiment.claim(
         figure="induction_heads", what="no_prefix_matching_in_1l", model=label,
+        paper_says=NONE_IN_1L,
         statement=f"{label}: a one-layer model has no induction head", source="IH §3",
         criterion=f"every head's prefix-matching score < {config.role_threshold}",
         measured=f"largest prefix-matching score {prefix.max():.2f} "

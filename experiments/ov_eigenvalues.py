@@ -6,9 +6,11 @@ OV, W_Kᵀ (W_Eᵀ W_E) W_Q for QK.  Magnitudes span orders, so both axes are dr
 log scale; positive real eigenvalues (right of the imaginary axis) mean copying (OV) or attending
 to the same token (QK).
 
-Claims: the OV copying majority is claimed once, in eigen_hist; here the QK side: FW's one-layer
-heads attend to tokens like the current one ("same-token attention"), i.e. most heads' full QK
-circuit has mostly positive eigenvalues, above every head of the same model at random init.
+No claims: the OV copying majority is claimed once, in eigen_hist.  The QK eigenvalues are drawn
+(and their positivity kept in the numbers), but FW states no claim about them for one-layer
+models: FW's one-layer QK statement is that heads attend back to tokens that "could plausibly be
+the next token", not to copies of the present one, and skip_trigrams tests that
+(``attends_to_plausible_next_tokens``).  The earlier same-token claim was dropped (issue 20).
 """
 
 import numpy as np
@@ -68,16 +70,4 @@ def run(config, models, outdir):
     experiment.save_figure(draw_eigenvalues(plt, qk, qk_pos, threshold,
                                             f"{label}: eigenvalues of W_E W_QK W_Eᵀ"),
                            outdir, f"qk_eigenvalues{suffix}")
-    if L == 1:
-      same = int((qk_pos > threshold).sum())
-      claims.append(experiment.claim(
-          figure="ov_eigenvalues", what="same_token_qk", model=label,
-          statement=f"{label}: most one-layer heads attend to tokens like the current one: their "
-          "full QK circuit has mostly positive eigenvalues",
-          source="FW, one-layer models: QK circuit eigenvalues",
-          criterion="more than half the heads have full-QK positivity > the largest full-QK "
-          f"positivity of any head at random init ({threshold:+.2f}; {init_source})",
-          measured=f"{same} of {L * H} heads; QK positivity per head "
-          f"{', '.join(f'{p:+.2f}' for p in qk_pos.ravel())}", value=qk_pos,
-          holds=same * 2 > L * H))
   return claims

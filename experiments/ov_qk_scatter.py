@@ -19,6 +19,12 @@ DESCRIPTION = "Heads of layers ≥ 1: OV positivity vs positivity of the K-compo
 ORDER = 80  # place in the batch job and index.html (reproduce.figure.figure_names)
 
 
+CORNER = ("FW, \"Checking the Mechanistic Theory\" (the OV/QK positivity scatter): with the "
+          "eigenvalue positivity of the OV circuit and of the K-composed QK term as coordinates, "
+          "\"all the induction heads turn out to be in an extreme right hand corner\" (both "
+          "near 1)")
+
+
 def scatter_coordinates(weights, roles):
   """(ov, qk, prev) for every head of layers ≥ 1: [L−1, H] positivities and, per layer, the
   previous-token head (layer, head) its y axis uses."""
@@ -37,7 +43,7 @@ def run(config, models, outdir):
   claims = []
   for label, model in models.items():
     model.need_layers(2, "ov_qk_scatter")
-    roles = experiment.head_roles(model, config.role_threshold, samples=config.samples)
+    roles = experiment.head_roles(model, config.role_threshold)
     ov, qk, prev = scatter_coordinates(model.weights, roles)
     init, init_source = experiment.initial_weights(model)
     init_ov, init_qk, _ = scatter_coordinates(init, roles)
@@ -49,7 +55,7 @@ def run(config, models, outdir):
         "heads": [f"L{l}H{h}" for l, h in heads],
         "previous_token_head_per_layer": {f"layer {l}": f"L{p[0]}H{p[1]}"
                                           for l, p in zip(range(1, L), prev)},
-        "ov_positivity": ov, "k_composition_positivity": qk, "induction_scores": roles.induction,
+        "ov_positivity": ov, "k_composition_positivity": qk, "prefix_matching_scores": roles.induction,
         "previous_token_scores": roles.previous_token, "head_roles_probe": roles.probe,
         "random_init": {"ov_positivity": init_ov, "k_composition_positivity": init_qk,
                         "source": init_source}})
@@ -71,8 +77,8 @@ def run(config, models, outdir):
     ax.set_xlabel("OV circuit positivity (copying)")
     used = ", ".join(f"layer {l}: L{p[0]}H{p[1]}" for l, p in zip(range(1, L), prev))
     ax.set_ylabel(f"K-composition QK positivity with the prev-token head\n({used})", fontsize=8)
-    ax.set_title(f"{label}: heads of layers ≥ 1 (red: induction score ≥ {config.role_threshold}; "
-                 "size ∝ induction score)", fontsize=8)
+    ax.set_title(f"{label}: heads of layers ≥ 1 (red: prefix-matching score ≥ {config.role_threshold}; "
+                 "size ∝ prefix-matching score)", fontsize=8)
     ax.legend(fontsize=7, loc="lower left")
     experiment.save_figure(fig, outdir, "ov_qk_scatter" if len(models) == 1
                            else f"ov_qk_scatter_{label}")
@@ -90,18 +96,19 @@ def _claims(config, label, roles, heads, induction, ov, qk, prev, init_ov, init_
   values = {f"L{l}H{h}": [at(ov, l, h), at(qk, l, h)] for l, h in induction}
   claims = [
       experiment.claim(
-          figure="ov_qk_scatter", what="induction_ov_copying", model=label,
+          figure="ov_qk_scatter", what="induction_ov_copying", model=label, paper_says=CORNER,
           statement=f"{label}: induction heads copy: their full OV circuit has mostly positive "
           "eigenvalues", source="FW fig 22",
-          criterion=f"every head of layers ≥ 1 with induction score ≥ {config.role_threshold} "
+          criterion=f"every head of layers ≥ 1 with prefix-matching score ≥ {config.role_threshold} "
           f"has OV positivity ≥ {near} (and there is one)",
           measured=f"{where}; {init_range}", value=values,
           holds=bool(induction) and all(at(ov, l, h) >= near for l, h in induction)),
       experiment.claim(
           figure="ov_qk_scatter", what="induction_k_composed_qk_positive", model=label,
+          paper_says=CORNER,
           statement=f"{label}: induction heads match by K-composition: their QK term composed "
           "with the previous-token head has mostly positive eigenvalues", source="FW fig 22",
-          criterion=f"every head of layers ≥ 1 with induction score ≥ {config.role_threshold} "
+          criterion=f"every head of layers ≥ 1 with prefix-matching score ≥ {config.role_threshold} "
           f"has positivity ≥ {near} of W_E W_QK (W_E W_OV^prev)ᵀ (and there is one)",
           measured=f"{where}; previous-token heads used: "
           + ", ".join(f"L{p[0]}H{p[1]}" for p in prev), value=values,
@@ -111,8 +118,10 @@ def _claims(config, label, roles, heads, induction, ov, qk, prev, init_ov, init_
             and at(ov, l, h) > config.others_below and at(qk, l, h) > config.others_below]
   claims.append(experiment.claim(
       figure="ov_qk_scatter", what="only_induction_upper_right", model=label,
-      statement=f"{label}: only induction heads sit in the upper right", source="FW fig 22",
-      criterion=f"no head of layers ≥ 1 with induction score < {config.role_threshold} has both "
+      statement=f"{label}: only induction heads sit in the upper right (a control of the "
+      "reading's specificity: FW says where the induction heads sit, not that no other head "
+      "does)", source="control: specificity of the OV/QK corner", kind="control",
+      criterion=f"no head of layers ≥ 1 with prefix-matching score < {config.role_threshold} has both "
       f"positivities > {config.others_below}",
       measured=", ".join(f"L{l}H{h} at ({at(ov, l, h):+.2f}, {at(qk, l, h):+.2f})"
                          for l, h in others) or "none",

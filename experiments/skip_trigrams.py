@@ -252,6 +252,18 @@ def plot_heads(config, label, model, t, outdir, picture: str) -> None:
   experiment.save_figure(fig, outdir, picture)
 
 
+COPYING = ("FW, \"One-Layer Attention-Only Transformers\" (copying / primitive in-context "
+           "learning): \"most attention heads\" of one-layer models spend much of their capacity "
+           "on copying: the OV circuit makes a token, once attended to, raise its own "
+           "probability (and less so that of similar tokens)")
+PLAUSIBLE = ("FW, same section: the QK circuit of those heads \"only attends back to tokens "
+             "which could plausibly be the next token\", so tokens are copied only where "
+             "bigram-like statistics make them plausible")
+BUGS = ("FW, \"Skip-Trigram Bugs\": one-layer models hold skip-trigrams in a \"factored "
+        "form\" split between OV and QK, so a head that raises keep … in mind and keep … at bay "
+        "must also raise keep … in bay; FW reports it \"frequently\" observes such bugs")
+
+
 def claims_of(config, label, model, t) -> list:
   """FW §4: most heads copy, they attend to plausible next tokens, the factored form's bugs."""
   L, H = model.cfg.n_layers, model.cfg.n_heads
@@ -270,7 +282,7 @@ def claims_of(config, label, model, t) -> list:
       f"… {tok(b['d1'])} → {tok(b['o2'])} never" for b in bugs[:3])
   n_dest = config.destinations_per_head
   return [
-      claim("most_heads_copy",
+      claim("most_heads_copy", paper_says=COPYING,
             statement=f"{label}: most heads copy — attending to a token raises that same token",
             source="FW §4 (figs 10, 14)",
             criterion=f"heads whose median (over {len(t['allowed'])} tokens seen ≥ "
@@ -280,7 +292,7 @@ def claims_of(config, label, model, t) -> list:
             f"{', '.join(f'{x:.2f}' for x in rank.ravel())}; random init ({t['init_source']}): "
             f"{init_rank.min():.2f} … {init_rank.max():.2f}",
             value={"rank": rank, "random_init": init_rank}, holds=copying * 2 > L * H),
-      claim("attends_to_plausible_next_tokens",
+      claim("attends_to_plausible_next_tokens", paper_says=PLAUSIBLE,
             statement=f"{label}: the QK circuit attends back to tokens that could plausibly be "
             "the next token (FW: 'tokens are copied, but only to places where bigram-ish "
             "statistics make them seem plausible')", source="FW §4 (copying)",
@@ -294,7 +306,7 @@ def claims_of(config, label, model, t) -> list:
             f"head: {', '.join(f'{x:.2f}' for x in auc.ravel())}; random init: "
             f"{np.nanmin(init_auc):.2f} … {auc_bar:.2f}",
             value={"auc": auc, "random_init": init_auc}, holds=plausible * 2 > L * H),
-      claim("factored_form_bug",
+      claim("factored_form_bug", paper_says=BUGS,
             statement=f"{label}: the factored form makes skip-trigram bugs: a head that learned "
             "s … d1 → o1 and s … d2 → o2 also raises s … d1 → o2 (FW's English 'keep … in bay' "
             "cannot occur on Python code; this is the same pattern searched for on code)",

@@ -67,6 +67,15 @@ def run(config, models, outdir):
   return claims
 
 
+VIRTUAL_SMALL = ("FW, \"Term Importance Analysis\" (ablating path orders with frozen attention): "
+                 "in its two-layer model the second-order \"virtual attention head\" terms have "
+                 "\"a pretty small marginal effect\", next to the direct path and the individual "
+                 "heads")
+LAYER1 = ("FW, \"Term Importance Analysis\": split by layer, the individual-head terms of the "
+          "second layer matter far more than the first layer's, which \"suggests we should focus "
+          "on the second layer head terms\"")
+
+
 def _claims(config, label, marginal, layer_effect):
   """FW figs 23, 24: first-order terms matter, virtual heads add little, layer 1 matters most."""
   first, higher = float(marginal[0]), float(np.sum(marginal[1:]))
@@ -74,6 +83,7 @@ def _claims(config, label, marginal, layer_effect):
   return [
       experiment.claim(
           figure="term_importance", what="virtual_heads_small", model=label,
+          paper_says=VIRTUAL_SMALL,
           statement=f"{label}: the virtual-head ({orders}-order) terms matter little next to the "
           "first-order ones", source="FW figs 23, 24",
           criterion=f"first-order loss reduction ≥ {config.min_first_order} nats (heads matter "
@@ -86,6 +96,7 @@ def _claims(config, label, marginal, layer_effect):
           and higher <= config.max_higher_fraction * first),
       experiment.claim(
           figure="term_importance", what="layer1_matters_most", model=label,
+          paper_says=LAYER1,
           statement=f"{label}: among first-order terms, the layer-1 heads matter most",
           source="FW figs 23, 24",
           criterion=f"loss reduction of layer 1's heads alone ≥ {config.min_layer_ratio} × layer "

@@ -138,7 +138,8 @@ def claim_id(figure: str, what: str, model: Optional[str] = None) -> str:
 
 
 def claim(*, figure: str, what: str, model: Optional[str], statement: str, source: str,
-          criterion: str, measured: str, value, holds: bool, kind: str = "paper") -> dict:
+          criterion: str, measured: str, value, holds: bool, kind: str = "paper",
+          paper_says: Optional[str] = None) -> dict:
   """One row of claims.json.
 
   Args:
@@ -148,20 +149,32 @@ def claim(*, figure: str, what: str, model: Optional[str], statement: str, sourc
     model: the label of the one model the claim is about, or None for a claim about the
       figure's models together; the id is ``claim_id(figure, what, model)``, e.g.
       ``eigen_hist.copying_majority.attn1l``.
-    statement: what the paper says, in our words, about the model(s) and layer(s) measured.
+    statement: what we test, in our words, about the model(s) and layer(s) measured (the
+      paper's own statement is ``paper_says``).
     source: where the paper says it ("FW fig 16", "IH §3"); for a control, what it checks.
     criterion: the test in words and as computed, with its threshold values.
     measured: what we measured, in words with the numbers.
     value: the numbers behind ``measured`` (JSON-able after ``plain``).
     holds: whether the criterion holds.
-    kind: "paper" for a statement of the papers, "control" for a sanity baseline.
+    kind: "paper" for a statement of the papers, "control" for a sanity baseline or a check of
+      the method (no statement of the papers behind it).
+    paper_says: for a paper claim, the statement of FW or IH it operationalises, paraphrased in
+      our words with its section, the paper's own key words in quotation marks where they decide
+      the reading; the criterion follows from it.  Required for a paper claim (a claim no
+      statement of the papers is behind is a control).
   """
   id_ = claim_id(figure, what, model)
   if kind not in CLAIM_KINDS:
     raise ValueError(f"claim {id_!r}: kind must be one of {CLAIM_KINDS}, not {kind!r}")
   if not source or not criterion:
     raise ValueError(f"claim {id_!r}: source and criterion are required")
-  return {"id": id_, "kind": kind, "statement": statement, "source": source,
+  if kind == "paper" and not paper_says:
+    raise ValueError(f"claim {id_!r}: a paper claim needs paper_says (what the paper says)")
+  if kind == "control" and paper_says:
+    raise ValueError(f"claim {id_!r}: a control has no paper_says (a claim the papers state is "
+                     "kind='paper')")
+  record = {"paper_says": paper_says} if kind == "paper" else {}
+  return {"id": id_, "kind": kind, **record, "statement": statement, "source": source,
           "criterion": criterion, "measured": measured, "value": plain(value),
           "holds": bool(holds)}
 
@@ -360,11 +373,12 @@ def symlog(x, scale: float = 1.0):
 
 @dataclasses.dataclass
 class HeadRoles:
-  """Previous-token scores (held-out text, or the random-token probe without a tokenizer) and
-  induction scores (repeated random tokens), [L, H]; ``probe`` says what they were measured on."""
+  """Previous-token scores (held-out text, or the prefix-matching probe without a tokenizer) and
+  IH's prefix-matching scores (``scores.prefix_matching_score``, the one induction criterion of
+  every figure), [L, H]; ``probe`` says what they were measured on."""
 
   previous_token: np.ndarray
-  induction: np.ndarray
+  induction: np.ndarray  # prefix-matching scores: a head at ≥ threshold is an induction head
   threshold: float
   probe: str = ""
 
@@ -381,8 +395,11 @@ class HeadRoles:
     return [(int(l), int(h)) for l, h in zip(*np.nonzero(self.previous_token >= self.threshold))]
 
   def induction_heads(self):
-    """Every (layer, head) with induction score ≥ threshold, in any layer."""
+    """Every (layer, head) with prefix-matching score ≥ threshold, in any layer."""
     return [(int(l), int(h)) for l, h in zip(*np.nonzero(self.induction >= self.threshold))]
+
+  def criterion(self) -> str:
+    return f"prefix-matching score ≥ {self.threshold:g} (IH's probe, scores.prefix_matching_score)"
 
   def label(self, layer: int, head: int) -> str:
     tags = []
@@ -393,24 +410,24 @@ class HeadRoles:
     return f"L{layer}H{head}" + (f" ({', '.join(tags)})" if tags else "")
 
 
-def head_roles(model: Model, threshold: float = 0.3, length: int = 50, samples: int = 8,
-               text_windows: int = 16) -> HeadRoles:
-  """Measures every head's previous-token score on held-out text and its induction score on BOS
-  + ``length`` random middle-frequency tokens repeated twice.  Without a tokenizer both come from
-  that probe (previous token: the stripe A[i, i−1]), its tokens uniform over the vocabulary but
-  BOS (``Model.sampling_pool``, ``Model.bos_id``)."""
+def head_roles(model: Model, threshold: float = 0.3, text_windows: int = 16) -> HeadRoles:
+  """Every head's previous-token score on ``text_windows`` held-out windows and its prefix-matching
+  score on IH's probe (``scores.prefix_matching_score`` with its defaults: the same number in every
+  figure).  Without a tokenizer the previous-token score comes from that probe too, its tokens
+  uniform over the vocabulary but BOS (``Model.sampling_pool``, ``Model.bos_id``)."""
   pool = model.sampling_pool()
-  length = min(length, (model.cfg.n_ctx - 1) // 2, len(pool))
-  probe = scores.repeated_sequences(pool, model.bos_id, length, 2, samples)
-  repeats = f"BOS + {length} random tokens repeated twice ({samples} samples)"
+  probe, length = scores.prefix_probe(model.cfg.n_ctx, pool, model.bos_id)
+  repeats = (f"BOS + {length} random tokens × {scores.PREFIX_REPEATS} "
+             f"({scores.PREFIX_SAMPLES} samples)")
+  prefix = np.asarray(scores.prefix_matching_score(model.cfg, model.weights, pool, model.bos_id))
   if model.tokens is not None:
     text = model.heldout_windows(text_windows)[0]
-    described = (f"previous-token score on {text_windows} held-out text windows; induction "
+    described = (f"previous-token score on {text_windows} held-out text windows; prefix-matching "
                  f"score on {repeats}, tokens from the corpus's middle frequencies")
   else:
-    text = None
-    described = (f"no tokenizer: previous-token and induction scores both on {repeats}, tokens "
-                 f"uniform over the vocabulary but BOS; BOS = token {model.bos_id} "
+    text = probe
+    described = (f"no tokenizer: previous-token and prefix-matching scores both on {repeats}, "
+                 f"tokens uniform over the vocabulary but BOS; BOS = token {model.bos_id} "
                  f"({model.bos_source})")
-  roles = scores.previous_token_and_induction(model.cfg, model.weights, text, probe, length)
-  return HeadRoles(roles["previous_token"], roles["induction"], threshold, described)
+  previous = scores.previous_token_on(model.cfg, model.weights, text)
+  return HeadRoles(previous, prefix, threshold, described)

@@ -9,8 +9,9 @@
     python -m reproduce.figure --all --seeds=3             # 3 training seeds; seeds.md tallies
 
 Each figure writes ``<workdir>/<name>/``: the picture (PNG and SVG), the numbers behind it, and
-``claims.json`` (per claim: id, kind "paper" or "control", the statement and its source, the
-criterion, the measured value, whether it holds; see ``experiment.claim``).  Models go to
+``claims.json`` (per claim: id, kind "paper" or "control", what the paper says (``paper_says``,
+paper claims only), the statement we test and its source, the criterion, the measured value,
+whether it holds; see ``experiment.claim``).  Models go to
 ``<workdir>/models/`` (or ``--models_dir``) and are reused by every figure that needs them.
 ``--all`` is one resumable batch job: it trains the models first, skips every figure whose
 ``claims.json`` already matches the current models and figure config, and, re-run after an

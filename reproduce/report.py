@@ -54,6 +54,7 @@ def seed_table(workdir, n_seeds: int, names: Sequence[str]) -> list:
         continue
       for c in json.loads(path.read_text())["claims"]:
         row = rows.setdefault(c["id"], {"id": c["id"], "kind": c["kind"], "source": c["source"],
+                                         "paper_says": c.get("paper_says"),
                                          "statement": c["statement"], "figure": name,
                                          "holds": [None] * n_seeds, "measured": [None] * n_seeds})
         row["holds"][index], row["measured"][index] = c["holds"], c["measured"]
@@ -63,13 +64,15 @@ def seed_table(workdir, n_seeds: int, names: Sequence[str]) -> list:
 
 
 def seed_table_markdown(rows, n_seeds: int) -> str:
-  """The seed table as Markdown: one row per claim, paper claims first."""
-  lines = ["| claim | kind | source | holds on | " + " | ".join(
-      f"seed {i}" for i in range(n_seeds)) + " |", "|---|---|---|---|" + "---|" * n_seeds]
+  """The seed table as Markdown: one row per claim, paper claims first, each with what the paper
+  says (a control: what it checks)."""
+  lines = ["| claim | kind | source | what the paper says | holds on | " + " | ".join(
+      f"seed {i}" for i in range(n_seeds)) + " |", "|---|---|---|---|---|" + "---|" * n_seeds]
   for row in sorted(rows, key=lambda r: r["kind"] != "paper"):
     cells = ["—" if m is None else ("✓ " if h else "✗ ") + m.replace("|", "/")
              for h, m in zip(row["holds"], row["measured"])]
-    lines.append(f"| `{row['id']}` | {row['kind']} | {row['source']} | "
+    says = (row.get("paper_says") or f"(control) {row['statement']}").replace("|", "/")
+    lines.append(f"| `{row['id']}` | {row['kind']} | {row['source']} | {says} | "
                  f"{row['seeds_holding']} of {n_seeds} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -115,6 +118,19 @@ def _seeds_held(workdir: Path) -> dict:
   return {r["id"]: f"{r['seeds_holding']} of {seeds['n_seeds']}" for r in seeds["claims"]}
 
 
+def paper_says(c) -> str:
+  """What the paper says, as the summary shows it: a paper claim's ``paper_says``; a control has
+  none, so its statement, marked as a control."""
+  return c.get("paper_says") or f"(control) {c['statement']}"
+
+
+def _statement_cell(c) -> str:
+  """A claim's statement about our models, under what the paper says (paper claims)."""
+  says = c.get("paper_says")
+  return ((f"<span class='says'>{html.escape(says)}</span><br>" if says else "")
+          + html.escape(c["statement"]))
+
+
 def _verdict(holds: bool) -> str:
   return "holds" if holds else "fails"
 
@@ -126,7 +142,7 @@ def _summary_section(summaries, seeds: dict) -> str:
     rows = "".join(
         f"<tr class=\"{'ok' if c['holds'] else 'no'}\"><td><a href=\"#{name}\">{name}</a><br>"
         f"<code>{html.escape(c['id'])}</code></td>"
-        f"<td>{html.escape(c.get('paper_says') or c['statement'])}<br><span class='kind'>"
+        f"<td>{html.escape(paper_says(c))}<br><span class='kind'>"
         f"{html.escape(c['source'])}</span></td><td>{html.escape(c['measured'])}</td>"
         f"<td class='seeds'>{html.escape(seeds.get(c['id'], 'this run only'))}</td>"
         f"<td class='verdict'>{_verdict(c['holds'])}</td></tr>"
@@ -176,10 +192,11 @@ def _claims_table(title: str, claims) -> str:
   rows = "".join(
       f"<tr class=\"{'ok' if c['holds'] else 'no'}\"><td><code>{html.escape(c['id'])}</code>"
       f"<br><span class='kind'>{html.escape(c['source'])}</span></td>"
-      f"<td>{html.escape(c['statement'])}</td><td>{html.escape(c['criterion'])}</td>"
+      f"<td>{_statement_cell(c)}</td><td>{html.escape(c['criterion'])}</td>"
       f"<td>{html.escape(c['measured'])}</td>"
       f"<td class='verdict'>{_verdict(c['holds'])}</td></tr>" for c in claims)
-  return (f"<h3>{html.escape(title)}</h3><table><tr><th>id, source</th><th>statement</th>"
+  return (f"<h3>{html.escape(title)}</h3><table><tr><th>id, source</th><th>what the paper says; "
+          "what we test</th>"
           f"<th>criterion</th><th>measured</th><th></th></tr>{rows}</table>")
 
 
@@ -202,7 +219,7 @@ STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#22
          "vertical-align:top;overflow-wrap:break-word}td.verdict,td.seeds{white-space:nowrap}th{background:#f3f3f3}tr.ok td.verdict{color:#176b2c;"
          "font-weight:bold}tr.no td.verdict{color:#a11;font-weight:bold}tr.no{background:#fff5f5}"
          ".models,.files{color:#666;font-size:90%}section{margin-bottom:3em}"
-         ".kind{font-size:80%;color:#666}nav{display:flex;flex-wrap:wrap;gap:.3em .9em}")
+         ".kind{font-size:80%;color:#666}.says{font-style:italic}nav{display:flex;flex-wrap:wrap;gap:.3em .9em}")
 
 
 def write_index(workdir, names: Sequence[str]) -> Path:

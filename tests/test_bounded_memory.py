@@ -112,7 +112,7 @@ def test_role_scores_and_repeat_losses_in_chunks_equal_the_whole_batch(budget):
   logits, ex = forward(cfg, w, probe, return_patterns=True)
   np.testing.assert_allclose(roles["previous_token"],
                              scores.previous_token_score(text_patterns), rtol=1e-5)
-  np.testing.assert_allclose(roles["induction"], scores.induction_score(ex["patterns"], 5),
+  np.testing.assert_allclose(roles["induction"], scores.stripe_score(ex["patterns"], 5),
                              rtol=1e-5)
   np.testing.assert_allclose(roles["probe_losses"],
                              token_losses(logits[:, :-1], jnp.asarray(probe)[:, 1:]), rtol=1e-5)

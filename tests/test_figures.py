@@ -1,5 +1,6 @@
 """Every figure end to end on the `test` preset, the index page, and the CLI's bad inputs."""
 
+import html
 import json
 import shutil
 import subprocess
@@ -19,6 +20,8 @@ FIGURES = figure_names()
 ORDER = ("bigram", "skip_trigrams", "positional_heads", "ov_eigenvalues", "eigen_hist",
          "composition_scores", "induction_attention", "ov_qk_scatter", "term_importance",
          "induction_formation", "head_ablations", "induction_heads")
+# Figures that only draw: FW states no claim about what they show (issue 20, item 4).
+WITHOUT_CLAIMS = ("ov_eigenvalues",)
 
 
 @pytest.fixture(scope="session")
@@ -39,15 +42,19 @@ def test_figure_writes_picture_numbers_and_claims(figures, name):
   assert pngs and svgs and all(p.stat().st_size > 5000 for p in pngs)
   assert list(out.glob("*.json")) and (out / "claims.json").is_file()
   claims = json.loads((out / "claims.json").read_text())
-  assert claims["figure"] == name and claims["preset"] == "test" and claims["claims"]
+  assert claims["figure"] == name and claims["preset"] == "test"
+  assert bool(claims["claims"]) != (name in WITHOUT_CLAIMS)
   for c in claims["claims"]:
-    assert set(c) == {"id", "kind", "statement", "source", "criterion", "measured", "value",
-                      "holds"}
+    fields = {"id", "kind", "statement", "source", "criterion", "measured", "value", "holds"}
+    assert set(c) == fields | ({"paper_says"} if c["kind"] == "paper" else set())
     assert isinstance(c["holds"], bool) and c["kind"] in ("paper", "control")
     assert c["source"] and c["criterion"]
     assert_id_scheme(c["id"], name, claims["models"])
     if c["kind"] == "paper":
       assert c["source"].startswith(("FW", "IH")), c
+      # the statement it operationalises: the paper, its section, the paper's key words quoted
+      says = c["paper_says"]
+      assert says.startswith(("FW, ", "IH, ")) and says.count('"') >= 2, c["id"]
   assert summaries[name]["claims"] == claims["claims"]
 
 
@@ -88,7 +95,8 @@ def test_a_new_figure_module_is_found_without_editing_the_runner(tmp_path, monke
 
 def test_claim_ids_follow_one_scheme():
   claim = lambda **kw: experiment.claim(statement="s", source="FW fig 1", criterion="c",
-                                        measured="m", value=1, holds=True, **kw)
+                                        measured="m", value=1, holds=True,
+                                        paper_says='FW, a section: "words"', **kw)
   assert claim(figure="eigen_hist", what="copying", model="attn1l")["id"] == \
       "eigen_hist.copying.attn1l"
   assert claim(figure="bigram", what="both", model=None)["id"] == "bigram.both"
@@ -103,6 +111,18 @@ def test_claim_ids_are_unique_across_figures(figures):
   _, summaries, _ = figures
   ids = [c["id"] for s in summaries.values() for c in s["claims"]]
   assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
+
+
+def test_a_paper_claim_needs_what_the_paper_says_and_a_control_has_none():
+  kw = dict(figure="x", what="y", model=None, statement="s", source="FW fig 1", criterion="c",
+            measured="m", value=1, holds=True)
+  with pytest.raises(ValueError, match="needs paper_says"):
+    experiment.claim(**kw)
+  with pytest.raises(ValueError, match="a control has no paper_says"):
+    experiment.claim(**kw, kind="control", paper_says="FW says so")
+  made = experiment.claim(**kw, paper_says='FW, "Induction Heads": "words"')
+  assert made["paper_says"] == 'FW, "Induction Heads": "words"'
+  assert "paper_says" not in experiment.claim(**kw, kind="control")
 
 
 def test_claim_record_rejects_unknown_kinds():
@@ -144,6 +164,9 @@ def test_index_page_shows_every_figure(figures):
   claims = [c for s in summaries.values() for c in s["claims"]]
   assert summary.count("<tr class=") == len(claims)  # every claim, with its verdict and figure
   assert summary.count("<td class='verdict'>fails</td>") == sum(not c["holds"] for c in claims)
+  assert "<th>what the paper says</th>" in summary
+  for c in claims:  # the summary shows what the paper says, not our statement
+    assert html.escape(c.get("paper_says") or f"(control) {c['statement']}") in summary
   assert "<section id='models'>" in page and "tokens trained" in page
   assert 'href="induction_attention/induction_attention_attn2l.html"' in page
   assert "controls: 0 of 0" not in page and "paper claims: 0 of 0" not in page
@@ -272,7 +295,7 @@ def test_seed_table_counts_the_seeds_each_claim_holds_for(tmp_path):
     folder.mkdir(parents=True)
     claims = [experiment.claim(figure=name, what="a", model=None, statement="s",
                                source="FW fig 1", criterion="c", measured=f"m{index}", value=0,
-                               holds=h) for h in holds[:1]]
+                               holds=h, paper_says="FW says a") for h in holds[:1]]
     claims += [experiment.claim(figure=name, what="b", model=None, statement="s",
                                 source="control: x", criterion="c", measured="m", value=0,
                                 holds=h, kind="control") for h in holds[1:]]
@@ -284,7 +307,9 @@ def test_seed_table_counts_the_seeds_each_claim_holds_for(tmp_path):
   assert rows["bigram.a"]["seeds_holding"] == 2 and rows["bigram.a"]["holds"] == [True, False, True]
   assert rows["bigram.b"]["seeds_holding"] == 2 and rows["bigram.b"]["holds"][2] is None
   table = report.seed_table_markdown(list(rows.values()), 3)
-  assert "| `bigram.a` | paper | FW fig 1 | 2 of 3 |" in table
+  assert "| `bigram.a` | paper | FW fig 1 | FW says a | 2 of 3 |" in table
+  assert "| `bigram.b` | control | control: x | (control) s | 2 of 3 |" in table
+  assert rows["bigram.a"]["paper_says"] == "FW says a" and rows["bigram.b"]["paper_says"] is None
   assert table.index("bigram.a") < table.index("bigram.b")  # paper claims first
 
 

@@ -154,7 +154,7 @@ def test_hand_built_induction_circuit_scores_high_and_random_low():
   pool = np.arange(1, cfg.d_vocab)
   tokens = scores.repeated_sequences(pool, 0, 16, 2, samples=8)
   _, ex = forward(cfg, w, tokens, return_patterns=True)
-  induction = np.asarray(scores.induction_score(ex["patterns"], 16))
+  induction = np.asarray(scores.stripe_score(ex["patterns"], 16))
   prev = np.asarray(scores.previous_token_score(ex["patterns"]))
   assert induction[1, 0] > 0.95 and prev[0, 0] > 0.95
   assert induction[0, 0] < 0.1 and prev[1, 0] < 0.1
@@ -187,7 +187,7 @@ def test_hand_built_induction_circuit_scores_high_and_random_low():
   # A random model of the same size has no induction stripe.
   rcfg, rw = random_model(n_layers=2, n_heads=2, d_head=8, d_model=32, d_vocab=20, n_ctx=33)
   _, rex = forward(rcfg, rw, tokens, return_patterns=True)
-  assert np.asarray(scores.induction_score(rex["patterns"], 16)).max() < 0.2
+  assert np.asarray(scores.stripe_score(rex["patterns"], 16)).max() < 0.2
   assert np.nanmax(np.abs(scores.copying_score(rcfg, rw, tokens)["score"])) < 0.35
 
 

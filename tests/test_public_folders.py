@@ -71,11 +71,10 @@ def test_a_folders_checkpoints_are_the_models_training_snapshots(tmp_path, cache
   assert "missing" not in numbers and np.all(np.isfinite(numbers["heldout_loss"]))
   model = experiment.model_from_run("m", folder, cache_dir=cache_dir, corpus=corpus,
                                     log=lambda *_: 0)
-  samples = figure_config("induction_formation", "test").samples
   for n, prefix in zip(sorted(labels), numbers["prefix_matching"]):  # each checkpoint's own
     cfg, w = reproduce.load(folder / "checkpoints" / f"attn-only-2l_{n}.pth")
     np.testing.assert_allclose(prefix, scores.prefix_matching_score(
-        cfg, w, model.sampling_pool(), model.bos_id, samples=samples), atol=1e-6)
+        cfg, w, model.sampling_pool(), model.bos_id), atol=1e-6)  # the one definition
   assert "induction_formation.abrupt.attn-only-2l" in [c["id"] for c in summary["claims"]]
   progress = [line for line in capsys.readouterr().out.splitlines()
               if line.startswith("training checkpoints ")]
@@ -152,7 +151,7 @@ def test_role_figures_run_without_a_tokenizer_and_text_figures_say_why_not(tmp_p
   make_figure("ov_qk_scatter", "test", out, checkpoint=str(folder), log=lambda *_: 0,
               loaded=loaded)
   numbers = json.loads((out / "ov_qk_scatter" / "ov_qk_no-tokenizer.json").read_text())
-  assert numbers["head_roles_probe"].startswith("no tokenizer: previous-token and induction")
+  assert numbers["head_roles_probe"].startswith("no tokenizer: previous-token and prefix-matching")
   assert np.asarray(numbers["previous_token_scores"])[0, 0] > 0.9
   with pytest.raises(experiment.FigureError, match="bigram measures the model on text, but "
                      "no-tokenizer has no tokenizer"):

@@ -31,8 +31,22 @@ def stripe_mean(patterns, offset: int, start: int):
   return jnp.asarray(patterns)[..., dest, dest + offset].mean(axis=(1, 3))
 
 
-def induction_score(patterns, length: int):
-  """Mean attention on the induction stripe of BOS + ``length`` random tokens repeated.
+# One definition per score, the same in every figure (issue 20, item 3).  The induction
+# criterion is IH's prefix-matching score on IH's probe (``prefix_matching_score``: BOS + 25
+# random middle-frequency tokens × 4, 10 samples); the in-context-learning score is
+# ``in_context_learning_score`` on ``ICL_WINDOWS`` fixed held-out windows.  Other probes of the
+# induction stripe are variants with their own name (``stripe_score``: the stripe of the most
+# recent earlier copy only, on whatever sequence a figure draws).
+PREFIX_LENGTH = 25
+PREFIX_REPEATS = 4
+PREFIX_SAMPLES = 10
+ICL_WINDOWS = 512
+
+
+def stripe_score(patterns, length: int):
+  """Stripe score: mean attention on the induction stripe of the *most recent* earlier copy on BOS
+  + ``length`` random tokens repeated (a variant of the prefix-matching score, which sums over
+  every earlier copy; the two agree on two repeats).
 
   Destination i in a repeat attends to i − (length − 1): the token after the previous copy of the
   current token.  Averaged over all destinations after the first copy → [L, H] in [0, 1].
@@ -168,6 +182,13 @@ def previous_token_and_induction(config, w: Weights, text, probe=None, length: i
   return out
 
 
+def previous_token_on(config, w: Weights, tokens) -> np.ndarray:
+  """Previous-token score [L, H]: mean A[i, i − 1] over destinations i ≥ 2 (resting on BOS does
+  not count) and over the windows ``tokens`` [B, T], in chunks of windows."""
+  prev, = pattern_statistics(config, w, tokens, (Stripe(-1, 2),))
+  return prev.mean(1)
+
+
 def frequency_band(train_tokens: np.ndarray, vocab_size: int, exclude: Sequence[int] = (0, 1),
                    drop_top: float = 0.05, drop_bottom: float = 0.25, *,
                    counts: Optional[np.ndarray] = None) -> np.ndarray:
@@ -194,18 +215,30 @@ def repeated_sequences(pool: np.ndarray, bos_id: int, length: int, repeats: int,
   return np.concatenate([bos, np.tile(blocks, (1, repeats))], axis=1).astype(np.int32)
 
 
-def prefix_matching_score(config, w: Weights, pool: np.ndarray, bos_id: int, length: int = 25,
-                          repeats: int = 4, samples: int = 10, seed: int = 0):
-  """IH's prefix-matching score → [L, H].
+def prefix_probe(n_ctx: int, pool: np.ndarray, bos_id: int, length: int = PREFIX_LENGTH,
+                 repeats: int = PREFIX_REPEATS, samples: int = PREFIX_SAMPLES, seed: int = 0):
+  """(tokens [samples, 1 + length·repeats], length): IH's probe for the prefix-matching score,
+  BOS + ``length`` distinct tokens of ``pool`` repeated, the length cut to fit ``n_ctx``."""
+  length = min(length, (n_ctx - 1) // repeats, len(pool))
+  if length < 1:
+    raise ValueError(f"the prefix-matching probe needs n_ctx ≥ {repeats + 1} and a token to "
+                     f"sample (n_ctx {n_ctx}, {len(pool)} tokens)")
+  return repeated_sequences(pool, bos_id, length, repeats, samples, seed), length
 
-  On BOS + ``length`` random distinct tokens repeated ``repeats`` times: for every destination
-  in the second and later repeats, the total attention to the positions right after earlier
-  copies of its token; averaged over destinations and ``samples`` sequences.  The length is cut
-  to fit n_ctx if needed.
+
+def prefix_matching_score(config, w: Weights, pool: np.ndarray, bos_id: int,
+                          length: int = PREFIX_LENGTH, repeats: int = PREFIX_REPEATS,
+                          samples: int = PREFIX_SAMPLES, seed: int = 0):
+  """IH's prefix-matching score → [L, H]: the induction criterion of every figure.
+
+  On BOS + ``length`` random distinct tokens repeated ``repeats`` times (``prefix_probe``): for
+  every destination in the second and later repeats, the total attention to the positions right
+  after earlier copies of its token; averaged over destinations and ``samples`` sequences.  The
+  length is cut to fit n_ctx if needed.  The figures all use the defaults, so that a head has
+  one prefix-matching score wherever it is shown.
   """
   cfg = ModelConfig.from_any(config)
-  length = min(length, (cfg.n_ctx - 1) // repeats)
-  tokens = repeated_sequences(pool, bos_id, length, repeats, samples, seed)
+  tokens, length = prefix_probe(cfg.n_ctx, pool, bos_id, length, repeats, samples, seed)
   prefix, = pattern_statistics(cfg, w, tokens, (PrefixMatching(length + 1),))
   return prefix.mean(1)
 
@@ -297,7 +330,9 @@ def position_losses(cfg: ModelConfig, w: Weights, inputs, targets, positions,
 def in_context_learning_score(config, w: Weights, inputs, targets, loss_positions: int = 0
                               ) -> Dict[str, float]:
   """IH's in-context-learning score: mean loss at the late position minus at the early one over
-  fixed held-out windows (negative: later tokens are predicted better, the context helps).
+  fixed held-out windows (negative: later tokens are predicted better, the context helps), and
+  its standard error over the windows (two single-token losses per window: about 3.7 nats of
+  spread per window on the cpu models, so ≈ 0.16 nats at ``ICL_WINDOWS`` = 512 and ≈ 0.5 at 64).
 
   With ``loss_positions`` > 0, also ``loss``: the mean loss at that many evenly spaced positions
   of every window (a stratified estimate of the held-out loss per token), from the same pass.
@@ -311,8 +346,11 @@ def in_context_learning_score(config, w: Weights, inputs, targets, loss_position
   losses = np.asarray(position_losses(cfg, w, jnp.asarray(inputs), jnp.asarray(targets),
                                       positions))
   at = lambda i: losses[:, positions.index(i)].mean()
+  per_window = losses[:, positions.index(late)] - losses[:, positions.index(early)]
+  error = per_window.std(ddof=1) / np.sqrt(len(per_window)) if len(per_window) > 1 else np.nan
   out = {"score": float(at(late) - at(early)), "early_index": early, "late_index": late,
-         "loss_early": float(at(early)), "loss_late": float(at(late))}
+         "loss_early": float(at(early)), "loss_late": float(at(late)),
+         "standard_error": float(error), "windows": int(len(per_window))}
   if len(spread):
     out["loss"] = float(np.mean([at(int(i)) for i in spread]))
   return out
