@@ -23,6 +23,10 @@ from reproduce import experiment
 
 DESCRIPTION = "0L model vs the corpus's bigram table (and 1L/2L direct paths vs the 0L table): scatter, KL, top-next table"
 ORDER = 10  # place in the batch job and index.html (reproduce.figure.figure_names)
+# Where the papers say what the claims test: section names, which every copy of the papers
+# carries (figure numbers are not in their text versions).
+FW_DIRECT_PATH = "FW, 'One-Layer Attention-Only Transformers' → 'The Path Expansion Trick'"
+FW_ZERO_LAYER = "FW, 'Zero-Layer Transformers'"
 
 
 def unigram_log_probs(train_tokens, vocab_size):
@@ -145,7 +149,7 @@ def _claims(config, label, model, stats, uni_corr, kl_model, kl_unigram, versus_
         experiment.claim(
             figure="bigram", what="correlation", model=label,
             statement=f"{label}: a zero-layer model learns the bigram table",
-            source="FW, zero-layer transformers",
+            source=FW_ZERO_LAYER,
             criterion=f"correlation r of model vs empirical log p(next | current) over pairs seen "
             f"≥ {config.min_count}× closes ≥ {need} of the gap from the unigram model's r_u to "
             f"1: (r − r_u) / (1 − r_u) ≥ {need}",
@@ -157,7 +161,7 @@ def _claims(config, label, model, stats, uni_corr, kl_model, kl_unigram, versus_
         experiment.claim(
             figure="bigram", what="heldout_kl", model=label,
             statement=f"{label}: its predictions are close to the bigram table on held-out text",
-            source="FW, zero-layer transformers",
+            source=FW_ZERO_LAYER,
             criterion="KL(held-out bigram table ‖ model) is at most (1 − "
             f"{need}) × the unigram model's: (KL_u − KL) / KL_u ≥ {need}",
             measured=f"KL {kl_model:.3f} nats vs unigram {kl_unigram:.3f}: closes "
@@ -170,7 +174,7 @@ def _claims(config, label, model, stats, uni_corr, kl_model, kl_unigram, versus_
   return [experiment.claim(
       figure="bigram", what="direct_path_is_bigram", model=label,
       statement=f"{label}: the direct path of a {model.cfg.n_layers}-layer model still acts as a "
-      "bigram model", source="FW, one-layer models: the direct path",
+      "bigram model", source=FW_DIRECT_PATH,
       criterion=f"correlation r of its log softmax(W_E W_U) with the 0L model's over the same "
       f"pairs closes ≥ {need} of the gap from the unigram's correlation r_u with the 0L table "
       "to 1",

@@ -1,5 +1,6 @@
-"""Q-, K- and V-composition between heads of every pair of layers l1 < l2 (FW fig 26, correcting
-fig 19).
+"""Q-, K- and V-composition between heads of every pair of layers l1 < l2 (FW, 'Two-Layer
+Attention-Only Transformers' → 'Analyzing a Two-Layer Model': the corrected figure, and FW's
+original figure with its norm bug).
 
 comp(X, Y) = ‖XY‖_F / (‖X‖_F ‖Y‖_F) with X = W_OV of the earlier (writing) head and Y = W_QK (Q),
 W_QKᵀ (K) or W_OV (V) of the later (reading) head, computed through the SVD-free trace identity;
@@ -7,9 +8,9 @@ the figure shows score − random baseline, one row of heatmaps per layer pair. 
 variant (FW's original figure), which took the norm of a cyclically permuted product, is drawn
 below for comparison.
 
-Claims are anchored to the same model at random init (its step-0 snapshot): FW fig 26 shows the
-previous-token head K-composing with the induction heads far above everything else, while Q- and
-V-composition of that pair stay near the baseline.  "Above the random-init range" means above the
+Claims are anchored to the same model at random init (its step-0 snapshot): FW's corrected
+figure shows the previous-token head K-composing with the induction heads far above everything
+else, while Q- and V-composition of that pair stay near the baseline.  "Above the random-init range" means above the
 largest score of that kind over all head pairs of the initial weights; "near the baseline" means
 within that range.
 """
@@ -22,6 +23,9 @@ from reproduce import experiment
 
 DESCRIPTION = "Q/K/V composition scores of every earlier × later layer pair minus the random baseline"
 ORDER = 60  # place in the batch job and index.html (reproduce.figure.figure_names)
+# Where the papers say what the claims test: section names, which every copy of the papers
+# carries (figure numbers are not in their text versions).
+FW_TWO_LAYER_MODEL = "FW, 'Two-Layer Attention-Only Transformers' → 'Analyzing a Two-Layer Model'"
 
 
 def layer_pairs(n_layers: int):
@@ -94,7 +98,7 @@ def _claims(config, label, roles, correct, init_max, init_source):
     claims.append(experiment.claim(
         figure="composition_scores", what="k_prev_to_induction", model=label,
         statement=f"{label}: each induction head's strongest K-composition is with a "
-        "previous-token head of an earlier layer", source="FW fig 26",
+        "previous-token head of an earlier layer", source=FW_TWO_LAYER_MODEL,
         criterion=f"needs an induction head (score ≥ {roles.threshold}) in a layer ≥ 1",
         measured="no induction head found", value=None, holds=False))
     return claims
@@ -109,7 +113,7 @@ def _claims(config, label, roles, correct, init_max, init_source):
   claims.append(experiment.claim(
       figure="composition_scores", what="k_prev_to_induction", model=label,
       statement=f"{label}: each induction head's strongest K-composition is with a previous-token "
-      "head of an earlier layer", source="FW fig 26",
+      "head of an earlier layer", source=FW_TWO_LAYER_MODEL,
       criterion=f"for every head with induction score ≥ {roles.threshold} in layer l ≥ 1, the "
       f"head of layers < l with the largest K-composition into it has previous-token score ≥ "
       f"{roles.threshold}",
@@ -125,7 +129,7 @@ def _claims(config, label, roles, correct, init_max, init_source):
   claims.append(experiment.claim(
       figure="composition_scores", what="k_above_random_init", model=label,
       statement=f"{label}: the previous-token head K-composes with the induction heads far above "
-      "chance", source="FW fig 26",
+      "chance", source=FW_TWO_LAYER_MODEL,
       criterion="K-comp(previous-token head, induction head) > the largest K-composition of any "
       f"head pair at random init ({init_source})",
       measured=", ".join(f"{d}: K {s:.3f}" for d, s in zip(described, k))
@@ -135,7 +139,7 @@ def _claims(config, label, roles, correct, init_max, init_source):
   claims.append(experiment.claim(
       figure="composition_scores", what="q_v_near_baseline", model=label,
       statement=f"{label}: Q- and V-composition of the induction heads with the previous-token "
-      "head stay near the baseline", source="FW fig 26",
+      "head stay near the baseline", source=FW_TWO_LAYER_MODEL,
       criterion="Q-comp and V-comp(previous-token head, induction head) ≤ the largest Q- and "
       "V-composition of any head pair at random init",
       measured=", ".join(f"{d}: Q {a:.3f}, V {b:.3f}" for d, a, b in zip(described, q, v))

@@ -1,4 +1,6 @@
-"""Histogram of OV-circuit positivity over all heads, trained vs random init (FW fig 16).
+"""Histogram of OV-circuit positivity over all heads, trained vs random init (FW,
+'One-Layer Attention-Only Transformers' → 'Detecting Copying Behavior'); a model with more than
+one layer gets one histogram per layer.
 
 positivity = Re(Σλ) / Σ|λ| of the full OV circuit W_E W_OV W_U: +1 copying, ≈0 random,
 −1 anti-copying.  The random-init distribution is the model's earliest training snapshot: our
@@ -19,6 +21,10 @@ from reproduce import experiment
 
 DESCRIPTION = "Histogram of OV positivity over all heads, trained vs random init, 1L and 2L"
 ORDER = 50  # place in the batch job and index.html (reproduce.figure.figure_names)
+# Where the papers say what the claims test: section names, which every copy of the papers
+# carries (figure numbers are not in their text versions).
+FW_DETECTING_COPYING = ("FW, 'One-Layer Attention-Only Transformers' → 'Summarizing OV/QK "
+                        "Matrices' → 'Detecting Copying Behavior'")
 
 
 def run(config, models, outdir):
@@ -55,7 +61,7 @@ def run(config, models, outdir):
       claims.append(experiment.claim(
           figure="eigen_hist", what="copying_majority", model=label,
           statement=f"{label}: most heads of a one-layer model copy (FW's 1L model: 10 of 12)",
-          source="FW fig 16",
+          source=FW_DETECTING_COPYING,
           criterion=f"more than half the heads have OV positivity > max("
           f"{config.copying_threshold}, the largest positivity at random init = "
           f"{float(random.max()):+.2f})",

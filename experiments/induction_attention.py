@@ -1,4 +1,4 @@
-"""Induction heads in action: attention on repeated random tokens and on real text (FW §7).
+"""Induction heads in action: attention on repeated random tokens and on real text (FW, 'Induction Heads').
 
 On BOS + 20 random tokens repeated 3 times an induction head attends from each repeated token to
 the token after its previous copy: a stripe at offset −(20 − 1).  Patterns are value-weighted as
@@ -25,6 +25,11 @@ from reproduce.core.model import forward, token_losses
 
 DESCRIPTION = "Every head on repeated random tokens and on text (value-weighted), interactive HTML, loss per position"
 ORDER = 70  # place in the batch job and index.html (reproduce.figure.figure_names)
+# Where the papers say what the claims test: section names, which every copy of the papers
+# carries (figure numbers are not in their text versions).
+FW_IH_INDUCTION_HEADS = ("FW, 'Two-Layer Attention-Only Transformers' → 'Induction Heads'; IH, "
+                         "'Key Concepts' → 'Induction Heads'")
+FW_INDUCTION_HEADS = "FW, 'Two-Layer Attention-Only Transformers' → 'Induction Heads'"
 
 
 def value_weighted(model, tokens):
@@ -186,7 +191,7 @@ def claims_of(config, label, m, one_layer) -> list:
       experiment.claim(
           figure="induction_attention", what="stripe", model=label,
           statement=f"{label}: a head of a layer ≥ 1 attends along the induction stripe on "
-          "repeated random tokens", source="FW, induction heads (repeated random tokens)",
+          "repeated random tokens", source=FW_INDUCTION_HEADS,
           criterion=f"max over heads of layers ≥ 1 of the mean attention on the stripe at offset "
           f"−{n - 1} ≥ {config.min_induction} (uniform attention over the repeat: 1/{n})",
           measured=f"best: L{best[0]}H{best[1]} with {induction[best]:.2f}", value=induction,
@@ -195,7 +200,7 @@ def claims_of(config, label, m, one_layer) -> list:
           figure="induction_attention", what="repeat_loss", model=label,
           statement=f"{label}: on the repeats of a random sequence the loss falls below what one "
           "layer or plain copying can reach",
-          source="FW, induction heads (repeated random tokens); IH §2",
+          source=FW_IH_INDUCTION_HEADS,
           criterion=f"mean loss on the repeats < log({n}) = {log_n:.2f} nats (uniform over the "
           f"sequence's {n} distinct tokens) and < the 1L model's loss on the same repeats",
           measured=f"{later:.2f} nats on the repeats ({first:.2f} on the first copy); 1L model: "

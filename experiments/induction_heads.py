@@ -1,5 +1,5 @@
-"""Induction heads beyond the stripe (IH §2-3, FW fig 26): copying, resting on BOS, and the
-layer-0 heads that feed them.
+"""Induction heads beyond the stripe (IH, 'Key Concepts'; FW, 'Analyzing a Two-Layer Model'):
+copying, resting on BOS, and the layer-0 heads that feed them.
 
 - IH's prefix-matching and copying scores of every head (``scores.prefix_matching_score``,
   ``scores.copying_score``: mean-subtracted, ReLU, rescaled to [−1, 1]; undefined, drawn apart
@@ -9,7 +9,7 @@ layer-0 heads that feed them.
   those sequences, and first occurrences in held-out text (``scores.first_occurrences``), next to
   what uniform attention over the visible positions would put there.
 - Every layer-0 head's mean attention at offsets 0, 1, 2, … on held-out text, to find a head
-  that averages over the last few tokens (FW fig 26) if there is one.
+  that averages over the last few tokens (FW, 'Analyzing a Two-Layer Model') if there is one.
 """
 
 import numpy as np
@@ -20,6 +20,13 @@ from reproduce import experiment
 DESCRIPTION = ("Prefix matching vs copying of every head, induction heads resting on BOS, "
                "layer-0 averaging heads")
 ORDER = 120  # place in the batch job and index.html (reproduce.figure.figure_names)
+# Where the papers say what the claims test: section names, which every copy of the papers
+# carries (figure numbers are not in their text versions).
+FW_IH_INDUCTION_HEADS = ("FW, 'Two-Layer Attention-Only Transformers' → 'Induction Heads'; IH, "
+                         "'Key Concepts' → 'Induction Heads'")
+FW_TWO_LAYER_MODEL = "FW, 'Two-Layer Attention-Only Transformers' → 'Analyzing a Two-Layer Model'"
+IH_COPYING = "IH, 'Key Concepts' → 'Induction Heads' (copying)"
+IH_PHASE_CHANGE = "IH, 'Argument 1: … a “phase change” during training'"
 
 
 def uniform_bos(mask: np.ndarray) -> float:
@@ -170,7 +177,7 @@ def _names_of(heads) -> str:
 
 
 def induction_claims(config, label, m) -> list:
-  """IH §2, FW §7: the induction heads copy, and rest on BOS when nothing earlier matches.  Heads
+  """IH, 'Key Concepts'; FW, 'Induction Heads': the induction heads copy, and rest on BOS when nothing earlier matches.  Heads
   whose copying score is undefined (NaN: resting on BOS) are left out of the comparison and
   counted."""
   induction, copying, init_copying = m["induction"], m["copying"], m["init_copying"]
@@ -185,7 +192,7 @@ def induction_claims(config, label, m) -> list:
   claims = [experiment.claim(
       figure="induction_heads", what="induction_heads_copy", model=label,
       statement=f"{label}: induction heads also copy (IH's copying score)",
-      source="IH §2 (copying score)",
+      source=IH_COPYING,
       criterion=f"every head with prefix-matching score ≥ {config.role_threshold} in layers ≥ 1 "
       "whose copying score is defined has one above the largest defined score of the random-init "
       f"heads ({init_max:.2f}); a head resting on BOS (undefined copying) is left out and counted, "
@@ -205,7 +212,7 @@ def induction_claims(config, label, m) -> list:
     claims.append(experiment.claim(
         figure="induction_heads", what=f"induction_heads_rest_on_bos_{where}", model=label,
         statement=f"{label}: induction heads put most of their attention on BOS when the current "
-        f"token has no earlier copy ({where})", source="FW §7, IH §2",
+        f"token has no earlier copy ({where})", source=FW_IH_INDUCTION_HEADS,
         criterion=f"mean attention on position 0 over {mask} ≥ {config.min_bos} for every "
         "induction head",
         measured=f"{_names_of(induction)}: "
@@ -217,7 +224,7 @@ def induction_claims(config, label, m) -> list:
 
 
 def averaging_head_claim(config, label, m) -> dict:
-  """FW fig 26 (corrected): a layer-0 head that averages over the last few tokens."""
+  """FW, 'Analyzing a Two-Layer Model' (corrected figure): a layer-0 head that averages over the last few tokens."""
   offsets, mass, spread = m["offsets"], m["mass"], m["spread"]
   H = len(offsets)
   averaging = [h for h in range(H)
@@ -227,7 +234,7 @@ def averaging_head_claim(config, label, m) -> dict:
       figure="induction_heads", what="layer0_averaging_head", model=label,
       statement=f"{label}: a layer-0 head attends over the last several tokens (FW's corrected "
       "composition figure: the induction heads also compose with such a head)",
-      source="FW fig 26",
+      source=FW_TWO_LAYER_MODEL,
       criterion=f"a layer-0 head with ≥ {config.min_window_mass} of its attention on offsets 0 … "
       f"{config.averaging_window - 1} on text and spread exp(entropy) ≥ {config.min_spread} "
       "over them",
@@ -241,12 +248,12 @@ def averaging_head_claim(config, label, m) -> dict:
 
 
 def claims_of(config, label, model, m) -> list:
-  """A one-layer model: no induction head (IH §3); deeper ones: the claims about theirs."""
+  """A one-layer model: no induction head (IH, 'Argument 1'); deeper ones: the claims about theirs."""
   if model.cfg.n_layers == 1:
     prefix = m["prefix"]
     return [experiment.claim(
         figure="induction_heads", what="no_prefix_matching_in_1l", model=label,
-        statement=f"{label}: a one-layer model has no induction head", source="IH §3",
+        statement=f"{label}: a one-layer model has no induction head", source=IH_PHASE_CHANGE,
         criterion=f"every head's prefix-matching score < {config.role_threshold}",
         measured=f"largest prefix-matching score {prefix.max():.2f} "
         f"(L0H{int(np.argmax(prefix[0]))}); random init largest {m['init_prefix'].max():.2f}",

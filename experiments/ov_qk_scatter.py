@@ -1,4 +1,5 @@
-"""Induction heads read off the weights: OV copying against K-composition matching (FW fig 22).
+"""Induction heads read off the weights: OV copying against K-composition matching (FW,
+'Checking the Mechanistic Theory').
 
 For every head of every layer l ≥ 1: x = positivity of its full OV circuit (does attending to a
 token raise that token?), y = positivity of its K-composition QK term with the strongest
@@ -17,6 +18,10 @@ from reproduce import experiment
 
 DESCRIPTION = "Heads of layers ≥ 1: OV positivity vs positivity of the K-composition QK term with a previous-token head"
 ORDER = 80  # place in the batch job and index.html (reproduce.figure.figure_names)
+# Where the papers say what the claims test: section names, which every copy of the papers
+# carries (figure numbers are not in their text versions).
+FW_CHECKING_THEORY = ("FW, 'Two-Layer Attention-Only Transformers' → 'Induction Heads' → 'Checking"
+                      " the Mechanistic Theory'")
 
 
 def scatter_coordinates(weights, roles):
@@ -92,7 +97,7 @@ def _claims(config, label, roles, heads, induction, ov, qk, prev, init_ov, init_
       experiment.claim(
           figure="ov_qk_scatter", what="induction_ov_copying", model=label,
           statement=f"{label}: induction heads copy: their full OV circuit has mostly positive "
-          "eigenvalues", source="FW fig 22",
+          "eigenvalues", source=FW_CHECKING_THEORY,
           criterion=f"every head of layers ≥ 1 with induction score ≥ {config.role_threshold} "
           f"has OV positivity ≥ {near} (and there is one)",
           measured=f"{where}; {init_range}", value=values,
@@ -100,7 +105,7 @@ def _claims(config, label, roles, heads, induction, ov, qk, prev, init_ov, init_
       experiment.claim(
           figure="ov_qk_scatter", what="induction_k_composed_qk_positive", model=label,
           statement=f"{label}: induction heads match by K-composition: their QK term composed "
-          "with the previous-token head has mostly positive eigenvalues", source="FW fig 22",
+          "with the previous-token head has mostly positive eigenvalues", source=FW_CHECKING_THEORY,
           criterion=f"every head of layers ≥ 1 with induction score ≥ {config.role_threshold} "
           f"has positivity ≥ {near} of W_E W_QK (W_E W_OV^prev)ᵀ (and there is one)",
           measured=f"{where}; previous-token heads used: "
@@ -111,7 +116,7 @@ def _claims(config, label, roles, heads, induction, ov, qk, prev, init_ov, init_
             and at(ov, l, h) > config.others_below and at(qk, l, h) > config.others_below]
   claims.append(experiment.claim(
       figure="ov_qk_scatter", what="only_induction_upper_right", model=label,
-      statement=f"{label}: only induction heads sit in the upper right", source="FW fig 22",
+      statement=f"{label}: only induction heads sit in the upper right", source=FW_CHECKING_THEORY,
       criterion=f"no head of layers ≥ 1 with induction score < {config.role_threshold} has both "
       f"positivities > {config.others_below}",
       measured=", ".join(f"L{l}H{h} at ({at(ov, l, h):+.2f}, {at(qk, l, h):+.2f})"

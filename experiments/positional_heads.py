@@ -1,4 +1,5 @@
-"""Positional heads: what each head attends to from positions alone (FW fig 13).
+"""Positional heads: what each head attends to from positions alone (FW, 'Primarily
+Positional Attention Heads').
 
 With positions added to the Q/K inputs only, a head's purely positional score between
 destination i and source j is W_pos[i] W_QK W_pos[j]ᵀ / sqrt(d_head); its causal softmax shows
@@ -12,6 +13,10 @@ from reproduce import experiment
 
 DESCRIPTION = "Per head: softmax of the position-position QK score; offset-0 and offset-1 heads"
 ORDER = 30  # place in the batch job and index.html (reproduce.figure.figure_names)
+# Where the papers say what the claims test: section names, which every copy of the papers
+# carries (figure numbers are not in their text versions).
+FW_POSITIONAL_HEADS = ("FW, 'One-Layer Attention-Only Transformers' → 'Interpretation as Skip-"
+                       "Trigrams' → 'Primarily Positional Attention Heads'")
 
 
 def run(config, models, outdir):
@@ -58,7 +63,7 @@ def run(config, models, outdir):
         figure="positional_heads", what="positional", model=label,
         statement=f"{label}: some heads are positional, attending to themselves or the previous "
         f"token (≥ {config.min_offset_attention} of the positional attention)",
-        source="FW fig 13", criterion=f"max over heads of mean positional attention at offset 0 "
+        source=FW_POSITIONAL_HEADS, criterion=f"max over heads of mean positional attention at offset 0 "
         f"or 1 ≥ {config.min_offset_attention}",
         measured=f"strongest: L{l}H{h} puts {best:.2f} on the {kind}",
         value={"offset0": offsets["offset0"], "offset1": offsets["offset1"]},

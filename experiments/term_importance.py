@@ -1,4 +1,5 @@
-"""How much each order of path matters: the frozen-pattern recursion (FW figs 23, 24).
+"""How much each order of path matters: the frozen-pattern recursion (FW, 'Term
+Importance Analysis').
 
 With attention patterns frozen at their values on held-out text, the loss with paths through at
 most k heads is L_k: L0 is the direct path, L1 adds each head on the embeddings, L2 adds the
@@ -13,6 +14,9 @@ from reproduce.core.paths import term_importance
 
 DESCRIPTION = "Loss with paths through ≤ k heads (frozen patterns): marginal effect by order and layer"
 ORDER = 90  # place in the batch job and index.html (reproduce.figure.figure_names)
+# Where the papers say what the claims test: section names, which every copy of the papers
+# carries (figure numbers are not in their text versions).
+FW_TERM_IMPORTANCE = "FW, 'Two-Layer Attention-Only Transformers' → 'Term Importance Analysis'"
 
 
 def run(config, models, outdir):
@@ -68,14 +72,14 @@ def run(config, models, outdir):
 
 
 def _claims(config, label, marginal, layer_effect):
-  """FW figs 23, 24: first-order terms matter, virtual heads add little, layer 1 matters most."""
+  """FW, 'Term Importance Analysis': first-order terms matter, virtual heads add little, layer 1 matters most."""
   first, higher = float(marginal[0]), float(np.sum(marginal[1:]))
   orders = "second" if len(marginal) == 2 else f"second to {len(marginal)}th"
   return [
       experiment.claim(
           figure="term_importance", what="virtual_heads_small", model=label,
           statement=f"{label}: the virtual-head ({orders}-order) terms matter little next to the "
-          "first-order ones", source="FW figs 23, 24",
+          "first-order ones", source=FW_TERM_IMPORTANCE,
           criterion=f"first-order loss reduction ≥ {config.min_first_order} nats (heads matter "
           f"at all) and {orders}-order reduction ≤ {config.max_higher_fraction} × the "
           "first-order one",
@@ -87,7 +91,7 @@ def _claims(config, label, marginal, layer_effect):
       experiment.claim(
           figure="term_importance", what="layer1_matters_most", model=label,
           statement=f"{label}: among first-order terms, the layer-1 heads matter most",
-          source="FW figs 23, 24",
+          source=FW_TERM_IMPORTANCE,
           criterion=f"loss reduction of layer 1's heads alone ≥ {config.min_layer_ratio} × layer "
           f"0's, and ≥ {config.min_first_order} nats",
           measured=f"loss reduction: layer 0 alone {layer_effect[0]:+.3f} nats, layer 1 alone "
