@@ -25,15 +25,18 @@ ORDER = 40  # place in the batch job and index.html (reproduce.figure.figure_nam
 FW_SUMMARIZING_OV_QK = "FW, 'One-Layer Attention-Only Transformers' → 'Summarizing OV/QK Matrices'"
 
 
+SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
 def symlog_ticks(limit: float, scale: float):
-  """(positions, labels) of ticks at 0 and ±1, ±10, ±100, … on a ``symlog(·, scale)`` axis
-  running to ±``limit``: labels in λ's own units, positions at least 0.3 apart."""
+  """(positions, labels) of ticks at 0 and ±10^k on a ``symlog(·, scale)`` axis running to
+  ±``limit``: labels in λ's own units ("10²"), at most three on each side of 0."""
   positions, labels = [0.0], ["0"]
-  for k in range(-3, 7):
+  for k in range(-3, 9):
     at = float(experiment.symlog(10.0 ** k, scale))
-    if at <= limit and at - positions[-1] >= 0.3:
+    if at <= limit and at - positions[-1] >= limit / 3.5:
       positions.append(at)
-      labels.append(f"{10.0 ** k:g}")
+      labels.append("1" if k == 0 else "10" + str(k).translate(SUPERSCRIPT))
   return ([-p for p in positions[:0:-1]] + positions,
           [f"−{t}" for t in labels[:0:-1]] + labels)
 
@@ -44,7 +47,7 @@ def draw_eigenvalues(plt, lam, pos, threshold, title, scale, limit):
   so that the pictures compare)."""
   L, H = pos.shape
   rows, cols, cell = experiment.head_grid(L, H)
-  fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.4 * rows), squeeze=False)
+  fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.6 * rows), squeeze=False)
   for ax in axes.ravel():
     ax.set_visible(False)
   ticks = symlog_ticks(limit, scale)
