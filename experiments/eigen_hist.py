@@ -27,34 +27,47 @@ FW_DETECTING_COPYING = ("FW, 'One-Layer Attention-Only Transformers' → 'Summar
                         "Matrices' → 'Detecting Copying Behavior'")
 
 
+def plot_layers(plt, axes, label, trained, random, threshold, missing) -> None:
+  """One histogram per layer of the model ``label`` (trained [L, H] against random init), on
+  ``axes`` (one per layer); a one-layer model's panel is the whole model."""
+  bins = np.linspace(-1, 1, 21)
+  L, H = trained.shape
+  for l, ax in enumerate(axes):
+    ax.hist(random[l], bins, alpha=0.6, color="#999", label="random init")
+    ax.hist(trained[l], bins, alpha=0.7, color="#c0392b", label="trained")
+    ax.axvline(threshold, color="k", ls="--", lw=0.8, label=f"copying threshold {threshold:.2f}")
+    ax.set_xlabel("OV positivity  Re(Σλ) / Σ|λ|")
+    ax.set_ylabel("heads")
+    ax.set_ylim(0, H + 0.5)
+    ax.yaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    where = label if L == 1 else f"{label} layer {l}"
+    ax.set_title(f"{where}: {int((trained[l] > threshold).sum())} of {H} heads copy"
+                 f"{missing}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+
+
 def run(config, models, outdir):
   plt = experiment.pyplot()
   claims = []
   labels = list(models)
-  fig, axes = plt.subplots(1, len(labels), figsize=(5 * len(labels), 3.6), squeeze=False)
-  bins = np.linspace(-1, 1, 21)
+  panels = [models[label].cfg.n_layers for label in labels]
+  fig, axes = plt.subplots(1, sum(panels), figsize=(4.6 * sum(panels), 3.6), squeeze=False)
   numbers = {}
-  for ax, label in zip(axes[0], labels):
+  for i, label in enumerate(labels):
     model = models[label]
     model.need_layers(1, "eigen_hist")
     trained = circuits.positivity(circuits.ov_eigenvalues(model.weights))
     init, init_source = experiment.initial_weights(model)
     random = circuits.positivity(circuits.ov_eigenvalues(init))
     numbers[label] = {"trained": trained, "random_init": random, "random_init_source": init_source}
-    ax.hist(random.ravel(), bins, alpha=0.6, color="#999", label="random init")
-    ax.hist(trained.ravel(), bins, alpha=0.7, color="#c0392b", label="trained")
     threshold = max(config.copying_threshold, float(random.max()))
-    ax.axvline(threshold, color="k", ls="--", lw=0.8)
-    ax.set_xlabel("OV positivity  Re(Σλ) / Σ|λ|")
-    ax.set_ylabel("heads")
     L, H = model.cfg.n_layers, model.cfg.n_heads
     copying = int((trained > threshold).sum())
     missing = ("\n(no training snapshots: grey is a fresh init, not this run's)"
                if model.snapshots is None else "" if "step-0" in init_source
                else f"\n(grey: {init_source}, the earliest there is)")
-    ax.set_title(f"{label}: {copying} of {L * H} heads copy (> {threshold:.2f}){missing}",
-                 fontsize=9)
-    ax.legend(fontsize=8, loc="upper left")
+    plot_layers(plt, axes[0, sum(panels[:i]): sum(panels[: i + 1])], label, trained, random,
+                threshold, missing)
     per_layer = "; ".join(f"layer {l}: {int((trained[l] > threshold).sum())}/{H}"
                           for l in range(L))
     if L == 1:
