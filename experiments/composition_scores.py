@@ -79,9 +79,13 @@ def run(config, models, outdir):
         if col == 0:
           ax.set_ylabel(f"layer-{l1} head (writes)")
         title = f"L{l1}→L{l2} {kind.upper()}-comp. − baseline {r['baseline']:.3f}"
-        ax.set_title(("erratum, permuted norm: " if permuted else "") + title, fontsize=8)
-      fig.colorbar(image, ax=axes[row].tolist(), shrink=0.8)
-    fig.suptitle(f"{label}: composition scores, every layer pair (shared colour scale)")
+        ax.set_title(("FW's original figure (norm bug)\n" if permuted else "") + title,
+                     fontsize=8, color="#7d3c98" if permuted else "black")
+      experiment.colorbar(fig, image, axes[row].tolist(),
+                          "composition score − random baseline" if not permuted else
+                          "norm-bug score − its baseline", shrink=0.8)
+    fig.suptitle(f"{label}: composition scores, every layer pair (one colour scale for every "
+                 "panel; red above the baseline, blue below)")
     experiment.save_figure(fig, outdir, "composition_scores" if len(models) == 1
                            else f"composition_scores_{label}")
     claims.extend(_claims(config, label, roles, correct, init_max, init_source))
@@ -89,7 +93,7 @@ def run(config, models, outdir):
 
 
 def _claims(config, label, roles, correct, init_max, init_source):
-  """FW fig 26's statements about the previous-token → induction-head pairs."""
+  """FW's (corrected) statements about the previous-token → induction-head pairs."""
   claims = []
   base = correct["baseline"]
   induction = [(l, h) for l, h in roles.induction_heads() if l >= 1]
