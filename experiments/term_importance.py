@@ -37,16 +37,20 @@ def run(config, models, outdir):
                            "head_effect": head_effect})
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), layout="constrained")
-    names = [f"L{k}" for k in range(L + 1)] + ["full"]
+    names = [f"≤ {k} head{'' if k == 1 else 's'}" for k in range(L + 1)] + ["full"]
     values = list(out["losses"]) + [float(out["loss_full"])]
-    axes[0].bar(names, values, color=["#7f8c8d"] + ["#2e86c1"] * L + ["#1c2833"])
+    bars = axes[0].bar(names, values, color=["#7f8c8d"] + ["#2e86c1"] * L + ["#1c2833"])
+    axes[0].bar_label(bars, fmt="%.2f", fontsize=7)
     axes[0].axhline(uniform, color="#c0392b", ls="--", lw=1, label=f"uniform, log V = {uniform:.2f}")
     axes[0].set_ylabel("held-out loss (nats)")
-    axes[0].set_title("loss with paths through ≤ k heads")
+    axes[0].set_title("loss with paths through ≤ k heads (≤ 0: the direct path)")
     axes[0].legend(fontsize=7)
-    axes[1].bar([f"order {k + 1}" for k in range(L)], out["marginal"], color="#2e86c1")
+    bars = axes[1].bar([f"paths through {k + 1} head{'' if k == 0 else 's'}"
+                        + ("\n(virtual heads)" if k else "") for k in range(L)],
+                       out["marginal"], color="#2e86c1")
+    axes[1].bar_label(bars, fmt="%+.3f", fontsize=7)
     axes[1].set_ylabel("loss reduction (nats)")
-    axes[1].set_title("marginal effect of each order")
+    axes[1].set_title("marginal effect of each order: L(≤ k−1) − L(≤ k)")
     x = np.arange(H)
     for l in range(L):
       axes[2].bar(x + (l - (L - 1) / 2) * 0.8 / L, head_effect[l], 0.8 / L,
