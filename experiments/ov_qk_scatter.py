@@ -67,11 +67,8 @@ def run(config, models, outdir):
     y = np.asarray([at(qk, l, h) for l, h in heads])
     score = np.asarray([roles.induction[l, h] for l, h in heads])
     colours = ["#c0392b" if (l, h) in induction else "#5d6d7e" for l, h in heads]
-    ax.scatter(x, y, c=colours, s=40 + 200 * np.clip(score, 0, 1), alpha=0.85)
-    offsets = [(6, 6), (6, -12), (-70, 6), (-70, -12)]  # staggered: heads often share a corner
-    for i, (l, h) in enumerate(heads):
-      ax.annotate(f"L{l}H{h} ({score[i]:.2f})", (x[i], y[i]), fontsize=7,
-                  xytext=offsets[i % 4], textcoords="offset points")
+    sizes = 40 + 200 * np.clip(score, 0, 1)
+    ax.scatter(x, y, c=colours, s=sizes, alpha=0.85)
     ax.set_xlim(-1.05, 1.1); ax.set_ylim(-1.05, 1.1)
     ax.set_xlabel("OV circuit positivity (copying)")
     used = ", ".join(f"layer {l}: L{p[0]}H{p[1]}" for l, p in zip(range(1, L), prev))
@@ -79,6 +76,9 @@ def run(config, models, outdir):
     ax.set_title(f"{label}: heads of layers ≥ 1 (red: induction score ≥ {config.role_threshold}; "
                  "size ∝ induction score)", fontsize=8)
     ax.legend(fontsize=7, loc="lower left")
+    # heads often share a corner (L1H2 hid under L1H0): labels placed clear of each other
+    experiment.place_labels(ax, x, y, [f"L{l}H{h} ind {score[i]:.2f}" for i, (l, h) in
+                                       enumerate(heads)], point_radius=np.sqrt(sizes / np.pi) + 1)
     experiment.save_figure(fig, outdir, "ov_qk_scatter" if len(models) == 1
                            else f"ov_qk_scatter_{label}")
     claims.extend(_claims(config, label, roles, heads, induction, ov, qk, prev, init_ov, init_qk,
