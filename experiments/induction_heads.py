@@ -110,18 +110,19 @@ UNDEFINED = ("copying undefined: the head rests on BOS (attention off BOS below 
 UNDEFINED_Y = -1.2  # where heads without a copying score are drawn, below the [−1, 1] range
 
 
-def plot_prefix_vs_copying(ax, config, label, m) -> None:
+def plot_prefix_vs_copying(ax, config, label, m) -> list:
   """Every head's prefix matching against its copying score; heads whose copying is undefined
-  (NaN) drawn apart, as hollow diamonds on a strip below the axis's [−1, 1] range."""
+  (NaN) drawn apart, as hollow diamonds on a strip below the axis's [−1, 1] range.  Returns the
+  (x, y, name) of the points to label, once the figure's layout is final (``label_points``)."""
   prefix, copying, init_copying = m["prefix"], m["copying"], m["init_copying"]
   L, H = prefix.shape
   ax.scatter(m["init_prefix"].ravel(), np.nan_to_num(init_copying, nan=UNDEFINED_Y).ravel(),
              marker="x", c="#aab7b8", s=25, label=f"random init ({m['init_source']})")
+  points = []
   for l in range(L):
     ax.scatter(prefix[l], copying[l], s=45, label=f"layer {l}", alpha=0.9)
-    for h in np.flatnonzero(np.isfinite(copying[l])):
-      ax.annotate(f"L{l}H{h}", (prefix[l, h], copying[l, h]), fontsize=7,
-                  xytext=(4, 3), textcoords="offset points")
+    points += [(prefix[l, h], copying[l, h], f"L{l}H{h}")
+              for h in np.flatnonzero(np.isfinite(copying[l]))]
   undefined = ~np.isfinite(copying)
   if undefined.any():  # named in the legend: their points sit on one strip and would overlap
     names = ", ".join(f"L{l}H{h}" for l, h in zip(*np.nonzero(undefined)))
@@ -136,7 +137,17 @@ def plot_prefix_vs_copying(ax, config, label, m) -> None:
   ax.set_xlabel("prefix-matching score"); ax.set_ylabel("copying score (strip below: undefined)")
   ax.set_title(f"{label}: every head\n(dashed: induction threshold; dotted: best random-init "
                "copying)", fontsize=8)
-  ax.legend(fontsize=7, loc="upper left")
+  ax.legend(fontsize=7, loc="lower right")  # heads sit up and left; the strip is bottom left
+  return points
+
+
+def label_points(ax, points) -> None:
+  """Names the points of ``plot_prefix_vs_copying`` (12 heads of a 1L model crowd one corner),
+  no two labels overlapping and none over a point or the legend."""
+  if points:
+    x, y, text = zip(*points)
+    legend = ax.get_legend().get_window_extent()
+    experiment.place_labels(ax, x, y, text, point_radius=4.5, avoid=[legend])
 
 
 def plot_bos_attention(ax, label, m) -> None:
@@ -151,11 +162,12 @@ def plot_bos_attention(ax, label, m) -> None:
   names = [f"L{l}H{h}" + ("*" if (l, h) in m["induction"] else "") for l in range(L)
            for h in range(H)]
   ax.set_xticks(x, names, fontsize=7, rotation=90 if L * H > 16 else 0)
-  ax.set_ylim(0, 1.05)
+  ax.set_ylim(0, 1.4)  # room above the bars for the legend
+  ax.set_yticks(np.linspace(0, 1, 6))
   ax.set_ylabel("mean attention on BOS")
   ax.set_title(f"{label}: attention on BOS when the token has no earlier copy\n"
                "(* induction head)", fontsize=8)
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=7, loc="upper right", ncol=2)
 
 
 def plot_layer0_offsets(ax, config, label, m) -> None:
@@ -177,9 +189,9 @@ def _names_of(heads) -> str:
 
 
 def induction_claims(config, label, m) -> list:
-  """IH, 'Key Concepts'; FW, 'Induction Heads': the induction heads copy, and rest on BOS when nothing earlier matches.  Heads
-  whose copying score is undefined (NaN: resting on BOS) are left out of the comparison and
-  counted."""
+  """IH, 'Key Concepts'; FW, 'Induction Heads': the induction heads copy, and rest on BOS when
+  nothing earlier matches.  Heads whose copying score is undefined (NaN: resting on BOS) are left
+  out of the comparison and counted."""
   induction, copying, init_copying = m["induction"], m["copying"], m["init_copying"]
   defined = [(l, h) for l, h in induction if np.isfinite(copying[l, h])]
   undefined = [(l, h) for l, h in induction if not np.isfinite(copying[l, h])]
@@ -266,15 +278,18 @@ def run(config, models, outdir):
   claims = []
   labels = list(models)
   fig, axes = plt.subplots(len(labels), 3, figsize=(15, 4.8 * len(labels)), squeeze=False)
+  points = {}
   for row, label in enumerate(labels):
     model = models[label]
     experiment.require_tokens(model, "induction_heads")
     m = head_scores(config, model)
     write_numbers(outdir, label, m)
-    plot_prefix_vs_copying(axes[row, 0], config, label, m)
+    points[label] = plot_prefix_vs_copying(axes[row, 0], config, label, m)
     plot_bos_attention(axes[row, 1], label, m)
     plot_layer0_offsets(axes[row, 2], config, label, m)
     claims.extend(claims_of(config, label, model, m))
   fig.tight_layout()
+  for row, label in enumerate(labels):
+    label_points(axes[row, 0], points[label])
   experiment.save_figure(fig, outdir, "induction_heads")
   return claims

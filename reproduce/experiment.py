@@ -374,15 +374,16 @@ def diverging_limit(*arrays) -> float:
 
 
 def place_labels(ax, x, y, texts, fontsize: float = 7, radii=(5, 10, 17, 26, 38, 52),
-                 point_radius=3.5, **kw):
+                 point_radius=3.5, avoid=(), **kw):
   """Labels the points (x[i], y[i]) with texts[i] so that no two labels overlap and no label
   covers a point (a disc of ``point_radius`` points, one number or one per point): each label,
   in order, takes the first offset (rings of growing ``radii``, in points, eight directions
-  each) where its box meets no label placed before it, no point and nothing outside the axes;
-  with none free, the offset that overlaps least.  A label set away from its point gets a thin
-  leader line.  Call it once the axes' limits and the figure's layout are final (offsets are in
-  points; a later change of scale moves points, not labels).  Returns the annotations; ``kw``
-  goes to each (colour, weight)."""
+  each) where its box meets no label placed before it, no point, none of the display-space
+  boxes ``avoid`` (a legend's window extent) and nothing outside the axes; with none free, the
+  offset that overlaps least.  A label set away from its point gets a thin leader line.  Call it
+  once the axes' limits and the figure's layout are final (offsets are in points; a later change
+  of scale moves points, not labels).  Returns the annotations; ``kw`` goes to each (colour,
+  weight)."""
   fig = ax.figure
   renderer = fig.canvas.get_renderer()
   at = ax.transData.transform(np.column_stack([np.asarray(x, float), np.asarray(y, float)]))
@@ -407,7 +408,7 @@ def place_labels(ax, x, y, texts, fontsize: float = 7, radii=(5, 10, 17, 26, 38,
                        ha={1: "left", -1: "right", 0: "center"}[dx],
                        va={1: "bottom", -1: "top", 0: "center"}[dy], **kw)
 
-  placed, out = [], []
+  placed, out = list(avoid), []
   for i in range(len(texts)):
     best = None
     for radius in radii:
