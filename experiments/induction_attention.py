@@ -280,7 +280,7 @@ def plot_loss(config, label, model, m, outdir, suffix: str) -> None:
   ax.set_xlabel("position of the predicted token")
   ax.set_ylabel("loss (nats)")
   ax.set_ylim(0, max(float(np.max(losses)), log_v) * 1.08)
-  ax.legend(fontsize=7, loc="upper right")
+  ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, frameon=False)
   ax.set_title(f"{label}: loss on BOS + {n} random tokens × {config.repeats} (mean of "
                f"{config.samples}); first copy {m['first']:.2f}, repeats {m['later']:.2f} nats",
                fontsize=9)
