@@ -212,9 +212,11 @@ def write_page_and_numbers(config, label, model, m, outdir, page_name: str) -> N
                   "scale": np.round(m["scale"][key][:, 0].ravel(), 4).tolist(),
                   "patterns": np.round(pats.reshape(L * H, *pats.shape[-2:]), 3).tolist()})
   first = int(np.argmax(induction))
+  below = ("" if induction.max() >= config.min_induction else
+           f"; no head reaches the induction threshold {config.min_induction}")
   notes = (f"Value-weighted attention A_ij·‖x_j W_V W_O‖, on one scale per head (its largest "
            f"entry on the sequence = 1), never per row. Opens on the strongest induction head, "
-           f"L{first // H}H{first % H}. prev: mean A[i, i−1] on {text_windows} held-out "
+           f"L{first // H}H{first % H} (ind {induction.max():.2f}{below}). prev: mean A[i, i−1] on {text_windows} held-out "
            f"text windows; ind: mean attention on the induction stripe (offset −{m['n'] - 1}) of "
            f"{m['names']['repeated']}, mean of {config.samples} sequences (the first is shown).")
   (outdir / page_name).write_text(_html(f"{label}: attention patterns", views, first,
