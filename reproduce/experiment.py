@@ -366,13 +366,6 @@ def colorbar(fig, image, ax, label: str, **kw):
   return bar
 
 
-def diverging_limit(*arrays) -> float:
-  """The largest |value| of ``arrays`` (NaN ignored): ±limit centres a diverging colour map
-  (e.g. "RdBu_r") at 0, so that the colour of a signed quantity says its sign."""
-  finite = [np.abs(a[np.isfinite(a)]) for a in map(np.asarray, arrays)]
-  return max([float(f.max()) for f in finite if f.size] + [1e-12])
-
-
 def place_labels(ax, x, y, texts, fontsize: float = 7, radii=(5, 10, 17, 26, 38, 52),
                  point_radius=3.5, avoid=(), **kw):
   """Labels the points (x[i], y[i]) with texts[i] so that no two labels overlap and no label
