@@ -1,6 +1,6 @@
-"""Figure `composition_scores` (FW fig 26, the corrected fig 19): Q-, K- and V-composition of
-every head with every head of each later layer (every layer pair l1 < l2), minus the random
-baseline.
+"""Figure `composition_scores` (FW, 'Analyzing a Two-Layer Model', corrected): Q-, K- and
+V-composition of every head with every head of each later layer (every layer pair l1 < l2), minus
+the random baseline.
 
     python -m reproduce.figure --name composition_scores
 

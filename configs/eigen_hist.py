@@ -1,4 +1,5 @@
-"""Figure `eigen_hist` (FW fig 16): histogram of OV-circuit positivity over all heads.
+"""Figure `eigen_hist` (FW, 'Detecting Copying Behavior'): histogram of OV-circuit positivity over
+all heads.
 
     python -m reproduce.figure --name eigen_hist
 

@@ -1,5 +1,5 @@
-"""Figure `head_ablations` (IH §5, ablations): zero one head's output and measure what the model
-loses in context.
+"""Figure `head_ablations` (IH, 'Argument 3': knock-outs): zero one head's output and measure what
+the model loses in context.
 
     python -m reproduce.figure --name head_ablations
 

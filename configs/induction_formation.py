@@ -1,4 +1,4 @@
-"""Figure `induction_formation` (IH §3): the phase change over training.
+"""Figure `induction_formation` (IH, 'Argument 1'): the phase change over training.
 
     python -m reproduce.figure --name induction_formation
 

@@ -1,4 +1,5 @@
-"""Figure `induction_heads` (IH §2-3 and FW fig 26): what the induction heads do besides matching.
+"""Figure `induction_heads` (IH, 'Key Concepts'; FW, 'Analyzing a Two-Layer Model'): what the
+induction heads do besides matching.
 
     python -m reproduce.figure --name induction_heads
 

@@ -1,5 +1,5 @@
-"""Figure `ov_eigenvalues` (FW fig 15): every head's full-OV and full-QK eigenvalues in the complex
-plane.
+"""Figure `ov_eigenvalues` (FW, 'Summarizing OV/QK Matrices'): every head's full-OV and full-QK
+eigenvalues in the complex plane.
 
     python -m reproduce.figure --name ov_eigenvalues
 

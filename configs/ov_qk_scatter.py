@@ -1,6 +1,6 @@
-"""Figure `ov_qk_scatter` (FW fig 22): for every head of every layer ≥ 1, OV positivity against
-the positivity of its K-composition QK term with the strongest previous-token head of the layers
-before it.
+"""Figure `ov_qk_scatter` (FW, 'Checking the Mechanistic Theory'): for every head of every layer ≥
+1, OV positivity against the positivity of its K-composition QK term with the strongest
+previous-token head of the layers before it.
 
     python -m reproduce.figure --name ov_qk_scatter
 

@@ -1,4 +1,5 @@
-"""Figure `positional_heads` (FW fig 13): each head's purely positional attention.
+"""Figure `positional_heads` (FW, 'Primarily Positional Attention Heads'): each head's purely
+positional attention.
 
     python -m reproduce.figure --name positional_heads
 

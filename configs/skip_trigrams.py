@@ -1,5 +1,6 @@
-"""Figure `skip_trigrams` (FW figs 10, 11, 14): every head of the 1L model as skip-trigrams
-"source … destination → output", read off the QK and OV circuits as FW's tables read them.
+"""Figure `skip_trigrams` (FW, 'Interpretation as Skip-Trigrams'): every head of the 1L model as
+skip-trigrams "source … destination → output", read off the QK and OV circuits as FW's tables read
+them.
 
     python -m reproduce.figure --name skip_trigrams
 

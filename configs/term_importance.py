@@ -1,4 +1,5 @@
-"""Figure `term_importance` (FW figs 23, 24): loss with paths through at most k heads.
+"""Figure `term_importance` (FW, 'Term Importance Analysis'): loss with paths through at most k
+heads.
 
     python -m reproduce.figure --name term_importance
 

@@ -25,6 +25,10 @@ from reproduce import experiment
 
 DESCRIPTION = "0L model vs the corpus's bigram table (and 1L/2L direct paths vs the 0L table): scatter, KL, top-next table"
 ORDER = 10  # place in the batch job and index.html (reproduce.figure.figure_names)
+# Where the papers say what the claims test: section names, which every copy of the papers
+# carries (figure numbers are not in their text versions).
+FW_DIRECT_PATH = "FW, 'One-Layer Attention-Only Transformers' → 'The Path Expansion Trick'"
+FW_ZERO_LAYER = "FW, 'Zero-Layer Transformers'"
 
 
 def unigram_log_probs(train_tokens, vocab_size):
@@ -127,8 +131,10 @@ def run(config, models, outdir):
 
     fig, (ax, tab) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1, 1.2]})
     order = np.argsort(pairs["count"])  # frequent pairs drawn last, on top
-    ax.scatter(pairs["log_empirical"][order], pairs["log_model"][order], s=3,
-               c=np.log10(pairs["count"][order]), cmap="viridis", alpha=0.6)
+    dots = ax.scatter(pairs["log_empirical"][order], pairs["log_model"][order], s=3,
+                      c=np.log10(pairs["count"][order]), cmap="viridis", alpha=0.6)
+    experiment.colorbar(fig, dots, ax, "log10(times the pair occurs in the training tokens)",
+                        pad=0.02)
     lo = min(pairs["log_empirical"].min(), pairs["log_model"].min())
     ax.plot([lo, 0], [lo, 0], "k--", lw=0.8, label="model = counts")
     ax.set_xlabel("empirical log p(next | current)")
@@ -173,7 +179,7 @@ def _claims(config, label, model, stats, uni_corr, kl_model, kl_unigram, gain):
         experiment.claim(
             figure="bigram", what="correlation", model=label, paper_says=ZERO_LAYER,
             statement=f"{label}: a zero-layer model learns the bigram table",
-            source="FW, zero-layer transformers",
+            source=FW_ZERO_LAYER,
             criterion=f"correlation r of model vs empirical log p(next | current) over pairs seen "
             f"≥ {config.min_count}× closes ≥ {need} of the gap from the unigram model's r_u to "
             f"1: (r − r_u) / (1 − r_u) ≥ {need}",
@@ -185,7 +191,7 @@ def _claims(config, label, model, stats, uni_corr, kl_model, kl_unigram, gain):
         experiment.claim(
             figure="bigram", what="heldout_kl", model=label, paper_says=ZERO_LAYER,
             statement=f"{label}: its predictions are close to the bigram table on held-out text",
-            source="FW, zero-layer transformers",
+            source=FW_ZERO_LAYER,
             criterion="KL(held-out bigram table ‖ model) is at most (1 − "
             f"{need}) × the unigram model's: (KL_u − KL) / KL_u ≥ {need}",
             measured=f"KL {kl_model:.3f} nats vs unigram {kl_unigram:.3f}: closes "
@@ -199,7 +205,7 @@ def _claims(config, label, model, stats, uni_corr, kl_model, kl_unigram, gain):
       figure="bigram", what="direct_path_bigram_residual", model=label, paper_says=DIRECT_PATH,
       statement=f"{label}: the direct path of a {model.cfg.n_layers}-layer model holds part of "
       "the bigram statistics (a residual of them, not a bigram model of its own)",
-      source="FW, zero-layer transformers (the direct path in deeper models)",
+      source=FW_DIRECT_PATH,
       criterion="the correlation r of log softmax(W_E W_U)[current, next] with the empirical log "
       f"p(next | current) over pairs seen ≥ {config.min_count}× exceeds the unigram model's r_u "
       f"by > {k:g} bootstrap standard errors of r − r_u ({config.bootstrap_resamples} resamples "

@@ -1,5 +1,6 @@
-"""Q-, K- and V-composition between heads of every pair of layers l1 < l2 (FW fig 26, correcting
-fig 19).
+"""Q-, K- and V-composition between heads of every pair of layers l1 < l2 (FW, 'Two-Layer
+Attention-Only Transformers' → 'Analyzing a Two-Layer Model': the corrected figure, and FW's
+original figure with its norm bug).
 
 comp(X, Y) = ‖XY‖_F / (‖X‖_F ‖Y‖_F) with X = W_OV of the earlier (writing) head and Y = W_QK (Q),
 W_QKᵀ (K) or W_OV (V) of the later (reading) head, computed through the SVD-free trace identity;
@@ -7,9 +8,9 @@ the figure shows score − random baseline, one row of heatmaps per layer pair. 
 variant (FW's original figure), which took the norm of a cyclically permuted product, is drawn
 below for comparison.
 
-Claims are anchored to the same model at random init (its step-0 snapshot): FW fig 26 shows the
-previous-token head K-composing with the induction heads far above everything else, while Q- and
-V-composition of that pair stay near the baseline.  "Above the random-init range" means above the
+Claims are anchored to the same model at random init (its step-0 snapshot): FW's corrected
+figure shows the previous-token head K-composing with the induction heads far above everything
+else, while Q- and V-composition of that pair stay near the baseline.  "Above the random-init range" means above the
 largest score of that kind over all head pairs of the initial weights; "near the baseline" means
 within that range.
 """
@@ -22,6 +23,9 @@ from reproduce import experiment
 
 DESCRIPTION = "Q/K/V composition scores of every earlier × later layer pair minus the random baseline"
 ORDER = 60  # place in the batch job and index.html (reproduce.figure.figure_names)
+# Where the papers say what the claims test: section names, which every copy of the papers
+# carries (figure numbers are not in their text versions).
+FW_TWO_LAYER_MODEL = "FW, 'Two-Layer Attention-Only Transformers' → 'Analyzing a Two-Layer Model'"
 
 
 K_COMPOSITION = ("FW, \"Two-Layer Attention-Only Transformers\" (and the corrected composition "
@@ -86,9 +90,13 @@ def run(config, models, outdir):
         if col == 0:
           ax.set_ylabel(f"layer-{l1} head (writes)")
         title = f"L{l1}→L{l2} {kind.upper()}-comp. − baseline {r['baseline']:.3f}"
-        ax.set_title(("erratum, permuted norm: " if permuted else "") + title, fontsize=8)
-      fig.colorbar(image, ax=axes[row].tolist(), shrink=0.8)
-    fig.suptitle(f"{label}: composition scores, every layer pair (shared colour scale)")
+        ax.set_title(("FW's original figure (norm bug)\n" if permuted else "") + title,
+                     fontsize=8, color="#7d3c98" if permuted else "black")
+      experiment.colorbar(fig, image, axes[row].tolist(),
+                          "composition score − random baseline" if not permuted else
+                          "norm-bug score − its baseline", shrink=0.8)
+    fig.suptitle(f"{label}: composition scores, every layer pair (one colour scale for every "
+                 "panel; red above the baseline, blue below)")
     experiment.save_figure(fig, outdir, "composition_scores" if len(models) == 1
                            else f"composition_scores_{label}")
     claims.extend(_claims(config, label, roles, correct, init_max, init_source))
@@ -96,7 +104,7 @@ def run(config, models, outdir):
 
 
 def _claims(config, label, roles, correct, init_max, init_source):
-  """FW fig 26's statements about the previous-token → induction-head pairs."""
+  """FW's (corrected) statements about the previous-token → induction-head pairs."""
   claims = []
   base = correct["baseline"]
   induction = [(l, h) for l, h in roles.induction_heads() if l >= 1]
@@ -106,7 +114,7 @@ def _claims(config, label, roles, correct, init_max, init_source):
         figure="composition_scores", what="k_prev_to_induction", model=label,
         paper_says=K_COMPOSITION,
         statement=f"{label}: each induction head's strongest K-composition is with a "
-        "previous-token head of an earlier layer", source="FW fig 26",
+        "previous-token head of an earlier layer", source=FW_TWO_LAYER_MODEL,
         criterion=f"needs an induction head (prefix-matching score ≥ {roles.threshold}) in a layer ≥ 1",
         measured="no induction head found", value=None, holds=False))
     return claims
@@ -122,7 +130,7 @@ def _claims(config, label, roles, correct, init_max, init_source):
       figure="composition_scores", what="k_prev_to_induction", model=label,
         paper_says=K_COMPOSITION,
       statement=f"{label}: each induction head's strongest K-composition is with a previous-token "
-      "head of an earlier layer", source="FW fig 26",
+      "head of an earlier layer", source=FW_TWO_LAYER_MODEL,
       criterion=f"for every head with prefix-matching score ≥ {roles.threshold} in layer l ≥ 1, the "
       f"head of layers < l with the largest K-composition into it has previous-token score ≥ "
       f"{roles.threshold}",
@@ -139,7 +147,7 @@ def _claims(config, label, roles, correct, init_max, init_source):
       figure="composition_scores", what="k_above_random_init", model=label,
       paper_says=K_COMPOSITION,
       statement=f"{label}: the previous-token head K-composes with the induction heads far above "
-      "chance", source="FW fig 26",
+      "chance", source=FW_TWO_LAYER_MODEL,
       criterion="K-comp(previous-token head, induction head) > the largest K-composition of any "
       f"head pair at random init ({init_source})",
       measured=", ".join(f"{d}: K {s:.3f}" for d, s in zip(described, k))
@@ -150,7 +158,7 @@ def _claims(config, label, roles, correct, init_max, init_source):
       figure="composition_scores", what="q_v_near_baseline", model=label,
       paper_says=Q_V_SMALL,
       statement=f"{label}: Q- and V-composition of the induction heads with the previous-token "
-      "head stay near the baseline", source="FW fig 26",
+      "head stay near the baseline", source=FW_TWO_LAYER_MODEL,
       criterion="Q-comp and V-comp(previous-token head, induction head) ≤ the largest Q- and "
       "V-composition of any head pair at random init",
       measured=", ".join(f"{d}: Q {a:.3f}, V {b:.3f}" for d, a, b in zip(described, q, v))

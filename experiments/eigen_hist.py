@@ -1,4 +1,6 @@
-"""Histogram of OV-circuit positivity over all heads, trained vs random init (FW fig 16).
+"""Histogram of OV-circuit positivity over all heads, trained vs random init (FW,
+'One-Layer Attention-Only Transformers' → 'Detecting Copying Behavior'); a model with more than
+one layer gets one histogram per layer.
 
 positivity = Re(Σλ) / Σ|λ| of the full OV circuit W_E W_OV W_U: +1 copying, ≈0 random,
 −1 anti-copying.  The random-init distribution is the model's earliest training snapshot: our
@@ -19,6 +21,29 @@ from reproduce import experiment
 
 DESCRIPTION = "Histogram of OV positivity over all heads, trained vs random init, 1L and 2L"
 ORDER = 50  # place in the batch job and index.html (reproduce.figure.figure_names)
+# Where the papers say what the claims test: section names, which every copy of the papers
+# carries (figure numbers are not in their text versions).
+FW_DETECTING_COPYING = ("FW, 'One-Layer Attention-Only Transformers' → 'Summarizing OV/QK "
+                        "Matrices' → 'Detecting Copying Behavior'")
+
+
+def plot_layers(plt, axes, label, trained, random, threshold, missing) -> None:
+  """One histogram per layer of the model ``label`` (trained [L, H] against random init), on
+  ``axes`` (one per layer); a one-layer model's panel is the whole model."""
+  bins = np.linspace(-1, 1, 21)
+  L, H = trained.shape
+  for l, ax in enumerate(axes):
+    ax.hist(random[l], bins, alpha=0.6, color="#999", label="random init")
+    ax.hist(trained[l], bins, alpha=0.7, color="#c0392b", label="trained")
+    ax.axvline(threshold, color="k", ls="--", lw=0.8, label=f"copying threshold {threshold:.2f}")
+    ax.set_xlabel("OV positivity  Re(Σλ) / Σ|λ|")
+    ax.set_ylabel("heads")
+    ax.set_ylim(0, H + 0.5)
+    ax.yaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    where = label if L == 1 else f"{label} layer {l}"
+    ax.set_title(f"{where}: {int((trained[l] > threshold).sum())} of {H} heads copy"
+                 f"{missing}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
 
 
 COPYING_MAJORITY = ("FW, \"Detecting Copying Behavior\" (eigenvalue summary): in its one-layer "
@@ -30,30 +55,24 @@ def run(config, models, outdir):
   plt = experiment.pyplot()
   claims = []
   labels = list(models)
-  fig, axes = plt.subplots(1, len(labels), figsize=(5 * len(labels), 3.6), squeeze=False)
-  bins = np.linspace(-1, 1, 21)
+  panels = [models[label].cfg.n_layers for label in labels]
+  fig, axes = plt.subplots(1, sum(panels), figsize=(4.6 * sum(panels), 3.6), squeeze=False)
   numbers = {}
-  for ax, label in zip(axes[0], labels):
+  for i, label in enumerate(labels):
     model = models[label]
     model.need_layers(1, "eigen_hist")
     trained = circuits.positivity(circuits.ov_eigenvalues(model.weights))
     init, init_source = experiment.initial_weights(model)
     random = circuits.positivity(circuits.ov_eigenvalues(init))
     numbers[label] = {"trained": trained, "random_init": random, "random_init_source": init_source}
-    ax.hist(random.ravel(), bins, alpha=0.6, color="#999", label="random init")
-    ax.hist(trained.ravel(), bins, alpha=0.7, color="#c0392b", label="trained")
     threshold = max(config.copying_threshold, float(random.max()))
-    ax.axvline(threshold, color="k", ls="--", lw=0.8)
-    ax.set_xlabel("OV positivity  Re(Σλ) / Σ|λ|")
-    ax.set_ylabel("heads")
     L, H = model.cfg.n_layers, model.cfg.n_heads
     copying = int((trained > threshold).sum())
     missing = ("\n(no training snapshots: grey is a fresh init, not this run's)"
                if model.snapshots is None else "" if "step-0" in init_source
                else f"\n(grey: {init_source}, the earliest there is)")
-    ax.set_title(f"{label}: {copying} of {L * H} heads copy (> {threshold:.2f}){missing}",
-                 fontsize=9)
-    ax.legend(fontsize=8, loc="upper left")
+    plot_layers(plt, axes[0, sum(panels[:i]): sum(panels[: i + 1])], label, trained, random,
+                threshold, missing)
     per_layer = "; ".join(f"layer {l}: {int((trained[l] > threshold).sum())}/{H}"
                           for l in range(L))
     if L == 1:
@@ -61,7 +80,7 @@ def run(config, models, outdir):
           figure="eigen_hist", what="copying_majority", model=label,
           paper_says=COPYING_MAJORITY,
           statement=f"{label}: most heads of a one-layer model copy (FW's 1L model: 10 of 12)",
-          source="FW fig 16",
+          source=FW_DETECTING_COPYING,
           criterion=f"more than half the heads have OV positivity > max("
           f"{config.copying_threshold}, the largest positivity at random init = "
           f"{float(random.max()):+.2f})",

@@ -1,4 +1,5 @@
-"""Zero-ablation of single heads (IH §5): what the model loses in context without each head.
+"""Zero-ablation of single heads (IH, 'Argument 3'): what the model loses in context without
+each head.
 
 A head is zero-ablated by setting its W_O to 0 (``scores.zero_ablated``): its output is removed
 from the residual stream and every later layer reads the ablated stream.  For the unablated
@@ -16,6 +17,9 @@ from reproduce import experiment
 
 DESCRIPTION = "Zero-ablating each head: share of the repeat-loss drop and of the ICL score removed"
 ORDER = 110  # place in the batch job and index.html (reproduce.figure.figure_names)
+# Where the papers say what the claims test: section names, which every copy of the papers
+# carries (figure numbers are not in their text versions).
+IH_KNOCK_OUT = "IH, 'Argument 3: … “knock out” induction heads'"
 
 
 def roles_to_ablate(roles: experiment.HeadRoles):
@@ -169,7 +173,7 @@ def claims_of(config, label, ab: Ablations) -> list:
                                        ab.share_induction)
   has_icl = base["icl"] < 0
   claim = lambda what, **kw: experiment.claim(figure="head_ablations", what=what, model=label,
-                                              source="IH §5 (ablations)", **kw)
+                                              source=IH_KNOCK_OUT, **kw)
   other_shares = {head_name(x): share[x] for layer in ab.others for x in ab.others[layer]}
   mean_other = {key: float(np.mean([s[key] for s in other_shares.values()]))
                 if other_shares else float("nan") for key in ("repeat_drop", "icl")}

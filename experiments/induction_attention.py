@@ -1,4 +1,4 @@
-"""Induction heads in action: attention on repeated random tokens and on real text (FW §7).
+"""Induction heads in action: attention on repeated random tokens and on real text (FW, 'Induction Heads').
 
 On BOS + 20 random tokens repeated 3 times an induction head attends from each repeated token to
 the token after its previous copy: a stripe at offset −(20 − 1).  Patterns are value-weighted as
@@ -15,6 +15,7 @@ that knows the next token is one of the sequence's n distinct tokens but not whi
 copying any earlier token could reach without induction).
 """
 
+import html
 import json
 
 import numpy as np
@@ -25,6 +26,11 @@ from reproduce.core.model import forward, token_losses
 
 DESCRIPTION = "Every head on repeated random tokens and on text (value-weighted), interactive HTML, loss per position"
 ORDER = 70  # place in the batch job and index.html (reproduce.figure.figure_names)
+# Where the papers say what the claims test: section names, which every copy of the papers
+# carries (figure numbers are not in their text versions).
+FW_IH_INDUCTION_HEADS = ("FW, 'Two-Layer Attention-Only Transformers' → 'Induction Heads'; IH, "
+                         "'Key Concepts' → 'Induction Heads'")
+FW_INDUCTION_HEADS = "FW, 'Two-Layer Attention-Only Transformers' → 'Induction Heads'"
 
 
 def value_weighted(model, tokens):
@@ -56,44 +62,98 @@ def per_head_scale(weighted):
   return weighted / np.maximum(scale, 1e-12)[..., None, None], scale
 
 
-def _html(title, views):
-  """A standalone page: pick a sequence and a head, hover a token to see where it attends."""
+def _html(title, views, first_head: int, notes: str):
+  """A standalone page: pick a sequence and a head (each button shows the head's scores), hover a
+  token to shade the tokens it attends to, hover the map to read one entry.  Opens on
+  ``first_head`` (index into every view's heads)."""
   payload = json.dumps(views, separators=(",", ":"))
-  return f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
-<style>body{{font-family:sans-serif;margin:1.5em;color:#222}}button{{margin:2px;padding:2px 7px}}
-button.on{{background:#2e86c1;color:#fff}}#tokens span{{display:inline-block;margin:1px;padding:1px 3px;
-border-radius:3px;font-family:monospace;white-space:pre;cursor:default;border:1px solid #eee}}
-#tokens span.dest{{outline:2px solid #c0392b}}canvas{{border:1px solid #ccc;margin-top:1em}}</style>
-</head><body><h2>{title}</h2><p>Choose a sequence and a head; hover a token to shade the tokens it
-attends to (value-weighted attention on one scale per head: its largest entry is darkest).
-The heatmap shows the whole pattern (rows: destination, columns: source).</p>
-<div id="seqs"></div><div id="heads"></div>
-<div id="tokens"></div><canvas id="map" width="420" height="420"></canvas>
+  return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:1.5em;color:#222;max-width:1200px}}
+button{{margin:2px;padding:3px 7px;border:1px solid #bbb;background:#f7f7f7;border-radius:3px;
+cursor:pointer;font-size:12px}}button.on{{background:#2e86c1;color:#fff;border-color:#2e86c1}}
+button.induction{{border-color:#c0392b;border-width:2px}}
+#tokens{{margin:.8em 0;line-height:1.9}}
+#tokens span{{display:inline-block;margin:1px;padding:0 3px;border-radius:3px;font-family:monospace;
+white-space:pre;cursor:default;border:1px solid #eee}}#tokens span.dest{{outline:2px solid #c0392b}}
+#tokens span.bos{{font-weight:bold;color:#555;border-color:#999}}
+#tokens span.boundary{{margin-left:10px}}
+.row{{display:flex;gap:24px;align-items:flex-start;flex-wrap:wrap}}
+#readout{{font-family:monospace;min-height:1.4em;margin:.3em 0}}.notes{{color:#555;font-size:90%}}
+h3{{margin:.8em 0 .3em;font-size:100%}}</style>
+</head><body><h2>{html.escape(title)}</h2>
+<p class="notes">{notes}</p>
+<h3>sequence</h3><div id="seqs"></div>
+<h3>head <span class="notes">(prev: previous-token score; ind: prefix-matching score; stripe: induction-stripe score;
+red border: an induction head)</span></h3><div id="heads"></div>
+<div id="tokens"></div>
+<div id="readout">hover the map or a token</div>
+<div class="row"><canvas id="map" width="620" height="600"></canvas>
+<canvas id="scale" width="110" height="600"></canvas></div>
 <script>
 const V = {payload};
-let seq = 0, head = 0;
-function buttons(id, names, pick) {{
+let seq = 0, head = {first_head};
+const M = {{left: 70, top: 20, size: 520}};
+function buttons(id, names, pick, marked) {{
   const box = document.getElementById(id); box.innerHTML = "";
   names.forEach((n, i) => {{ const b = document.createElement("button"); b.textContent = n;
+    if (marked && marked[i]) b.classList.add("induction");
     b.onclick = () => {{ pick(i); draw(); }}; box.appendChild(b); }});
+}}
+function colour(a) {{ return `rgba(20,60,140,${{a}})`; }}
+function show(i, j) {{
+  const v = V[seq], P = v.patterns[head];
+  document.getElementById("readout").textContent = j === undefined
+    ? `destination ${{i}} "${{v.tokens[i]}}"`
+    : `destination ${{i}} "${{v.tokens[i]}}" ← source ${{j}} "${{v.tokens[j]}}": ` +
+      `${{P[i][j].toFixed(3)}} of the head's max (${{(P[i][j] * v.scale[head]).toPrecision(3)}})`;
+}}
+function drawScale() {{
+  const c = document.getElementById("scale"), g = c.getContext("2d");
+  g.clearRect(0, 0, c.width, c.height);
+  for (let y = 0; y < M.size; y++) {{ g.fillStyle = colour(1 - y / M.size);
+    g.fillRect(10, M.top + y, 22, 1); }}
+  g.strokeStyle = "#999"; g.strokeRect(10, M.top, 22, M.size);
+  g.fillStyle = "#222"; g.font = "12px sans-serif";
+  [0, 0.25, 0.5, 0.75, 1].forEach(t => g.fillText(t.toFixed(2), 36, M.top + (1 - t) * M.size + 4));
+  g.save(); g.translate(100, M.top + M.size / 2); g.rotate(-Math.PI / 2); g.textAlign = "center";
+  g.fillText("value-weighted attention / the head's max", 0, 0); g.restore();
 }}
 function draw() {{
   const v = V[seq], P = v.patterns[head], T = v.tokens.length;
-  document.querySelectorAll("#seqs button").forEach((b, i) => b.className = i == seq ? "on" : "");
-  document.querySelectorAll("#heads button").forEach((b, i) => b.className = i == head ? "on" : "");
+  document.querySelectorAll("#seqs button").forEach((b, i) => b.classList.toggle("on", i == seq));
+  document.querySelectorAll("#heads button").forEach((b, i) => b.classList.toggle("on", i == head));
   const box = document.getElementById("tokens"); box.innerHTML = "";
   v.tokens.forEach((t, i) => {{ const s = document.createElement("span"); s.textContent = t;
-    s.onmouseenter = () => {{ box.childNodes.forEach((c, j) => {{
+    if (i == 0 && v.bos) s.classList.add("bos");
+    if (v.boundaries.some(b => b[0] == i && i > 1)) s.classList.add("boundary");
+    s.onmouseenter = () => {{ show(i); box.childNodes.forEach((c, j) => {{
       const a = j <= i ? P[i][j] : 0; c.style.background = `rgba(192,57,43,${{a}})`;
-      c.className = j == i ? "dest" : ""; }}); }};
+      c.classList.toggle("dest", j == i); }}); }};
     box.appendChild(s); }});
-  const c = document.getElementById("map"), g = c.getContext("2d"), k = c.width / T;
+  const c = document.getElementById("map"), g = c.getContext("2d"), k = M.size / T;
   g.clearRect(0, 0, c.width, c.height);
+  g.fillStyle = "#fff"; g.fillRect(M.left, M.top, M.size, M.size);
   for (let i = 0; i < T; i++) for (let j = 0; j <= i; j++) {{
-    g.fillStyle = `rgba(20,60,140,${{P[i][j]}})`; g.fillRect(j * k, i * k, k, k); }}
+    g.fillStyle = colour(P[i][j]); g.fillRect(M.left + j * k, M.top + i * k, k + 0.3, k + 0.3); }}
+  g.strokeStyle = "#999"; g.strokeRect(M.left, M.top, M.size, M.size);
+  g.fillStyle = "#222"; g.font = "11px sans-serif"; g.strokeStyle = "#222";
+  v.boundaries.forEach(([at, name]) => {{
+    const x = M.left + (at + 0.5) * k, y = M.top + (at + 0.5) * k;
+    g.beginPath(); g.moveTo(x, M.top + M.size); g.lineTo(x, M.top + M.size + 6);
+    g.moveTo(M.left - 6, y); g.lineTo(M.left, y); g.stroke();
+    g.textAlign = "center"; g.fillText(name, x, M.top + M.size + 18);
+    g.textAlign = "right"; g.fillText(name, M.left - 8, y + 4); }});
+  g.font = "13px sans-serif"; g.textAlign = "center";
+  g.fillText("source token (attended to) →", M.left + M.size / 2, M.top + M.size + 40);
+  g.save(); g.translate(16, M.top + M.size / 2); g.rotate(-Math.PI / 2);
+  g.fillText("destination token (attending) →", 0, 0); g.restore();
+  c.onmousemove = e => {{ const r = c.getBoundingClientRect();
+    const j = Math.floor((e.clientX - r.left - M.left) / k), i = Math.floor((e.clientY - r.top - M.top) / k);
+    if (i >= 0 && i < T && j >= 0 && j <= i) show(i, j); }};
 }}
 buttons("seqs", V.map(v => v.name), i => seq = i);
-buttons("heads", V[0].heads, i => head = i);
+buttons("heads", V[0].heads, i => head = i, V[0].induction);
+drawScale();
 draw();
 </script></body></html>"""
 
@@ -110,7 +170,8 @@ def repeats_and_text(config, model) -> dict:
   losses = np.asarray(token_losses(logits[:, :-1], repeated[:, 1:])).mean(0)  # predicts t+1
   text = model.heldout_windows(1)[0][:, : min(config.text_tokens, model.cfg.n_ctx)]
   text_weighted, text_scale = per_head_scale(value_weighted(model, text)[1])
-  return {"n": n, "repeated": repeated, "weighted": weighted, "losses": losses,
+  return {"n": n, "repeats": config.repeats, "repeated": repeated, "weighted": weighted,
+          "losses": losses,
           "scale": {"repeated": scale, "text": text_scale},
           "stripe": np.asarray(scores.stripe_score(raw, n)),
           "first": losses[: n - 1].mean(), "later": losses[n:].mean(),
@@ -119,58 +180,114 @@ def repeats_and_text(config, model) -> dict:
                     "text": "held-out text"}}
 
 
+def boundaries(m, key: str):
+  """(position, name) of the ticks drawn on a sequence's maps: BOS, and on the repeated
+  sequence where each copy after the first starts (copy r starts at 1 + (r − 1)·n)."""
+  if key == "text":
+    return [(0, "BOS")]
+  return [(0, "BOS")] + [(1 + r * m["n"], f"copy {r + 1}") for r in range(1, m["repeats"])]
+
+
 def write_page_and_numbers(config, label, model, m, outdir, page_name: str) -> None:
-  """The interactive view of every head on both sequences, and the numbers."""
+  """The interactive view of every head on both sequences, and the numbers.  The page opens on
+  the strongest induction head; each head's button shows its previous-token and prefix-matching
+  scores (``experiment.head_roles``, the numbers every figure uses) and its stripe score here."""
   L, H = model.cfg.n_layers, model.cfg.n_heads
+  text_windows = 16
+  roles = experiment.head_roles(model, config.min_induction, text_windows=text_windows)
+  previous, induction, stripe = roles.previous_token, roles.induction, m["stripe"]
+  heads = [f"L{l}H{h} · prev {previous[l, h]:.2f} · ind {induction[l, h]:.2f} · "
+           f"stripe {stripe[l, h]:.2f}" for l in range(L) for h in range(H)]
+  marked = (induction >= config.min_induction).ravel().tolist()
   views = []
   for key, toks, pats in (("repeated", m["repeated"][0], m["weighted"][:, 0]),
                           ("text", m["text"][0], m["text_weighted"][:, 0])):
-    views.append({"name": m["names"][key], "heads": experiment.head_labels(L, H),
-                  "tokens": [experiment.show_token(t, 14) for t in model.token_strings(toks)],
+    names = [experiment.show_token(t, 14) for t in model.token_strings(toks)]
+    bos = int(toks[0]) == model.bos_id
+    if bos:
+      names[0] = "BOS"
+    views.append({"name": m["names"][key], "heads": heads, "induction": marked,
+                  "tokens": names, "bos": bos, "boundaries": boundaries(m, key),
+                  "scale": np.round(m["scale"][key][:, 0].ravel(), 4).tolist(),
                   "patterns": np.round(pats.reshape(L * H, *pats.shape[-2:]), 3).tolist()})
-  (outdir / page_name).write_text(_html(f"{label}: attention patterns", views))
+  first = int(np.argmax(induction))
+  below = ("" if induction.max() >= config.min_induction else
+           f"; no head reaches the induction threshold {config.min_induction}")
+  notes = (f"Value-weighted attention A_ij·‖x_j W_V W_O‖, on one scale per head (its largest "
+           f"entry on the sequence = 1), never per row. Opens on the strongest induction head, "
+           f"L{first // H}H{first % H} (ind {induction.max():.2f}{below}). {roles.probe}. "
+           f"ind: IH's prefix-matching score; stripe: mean attention on the induction stripe "
+           f"(offset −{m['n'] - 1}) of {m['names']['repeated']}, mean of {config.samples} "
+           f"sequences (the first is shown).")
+  (outdir / page_name).write_text(_html(f"{label}: attention patterns", views, first,
+                                        html.escape(notes)))
   experiment.write_json(outdir / f"induction_{label}.json", {
       "stripe_scores": m["stripe"], "stripe_probe": m["names"]["repeated"],
       "loss_per_position": m["losses"], "length": m["n"],
       "repeats": config.repeats, "loss_first_occurrence": m["first"],
       "value_weighted_head_max": {key: v[:, 0] for key, v in m["scale"].items()},
-      "loss_repeats": m["later"]})
+      "previous_token_scores": previous, "prefix_matching_scores": induction,
+      "head_roles_probe": roles.probe, "loss_repeats": m["later"]})
 
 
 def plot_patterns(config, label, model, m, outdir, suffix: str) -> None:
   """One grid of every head's value-weighted pattern per sequence (repeated, text), each head on
-  its own scale (its largest entry = 1; that entry's value in its title), one colour bar."""
+  its own scale (its largest entry = 1; that entry's value in its title), one labelled colour
+  bar; ticks at BOS and where each copy of the repeated sequence starts."""
   plt = experiment.pyplot()
   L, H, stripe = model.cfg.n_layers, model.cfg.n_heads, m["stripe"]
+  rows, cols, cell = experiment.head_grid(L, H)
   for key, pats in (("repeated", m["weighted"][:, 0]), ("text", m["text_weighted"][:, 0])):
     scale = m["scale"][key][:, 0]  # [L, H]
-    fig, axes = plt.subplots(L, H, figsize=(2.1 * H + 0.8, 2.4 * L + 0.6), squeeze=False,
-                             layout="constrained")
+    ticks = boundaries(m, key)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols + 1.0, 2.5 * rows + 0.7),
+                             squeeze=False, layout="constrained")
+    for ax in axes.ravel():
+      ax.set_visible(False)
     for l in range(L):
       for h in range(H):
-        ax = axes[l, h]
+        ax = axes[cell(l, h)]
+        ax.set_visible(True)
         image = ax.imshow(pats[l, h], cmap="Blues", vmin=0, vmax=1)
-        ax.set_xticks([]); ax.set_yticks([])
+        positions, names = zip(*ticks)
+        ax.set_xticks(positions, names, fontsize=6)
+        ax.set_yticks(positions, names, fontsize=6)
+        ax.tick_params(length=4, width=0.8)
+        if cell(l, h)[1] == 0:
+          ax.set_ylabel("destination", fontsize=7)
+        ax.set_xlabel("source", fontsize=7, labelpad=1)
         extra = f" stripe {stripe[l, h]:.2f}" if key == "repeated" else ""
         ax.set_title(f"L{l}H{h}{extra}\nmax {scale[l, h]:.3g}", fontsize=8,
                      color="#c0392b" if stripe[l, h] >= config.min_induction else "black")
-    fig.colorbar(image, ax=axes, shrink=0.8, label="A_ij·‖x_j W_V W_O‖ / the head's max")
+    experiment.colorbar(fig, image, axes, "A_ij·‖x_j W_V W_O‖ / the head's max", shrink=0.8)
     fig.suptitle(f"{label}: value-weighted attention on {m['names'][key]} (rows: destination, "
                  "columns: source; one scale per head, not per row)", fontsize=9)
     experiment.save_figure(fig, outdir, f"attention_{key}{suffix}")
 
 
-def plot_loss(config, label, m, outdir, suffix: str) -> None:
+def plot_loss(config, label, model, m, outdir, suffix: str) -> None:
+  """Loss per position on the repeated random tokens, with log V (uniform over the vocabulary)
+  and log n (uniform over the sequence's n distinct tokens) for reference."""
   plt = experiment.pyplot()
   n, losses = m["n"], m["losses"]
-  fig, ax = plt.subplots(figsize=(8, 3))
-  ax.plot(np.arange(1, len(losses) + 1), losses, color="#2e86c1")
+  fig, ax = plt.subplots(figsize=(8, 3.2))
+  ax.plot(np.arange(1, len(losses) + 1), losses, color="#2e86c1", label="loss")
+  log_v = float(np.log(model.cfg.d_vocab))
+  ax.axhline(log_v, color="#7f8c8d", ls="--", lw=1,
+             label=f"log V = {log_v:.2f}: uniform over the vocabulary")
+  ax.axhline(np.log(n), color="#7d3c98", ls=":", lw=1,
+             label=f"log n = {np.log(n):.2f}: uniform over the sequence's {n} tokens")
   for r in range(1, config.repeats):
     ax.axvline(r * n + 0.5, color="#c0392b", ls="--", lw=0.8)
+  ax.set_xticks([1] + [r * n + 1 for r in range(1, config.repeats)],
+                ["1"] + [f"{r * n + 1}\ncopy {r + 1}" for r in range(1, config.repeats)])
   ax.set_xlabel("position of the predicted token")
   ax.set_ylabel("loss (nats)")
+  ax.set_ylim(0, max(float(np.max(losses)), log_v) * 1.08)
+  ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, frameon=False)
   ax.set_title(f"{label}: loss on BOS + {n} random tokens × {config.repeats} (mean of "
-               f"{config.samples}); first copy {m['first']:.2f}, repeats {m['later']:.2f} nats")
+               f"{config.samples}); first copy {m['first']:.2f}, repeats {m['later']:.2f} nats",
+               fontsize=9)
   experiment.save_figure(fig, outdir, f"loss_per_position{suffix}")
 
 
@@ -197,7 +314,7 @@ def claims_of(config, label, m, one_layer) -> list:
       experiment.claim(
           figure="induction_attention", what="stripe", model=label, paper_says=STRIPE,
           statement=f"{label}: a head of a layer ≥ 1 attends along the induction stripe on "
-          "repeated random tokens", source="FW, induction heads (repeated random tokens)",
+          "repeated random tokens", source=FW_INDUCTION_HEADS,
           criterion=f"max over heads of layers ≥ 1 of the mean attention on the stripe at offset "
           f"−{n - 1} ≥ {config.min_induction} (uniform attention over the repeat: 1/{n})",
           measured=f"best: L{best[0]}H{best[1]} with stripe score {stripe[best]:.2f} on "
@@ -209,7 +326,7 @@ def claims_of(config, label, m, one_layer) -> list:
           paper_says=REPEATS,
           statement=f"{label}: on the repeats of a random sequence the loss falls below what one "
           "layer or plain copying can reach",
-          source="FW, induction heads (repeated random tokens); IH §2",
+          source=FW_IH_INDUCTION_HEADS,
           criterion=f"mean loss on the repeats < log({n}) = {log_n:.2f} nats (uniform over the "
           f"sequence's {n} distinct tokens) and < the 1L model's loss on the same repeats",
           measured=f"{later:.2f} nats on the repeats ({first:.2f} on the first copy); 1L model: "
@@ -229,7 +346,7 @@ def run(config, models, outdir):
     write_page_and_numbers(config, label, model, m, outdir, "induction_attention.html" if single
                            else f"induction_attention_{label}.html")
     plot_patterns(config, label, model, m, outdir, "" if single else f"_{label}")
-    plot_loss(config, label, m, outdir, "" if single else f"_{label}")
+    plot_loss(config, label, model, m, outdir, "" if single else f"_{label}")
     if model.cfg.n_layers >= 2:
       one_layer = [loss for layers, loss in repeat_loss.values() if layers == 1]
       claims.extend(claims_of(config, label, m, one_layer))

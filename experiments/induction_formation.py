@@ -1,4 +1,4 @@
-"""The phase change (IH §3): induction heads and in-context learning appear together.
+"""The phase change (IH, 'Argument 1'): induction heads and in-context learning appear together.
 
 For every training snapshot of each model (``Model.snapshots``: our run's log-spaced
 ``snapshots/``, or the ``checkpoints/`` of a downloaded model folder, read one at a time): the
@@ -35,6 +35,9 @@ from reproduce import experiment
 
 DESCRIPTION = "ICL score and every head's prefix-matching score over training (1L vs 2L), with the loss"
 ORDER = 100  # place in the batch job and index.html (reproduce.figure.figure_names)
+# Where the papers say what the claims test: section names, which every copy of the papers
+# carries (figure numbers are not in their text versions).
+IH_PHASE_CHANGE = "IH, 'Argument 1: … a “phase change” during training'"
 
 
 def x_axis(model) -> str:
@@ -242,14 +245,14 @@ ICL_1L = ("IH, \"Argument 1\": one-layer models, lacking induction heads, end tr
 def _none_in_1l_claim(config, label, flat):
   return experiment.claim(
       figure="induction_formation", what="none_in_1l", model=label, paper_says=NONE_IN_1L,
-      statement=f"{label}: a one-layer model never forms induction heads", source="IH §3",
+      statement=f"{label}: a one-layer model never forms induction heads", source=IH_PHASE_CHANGE,
       criterion=f"best prefix-matching score of any head at every snapshot < {config.unformed}",
       measured=f"best at any snapshot: {flat.max():.2f}", value=flat.max(axis=1),
       holds=flat.max() < config.unformed)
 
 
 def _icl_2l_below_1l_claim(final_icl):
-  """IH §3: the final ICL score of the 2L model(s) below the 1L model(s)' (None without both)."""
+  """IH, 'Argument 1': the final ICL score of the 2L model(s) below the 1L model(s)' (None without both)."""
   one = [(lab, v) for lab, (layers, v) in final_icl.items() if layers == 1]
   two = [(lab, v) for lab, (layers, v) in final_icl.items() if layers >= 2]
   if not (one and two):
@@ -257,7 +260,7 @@ def _icl_2l_below_1l_claim(final_icl):
   return experiment.claim(
       figure="induction_formation", what="icl_2l_below_1l", model=None, paper_says=ICL_1L,
       statement="the two-layer model learns more in context than the one-layer model: its ICL "
-      "score is lower", source="IH §3",
+      "score is lower", source=IH_PHASE_CHANGE,
       criterion="final ICL score (loss late − loss early) of every model with ≥ 2 layers < that "
       "of every one-layer model",
       measured="; ".join(f"{lab}: {v:+.3f} nats" for lab, v in one + two),
@@ -307,13 +310,13 @@ def run(config, models, outdir):
 
 
 def _phase_change_claims(config, label, tokens, best, icl, loss, gain, numbers, axis):
-  """IH §3's phase change in a model that can form induction heads; ``tokens``: the snapshots'
+  """IH 'Argument 1''s phase change in a model that can form induction heads; ``tokens``: the snapshots'
   positions on ``axis`` ("tokens" or "steps"); ``loss``: ((position, loss) [n, 2], its name)."""
   train_loss, loss_name = loss
   if gain is None:
     return [experiment.claim(
         figure="induction_formation", what="abrupt", model=label, paper_says=PHASE_CHANGE,
-        statement=f"{label}: induction heads form abruptly", source="IH §3",
+        statement=f"{label}: induction heads form abruptly", source=IH_PHASE_CHANGE,
         criterion=f"the best head's prefix matching gains ≥ {config.majority} of its total rise "
         f"within a factor {config.window_ratio:g} of {axis}",
         measured=f"its prefix matching never rises (final {best[-1]:.2f})", value=best,
@@ -321,7 +324,7 @@ def _phase_change_claims(config, label, tokens, best, icl, loss, gain, numbers, 
   i, j, fraction = gain
   claims = [experiment.claim(
       figure="induction_formation", what="abrupt", model=label, paper_says=PHASE_CHANGE,
-      statement=f"{label}: induction heads form abruptly", source="IH §3",
+      statement=f"{label}: induction heads form abruptly", source=IH_PHASE_CHANGE,
       criterion=f"the head with the highest final prefix-matching score gains ≥ "
       f"{config.majority} of its total rise (final − initial) between two snapshots ≤ "
       f"{config.window_ratio:g}× apart in {axis}, and ends ≥ {config.formed}",
@@ -336,7 +339,7 @@ def _phase_change_claims(config, label, tokens, best, icl, loss, gain, numbers, 
       figure="induction_formation", what="icl_in_window", model=label,
       paper_says=ICL_IN_WINDOW,
       statement=f"{label}: most in-context learning is acquired in the same window",
-      source="IH §3",
+      source=IH_PHASE_CHANGE,
       criterion=f"ICL fall between the window's snapshots ≥ {config.majority} of the total fall "
       "(highest ICL score → final)",
       measured=f"ICL {icl[i]:+.3f} → {icl[j]:+.3f} in the window; total fall {total:.3f} "
@@ -350,7 +353,7 @@ def _phase_change_claims(config, label, tokens, best, icl, loss, gain, numbers, 
 
 
 def _loss_bump_claim(config, label, lo, hi, bump, loss_name="training loss"):
-  """IH §3: the loss falls faster inside the formation window than on both sides of it; not
+  """IH, 'Argument 1': the loss falls faster inside the formation window than on both sides of it; not
   testable without a usable neighbour on each side (RECIPE.md, issue 20)."""
   k = config.bump_standard_errors
   criterion = (f"the least-squares slope of the logged {loss_name} against log10 tokens inside "
@@ -375,6 +378,6 @@ def _loss_bump_claim(config, label, lo, hi, bump, loss_name="training loss"):
   return experiment.claim(
       figure="induction_formation", what="loss_bump", model=label, statement=statement,
       paper_says=LOSS_BUMP,
-      source="IH §3", criterion=criterion, measured=measured,
+      source=IH_PHASE_CHANGE, criterion=criterion, measured=measured,
       value={"testable": testable, "slopes": bump}, holds=holds)
 

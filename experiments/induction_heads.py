@@ -1,5 +1,5 @@
-"""Induction heads beyond the stripe (IH §2-3, FW fig 26): copying, resting on BOS, and the
-layer-0 heads that feed them.
+"""Induction heads beyond the stripe (IH, 'Key Concepts'; FW, 'Analyzing a Two-Layer Model'):
+copying, resting on BOS, and the layer-0 heads that feed them.
 
 - IH's prefix-matching and copying scores of every head (``scores.prefix_matching_score``,
   ``scores.copying_score``: mean-subtracted, ReLU, rescaled to [−1, 1]; undefined, drawn apart
@@ -9,7 +9,7 @@ layer-0 heads that feed them.
   those sequences, and first occurrences in held-out text (``scores.first_occurrences``), next to
   what uniform attention over the visible positions would put there.
 - Every layer-0 head's mean attention at offsets 0, 1, 2, … on held-out text, to find a head
-  that averages over the last few tokens (FW fig 26) if there is one.
+  that averages over the last few tokens (FW, 'Analyzing a Two-Layer Model') if there is one.
 """
 
 import numpy as np
@@ -20,6 +20,13 @@ from reproduce import experiment
 DESCRIPTION = ("Prefix matching vs copying of every head, induction heads resting on BOS, "
                "layer-0 averaging heads")
 ORDER = 120  # place in the batch job and index.html (reproduce.figure.figure_names)
+# Where the papers say what the claims test: section names, which every copy of the papers
+# carries (figure numbers are not in their text versions).
+FW_IH_INDUCTION_HEADS = ("FW, 'Two-Layer Attention-Only Transformers' → 'Induction Heads'; IH, "
+                         "'Key Concepts' → 'Induction Heads'")
+FW_TWO_LAYER_MODEL = "FW, 'Two-Layer Attention-Only Transformers' → 'Analyzing a Two-Layer Model'"
+IH_COPYING = "IH, 'Key Concepts' → 'Induction Heads' (copying)"
+IH_PHASE_CHANGE = "IH, 'Argument 1: … a “phase change” during training'"
 
 
 COPYING = ("IH, \"Key Concepts\" (definition of induction heads): an induction head does two "
@@ -116,18 +123,19 @@ UNDEFINED = ("copying undefined: the head rests on BOS (attention off BOS below 
 UNDEFINED_Y = -1.2  # where heads without a copying score are drawn, below the [−1, 1] range
 
 
-def plot_prefix_vs_copying(ax, config, label, m) -> None:
+def plot_prefix_vs_copying(ax, config, label, m) -> list:
   """Every head's prefix matching against its copying score; heads whose copying is undefined
-  (NaN) drawn apart, as hollow diamonds on a strip below the axis's [−1, 1] range."""
+  (NaN) drawn apart, as hollow diamonds on a strip below the axis's [−1, 1] range.  Returns the
+  (x, y, name) of the points to label, once the figure's layout is final (``label_points``)."""
   prefix, copying, init_copying = m["prefix"], m["copying"], m["init_copying"]
   L, H = prefix.shape
   ax.scatter(m["init_prefix"].ravel(), np.nan_to_num(init_copying, nan=UNDEFINED_Y).ravel(),
              marker="x", c="#aab7b8", s=25, label=f"random init ({m['init_source']})")
+  points = []
   for l in range(L):
     ax.scatter(prefix[l], copying[l], s=45, label=f"layer {l}", alpha=0.9)
-    for h in np.flatnonzero(np.isfinite(copying[l])):
-      ax.annotate(f"L{l}H{h}", (prefix[l, h], copying[l, h]), fontsize=7,
-                  xytext=(4, 3), textcoords="offset points")
+    points += [(prefix[l, h], copying[l, h], f"L{l}H{h}")
+              for h in np.flatnonzero(np.isfinite(copying[l]))]
   undefined = ~np.isfinite(copying)
   if undefined.any():  # named in the legend: their points sit on one strip and would overlap
     names = ", ".join(f"L{l}H{h}" for l, h in zip(*np.nonzero(undefined)))
@@ -142,7 +150,17 @@ def plot_prefix_vs_copying(ax, config, label, m) -> None:
   ax.set_xlabel("prefix-matching score"); ax.set_ylabel("copying score (strip below: undefined)")
   ax.set_title(f"{label}: every head\n(dashed: induction threshold; dotted: best random-init "
                "copying)", fontsize=8)
-  ax.legend(fontsize=7, loc="upper left")
+  ax.legend(fontsize=7, loc="lower right")  # heads sit up and left; the strip is bottom left
+  return points
+
+
+def label_points(ax, points) -> None:
+  """Names the points of ``plot_prefix_vs_copying`` (12 heads of a 1L model crowd one corner),
+  no two labels overlapping and none over a point or the legend."""
+  if points:
+    x, y, text = zip(*points)
+    legend = ax.get_legend().get_window_extent()
+    experiment.place_labels(ax, x, y, text, point_radius=4.5, avoid=[legend])
 
 
 def plot_bos_attention(ax, label, m) -> None:
@@ -157,11 +175,12 @@ def plot_bos_attention(ax, label, m) -> None:
   names = [f"L{l}H{h}" + ("*" if (l, h) in m["induction"] else "") for l in range(L)
            for h in range(H)]
   ax.set_xticks(x, names, fontsize=7, rotation=90 if L * H > 16 else 0)
-  ax.set_ylim(0, 1.05)
+  ax.set_ylim(0, 1.4)  # room above the bars for the legend
+  ax.set_yticks(np.linspace(0, 1, 6))
   ax.set_ylabel("mean attention on BOS")
   ax.set_title(f"{label}: attention on BOS when the token has no earlier copy\n"
                "(* induction head)", fontsize=8)
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=7, loc="upper right", ncol=2)
 
 
 def plot_layer0_offsets(ax, config, label, m) -> None:
@@ -183,9 +202,9 @@ def _names_of(heads) -> str:
 
 
 def induction_claims(config, label, m) -> list:
-  """IH §2, FW §7: the induction heads copy, and rest on BOS when nothing earlier matches.  Heads
-  whose copying score is undefined (NaN: resting on BOS) are left out of the comparison and
-  counted."""
+  """IH, 'Key Concepts'; FW, 'Induction Heads': the induction heads copy, and rest on BOS when
+  nothing earlier matches.  Heads whose copying score is undefined (NaN: resting on BOS) are left
+  out of the comparison and counted."""
   induction, copying, init_copying = m["induction"], m["copying"], m["init_copying"]
   defined = [(l, h) for l, h in induction if np.isfinite(copying[l, h])]
   undefined = [(l, h) for l, h in induction if not np.isfinite(copying[l, h])]
@@ -198,7 +217,7 @@ def induction_claims(config, label, m) -> list:
   claims = [experiment.claim(
       figure="induction_heads", what="induction_heads_copy", model=label, paper_says=COPYING,
       statement=f"{label}: induction heads also copy (IH's copying score)",
-      source="IH §2 (copying score)",
+      source=IH_COPYING,
       criterion=f"every head with prefix-matching score ≥ {config.role_threshold} in layers ≥ 1 "
       "whose copying score is defined has one above the largest defined score of the random-init "
       f"heads ({init_max:.2f}); a head resting on BOS (undefined copying) is left out and counted, "
@@ -219,7 +238,7 @@ def induction_claims(config, label, m) -> list:
         figure="induction_heads", what=f"induction_heads_rest_on_bos_{where}", model=label,
         paper_says=REST_ON_BOS,
         statement=f"{label}: induction heads put most of their attention on BOS when the current "
-        f"token has no earlier copy ({where})", source="FW §7, IH §2",
+        f"token has no earlier copy ({where})", source=FW_IH_INDUCTION_HEADS,
         criterion=f"mean attention on position 0 over {mask} ≥ {config.min_bos} for every "
         "induction head",
         measured=f"{_names_of(induction)}: "
@@ -260,7 +279,7 @@ def averaging_head_claim(config, label, m) -> dict:
   return experiment.claim(
       figure="induction_heads", what="layer0_averaging_head", model=label, paper_says=AVERAGING,
       statement=f"{label}: a layer-0 head attends over the last several tokens, and an induction "
-      "head relies on it (K-composition)", source="FW, corrected composition figure",
+      "head relies on it (K-composition)", source=FW_TWO_LAYER_MODEL,
       criterion=f"a layer-0 head with ≥ {config.min_window_mass} of its attention on text within "
       f"the last {window} tokens (offsets 0 … {window - 1}: 'the last several tokens') spread "
       f"over them, exp(entropy) ≥ {config.min_spread:g} ('several', not one or two); and a "
@@ -278,13 +297,13 @@ def averaging_head_claim(config, label, m) -> dict:
 
 
 def claims_of(config, label, model, m) -> list:
-  """A one-layer model: no induction head (IH §3); deeper ones: the claims about theirs."""
+  """A one-layer model: no induction head (IH, 'Argument 1'); deeper ones: the claims about theirs."""
   if model.cfg.n_layers == 1:
     prefix = m["prefix"]
     return [experiment.claim(
         figure="induction_heads", what="no_prefix_matching_in_1l", model=label,
         paper_says=NONE_IN_1L,
-        statement=f"{label}: a one-layer model has no induction head", source="IH §3",
+        statement=f"{label}: a one-layer model has no induction head", source=IH_PHASE_CHANGE,
         criterion=f"every head's prefix-matching score < {config.role_threshold}",
         measured=f"largest prefix-matching score {prefix.max():.2f} "
         f"(L0H{int(np.argmax(prefix[0]))}); random init largest {m['init_prefix'].max():.2f}",
@@ -297,15 +316,18 @@ def run(config, models, outdir):
   claims = []
   labels = list(models)
   fig, axes = plt.subplots(len(labels), 3, figsize=(15, 4.8 * len(labels)), squeeze=False)
+  points = {}
   for row, label in enumerate(labels):
     model = models[label]
     experiment.require_tokens(model, "induction_heads")
     m = head_scores(config, model)
     write_numbers(outdir, label, m)
-    plot_prefix_vs_copying(axes[row, 0], config, label, m)
+    points[label] = plot_prefix_vs_copying(axes[row, 0], config, label, m)
     plot_bos_attention(axes[row, 1], label, m)
     plot_layer0_offsets(axes[row, 2], config, label, m)
     claims.extend(claims_of(config, label, model, m))
   fig.tight_layout()
+  for row, label in enumerate(labels):
+    label_points(axes[row, 0], points[label])
   experiment.save_figure(fig, outdir, "induction_heads")
   return claims

@@ -1,4 +1,5 @@
-"""Induction heads read off the weights: OV copying against K-composition matching (FW fig 22).
+"""Induction heads read off the weights: OV copying against K-composition matching (FW,
+'Checking the Mechanistic Theory').
 
 For every head of every layer l ≥ 1: x = positivity of its full OV circuit (does attending to a
 token raise that token?), y = positivity of its K-composition QK term with the strongest
@@ -17,6 +18,10 @@ from reproduce import experiment
 
 DESCRIPTION = "Heads of layers ≥ 1: OV positivity vs positivity of the K-composition QK term with a previous-token head"
 ORDER = 80  # place in the batch job and index.html (reproduce.figure.figure_names)
+# Where the papers say what the claims test: section names, which every copy of the papers
+# carries (figure numbers are not in their text versions).
+FW_CHECKING_THEORY = ("FW, 'Two-Layer Attention-Only Transformers' → 'Induction Heads' → 'Checking"
+                      " the Mechanistic Theory'")
 
 
 CORNER = ("FW, \"Checking the Mechanistic Theory\" (the OV/QK positivity scatter): with the "
@@ -68,11 +73,8 @@ def run(config, models, outdir):
     y = np.asarray([at(qk, l, h) for l, h in heads])
     score = np.asarray([roles.induction[l, h] for l, h in heads])
     colours = ["#c0392b" if (l, h) in induction else "#5d6d7e" for l, h in heads]
-    ax.scatter(x, y, c=colours, s=40 + 200 * np.clip(score, 0, 1), alpha=0.85)
-    offsets = [(6, 6), (6, -12), (-70, 6), (-70, -12)]  # staggered: heads often share a corner
-    for i, (l, h) in enumerate(heads):
-      ax.annotate(f"L{l}H{h} ({score[i]:.2f})", (x[i], y[i]), fontsize=7,
-                  xytext=offsets[i % 4], textcoords="offset points")
+    sizes = 40 + 200 * np.clip(score, 0, 1)
+    ax.scatter(x, y, c=colours, s=sizes, alpha=0.85)
     ax.set_xlim(-1.05, 1.1); ax.set_ylim(-1.05, 1.1)
     ax.set_xlabel("OV circuit positivity (copying)")
     used = ", ".join(f"layer {l}: L{p[0]}H{p[1]}" for l, p in zip(range(1, L), prev))
@@ -80,6 +82,9 @@ def run(config, models, outdir):
     ax.set_title(f"{label}: heads of layers ≥ 1 (red: prefix-matching score ≥ {config.role_threshold}; "
                  "size ∝ prefix-matching score)", fontsize=8)
     ax.legend(fontsize=7, loc="lower left")
+    # heads often share a corner (L1H2 hid under L1H0): labels placed clear of each other
+    experiment.place_labels(ax, x, y, [f"L{l}H{h} ind {score[i]:.2f}" for i, (l, h) in
+                                       enumerate(heads)], point_radius=np.sqrt(sizes / np.pi) + 1)
     experiment.save_figure(fig, outdir, "ov_qk_scatter" if len(models) == 1
                            else f"ov_qk_scatter_{label}")
     claims.extend(_claims(config, label, roles, heads, induction, ov, qk, prev, init_ov, init_qk,
@@ -98,7 +103,7 @@ def _claims(config, label, roles, heads, induction, ov, qk, prev, init_ov, init_
       experiment.claim(
           figure="ov_qk_scatter", what="induction_ov_copying", model=label, paper_says=CORNER,
           statement=f"{label}: induction heads copy: their full OV circuit has mostly positive "
-          "eigenvalues", source="FW fig 22",
+          "eigenvalues", source=FW_CHECKING_THEORY,
           criterion=f"every head of layers ≥ 1 with prefix-matching score ≥ {config.role_threshold} "
           f"has OV positivity ≥ {near} (and there is one)",
           measured=f"{where}; {init_range}", value=values,
@@ -107,7 +112,7 @@ def _claims(config, label, roles, heads, induction, ov, qk, prev, init_ov, init_
           figure="ov_qk_scatter", what="induction_k_composed_qk_positive", model=label,
           paper_says=CORNER,
           statement=f"{label}: induction heads match by K-composition: their QK term composed "
-          "with the previous-token head has mostly positive eigenvalues", source="FW fig 22",
+          "with the previous-token head has mostly positive eigenvalues", source=FW_CHECKING_THEORY,
           criterion=f"every head of layers ≥ 1 with prefix-matching score ≥ {config.role_threshold} "
           f"has positivity ≥ {near} of W_E W_QK (W_E W_OV^prev)ᵀ (and there is one)",
           measured=f"{where}; previous-token heads used: "

@@ -1,4 +1,5 @@
-"""Positional heads: what each head attends to from positions alone (FW fig 13).
+"""Positional heads: what each head attends to from positions alone (FW, 'Primarily
+Positional Attention Heads').
 
 With positions added to the Q/K inputs only, a head's purely positional score between
 destination i and source j is W_pos[i] W_QK W_pos[j]ᵀ / sqrt(d_head); its causal softmax shows
@@ -12,6 +13,10 @@ from reproduce import experiment
 
 DESCRIPTION = "Per head: softmax of the position-position QK score; offset-0 and offset-1 heads"
 ORDER = 30  # place in the batch job and index.html (reproduce.figure.figure_names)
+# Where the papers say what the claims test: section names, which every copy of the papers
+# carries (figure numbers are not in their text versions).
+FW_POSITIONAL_HEADS = ("FW, 'One-Layer Attention-Only Transformers' → 'Interpretation as Skip-"
+                       "Trigrams' → 'Primarily Positional Attention Heads'")
 
 
 POSITIONAL = ("FW, \"One-Layer Attention-Only Transformers\", on primarily positional heads: "
@@ -35,7 +40,7 @@ def positional_claim(config, label, offsets) -> dict:
   return experiment.claim(
       figure="positional_heads", what="positional", model=label, paper_says=POSITIONAL,
       statement=f"{label}: some heads are primarily positional, attending to the present or the "
-      "previous token", source="FW, one-layer models (positional heads)",
+      "previous token", source=FW_POSITIONAL_HEADS,
       criterion=f"some head puts ≥ {need} (most) of its purely positional attention on the "
       "present or the previous token: mean attention at offset 0 plus at offset 1, summed "
       "(softmax of W_pos W_QK W_posᵀ / √d_head over the whole context, destinations ≥ 1)",
@@ -61,19 +66,23 @@ def run(config, models, outdir):
                            "present_or_previous": present_or_previous(offsets)})
     np.savez(outdir / f"positional_patterns_{label}.npz", patterns=pattern)
 
-    cols = min(H, 6)
-    per_layer = -(-H // cols)  # rows of heads per layer
-    rows = L * per_layer
-    fig = plt.figure(figsize=(1.9 * cols + 1, 2.0 * rows + 2.6))
-    grid = fig.add_gridspec(rows + 1, cols, height_ratios=[1] * rows + [1.2], hspace=0.6)
+    rows, cols, cell = experiment.head_grid(L, H)
+    fig = plt.figure(figsize=(1.9 * cols + 1.6, 2.0 * rows + 2.6))
+    grid = fig.add_gridspec(rows + 1, cols + 1, height_ratios=[1] * rows + [1.2],
+                            width_ratios=[1] * cols + [0.08], hspace=0.6)
     for l in range(L):
       for h in range(H):
-        ax = fig.add_subplot(grid[l * per_layer + h // cols, h % cols])
-        ax.imshow(pattern[l, h], cmap="magma", vmin=0, vmax=1)
-        ax.set_xticks([]); ax.set_yticks([])
+        ax = fig.add_subplot(grid[cell(l, h)])
+        image = ax.imshow(pattern[l, h], cmap="magma", vmin=0, vmax=1)
+        ax.set_xticks([0, T - 1], ["0", str(T - 1)], fontsize=6)
+        ax.set_yticks([0, T - 1], ["0", str(T - 1)], fontsize=6)
+        ax.tick_params(length=2, pad=1)
         ax.set_title(f"L{l}H{h}\nself {offsets['offset0'][l, h]:.2f} prev "
                      f"{offsets['offset1'][l, h]:.2f}", fontsize=7)
-    bars = fig.add_subplot(grid[rows, :])
+    bar = fig.colorbar(image, cax=fig.add_subplot(grid[:rows, cols]))
+    bar.set_label("positional attention (softmax over sources)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    bars = fig.add_subplot(grid[rows, :cols])
     x = np.arange(L * H)
     bars.bar(x - 0.2, offsets["offset0"].ravel(), 0.4, label="offset 0 (self)")
     bars.bar(x + 0.2, offsets["offset1"].ravel(), 0.4, label="offset 1 (previous token)")
@@ -82,7 +91,7 @@ def run(config, models, outdir):
     bars.set_ylim(0, 1)
     bars.legend(fontsize=7)
     fig.suptitle(f"{label}: softmax(W_pos W_QK W_posᵀ / √d_head), first {T} positions "
-                 "(rows: destination, columns: source)")
+                 "(rows: destination position, columns: source position)")
     experiment.save_figure(fig, outdir, f"positional_heads_{label}")
 
     if L == 1:  # FW's statement is about one-layer models; deeper ones are drawn, not claimed

@@ -1,5 +1,5 @@
-"""One layer: every head as skip-trigrams "source … destination → output" (FW §4), read as FW's
-tables read them.
+"""One layer: every head as skip-trigrams "source … destination → output" (FW, 'Interpretation
+as Skip-Trigrams'), read as FW's tables read them.
 
 A head's QK circuit W_E W_QK W_Eᵀ[dest, src] / sqrt(d_head) says how much ``dest`` attends to
 ``src``; its OV circuit W_E W_OV W_U[src, out] says which outputs attending to ``src`` raises.
@@ -27,6 +27,12 @@ from reproduce import experiment
 DESCRIPTION = ("1L skip-trigrams per head: destinations, their top QK sources, those sources' top "
                "OV outputs, with corpus counts")
 ORDER = 20  # place in the batch job and index.html (reproduce.figure.figure_names)
+# Where the papers say what the claims test: section names, which every copy of the papers
+# carries (figure numbers are not in their text versions).
+FW_COPYING = ("FW, 'One-Layer Attention-Only Transformers' → 'Interpretation as Skip-Trigrams' → "
+              "'Copying / Primitive In-Context Learning'")
+FW_SKIP_TRIGRAM_BUGS = ("FW, 'One-Layer Attention-Only Transformers' → 'Interpretation as Skip-"
+                        "Trigrams' → 'Skip-Trigram “Bugs”'")
 
 
 def frequent_tokens(model, min_count: int) -> np.ndarray:
@@ -265,7 +271,7 @@ BUGS = ("FW, \"Skip-Trigram Bugs\": one-layer models hold skip-trigrams in a \"f
 
 
 def claims_of(config, label, model, t) -> list:
-  """FW §4: most heads copy, they attend to plausible next tokens, the factored form's bugs."""
+  """FW, 'Interpretation as Skip-Trigrams': most heads copy, they attend to plausible next tokens, the factored form's bugs."""
   L, H = model.cfg.n_layers, model.cfg.n_heads
   rank, init_rank, bugs = t["rank"], t["init_rank"], t["bugs"]
   auc, init_auc = t["head_auc"], t["init_head_auc"]
@@ -284,7 +290,7 @@ def claims_of(config, label, model, t) -> list:
   return [
       claim("most_heads_copy", paper_says=COPYING,
             statement=f"{label}: most heads copy — attending to a token raises that same token",
-            source="FW §4 (figs 10, 14)",
+            source=FW_COPYING,
             criterion=f"heads whose median (over {len(t['allowed'])} tokens seen ≥ "
             f"{config.min_count} times) rank of a token's own logit within its OV row (what "
             f"attending to it raises) is ≥ {config.copy_rank} are a majority",
@@ -295,7 +301,7 @@ def claims_of(config, label, model, t) -> list:
       claim("attends_to_plausible_next_tokens", paper_says=PLAUSIBLE,
             statement=f"{label}: the QK circuit attends back to tokens that could plausibly be "
             "the next token (FW: 'tokens are copied, but only to places where bigram-ish "
-            "statistics make them seem plausible')", source="FW §4 (copying)",
+            "statistics make them seem plausible')", source=FW_COPYING,
             criterion=f"per head, for each of its {n_dest} table destinations d: the probability "
             "that a token seen right after d in the searched text gets a higher QK gain in d's "
             "row than a token never seen there (AUC, chance 0.5; only d's own row is compared); "
@@ -310,7 +316,7 @@ def claims_of(config, label, model, t) -> list:
             statement=f"{label}: the factored form makes skip-trigram bugs: a head that learned "
             "s … d1 → o1 and s … d2 → o2 also raises s … d1 → o2 (FW's English 'keep … in bay' "
             "cannot occur on Python code; this is the same pattern searched for on code)",
-            source="FW §4 (skip-trigram bugs)",
+            source=FW_SKIP_TRIGRAM_BUGS,
             criterion=f"in each head's table (its {n_dest} destinations, their top "
             f"{config.top_k} sources, those sources' top {config.top_k} outputs), at least one "
             f"distinct s … d1 → o2 that never occurs in {len(t['counter'].tokens):,} training "

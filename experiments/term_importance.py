@@ -1,4 +1,5 @@
-"""How much each order of path matters: the frozen-pattern recursion (FW figs 23, 24).
+"""How much each order of path matters: the frozen-pattern recursion (FW, 'Term
+Importance Analysis').
 
 With attention patterns frozen at their values on held-out text, the loss with paths through at
 most k heads is L_k: L0 is the direct path, L1 adds each head on the embeddings, L2 adds the
@@ -13,6 +14,9 @@ from reproduce.core.paths import term_importance
 
 DESCRIPTION = "Loss with paths through ≤ k heads (frozen patterns): marginal effect by order and layer"
 ORDER = 90  # place in the batch job and index.html (reproduce.figure.figure_names)
+# Where the papers say what the claims test: section names, which every copy of the papers
+# carries (figure numbers are not in their text versions).
+FW_TERM_IMPORTANCE = "FW, 'Two-Layer Attention-Only Transformers' → 'Term Importance Analysis'"
 
 
 def run(config, models, outdir):
@@ -33,16 +37,20 @@ def run(config, models, outdir):
                            "head_effect": head_effect})
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), layout="constrained")
-    names = [f"L{k}" for k in range(L + 1)] + ["full"]
+    names = [f"≤ {k} head{'' if k == 1 else 's'}" for k in range(L + 1)] + ["full"]
     values = list(out["losses"]) + [float(out["loss_full"])]
-    axes[0].bar(names, values, color=["#7f8c8d"] + ["#2e86c1"] * L + ["#1c2833"])
+    bars = axes[0].bar(names, values, color=["#7f8c8d"] + ["#2e86c1"] * L + ["#1c2833"])
+    axes[0].bar_label(bars, fmt="%.2f", fontsize=7)
     axes[0].axhline(uniform, color="#c0392b", ls="--", lw=1, label=f"uniform, log V = {uniform:.2f}")
     axes[0].set_ylabel("held-out loss (nats)")
-    axes[0].set_title("loss with paths through ≤ k heads")
+    axes[0].set_title("loss with paths through ≤ k heads (≤ 0: the direct path)")
     axes[0].legend(fontsize=7)
-    axes[1].bar([f"order {k + 1}" for k in range(L)], out["marginal"], color="#2e86c1")
+    bars = axes[1].bar([f"paths through {k + 1} head{'' if k == 0 else 's'}"
+                        + ("\n(virtual heads)" if k else "") for k in range(L)],
+                       out["marginal"], color="#2e86c1")
+    axes[1].bar_label(bars, fmt="%+.3f", fontsize=7)
     axes[1].set_ylabel("loss reduction (nats)")
-    axes[1].set_title("marginal effect of each order")
+    axes[1].set_title("marginal effect of each order: L(≤ k−1) − L(≤ k)")
     x = np.arange(H)
     for l in range(L):
       axes[2].bar(x + (l - (L - 1) / 2) * 0.8 / L, head_effect[l], 0.8 / L,
@@ -77,7 +85,7 @@ LAYER1 = ("FW, \"Term Importance Analysis\": split by layer, the individual-head
 
 
 def _claims(config, label, marginal, layer_effect):
-  """FW figs 23, 24: first-order terms matter, virtual heads add little, layer 1 matters most."""
+  """FW, 'Term Importance Analysis': first-order terms matter, virtual heads add little, layer 1 matters most."""
   first, higher = float(marginal[0]), float(np.sum(marginal[1:]))
   orders = "second" if len(marginal) == 2 else f"second to {len(marginal)}th"
   return [
@@ -85,7 +93,7 @@ def _claims(config, label, marginal, layer_effect):
           figure="term_importance", what="virtual_heads_small", model=label,
           paper_says=VIRTUAL_SMALL,
           statement=f"{label}: the virtual-head ({orders}-order) terms matter little next to the "
-          "first-order ones", source="FW figs 23, 24",
+          "first-order ones", source=FW_TERM_IMPORTANCE,
           criterion=f"first-order loss reduction ≥ {config.min_first_order} nats (heads matter "
           f"at all) and {orders}-order reduction ≤ {config.max_higher_fraction} × the "
           "first-order one",
@@ -98,7 +106,7 @@ def _claims(config, label, marginal, layer_effect):
           figure="term_importance", what="layer1_matters_most", model=label,
           paper_says=LAYER1,
           statement=f"{label}: among first-order terms, the layer-1 heads matter most",
-          source="FW figs 23, 24",
+          source=FW_TERM_IMPORTANCE,
           criterion=f"loss reduction of layer 1's heads alone ≥ {config.min_layer_ratio} × layer "
           f"0's, and ≥ {config.min_first_order} nats",
           measured=f"loss reduction: layer 0 alone {layer_effect[0]:+.3f} nats, layer 1 alone "

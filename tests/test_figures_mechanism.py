@@ -168,6 +168,26 @@ def test_show_token_keeps_indents_apart():
   assert show("):\n" + " " * 24, 6).endswith("+24sp")
 
 
+def test_placed_labels_do_not_overlap():
+  """Heads that share a point (L1H2 used to hide under L1H0 in ov_qk_scatter) keep every label
+  readable: no two labels' boxes overlap, and none leaves the axes."""
+  from matplotlib.text import Text
+  plt = experiment.pyplot()
+  fig, ax = plt.subplots(figsize=(4, 4))
+  x = np.array([0.5] * 5 + [0.52, 0.48, 0.98, 0.02])
+  y = np.array([0.5] * 5 + [0.51, 0.49, 0.98, 0.02])
+  ax.scatter(x, y); ax.set_xlim(0, 1); ax.set_ylim(0, 1)
+  labels = experiment.place_labels(ax, x, y, [f"L1H{i} (0.{i}2)" for i in range(len(x))])
+  renderer, boxes = fig.canvas.get_renderer(), []
+  for label in labels:  # the text alone, without its leader line
+    label.update_positions(renderer)
+    boxes.append(Text.get_window_extent(label))
+  frame = ax.get_window_extent(renderer)
+  plt.close(fig)
+  assert not any(boxes[i].overlaps(boxes[j]) for i in range(len(boxes)) for j in range(i))
+  assert all(frame.contains(b.x0, b.y0) and frame.contains(b.x1, b.y1) for b in boxes)
+
+
 @pytest.fixture(scope="module")
 def mechanism_figures(tmp_path_factory, trained_2l):
   """Each mechanism figure's run() on the session's trained 2L `test` model (no extra training;
