@@ -41,9 +41,11 @@ def roles_to_ablate(roles: experiment.HeadRoles):
   return heads, (int(l), int(h)), fallback
 
 
-def measure(model, w, probe, length, icl_inputs, icl_targets):
+def measure(model, w, probe, length, icl_inputs, icl_targets, icl=None):
+  """The repeat-loss drop and the ICL score of weights ``w`` (``icl``: already measured)."""
   repeat = scores.repeat_loss_drop(model.cfg, w, probe, length)
-  icl = scores.in_context_learning_score(model.cfg, w, icl_inputs, icl_targets)
+  if icl is None:
+    icl = scores.in_context_learning_score(model.cfg, w, icl_inputs, icl_targets)
   return {"repeat_drop": repeat["drop"], "repeat_loss": repeat["repeat"],
           "first_loss": repeat["first"], "icl": icl["score"],
           "icl_standard_error": icl["standard_error"]}
@@ -90,14 +92,19 @@ def ablate(config, model) -> Ablations:
   probe = scores.repeated_sequences(model.sampling_pool(), model.bos_id, length, 2,
                                     config.samples, seed=1)
   inputs, targets = model.heldout_windows(config.icl_windows)
+  # Ablations within the last layer: their ICL scores from one pass (the unembedding is all
+  # that reads those heads); every other ablation re-runs the model.
+  last = [[h] for h in range(H)] + ([[h for _, h in induction]] if induction and all(
+      l == L - 1 for l, _ in induction) else [])
+  last_icl = scores.last_layer_ablations_icl(model.cfg, model.weights, inputs, targets, last)
   base = measure(model, model.weights, probe, length, inputs, targets)
   single = {}
   for l in range(L):
     for h in range(H):
       single[(l, h)] = measure(model, scores.zero_ablated(model.weights, [(l, h)]), probe,
-                               length, inputs, targets)
+                               length, inputs, targets, last_icl[h] if l == L - 1 else None)
   together = measure(model, scores.zero_ablated(model.weights, induction), probe, length,
-                     inputs, targets)
+                     inputs, targets, last_icl[H] if len(last) > H else None)
   role_heads = set(induction) | {prev}
   others = {layer: [(l, h) for l, h in single if l == layer and (l, h) not in role_heads]
             for layer in sorted({l for l, _ in role_heads})}

@@ -351,3 +351,20 @@ def test_copying_score_is_undefined_for_a_head_resting_on_bos():
   assert np.isnan(got["score"][0, 0]) and got["defined"][0, 0] == 0
   assert got["off_bos"][0, 0] < 1e-6
   assert got["score"][0, 1] > 0.05 and got["defined"][0, 1] == 1
+
+
+@pytest.mark.parametrize("norm", ["none", "ln"])
+def test_last_layer_ablations_from_one_pass_equal_rerunning_with_zero_W_O(norm):
+  cfg, w = random_model(n_layers=2, n_heads=3, n_ctx=40, seed=3, norm=norm, pos="standard")
+  rng = np.random.default_rng(4)
+  inputs = rng.integers(0, cfg.d_vocab, (6, cfg.n_ctx))
+  targets = rng.integers(0, cfg.d_vocab, (6, cfg.n_ctx))
+  groups = [[0], [2], [0, 1, 2]]
+  got = scores.last_layer_ablations_icl(cfg, w, inputs, targets, groups)
+  for group, g in zip(groups, got):
+    rerun = scores.in_context_learning_score(
+        cfg, scores.zero_ablated(w, [(1, h) for h in group]), inputs, targets)
+    for key in ("score", "loss_early", "loss_late", "standard_error"):
+      assert g[key] == pytest.approx(rerun[key], abs=1e-5), (group, key)
+  unablated = scores.in_context_learning_score(cfg, w, inputs, targets)
+  assert abs(got[2]["score"] - unablated["score"]) > 1e-3  # the ablation changes something

@@ -345,15 +345,60 @@ def in_context_learning_score(config, w: Weights, inputs, targets, loss_position
   positions = tuple(int(i) for i in np.union1d([early, late], spread))
   losses = np.asarray(position_losses(cfg, w, jnp.asarray(inputs), jnp.asarray(targets),
                                       positions))
-  at = lambda i: losses[:, positions.index(i)].mean()
-  per_window = losses[:, positions.index(late)] - losses[:, positions.index(early)]
-  error = per_window.std(ddof=1) / np.sqrt(len(per_window)) if len(per_window) > 1 else np.nan
-  out = {"score": float(at(late) - at(early)), "early_index": early, "late_index": late,
-         "loss_early": float(at(early)), "loss_late": float(at(late)),
-         "standard_error": float(error), "windows": int(len(per_window))}
+  at = lambda i: losses[:, positions.index(i)]
+  out = icl_of_losses(at(early), at(late), early, late)
   if len(spread):
-    out["loss"] = float(np.mean([at(int(i)) for i in spread]))
+    out["loss"] = float(np.mean([at(int(i)).mean() for i in spread]))
   return out
+
+
+def icl_of_losses(early_losses, late_losses, early: int, late: int) -> Dict[str, float]:
+  """The ICL score and its standard error from each window's losses at the early and late
+  positions ([B] each), as ``in_context_learning_score`` reports them."""
+  early_losses, late_losses = np.asarray(early_losses), np.asarray(late_losses)
+  per_window = late_losses - early_losses
+  error = per_window.std(ddof=1) / np.sqrt(len(per_window)) if len(per_window) > 1 else np.nan
+  return {"score": float(late_losses.mean() - early_losses.mean()), "early_index": early,
+          "late_index": late, "loss_early": float(early_losses.mean()),
+          "loss_late": float(late_losses.mean()), "standard_error": float(error),
+          "windows": int(len(per_window))}
+
+
+def last_layer_ablations_icl(config, w: Weights, inputs, targets, groups: Sequence
+                             ) -> list:
+  """The ICL score (``icl_of_losses``) with each group of last-layer heads zero-ablated, from
+  one forward pass: nothing reads the last layer's heads but the unembedding, so removing the
+  group's outputs from the final stream at the two positions equals re-running the model with
+  their W_O set to 0 (``zero_ablated``).  ``groups``: lists of head indices of the last layer."""
+  cfg = ModelConfig.from_any(config)
+  early, late = icl_positions(inputs.shape[1])
+  mask = np.zeros((len(groups), cfg.n_heads), np.float32)
+  for g, heads in enumerate(groups):
+    mask[g, list(heads)] = 1
+  positions = (early, late)
+  T = late + 1  # a window holds its head outputs beside one layer's attention
+  chunk = items_per_chunk(window_bytes(cfg, T) + 4 * cfg.n_layers * cfg.n_heads * T * cfg.d_model,
+                          inputs.shape[0])
+  losses = np.asarray(_last_layer_ablation_losses(cfg, w, jnp.asarray(inputs),
+                                                  jnp.asarray(targets), positions,
+                                                  jnp.asarray(mask), chunk))  # [B, G, 2]
+  return [icl_of_losses(losses[:, g, 0], losses[:, g, 1], early, late)
+          for g in range(len(groups))]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "positions", "chunk"))
+def _last_layer_ablation_losses(cfg: ModelConfig, w: Weights, inputs, targets, positions,
+                                mask, chunk: int):
+  picked = jnp.asarray(positions)
+
+  def windows(x, y):
+    stream, _, outputs = residual_stream(cfg, w, x[:, : max(positions) + 1],
+                                         keep_head_outputs=True)
+    last = outputs[-1][:, :, picked]  # [b, H, P, D]
+    ablated = stream[:, None, picked] - jnp.einsum("gh,bhpd->bgpd", mask, last)
+    return token_losses(unembed(cfg, w, ablated), y[:, None, picked])  # [b, G, P]
+
+  return map_in_chunks(windows, (inputs, targets), chunk)
 
 
 def positional_offsets(w: Weights, n_ctx: int = 0) -> Dict[str, np.ndarray]:
