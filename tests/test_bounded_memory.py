@@ -11,10 +11,10 @@ from reproduce.core import circuits, kernels, paths, scores
 from reproduce.core.model import forward, token_losses
 
 
-@pytest.fixture(params=["whole", "one_item"])
+@pytest.fixture(params=[pytest.param("whole", marks=pytest.mark.slow), "one_item"])
 def budget(request, monkeypatch):
-  """Runs a test with the default budget (one chunk at these sizes) and with a 1-byte budget
-  (one window, row or head per chunk)."""
+  """Runs a test with the default budget (one chunk at these sizes: slow, as the references
+  compute the whole batch anyway) and with a 1-byte budget (one window, row or head per chunk)."""
   if request.param == "one_item":
     monkeypatch.setattr(kernels, "CHUNK_BYTES", 1)
   return request.param

@@ -150,13 +150,15 @@ def test_induction_attention_writes_standalone_html(figures):
   page = (folder / "induction_attention_attn2l.html").read_text()
   assert "<script>" in page and "http" not in page.split("<script>")[1]  # no network needed
   # it opens on the strongest induction head, whose button shows its scores, and names BOS
-  induction = np.asarray(json.loads((folder / "induction_attn2l.json").read_text())
-                         ["induction_scores"])
+  numbers = json.loads((folder / "induction_attn2l.json").read_text())
+  induction = np.asarray(numbers["prefix_matching_scores"])  # the induction score of every figure
+  stripe = np.asarray(numbers["stripe_scores"])
   first = int(page.split("let seq = 0, head = ")[1].split(";")[0])
   assert first == int(np.argmax(induction))
   views = json.loads(page.split("const V = ")[1].split(";\n")[0])
   assert views[0]["tokens"][0] == "BOS" and views[0]["bos"]
   assert f"ind {induction.ravel()[first]:.2f}" in views[0]["heads"][first]
+  assert f"stripe {stripe.ravel()[first]:.2f}" in views[0]["heads"][first]
 
 
 def test_index_page_shows_every_figure(figures):

@@ -1,5 +1,6 @@
-"""The phase-change claims' loss-bump test (induction_formation.loss_bump) on synthetic loss
-curves: it must not extrapolate, and must say when it cannot be tested."""
+"""The phase-change claims' criteria on synthetic curves: the loss-bump test
+(induction_formation.loss_bump) must not extrapolate and must say when it cannot be tested; the
+ICL share is of the fall from initialisation."""
 
 import numpy as np
 
@@ -40,3 +41,9 @@ def test_slopes_are_least_squares_per_decade():
   tokens = np.array([1e6, 2e6, 4e6, 8e6])
   slope, error, n = formation.interval_slope(tokens, 3 - 0.5 * np.log10(tokens), 1e6, 8e6)
   assert n == 4 and abs(slope + 0.5) < 1e-9 and error < 1e-9
+
+
+def test_the_icl_share_is_of_the_fall_from_initialisation_not_from_an_early_spike():
+  icl = np.array([0.0, 0.3, -0.1, -0.5, -0.9, -1.0])  # a brief rise at the 2nd snapshot
+  share, total = formation.icl_share(icl, 2, 4)
+  assert np.isclose(total, 1.0) and np.isclose(share, 0.8)

@@ -52,7 +52,7 @@ def _with_biases(cfg, w, seed):
 
 @pytest.mark.parametrize("n_layers, pos, norm, biases", [
     (0, "shortformer", "none", False), (2, "standard", "none", True),
-    (3, "shortformer", "none", True), (4, "standard", "lnpre", True),
+    (3, "shortformer", "none", True), pytest.param(4, "standard", "lnpre", True, marks=pytest.mark.slow),
     (4, "shortformer", "ln", True),
     pytest.param(1, "standard", "none", False, marks=pytest.mark.slow),
     pytest.param(2, "shortformer", "none", False, marks=pytest.mark.slow),

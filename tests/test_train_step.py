@@ -65,7 +65,9 @@ def _flat(tree):
   return np.concatenate([np.ravel(np.asarray(a, np.float64)) for a in jax.tree.leaves(tree)])
 
 
-@pytest.mark.parametrize("attention", ["xla", "blocked"])
+@pytest.mark.parametrize("attention", [
+    pytest.param("xla", marks=pytest.mark.slow),  # the GPU path; its forward: bfloat16 test below
+    "blocked"])
 def test_fused_attention_loss_and_grads_equal_explicit(attention):
   cfg, w = random_model(n_layers=2, n_heads=3, d_head=8, d_model=16, d_vocab=37, n_ctx=12,
                         pos="shortformer", std=0.3)
