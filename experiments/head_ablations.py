@@ -41,11 +41,10 @@ def roles_to_ablate(roles: experiment.HeadRoles):
   return heads, (int(l), int(h)), fallback
 
 
-def measure(model, w, probe, length, icl_inputs, icl_targets, icl=None):
-  """The repeat-loss drop and the ICL score of weights ``w`` (``icl``: already measured)."""
+def measure(model, w, probe, length, icl):
+  """The repeat-loss drop of weights ``w`` beside their ICL score ``icl``
+  (``scores.ablations_icl``)."""
   repeat = scores.repeat_loss_drop(model.cfg, w, probe, length)
-  if icl is None:
-    icl = scores.in_context_learning_score(model.cfg, w, icl_inputs, icl_targets)
   return {"repeat_drop": repeat["drop"], "repeat_loss": repeat["repeat"],
           "first_loss": repeat["first"], "icl": icl["score"],
           "icl_standard_error": icl["standard_error"]}
@@ -94,17 +93,14 @@ def ablate(config, model) -> Ablations:
   inputs, targets = model.heldout_windows(config.icl_windows)
   # Ablations within the last layer: their ICL scores from one pass (the unembedding is all
   # that reads those heads); every other ablation re-runs the model.
-  last = [[h] for h in range(H)] + ([[h for _, h in induction]] if induction and all(
-      l == L - 1 for l, _ in induction) else [])
-  last_icl = scores.last_layer_ablations_icl(model.cfg, model.weights, inputs, targets, last)
-  base = measure(model, model.weights, probe, length, inputs, targets)
-  single = {}
-  for l in range(L):
-    for h in range(H):
-      single[(l, h)] = measure(model, scores.zero_ablated(model.weights, [(l, h)]), probe,
-                               length, inputs, targets, last_icl[h] if l == L - 1 else None)
+  singles = [(l, h) for l in range(L) for h in range(H)]
+  icl = scores.ablations_icl(model.cfg, model.weights, inputs, targets,
+                             [[]] + [[x] for x in singles] + [induction])  # one shared pass
+  base = measure(model, model.weights, probe, length, icl[0])
+  single = {x: measure(model, scores.zero_ablated(model.weights, [x]), probe, length, icl[1 + i])
+            for i, x in enumerate(singles)}
   together = measure(model, scores.zero_ablated(model.weights, induction), probe, length,
-                     inputs, targets, last_icl[H] if len(last) > H else None)
+                     icl[-1])
   role_heads = set(induction) | {prev}
   others = {layer: [(l, h) for l, h in single if l == layer and (l, h) not in role_heads]
             for layer in sorted({l for l, _ in role_heads})}

@@ -1,7 +1,6 @@
 """Path expansion, term importance and head scores, against hand computations and a hand-built
 induction circuit."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from helpers import random_model
 from reproduce.core import circuits, scores
 from reproduce.core.model import ModelConfig, forward, token_losses
 from reproduce.core.paths import path_expansion, sum_of_paths, term_importance
-from reproduce.core.weights import Weights
+from reproduce.core.weights import Weights, fold_for_analysis
 
 
 def induction_model(V=20, T=33, gain=8.0, copy=1.0):
@@ -353,18 +352,37 @@ def test_copying_score_is_undefined_for_a_head_resting_on_bos():
   assert got["score"][0, 1] > 0.05 and got["defined"][0, 1] == 1
 
 
-@pytest.mark.parametrize("norm", ["none", "ln"])
-def test_last_layer_ablations_from_one_pass_equal_rerunning_with_zero_W_O(norm):
-  cfg, w = random_model(n_layers=2, n_heads=3, n_ctx=40, seed=3, norm=norm, pos="standard")
+@pytest.mark.parametrize("layers, norm, pos, fold", [
+    (2, "none", "standard", False), (3, "ln", "standard", False),
+    (3, "ln", "shortformer", True),  # LN + positions after the norm, folded: W_Q_pos, W_K_pos
+    (2, "none", "shortformer", False)])
+def test_ablations_from_one_shared_pass_equal_rerunning_with_zero_W_O(layers, norm, pos, fold):
+  """``ablated_position_losses`` (shared unablated pass, last layer at the asked positions only)
+  against a full forward of ``zero_ablated`` weights, every position's logits, read at the
+  positions: groups starting in every layer, across layers, and the empty group."""
+  extra = {"pos_after_norm": True} if fold else {}
+  cfg, w = random_model(n_layers=layers, n_heads=3, n_ctx=24, seed=3, norm=norm, pos=pos,
+                        **extra)
+  w = _with_biases(cfg, w, 5)
+  if fold:
+    cfg, w = fold_for_analysis(cfg, w)
+    assert w.W_Q_pos is not None
   rng = np.random.default_rng(4)
-  inputs = rng.integers(0, cfg.d_vocab, (6, cfg.n_ctx))
-  targets = rng.integers(0, cfg.d_vocab, (6, cfg.n_ctx))
-  groups = [[0], [2], [0, 1, 2]]
-  got = scores.last_layer_ablations_icl(cfg, w, inputs, targets, groups)
-  for group, g in zip(groups, got):
-    rerun = scores.in_context_learning_score(
-        cfg, scores.zero_ablated(w, [(1, h) for h in group]), inputs, targets)
+  inputs = rng.integers(0, cfg.d_vocab, (5, cfg.n_ctx))
+  targets = rng.integers(0, cfg.d_vocab, (5, cfg.n_ctx))
+  positions = (2, 9, 17)
+  groups = [[], [(0, 1)], [(layers - 1, 2)], [(0, 0), (layers - 1, 1)], [(1, 0), (1, 2)],
+            [(l, h) for l in range(layers) for h in range(3)]]
+  got = np.asarray(scores.ablated_position_losses(cfg, w, inputs, targets, positions, groups,
+                                                  chunk=2))
+  assert got.shape == (5, len(groups), 3)
+  for g, group in enumerate(groups):
+    logits = forward(cfg, scores.zero_ablated(w, group), inputs)[0]
+    full = np.asarray(token_losses(logits, targets))[:, list(positions)]
+    np.testing.assert_allclose(got[:, g], full, rtol=1e-4, atol=1e-4, err_msg=str(group))
+  assert np.abs(got[:, 1] - got[:, 0]).max() > 1e-3  # a layer-0 ablation changes the losses
+  icl = scores.ablations_icl(cfg, w, inputs, targets, groups[:2])
+  for group, g in zip(groups[:2], icl):
+    rerun = scores.in_context_learning_score(cfg, scores.zero_ablated(w, group), inputs, targets)
     for key in ("score", "loss_early", "loss_late", "standard_error"):
       assert g[key] == pytest.approx(rerun[key], abs=1e-5), (group, key)
-  unablated = scores.in_context_learning_score(cfg, w, inputs, targets)
-  assert abs(got[2]["score"] - unablated["score"]) > 1e-3  # the ablation changes something

@@ -292,23 +292,45 @@ def map_in_chunks(fn, xs, chunk: int):
   return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[:n], out)
 
 
+# Rows of logits that one step of the analysis unembeddings takes at most: more rows only push
+# the exponentials out of cache (2-core Xeon, vocab 48,262: 256 rows 3.5× faster than 4,096 for
+# the log-sum-exp; experiments/SPEED.md, "Figures in bounded memory").
+ROWS_PER_STEP = 256
+
+
+def row_losses(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """−log softmax(logits)[target] for logits [rows, vocab], targets [rows] (forward only).
+
+  log Σ_v exp(l_v) = m + log Σ_v exp(l_v − m), m the row's maximum; the sum over the vocabulary
+  is a product with a vector of ones, which XLA on CPU vectorises where it does not vectorise an
+  exp-and-add reduction (3.5× faster there; the same float32 sum in another order)."""
+  m = logits.max(-1)
+  picked = jnp.take_along_axis(logits, targets[:, None], -1)[:, 0]
+  ones = jnp.ones((logits.shape[-1],), logits.dtype)
+  return m + jnp.log(jnp.exp(logits - m[:, None]) @ ones) - picked
+
+
+def _analysis_rows(bytes_per_row: int, rows: int, budget: Optional[int]) -> int:
+  return min(ROWS_PER_STEP, items_per_chunk(bytes_per_row, rows, budget))
+
+
 def unembed_losses(x: jax.Array, W_U: jax.Array, targets: jax.Array, b_U=None,
                    budget: Optional[int] = None) -> jax.Array:
   """−log softmax(x W_U + b_U)[target] per row of x [..., d_model] → [...] (forward only).
 
-  Rows go through in chunks sized so that a chunk's logits and their exponentials (2 · vocab
-  float32 per row) fit ``budget`` (default ``CHUNK_BYTES``): the [rows, vocab] logits never
-  exist at once.  Chunks of many rows: per-row loops run the product far slower on CPU
-  (experiments/SPEED.md)."""
+  Rows go through in chunks (at most ``ROWS_PER_STEP``) sized so that a chunk's logits and
+  their exponentials (2 · vocab float32 per row) fit ``budget`` (default ``CHUNK_BYTES``): the
+  [rows, vocab] logits never exist at once.  Chunks of many rows: per-row loops run the product
+  far slower on CPU (experiments/SPEED.md)."""
   shape = targets.shape
   x, targets = x.reshape(-1, x.shape[-1]), targets.reshape(-1)
 
-  def one(xr, t):
+  def chunk_losses(xr, t):
     logits = xr @ W_U if b_U is None else xr @ W_U + b_U
-    return jax.nn.logsumexp(logits) - logits[t]
+    return row_losses(logits, t)
 
-  chunk = items_per_chunk(2 * 4 * W_U.shape[1], x.shape[0], budget)
-  return jax.lax.map(lambda a: one(*a), (x, targets), batch_size=chunk).reshape(shape)
+  chunk = _analysis_rows(2 * 4 * W_U.shape[1], x.shape[0], budget)
+  return map_in_chunks(chunk_losses, (x, targets), chunk).reshape(shape)
 
 
 def low_rank_update_losses(x: jax.Array, W_U: jax.Array, targets: jax.Array, z: jax.Array,
@@ -318,21 +340,19 @@ def low_rank_update_losses(x: jax.Array, W_U: jax.Array, targets: jax.Array, z: 
 
   The shared logits x W_U + b_U are computed once per row and each update adds only its rank-r
   product, so K losses cost (d_model + K·r)·vocab multiply-adds per row instead of K·d_model·vocab
-  (``paths.term_importance``: one head's output is rank d_head).  Rows go in chunks whose shared
-  logits, one update's logits and their exponentials (3 · vocab float32 per row) fit ``budget``.
+  (``paths.term_importance``: one head's output is rank d_head).  Rows go in chunks (at most
+  ``ROWS_PER_STEP``) whose shared logits, one update's logits and their exponentials
+  (3 · vocab float32 per row) fit ``budget``; the updates go one at a time.
   """
   shape, K = targets.shape, z.shape[0]
   x, targets = x.reshape(-1, x.shape[-1]), targets.reshape(-1)
   z = jnp.moveaxis(z.reshape(K, -1, z.shape[-1]), 0, 1)  # [rows, K, r]
 
-  def one(xr, t, zr):
+  def chunk_losses(xr, t, zr):
     shared = xr @ W_U if b_U is None else xr @ W_U + b_U
+    update = lambda zk_Mk: row_losses(shared + zk_Mk[0] @ zk_Mk[1], t)
+    return jax.lax.map(update, (jnp.moveaxis(zr, 1, 0), M)).T  # [chunk, K]
 
-    def update(zk_Mk):
-      logits = shared + zk_Mk[0] @ zk_Mk[1]
-      return jax.nn.logsumexp(logits) - logits[t]
-    return jax.lax.map(update, (zr, M))
-
-  chunk = items_per_chunk(3 * 4 * W_U.shape[1], x.shape[0], budget)
-  out = jax.lax.map(lambda a: one(*a), (x, targets, z), batch_size=chunk)  # [rows, K]
+  chunk = _analysis_rows(3 * 4 * W_U.shape[1], x.shape[0], budget)
+  out = map_in_chunks(chunk_losses, (x, targets, z), chunk)  # [rows, K]
   return out.T.reshape((K,) + shape)

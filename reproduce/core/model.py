@@ -24,8 +24,8 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from reproduce.core.kernels import (attention_pattern, blocked_causal_attention, mixed_einsum,
-                                    unembed_cross_entropy, unembed_losses)
+from reproduce.core.kernels import (MASKED, attention_pattern, blocked_causal_attention,
+                                    mixed_einsum, unembed_cross_entropy, unembed_losses)
 from reproduce.core.weights import Weights
 
 POSITION_MODES = ("shortformer", "standard")
@@ -238,6 +238,31 @@ def _attention(w: Weights, l: int, qk_in, v_in, pos_qk, dt, attention: str, patt
     return mixed_einsum("bhte,hed->btd", z, w.W_O[l], dt), A, None
   out = jnp.einsum("bhte,hed->bhtd", z, w.W_O[l])  # each head's write, [B, H, T, D]
   return (out if head_output is None else head_output).sum(1), A, out
+
+
+def head_values(cfg: ModelConfig, w: Weights, l: int, x: jax.Array, queries=None) -> jax.Array:
+  """Layer ``l``'s per-head mixed values z_h = A_h v_h, [B, Q, H, d_head], from the stream x
+  [B, T, D] entering it (float32, the norm's scale computed, as in ``residual_stream``), at the
+  query positions ``queries`` (a tuple of positions; all T when None).  The layer writes
+  Σ_h z_h W_O^h + b_O.  Keys and values are read at every position, queries only where asked:
+  the causal softmax of a query at position t sees keys 0 … t."""
+  T = x.shape[1]
+  pos = w.W_pos[:T]
+  scale = norm_scale(x, cfg.eps) if cfg.norm != "none" else None
+  qk_in, v_in = _layer_inputs(cfg, w, l, x, pos, scale)
+  rows = jnp.arange(T) if queries is None else jnp.asarray(queries)
+  add_bias = lambda a, b: a if b is None else a + b[l]  # a [B, t, H, E], b[l] [H, E]
+  q = add_bias(jnp.einsum("btd,hde->bthe", qk_in if queries is None else qk_in[:, rows],
+                          w.W_Q[l]), w.b_Q)
+  k = add_bias(jnp.einsum("btd,hde->bthe", qk_in, w.W_K[l]), w.b_K)
+  v = add_bias(jnp.einsum("btd,hde->bthe", v_in, w.W_V[l]), w.b_V)
+  pos_qk = _positional_query_key(w, l, pos, None)
+  if pos_qk is not None:
+    q, k = q + pos_qk[0][rows], k + pos_qk[1]
+  logits = jnp.einsum("bqhe,bkhe->bhqk", q, k) / jnp.sqrt(jnp.float32(q.shape[-1]))
+  visible = jnp.arange(T)[None, :] <= rows[:, None]
+  A = jax.nn.softmax(jnp.where(visible, logits, MASKED), axis=-1)
+  return jnp.einsum("bhqk,bkhe->bqhe", A, v)
 
 
 def unembed_input(cfg: ModelConfig, w: Weights, x: jax.Array, scale=None) -> jax.Array:

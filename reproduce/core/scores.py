@@ -19,8 +19,8 @@ import numpy as np
 
 from reproduce.core import circuits
 from reproduce.core.kernels import items_per_chunk, map_in_chunks
-from reproduce.core.model import (ModelConfig, forward, residual_stream, stream_losses,
-                                  token_losses, unembed, window_bytes)
+from reproduce.core.model import (ModelConfig, forward, head_values, residual_stream,
+                                  stream_losses, token_losses, unembed, window_bytes)
 from reproduce.core.weights import Weights
 
 
@@ -302,29 +302,83 @@ def icl_positions(n_ctx: int):
   return max(0, round(50 * n_ctx / 512) - 1), round(500 * n_ctx / 512) - 1
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "positions", "chunk"))
-def _position_losses(cfg: ModelConfig, w: Weights, inputs, targets, positions, chunk: int):
-  picked = jnp.asarray(positions)
-
-  def windows(x, y):
-    stream, _, _ = residual_stream(cfg, w, x[:, : max(positions) + 1])
-    return token_losses(unembed(cfg, w, stream[:, picked]), y[:, picked])
-
-  return map_in_chunks(windows, (inputs, targets), chunk)
-
-
 def position_losses(cfg: ModelConfig, w: Weights, inputs, targets, positions,
                     chunk: Optional[int] = None):
-  """Per-window loss at the given positions only, [B, len(positions)].
+  """Per-window loss at the given positions only, [B, len(positions)]
+  (``ablated_position_losses`` with no head ablated)."""
+  return ablated_position_losses(cfg, w, inputs, targets, positions, [()], chunk)[:, 0]
 
-  The residual stream is unembedded at those positions alone (the vocab-wide unembedding is
-  most of a forward pass), and windows go through ``chunk`` at a time (default: as many as
-  ``model.window_bytes`` of the first max(positions) + 1 tokens fit in ``kernels.CHUNK_BYTES``).
-  """
+
+def ablated_position_losses(config, w: Weights, inputs, targets, positions,
+                            groups: Sequence = ((),), chunk: Optional[int] = None):
+  """Per-window losses at ``positions`` with each group of heads zero-ablated, [B, G, P]:
+  ``groups`` are lists of (layer, head), the empty group the model itself.  Each equals running
+  ``zero_ablated(w, group)`` and reading the losses there, from less work:
+
+  - only the first max(positions) + 1 tokens are run (the model is causal);
+  - the last layer is computed at the query positions asked for alone, and only those rows are
+    unembedded (``model.head_values``);
+  - the unablated pass is shared: a group whose first ablated head is in layer l starts from the
+    unablated stream after layer l less its heads' writes there (z_h W_O^h), and runs only the
+    layers above l, with its heads there zeroed.
+
+  Windows go ``chunk`` at a time (default: as many as fit ``kernels.CHUNK_BYTES`` with one
+  layer's attention and every layer's stream and head values, float32)."""
+  cfg = ModelConfig.from_any(config)
   positions = tuple(int(p) for p in positions)
+  L, H, T = cfg.n_layers, cfg.n_heads, max(positions) + 1
+  starts = tuple(min((int(l) for l, _ in g), default=L) for g in groups)
+  keep = np.ones((len(groups), max(L, 1), H), np.float32)
+  for g, heads in enumerate(groups):
+    for l, h in heads:
+      keep[g, l, h] = 0
   if chunk is None:
-    chunk = items_per_chunk(window_bytes(cfg, max(positions) + 1), inputs.shape[0])
-  return _position_losses(cfg, w, jnp.asarray(inputs), jnp.asarray(targets), positions, chunk)
+    width = max(cfg.d_model, H * cfg.d_head)
+    chunk = items_per_chunk(window_bytes(cfg, T) + 4 * T * (2 * L + 1) * width, inputs.shape[0])
+  return _ablated_position_losses(cfg, w, jnp.asarray(inputs), jnp.asarray(targets), positions,
+                                  starts, jnp.asarray(keep), chunk)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "positions", "starts", "chunk"))
+def _ablated_position_losses(cfg: ModelConfig, w: Weights, inputs, targets, positions, starts,
+                             keep, chunk: int):
+  L, picked, T = cfg.n_layers, positions, max(positions) + 1
+  write = lambda l, z: jnp.einsum("bthe,hed->btd", z, w.W_O[l]) + (
+      0.0 if w.b_O is None else w.b_O[l])
+  removed = lambda l, z, mask: jnp.einsum("bthe,h,hed->btd", z, 1 - mask, w.W_O[l])
+
+  def windows(x, y):
+    x, y = x[:, :T], y[:, jnp.asarray(picked)]
+    h = w.W_E[x] + (w.W_pos[:T] if cfg.pos == "standard" else 0.0)
+    streams, values = [h], []  # stream after each layer but the last; every layer's z
+    for l in range(L):
+      z = head_values(cfg, w, l, h, picked if l == L - 1 else None)
+      values.append(z)
+      h = (h[:, jnp.asarray(picked)] if l == L - 1 else h) + write(l, z)
+      if l < L - 1:
+        streams.append(h)
+    final = h if L else h[:, jnp.asarray(picked)]
+
+    def ablated(start, mask):  # mask [L, H]: 1 keeps a head
+      if start == L:
+        return final
+      if start == L - 1:
+        return final - removed(start, values[start], mask[start])
+      s = streams[start + 1] - removed(start, values[start], mask[start])
+      for l in range(start + 1, L):
+        z = head_values(cfg, w, l, s, picked if l == L - 1 else None) * mask[l][:, None]
+        s = (s[:, jnp.asarray(picked)] if l == L - 1 else s) + write(l, z)
+      return s
+
+    out = [None] * len(starts)
+    for start in sorted(set(starts)):
+      members = [g for g, st in enumerate(starts) if st == start]
+      streams_g = jax.lax.map(lambda m: ablated(start, m), keep[jnp.asarray(members)])
+      for i, g in enumerate(members):
+        out[g] = token_losses(unembed(cfg, w, streams_g[i]), y)  # [b, P]
+    return jnp.stack(out, axis=1)  # [b, G, P]
+
+  return map_in_chunks(windows, (inputs, targets), chunk)
 
 
 def in_context_learning_score(config, w: Weights, inputs, targets, loss_positions: int = 0
@@ -364,41 +418,14 @@ def icl_of_losses(early_losses, late_losses, early: int, late: int) -> Dict[str,
           "windows": int(len(per_window))}
 
 
-def last_layer_ablations_icl(config, w: Weights, inputs, targets, groups: Sequence
-                             ) -> list:
-  """The ICL score (``icl_of_losses``) with each group of last-layer heads zero-ablated, from
-  one forward pass: nothing reads the last layer's heads but the unembedding, so removing the
-  group's outputs from the final stream at the two positions equals re-running the model with
-  their W_O set to 0 (``zero_ablated``).  ``groups``: lists of head indices of the last layer."""
-  cfg = ModelConfig.from_any(config)
+def ablations_icl(config, w: Weights, inputs, targets, groups: Sequence) -> list:
+  """The ICL score (``icl_of_losses``) with each group of heads ((layer, head) pairs; the empty
+  group: the model itself) zero-ablated, from one shared pass (``ablated_position_losses``)."""
   early, late = icl_positions(inputs.shape[1])
-  mask = np.zeros((len(groups), cfg.n_heads), np.float32)
-  for g, heads in enumerate(groups):
-    mask[g, list(heads)] = 1
-  positions = (early, late)
-  T = late + 1  # a window holds its head outputs beside one layer's attention
-  chunk = items_per_chunk(window_bytes(cfg, T) + 4 * cfg.n_layers * cfg.n_heads * T * cfg.d_model,
-                          inputs.shape[0])
-  losses = np.asarray(_last_layer_ablation_losses(cfg, w, jnp.asarray(inputs),
-                                                  jnp.asarray(targets), positions,
-                                                  jnp.asarray(mask), chunk))  # [B, G, 2]
+  losses = np.asarray(ablated_position_losses(config, w, inputs, targets, (early, late),
+                                              groups))  # [B, G, 2]
   return [icl_of_losses(losses[:, g, 0], losses[:, g, 1], early, late)
           for g in range(len(groups))]
-
-
-@functools.partial(jax.jit, static_argnames=("cfg", "positions", "chunk"))
-def _last_layer_ablation_losses(cfg: ModelConfig, w: Weights, inputs, targets, positions,
-                                mask, chunk: int):
-  picked = jnp.asarray(positions)
-
-  def windows(x, y):
-    stream, _, outputs = residual_stream(cfg, w, x[:, : max(positions) + 1],
-                                         keep_head_outputs=True)
-    last = outputs[-1][:, :, picked]  # [b, H, P, D]
-    ablated = stream[:, None, picked] - jnp.einsum("gh,bhpd->bgpd", mask, last)
-    return token_losses(unembed(cfg, w, ablated), y[:, None, picked])  # [b, G, P]
-
-  return map_in_chunks(windows, (inputs, targets), chunk)
 
 
 def positional_offsets(w: Weights, n_ctx: int = 0) -> Dict[str, np.ndarray]:
