@@ -26,12 +26,12 @@ final scores alone, says what is missing, and makes no claim that needs the traj
 
 from pathlib import Path
 
-import json
 import numpy as np
 from matplotlib.ticker import NullFormatter
 
-from reproduce.core import scores
 from reproduce import experiment
+from reproduce.core import scores
+from reproduce.train.workdir import read_metrics
 
 DESCRIPTION = "ICL score and every head's prefix-matching score over training (1L vs 2L), with the loss"
 ORDER = 100  # place in the batch job and index.html (reproduce.figure.figure_names)
@@ -79,15 +79,11 @@ def trajectory(model, config):
 
 def training_loss(model):
   """(train [n, 2], held-out [m, 2]) arrays of (tokens, loss) from the run's metrics log."""
-  path = Path(model.workdir) / "metrics.jsonl" if model.workdir is not None else None
-  if path is None or not path.is_file():
-    return np.zeros((0, 2)), np.zeros((0, 2))
-  records = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+  records = read_metrics(Path(model.workdir) / "metrics.jsonl") if model.workdir is not None \
+      else []
   train = [(r["tokens"], r["loss"]) for r in records if "loss" in r]
   heldout = [(r["tokens"], r["heldout_loss"]) for r in records if "heldout_loss" in r]
-  return np.asarray(train), np.asarray(heldout)
-
-
+  return np.asarray(train).reshape(-1, 2), np.asarray(heldout).reshape(-1, 2)
 
 
 def steepest_gain(tokens, score, window_ratio):
