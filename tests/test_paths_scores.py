@@ -353,7 +353,8 @@ def test_copying_score_is_undefined_for_a_head_resting_on_bos():
 
 
 @pytest.mark.parametrize("layers, norm, pos, fold", [
-    (2, "none", "standard", False), (3, "ln", "standard", False),
+    (2, "none", "standard", False),
+    pytest.param(3, "ln", "standard", False, marks=pytest.mark.slow),
     (3, "ln", "shortformer", True),  # LN + positions after the norm, folded: W_Q_pos, W_K_pos
     (2, "none", "shortformer", False)])
 def test_ablations_from_one_shared_pass_equal_rerunning_with_zero_W_O(layers, norm, pos, fold):
