@@ -91,8 +91,8 @@ def ablate(config, model) -> Ablations:
   probe = scores.repeated_sequences(model.sampling_pool(), model.bos_id, length, 2,
                                     config.samples, seed=1)
   inputs, targets = model.heldout_windows(config.icl_windows)
-  # Ablations within the last layer: their ICL scores from one pass (the unembedding is all
-  # that reads those heads); every other ablation re-runs the model.
+  # Every ablation's ICL score from one pass that shares the unablated layers
+  # (scores.ablated_position_losses); the repeat-loss probes run per ablation.
   singles = [(l, h) for l in range(L) for h in range(H)]
   icl = scores.ablations_icl(model.cfg, model.weights, inputs, targets,
                              [[]] + [[x] for x in singles] + [induction])  # one shared pass
