@@ -29,12 +29,15 @@ def attention_pattern(q: jax.Array, k: jax.Array, compute_dtype=None) -> jax.Arr
   return jax.nn.softmax(jnp.where(causal, scores, MASKED), axis=-1)
 
 
-def _block_pattern(q, k, offset, dtype):
-  """Causal softmax of queries ``offset … offset + len(q) − 1`` against keys
-  ``0 … len(k) − 1`` (the prefix they may see)."""
-  T, S = q.shape[2], k.shape[2]
-  scores = mixed_einsum("bhte,bhse->bhts", q, k, dtype) / jnp.sqrt(jnp.float32(q.shape[-1]))
-  visible = jnp.arange(S)[None, :] <= jnp.arange(offset, offset + T)[:, None]
+def attention_pattern_at(q: jax.Array, k: jax.Array, offset: int = 0, rows=None,
+                         compute_dtype=None) -> jax.Array:
+  """Causal softmax(q kᵀ / sqrt(d_head)) of queries at positions ``offset`` … ``offset`` + Q − 1,
+  or at the positions ``rows`` [Q] when given (q [B, H, Q, d_head]), against keys 0 … S − 1
+  (k [B, H, S, d_head]) → [B, H, Q, S]: the query at position t sees keys 0 … t."""
+  Q, S = q.shape[2], k.shape[2]
+  scores = mixed_einsum("bhte,bhse->bhts", q, k, compute_dtype) / jnp.sqrt(jnp.float32(q.shape[-1]))
+  keys = jnp.arange(S)[None, :]
+  visible = keys <= (jnp.arange(offset, offset + Q) if rows is None else rows)[:, None]
   return jax.nn.softmax(jnp.where(visible, scores, MASKED), axis=-1)
 
 
@@ -48,7 +51,7 @@ def _blocked_attention_fwd(q, k, v, block, dtype):
   """Block (i, j) of queries i … j − 1 meets the key prefix 0 … j − 1: z_ij = A_ij v_prefix."""
   patterns, zs = [], []
   for i, j in _query_blocks(q.shape[2], block):
-    A = _block_pattern(q[:, :, i:j], k[:, :, :j], i, dtype)
+    A = attention_pattern_at(q[:, :, i:j], k[:, :, :j], i, compute_dtype=dtype)
     patterns.append(A)
     zs.append(mixed_einsum("bhts,bhse->bhte", A, v[:, :, :j], dtype))
   z = jnp.concatenate(zs, axis=2)

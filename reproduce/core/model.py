@@ -24,7 +24,8 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from reproduce.core.kernels import (MASKED, attention_pattern, blocked_causal_attention,
+from reproduce.core.kernels import (attention_pattern, attention_pattern_at,
+                                    blocked_causal_attention,
                                     mixed_einsum, unembed_cross_entropy, unembed_losses)
 from reproduce.core.weights import Weights
 
@@ -214,6 +215,26 @@ def _fused_attention(w: Weights, l: int, qk_in, v_in, pos_qk, dt, attention: str
   return mixed_einsum("bthe,hed->btd", z, w.W_O[l], dt)
 
 
+def _head_projections(w: Weights, l: int, qk_in, v_in, pos_qk, dt, rows=None, need_qk=True):
+  """Layer ``l``'s (q, k, v), [B, H, T, d_head] each: x W + b, with the positional terms
+  ``pos_qk`` (``_positional_query_key``) added to q and k.  ``rows``: the query positions to
+  compute q at (all T when None); ``need_qk=False`` returns (None, None, v)."""
+  add_bias = lambda a, b: a if b is None else a + b[l][None, :, None, :]  # a [B, H, T, E]
+  v_of = lambda: add_bias(mixed_einsum("btd,hde->bhte", v_in, w.W_V[l], dt), w.b_V)
+  if not need_qk:
+    return None, None, v_of()
+  pos_q, pos_k = (None, None) if pos_qk is None else pos_qk
+  if rows is not None:
+    qk_rows = qk_in[:, rows]
+    pos_q = None if pos_q is None else pos_q[rows]
+  else:
+    qk_rows = qk_in
+  add_positions = lambda a, p: a if p is None else a + jnp.swapaxes(p, 0, 1)
+  q = add_positions(add_bias(mixed_einsum("btd,hde->bhte", qk_rows, w.W_Q[l], dt), w.b_Q), pos_q)
+  k = add_positions(add_bias(mixed_einsum("btd,hde->bhte", qk_in, w.W_K[l], dt), w.b_K), pos_k)
+  return q, k, v_of()
+
+
 def _attention(w: Weights, l: int, qk_in, v_in, pos_qk, dt, attention: str, pattern,
                head_output, per_head: bool):
   """Layer ``l``'s heads with explicit or blocked patterns → (write to the stream [B, T, D]
@@ -222,12 +243,7 @@ def _attention(w: Weights, l: int, qk_in, v_in, pos_qk, dt, attention: str, patt
   ``pos_qk``: None or the positional (query, key) terms [T, H, E] (``_positional_query_key``).
   ``pattern`` replaces the computed A; ``head_output`` replaces what the heads write (the computed
   outputs are still returned); ``per_head`` keeps each head's output apart."""
-  add_bias = lambda a, b: a if b is None else a + b[l][None, :, None, :]  # a [B, H, T, E]
-  add_positions = lambda a, i: a if pos_qk is None else a + jnp.swapaxes(pos_qk[i], 0, 1)
-  if pattern is None:
-    q = add_positions(add_bias(mixed_einsum("btd,hde->bhte", qk_in, w.W_Q[l], dt), w.b_Q), 0)
-    k = add_positions(add_bias(mixed_einsum("btd,hde->bhte", qk_in, w.W_K[l], dt), w.b_K), 1)
-  v = add_bias(mixed_einsum("btd,hde->bhte", v_in, w.W_V[l], dt), w.b_V)
+  q, k, v = _head_projections(w, l, qk_in, v_in, pos_qk, dt, need_qk=pattern is None)
   A = None
   if attention == "blocked":
     z = blocked_causal_attention(q, k, v, dt)
@@ -250,19 +266,11 @@ def head_values(cfg: ModelConfig, w: Weights, l: int, x: jax.Array, queries=None
   pos = w.W_pos[:T]
   scale = norm_scale(x, cfg.eps) if cfg.norm != "none" else None
   qk_in, v_in = _layer_inputs(cfg, w, l, x, pos, scale)
-  rows = jnp.arange(T) if queries is None else jnp.asarray(queries)
-  add_bias = lambda a, b: a if b is None else a + b[l]  # a [B, t, H, E], b[l] [H, E]
-  q = add_bias(jnp.einsum("btd,hde->bthe", qk_in if queries is None else qk_in[:, rows],
-                          w.W_Q[l]), w.b_Q)
-  k = add_bias(jnp.einsum("btd,hde->bthe", qk_in, w.W_K[l]), w.b_K)
-  v = add_bias(jnp.einsum("btd,hde->bthe", v_in, w.W_V[l]), w.b_V)
-  pos_qk = _positional_query_key(w, l, pos, None)
-  if pos_qk is not None:
-    q, k = q + pos_qk[0][rows], k + pos_qk[1]
-  logits = jnp.einsum("bqhe,bkhe->bhqk", q, k) / jnp.sqrt(jnp.float32(q.shape[-1]))
-  visible = jnp.arange(T)[None, :] <= rows[:, None]
-  A = jax.nn.softmax(jnp.where(visible, logits, MASKED), axis=-1)
-  return jnp.einsum("bhqk,bkhe->bqhe", A, v)
+  rows = None if queries is None else jnp.asarray(queries)
+  q, k, v = _head_projections(w, l, qk_in, v_in, _positional_query_key(w, l, pos, None), None,
+                              rows)
+  A = attention_pattern_at(q, k, rows=rows)
+  return jnp.einsum("bhqk,bhke->bqhe", A, v)
 
 
 def unembed_input(cfg: ModelConfig, w: Weights, x: jax.Array, scale=None) -> jax.Array:
