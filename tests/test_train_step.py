@@ -72,8 +72,8 @@ def test_fused_attention_loss_and_grads_equal_explicit(attention):
   cfg, w = random_model(n_layers=2, n_heads=3, d_head=8, d_model=16, d_vocab=37, n_ctx=12,
                         pos="shortformer", std=0.3)
   x, y = _batch(cfg)
-  explicit = jax.value_and_grad(lambda w: mean_loss(cfg, w, x, y))(w)
-  fused = jax.value_and_grad(lambda w: mean_loss(cfg, w, x, y, attention=attention))(w)
+  explicit = jax.jit(jax.value_and_grad(lambda w: mean_loss(cfg, w, x, y)))(w)
+  fused = jax.jit(jax.value_and_grad(lambda w: mean_loss(cfg, w, x, y, attention=attention)))(w)
   np.testing.assert_allclose(float(explicit[0]), _reference_loss(cfg, w, x, y), rtol=1e-5)
   np.testing.assert_allclose(float(fused[0]), float(explicit[0]), rtol=1e-5)
   for name, g in explicit[1].to_dict().items():
