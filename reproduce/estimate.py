@@ -67,7 +67,8 @@ def estimated_training_seconds(config, peak_flops: float, compute_dtype: str) ->
 
 
 def first_run_plan(models, n_figures: int, preset: str, models_dir, seeds: int = 1,
-                   train_corpus: Optional[str] = None) -> str:
+                   train_corpus: Optional[str] = None,
+                   compute_dtype: Optional[str] = None) -> str:
   """What ``reproduce.figure`` is about to do, with a time estimate for this machine: the models
   still to train for each of ``seeds`` training seeds (``estimated_training_seconds`` against a
   quick float32 matmul-peak measurement, in the compute dtype the step will pick) and the
@@ -78,7 +79,7 @@ def first_run_plan(models, n_figures: int, preset: str, models_dir, seeds: int =
   for seed in range(seeds):
     for name in needed:
       c, run = model_run(name, preset, models_dir, corpus=train_corpus,
-                         seed=None if seeds == 1 else seed)
+                         seed=None if seeds == 1 else seed, compute_dtype=compute_dtype)
       label = name if seeds == 1 else f"{name} seed {seed}"
       if (run / "checkpoints" / str(c.train.steps)).is_dir():
         lines.append(f"  {label}: trained, reused")
@@ -89,7 +90,7 @@ def first_run_plan(models, n_figures: int, preset: str, models_dir, seeds: int =
       total += seconds
       tokens = c.train.steps * c.train.batch_size * c.model.n_ctx
       lines.append(f"  {label}: train {c.train.steps:,} steps, {tokens / 1e6:.1f}M tokens, "
-                   f"~{seconds / 60:.1f} min")
+                   f"{dtype} products, ~{seconds / 60:.1f} min")
   return (f"plan: {n_figures} figure(s) from {len(needed)} model(s) ({preset} preset"
           f"{'' if seeds == 1 else f', {seeds} seeds'}); estimated {total / 60:.0f} min on this "
           f"machine ({os.cpu_count()} cores, {peak / 1e9:.0f} GFLOP/s float32 matmuls), plus "

@@ -185,10 +185,12 @@ def config_hash(config) -> str:
 
 
 def model_run(name: str, preset: str, models_dir: Path, cache_dir: Optional[str] = None,
-              corpus: Optional[str] = None, seed: Optional[int] = None):
+              corpus: Optional[str] = None, seed: Optional[int] = None,
+              compute_dtype: Optional[str] = None):
   """(config, work directory) of the model ``configs/<name>.py:<preset>`` in ``models_dir``:
-  ``<name>-<preset>-<hash of the config>``; ``corpus`` and ``seed`` replace the config's
-  ``data.corpus`` and ``train.seed``."""
+  ``<name>-<preset>-<hash of the config>``; ``corpus``, ``seed`` and ``compute_dtype`` replace
+  the config's ``data.corpus``, ``train.seed`` and ``train.compute_dtype`` (a forced dtype
+  trains into its own directory: its weights differ)."""
   config = load_config(f"{name}:{preset}")
   config.unlock()
   if cache_dir:
@@ -197,20 +199,23 @@ def model_run(name: str, preset: str, models_dir: Path, cache_dir: Optional[str]
     config.data.corpus = corpus
   if seed is not None:
     config.train.seed = int(seed)
+  if compute_dtype:
+    config.train.compute_dtype = compute_dtype
   config.lock()
   return config, Path(models_dir) / f"{name}-{preset}-{config_hash(config)}"
 
 
 def trained_model(name: str, preset: str, models_dir: Path, cache_dir: Optional[str] = None,
                   log: Callable[[str], None] = print, seed: Optional[int] = None,
-                  corpus: Optional[str] = None) -> Model:
+                  corpus: Optional[str] = None, compute_dtype: Optional[str] = None) -> Model:
   """The model ``configs/<name>.py:<preset>``, trained into ``models_dir`` unless already there.
 
   The run directory is keyed by the config's hash, so a changed config trains a new model and a
   finished one is reused as is (an interrupted one resumes).  ``seed`` overrides the config's
-  ``train.seed`` (init and data order); None keeps the preset's.
+  ``train.seed`` (init and data order); None keeps the preset's.  ``compute_dtype`` as in
+  ``model_run``.
   """
-  config, workdir = model_run(name, preset, models_dir, cache_dir, corpus, seed)
+  config, workdir = model_run(name, preset, models_dir, cache_dir, corpus, seed, compute_dtype)
   result = train(config, workdir, log=log)
   return model_from_run(name, workdir, tokens=result.tokens)
 

@@ -109,10 +109,12 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
                 log: Callable[[str], None] = print,
                 loaded: Optional[Dict[str, experiment.Model]] = None,
                 corpus: Optional[str] = None, train_corpus: Optional[str] = None,
-                seed: Optional[int] = None, tl_config: Optional[dict] = None) -> dict:
+                seed: Optional[int] = None, tl_config: Optional[dict] = None,
+                compute_dtype: Optional[str] = None) -> dict:
   """Makes one figure; returns its claims summary.  ``loaded`` caches models across figures;
   ``train_corpus`` replaces the model configs' ``data.corpus`` (not with ``checkpoint``);
-  ``seed`` trains the models with that training seed instead of the preset's."""
+  ``seed`` trains the models with that training seed instead of the preset's;
+  ``compute_dtype`` forces their training step's product dtype (``experiment.model_run``)."""
   module, config = figure_module(name), figure_config(name, preset)
   workdir = Path(workdir)
   loaded = {} if loaded is None else loaded
@@ -127,12 +129,13 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
   else:
     models = {}
     for model_name in config.models:
-      key = f"{model_name}:{preset}" + ("" if seed is None else f":seed{seed}")
+      key = _model_key(model_name, preset, seed, compute_dtype)
       if key not in loaded:
         loaded[key] = experiment.trained_model(model_name, preset,
                                                Path(models_dir or workdir / "models"),
                                                cache_dir=cache_dir, log=log,
-                                               corpus=train_corpus, seed=seed)
+                                               corpus=train_corpus, seed=seed,
+                                               compute_dtype=compute_dtype)
       models[model_name] = loaded[key]
   log(f"figure {name}: analysing {', '.join(models)}")
   out = experiment.OutputDir(workdir / name)
@@ -157,12 +160,19 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
   return summary
 
 
+def _model_key(name: str, preset: str, seed: Optional[int], compute_dtype: Optional[str]) -> str:
+  """The key of a trained model in ``loaded``: one entry per run directory."""
+  return ":".join([name, preset] + ([] if seed is None else [f"seed{seed}"])
+                  + ([compute_dtype] if compute_dtype else []))
+
+
 # ----------------------------------------------------------------------------------------------
 # The batch job (--all): train every model first, then make each figure not already made.
 
 
 def figure_is_current(name: str, preset: str, workdir, models_dir=None, cache_dir=None,
-                      train_corpus: Optional[str] = None, seed: Optional[int] = None) -> bool:
+                      train_corpus: Optional[str] = None, seed: Optional[int] = None,
+                      compute_dtype: Optional[str] = None) -> bool:
   """Whether ``<workdir>/<name>/claims.json`` came from this figure config and preset, and from
   the finished runs the preset names now: the same run directories (keyed by their configs'
   hashes) at their final steps.  A folder is only ever swapped in whole, so then it is complete."""
@@ -176,7 +186,7 @@ def figure_is_current(name: str, preset: str, workdir, models_dir=None, cache_di
   expected = {}
   for model_name in config.models:
     model_config, run = experiment.model_run(model_name, preset, models_dir, cache_dir,
-                                             train_corpus, seed)
+                                             train_corpus, seed, compute_dtype)
     expected[model_name] = [str(run), model_config.train.steps]
   recorded = {label: [m.get("source"), m.get("step")]
               for label, m in summary.get("models", {}).items()}
@@ -187,7 +197,8 @@ def figure_is_current(name: str, preset: str, workdir, models_dir=None, cache_di
 
 def make_all(preset: str, workdir, models_dir: Optional[str] = None,
              cache_dir: Optional[str] = None, log: Callable[[str], None] = print,
-             train_corpus: Optional[str] = None, seed: Optional[int] = None):
+             train_corpus: Optional[str] = None, seed: Optional[int] = None,
+             compute_dtype: Optional[str] = None):
   """Every figure as one resumable batch job; returns the names of the figures that failed.
 
   Figures already made from the current models and configs are skipped.  The models the others
@@ -198,21 +209,22 @@ def make_all(preset: str, workdir, models_dir: Optional[str] = None,
   """
   todo = []
   for name in figure_names():
-    if figure_is_current(name, preset, workdir, models_dir, cache_dir, train_corpus, seed):
+    if figure_is_current(name, preset, workdir, models_dir, cache_dir, train_corpus, seed,
+                         compute_dtype):
       log(f"figure {name}: up to date, skipped")
     else:
       todo.append(name)
   needed = list(dict.fromkeys(m for name in todo for m in figure_config(name, preset).models))
   loaded: Dict[str, experiment.Model] = {}
   for model_name in needed:
-    loaded[f"{model_name}:{preset}"] = experiment.trained_model(
+    loaded[_model_key(model_name, preset, seed, compute_dtype)] = experiment.trained_model(
         model_name, preset, Path(models_dir or Path(workdir) / "models"), cache_dir=cache_dir,
-        log=log, corpus=train_corpus, seed=seed)
+        log=log, corpus=train_corpus, seed=seed, compute_dtype=compute_dtype)
   failures = []
   for name in todo:
     try:
       make_figure(name, preset, workdir, None, models_dir, cache_dir, log=log, loaded=loaded,
-                  train_corpus=train_corpus, seed=seed)
+                  train_corpus=train_corpus, seed=seed, compute_dtype=compute_dtype)
     except (experiment.FigureError, ValueError, FileNotFoundError, RuntimeError) as e:
       print(f"error: figure {name}: {e}", file=sys.stderr)
       failures.append(name)
@@ -233,6 +245,8 @@ def _figures_to_make(args) -> list:
       figure_module(args.name)
     except UnknownFigure as e:
       _usage_error(f"{e}\n\n{describe()}")
+  if args.compute_dtype and args.checkpoint:
+    _usage_error("--compute_dtype chooses how models are trained; a --checkpoint is not trained")
   if args.corpus and not args.checkpoint:
     _usage_error("--corpus chooses the text a --checkpoint is measured on; give --checkpoint too")
   if args.seeds < 1 or (args.seeds > 1 and args.checkpoint):
@@ -272,7 +286,7 @@ def _make_seed(args, names, index: int, models_dir: str, loaded) -> Tuple[list, 
   if args.all and not args.checkpoint:
     try:
       failures = make_all(args.preset, workdir, models_dir, train_corpus=args.train_corpus,
-                          seed=seed)
+                          seed=seed, compute_dtype=args.compute_dtype)
     except USER_ERRORS + (RuntimeError,) as e:  # a model could not be trained
       _usage_error(str(e))
     return failures, [c for name in figure_names() for c in _made_claims(workdir, name)]
@@ -282,7 +296,8 @@ def _make_seed(args, names, index: int, models_dir: str, loaded) -> Tuple[list, 
       claims.extend(make_figure(name, args.preset, workdir, args.checkpoint, models_dir,
                                 loaded=loaded, corpus=args.corpus,
                                 train_corpus=args.train_corpus, seed=seed,
-                                tl_config=_tl_config(args))["claims"])
+                                tl_config=_tl_config(args),
+                                compute_dtype=args.compute_dtype)["claims"])
     except Exception as e:  # pylint: disable=broad-except
       if args.verbose:
         raise
@@ -309,7 +324,7 @@ def main(argv):
     models = {m for n in names for m in figure_config(n, FLAGS.preset).models}
     print(first_run_plan(models, len(names), FLAGS.preset,
                          FLAGS.models_dir or Path(FLAGS.workdir) / "models", seeds=FLAGS.seeds,
-                         train_corpus=FLAGS.train_corpus))
+                         train_corpus=FLAGS.train_corpus, compute_dtype=FLAGS.compute_dtype))
   started, failures, all_claims = time.time(), [], []
   models_dir = FLAGS.models_dir or str(Path(FLAGS.workdir) / "models")
   loaded: Dict[str, experiment.Model] = {}
@@ -338,6 +353,10 @@ def run_cli():
   flags.DEFINE_string("train_corpus", None, "train the models on this corpus (local files, "
                       "directories, globs; comma-separated) instead of their configs' "
                       "data.corpus; the paper preset needs one")
+  flags.DEFINE_enum("compute_dtype", None, ["float32", "bfloat16"],
+                    "force the training step's product dtype for the models trained here "
+                    "(default: the configs' 'auto': bfloat16 on accelerators and CPUs with AMX, "
+                    "float32 elsewhere); forced runs train into their own directories")
   flags.DEFINE_integer("seeds", 1, "train every model with this many seeds (0, 1, …) and report "
                        "per claim how many it holds for; seed 0's figures go to --workdir, seed "
                        "s's to <workdir>/seed<s>")

@@ -344,3 +344,18 @@ def test_first_run_plan_lists_every_seeds_models_and_spots_finished_ones(tmp_pat
   single = first_run_plan(models, 1, "test", tmp_path).splitlines()
   assert single[1:] and all(line.startswith(("  attn1l: train", "  attn2l: train"))
                            for line in single[1:])  # seed 0 trains; seed 1 is not it
+
+
+def test_forced_compute_dtype_trains_into_its_own_run_and_the_plan_says_so(tmp_path):
+  from reproduce.estimate import first_run_plan  # pylint: disable=import-outside-toplevel
+  auto_config, auto_run = experiment.model_run("attn2l", "test", tmp_path)
+  for dtype in ("float32", "bfloat16"):
+    config, run = experiment.model_run("attn2l", "test", tmp_path, compute_dtype=dtype)
+    assert config.train.compute_dtype == dtype and run != auto_run
+    plan = first_run_plan(["attn2l"], 1, "test", tmp_path, compute_dtype=dtype).splitlines()
+    assert f"{dtype} products" in plan[1], plan
+  assert auto_config.train.compute_dtype == "auto"
+  out = subprocess.run([sys.executable, "-m", "reproduce.figure", "--name=bigram",
+                        "--compute_dtype=float32", f"--checkpoint={tmp_path}"], cwd=ROOT,
+                       capture_output=True, text=True)
+  assert out.returncode == 2 and "--compute_dtype" in out.stderr

@@ -97,7 +97,7 @@ def test_blocked_attention_equals_full_pattern(block):
 
   blocked = jax.jit(lambda q, k, v: blocked_causal_attention(q, k, v, block=block))
   np.testing.assert_allclose(blocked(q, k, v), full(q, k, v), rtol=1e-5, atol=1e-6)
-  g_full = jax.vjp(full, q, k, v)[1](dz)
+  g_full = jax.jit(lambda q, k, v, dz: jax.vjp(full, q, k, v)[1](dz))(q, k, v, dz)
   g_blocked = jax.vjp(blocked, q, k, v)[1](dz)
   for name, a, b in zip("qkv", g_blocked, g_full):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"d{name}")
@@ -112,7 +112,8 @@ def test_bfloat16_blocked_attention_gradients_match_float32(block):
   q, k, v, dz = (jnp.asarray(rng.normal(size=(2, 3, 12, 8)), jnp.float32) for _ in range(4))
   full = lambda q, k, v: blocked_causal_attention(q, k, v, block=12)
   bf16 = lambda q, k, v: blocked_causal_attention(q, k, v, jnp.bfloat16, block=block)
-  for name, a, b in zip("qkv", jax.vjp(bf16, q, k, v)[1](dz), jax.vjp(full, q, k, v)[1](dz)):
+  grads = lambda f: jax.jit(lambda q, k, v, dz: jax.vjp(f, q, k, v)[1](dz))(q, k, v, dz)
+  for name, a, b in zip("qkv", grads(bf16), grads(full)):
     assert a.dtype == jnp.float32
     error = np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b))
     assert 0 < error < 0.02, (name, error)  # > 0: it really ran in bf16
@@ -123,9 +124,9 @@ def test_bfloat16_loss_matches_float32(attention):
   cfg, w = random_model(n_layers=2, n_heads=3, d_head=8, d_model=16, d_vocab=37, n_ctx=12,
                         std=0.3)
   x, y = _batch(cfg)
-  f32 = jax.value_and_grad(lambda w: mean_loss(cfg, w, x, y))(w)
-  bf16 = jax.value_and_grad(
-      lambda w: mean_loss(cfg, w, x, y, compute_dtype=jnp.bfloat16, attention=attention))(w)
+  f32 = jax.jit(jax.value_and_grad(lambda w: mean_loss(cfg, w, x, y)))(w)
+  bf16 = jax.jit(jax.value_and_grad(
+      lambda w: mean_loss(cfg, w, x, y, compute_dtype=jnp.bfloat16, attention=attention)))(w)
   assert bf16[0].dtype == jnp.float32
   np.testing.assert_allclose(float(bf16[0]), float(f32[0]), rtol=BF16_LOSS_RTOL)
   assert not np.allclose(float(bf16[0]), float(f32[0]), rtol=1e-7)  # it really ran in bf16
