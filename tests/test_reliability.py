@@ -4,6 +4,7 @@ mismatches, paths inside checkpoints, errors that name the file, and the install
 Real files and real subprocesses throughout; every subprocess has a time limit.
 """
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -256,8 +257,9 @@ def test_cli_errors_are_one_line_naming_the_problem(trained_2l, cache_dir, tmp_p
       (_cli(a_file / "run", cache_dir), [f"{a_file} (on the path to", "is a file"]),
       (_cli(broken, cache_dir), [f"{broken / 'config.json'} is not valid JSON"]),
   ]
-  for args, needles in cases:
-    out = _run(args)
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:  # each case is a process start-up
+    outs = list(pool.map(lambda case: _run(case[0]), cases))
+  for (args, needles), out in zip(cases, outs):
     assert out.returncode == 2, (args, out.stderr)
     assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
     for needle in needles:

@@ -53,8 +53,8 @@ def test_schedule_warms_up_holds_and_decays(make_config):
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, cache_dir):
   steps = ["--config.train.steps=100", "--config.train.checkpoint_every=20",
            "--config.train.log_every=20", "--config.train.eval_every=50"]
-  subprocess.run(_cli(tmp_path / "straight", cache_dir, *steps), cwd=ROOT, check=True,
-                 capture_output=True)
+  straight = subprocess.Popen(_cli(tmp_path / "straight", cache_dir, *steps), cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # meanwhile
   killed = tmp_path / "killed"
   proc = subprocess.Popen(_cli(killed, cache_dir, *steps), cwd=ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
@@ -68,6 +68,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, cache_dir):
   resumed = subprocess.run(_cli(killed, cache_dir, *steps), cwd=ROOT, check=True,
                            capture_output=True, text=True)
   assert f"resuming {killed} from step" in resumed.stdout
+  assert straight.wait(timeout=300) == 0
   (_, a), (_, b) = reproduce.load(tmp_path / "straight"), reproduce.load(killed)
   for name, x in a.to_dict().items():
     np.testing.assert_array_equal(np.asarray(x), np.asarray(getattr(b, name)), err_msg=name)

@@ -77,11 +77,11 @@ def verify_arrays(where: str, trees: dict, meta: dict) -> None:
       raise CheckpointError(f"checkpoint {where} holds non-finite values in weight {name}")
 
 
-def _manager(directory: Path, max_to_keep: Optional[int], read_only: bool = False):
+def _manager(directory: Path, max_to_keep: Optional[int]):
   # In a multi-process job every manager needs its own barrier names: the checkpoint and the
   # snapshot of the same step are written at once and would otherwise share them.
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+      max_to_keep=max_to_keep, create=True,
       multiprocessing_options=ocp.options.MultiprocessingOptions(
           barrier_sync_key_prefix=Path(directory).name))
   with warnings.catch_warnings():
@@ -232,10 +232,15 @@ class RunCheckpoints:
 
 
 def _restore_weights(directory: Path, step: int) -> Tuple[Weights, dict]:
-  """One checkpoint's weights and meta, checked against its recorded checksums."""
-  mngr = _manager(directory, None, read_only=True)
+  """One checkpoint's weights and meta, checked against its recorded checksums.  Read with a
+  plain checkpointer on ``<directory>/<step>``: a checkpoint manager would list and read every
+  step's metadata first (0.26 s a snapshot in a 48-snapshot run, against 0.05)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    reader = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  path = (Path(directory) / str(step)).absolute()
   try:
-    meta = dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+    meta = dict(reader.restore(path, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
     if meta.get("format") != FORMAT:
       raise CheckpointError(f"{directory / str(step)} is not a circuits-repro checkpoint")
     # An explicit one-device target: a checkpoint written by a multi-process job records that
@@ -244,10 +249,10 @@ def _restore_weights(directory: Path, step: int) -> Tuple[Weights, dict]:
     target = {k: jax.ShapeDtypeStruct(tuple(s) if 0 not in s else (1,), np.float32,
                                       sharding=device)
               for k, s in meta.get("weight_shapes", {}).items()}
-    restored = mngr.restore(step, args=ocp.args.Composite(
+    restored = reader.restore(path, args=ocp.args.Composite(
         weights=ocp.args.StandardRestore(target)))
   finally:
-    mngr.close()
+    reader.close()
   packed = {k: np.asarray(v) for k, v in dict(restored["weights"]).items()}
   verify_arrays(str(directory / str(step)), {"weights": packed},
                 dict(meta, checksums={"weights": meta["checksums"]["weights"]})
