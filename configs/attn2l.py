@@ -5,7 +5,8 @@
 cpu preset (experiments/RECIPE.md): 4 heads × 32, d_model 128, vocab 2048, n_ctx 256, fixed
 sinusoidal positions in Q/K, AdamW at a constant 1e-2 after 200 warmup steps with a cosine over
 the last 25%; 4,500 steps × 4,096 tokens (18.4M tokens), about 1.8× the old 10.2M-token run's
-time (1 min 27 s idle with bf16 products on AMX; the new time is not yet remeasured idle).  Expected: a previous-token
+time (1 min 27 s idle with bf16 products on AMX on 2026-11-25; on the slower machine of
+2026-12-03, idle: 6 min 33 s with bf16 products, 11 min 10 s in float32).  Expected: a previous-token
 head in layer 0 (score ≈ 0.9 on text) by ~8M tokens, then an induction head in layer 1 forming
 between ~6M and ~11M tokens (prefix matching 0.1 → 0.6, seed 0: 6.2M → 10.6M, 58% of training)
 and levelling off after it (0.7 at the end), with the ICL score falling across that window;
