@@ -215,12 +215,16 @@ def _fused_attention(w: Weights, l: int, qk_in, v_in, pos_qk, dt, attention: str
   return mixed_einsum("bthe,hed->btd", z, w.W_O[l], dt)
 
 
-def _head_projections(w: Weights, l: int, qk_in, v_in, pos_qk, dt, rows=None, need_qk=True):
-  """Layer ``l``'s (q, k, v), [B, H, T, d_head] each: x W + b, with the positional terms
-  ``pos_qk`` (``_positional_query_key``) added to q and k.  ``rows``: the query positions to
-  compute q at (all T when None); ``need_qk=False`` returns (None, None, v)."""
-  add_bias = lambda a, b: a if b is None else a + b[l][None, :, None, :]  # a [B, H, T, E]
-  v_of = lambda: add_bias(mixed_einsum("btd,hde->bhte", v_in, w.W_V[l], dt), w.b_V)
+def _head_projections(w: Weights, l: int, qk_in, v_in, pos_qk, dt, rows=None, need_qk=True,
+                      heads_first: bool = True):
+  """Layer ``l``'s (q, k, v), [B, H, T, d_head] each ([B, T, H, d_head] with ``heads_first``
+  False): x W + b, with the positional terms ``pos_qk`` (``_positional_query_key``) added to q
+  and k.  ``rows``: the query positions to compute q at (all T when None); ``need_qk=False``
+  returns (None, None, v).  Training takes heads first; analysis, which keeps no gradient, the
+  stream's own order (cheaper on CPU: no transposed copies)."""
+  spec = "btd,hde->bhte" if heads_first else "btd,hde->bthe"
+  add_bias = lambda a, b: a if b is None else a + (b[l][None, :, None, :] if heads_first else b[l])
+  v_of = lambda: add_bias(mixed_einsum(spec, v_in, w.W_V[l], dt), w.b_V)
   if not need_qk:
     return None, None, v_of()
   pos_q, pos_k = (None, None) if pos_qk is None else pos_qk
@@ -229,9 +233,9 @@ def _head_projections(w: Weights, l: int, qk_in, v_in, pos_qk, dt, rows=None, ne
     pos_q = None if pos_q is None else pos_q[rows]
   else:
     qk_rows = qk_in
-  add_positions = lambda a, p: a if p is None else a + jnp.swapaxes(p, 0, 1)
-  q = add_positions(add_bias(mixed_einsum("btd,hde->bhte", qk_rows, w.W_Q[l], dt), w.b_Q), pos_q)
-  k = add_positions(add_bias(mixed_einsum("btd,hde->bhte", qk_in, w.W_K[l], dt), w.b_K), pos_k)
+  add_positions = lambda a, p: a if p is None else a + (jnp.swapaxes(p, 0, 1) if heads_first else p)
+  q = add_positions(add_bias(mixed_einsum(spec, qk_rows, w.W_Q[l], dt), w.b_Q), pos_q)
+  k = add_positions(add_bias(mixed_einsum(spec, qk_in, w.W_K[l], dt), w.b_K), pos_k)
   return q, k, v_of()
 
 
@@ -268,9 +272,9 @@ def head_values(cfg: ModelConfig, w: Weights, l: int, x: jax.Array, queries=None
   qk_in, v_in = _layer_inputs(cfg, w, l, x, pos, scale)
   rows = None if queries is None else jnp.asarray(queries)
   q, k, v = _head_projections(w, l, qk_in, v_in, _positional_query_key(w, l, pos, None), None,
-                              rows)
-  A = attention_pattern_at(q, k, rows=rows)
-  return jnp.einsum("bhqk,bhke->bqhe", A, v)
+                              rows, heads_first=False)
+  A = attention_pattern_at(jnp.swapaxes(q, 1, 2), jnp.swapaxes(k, 1, 2), rows=rows)
+  return jnp.einsum("bhqk,bkhe->bqhe", A, v)
 
 
 def unembed_input(cfg: ModelConfig, w: Weights, x: jax.Array, scale=None) -> jax.Array:
