@@ -20,13 +20,11 @@ QUERY_BLOCK = 64  # queries per block of ``blocked_causal_attention`` (experimen
 
 
 def attention_pattern(q: jax.Array, k: jax.Array, compute_dtype=None) -> jax.Array:
-  """Causal softmax(q kᵀ / sqrt(d_head)) for q, k [B, H, T, d_head] → [B, H, T(dest), T(src)].
+  """Causal softmax(q kᵀ / sqrt(d_head)) for q, k [B, H, T, d_head] → [B, H, T(dest), T(src)]
+  (``attention_pattern_at`` with the queries at 0 … T − 1).
 
   The product q kᵀ may run in ``compute_dtype``; the scores and the softmax are float32."""
-  T = q.shape[2]
-  scores = mixed_einsum("bhte,bhse->bhts", q, k, compute_dtype) / jnp.sqrt(jnp.float32(q.shape[-1]))
-  causal = jnp.tril(jnp.ones((T, T), bool))
-  return jax.nn.softmax(jnp.where(causal, scores, MASKED), axis=-1)
+  return attention_pattern_at(q, k, compute_dtype=compute_dtype)
 
 
 def attention_pattern_at(q: jax.Array, k: jax.Array, offset: int = 0, rows=None,
