@@ -127,16 +127,8 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
                                               corpus=corpus, tl_config=tl_config)
     models = {loaded[key].label: loaded[key]}
   else:
-    models = {}
-    for model_name in config.models:
-      key = _model_key(model_name, preset, seed, compute_dtype)
-      if key not in loaded:
-        loaded[key] = experiment.trained_model(model_name, preset,
-                                               Path(models_dir or workdir / "models"),
-                                               cache_dir=cache_dir, log=log,
-                                               corpus=train_corpus, seed=seed,
-                                               compute_dtype=compute_dtype)
-      models[model_name] = loaded[key]
+    models = trained_models(config.models, preset, Path(models_dir or workdir / "models"),
+                            loaded, cache_dir, log, train_corpus, seed, compute_dtype)
   log(f"figure {name}: analysing {', '.join(models)}")
   out = experiment.OutputDir(workdir / name)
   try:
@@ -160,10 +152,23 @@ def make_figure(name: str, preset: str = "cpu", workdir="figures", checkpoint: O
   return summary
 
 
-def _model_key(name: str, preset: str, seed: Optional[int], compute_dtype: Optional[str]) -> str:
-  """The key of a trained model in ``loaded``: one entry per run directory."""
-  return ":".join([name, preset] + ([] if seed is None else [f"seed{seed}"])
-                  + ([compute_dtype] if compute_dtype else []))
+def trained_models(names, preset: str, models_dir: Path, loaded: Dict[str, experiment.Model],
+                   cache_dir: Optional[str] = None, log: Callable[[str], None] = print,
+                   train_corpus: Optional[str] = None, seed: Optional[int] = None,
+                   compute_dtype: Optional[str] = None) -> Dict[str, experiment.Model]:
+  """{name: model} for the model configs ``names``, each trained unless already finished
+  (``experiment.trained_model``) and kept in ``loaded`` under "<name>:<preset>[:seed<s>]
+  [:<dtype>]", so the figures of one job share it."""
+  models = {}
+  for name in names:
+    key = ":".join([name, preset] + ([] if seed is None else [f"seed{seed}"])
+                   + ([compute_dtype] if compute_dtype else []))
+    if key not in loaded:
+      loaded[key] = experiment.trained_model(name, preset, models_dir, cache_dir, log=log,
+                                             seed=seed, corpus=train_corpus,
+                                             compute_dtype=compute_dtype)
+    models[name] = loaded[key]
+  return models
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,10 +221,8 @@ def make_all(preset: str, workdir, models_dir: Optional[str] = None,
       todo.append(name)
   needed = list(dict.fromkeys(m for name in todo for m in figure_config(name, preset).models))
   loaded: Dict[str, experiment.Model] = {}
-  for model_name in needed:
-    loaded[_model_key(model_name, preset, seed, compute_dtype)] = experiment.trained_model(
-        model_name, preset, Path(models_dir or Path(workdir) / "models"), cache_dir=cache_dir,
-        log=log, corpus=train_corpus, seed=seed, compute_dtype=compute_dtype)
+  trained_models(needed, preset, Path(models_dir or Path(workdir) / "models"), loaded, cache_dir,
+                 log, train_corpus, seed, compute_dtype)
   failures = []
   for name in todo:
     try:
