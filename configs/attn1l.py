@@ -2,7 +2,7 @@
 
     python -m reproduce.train --config=configs/attn1l.py:cpu --workdir=runs/attn1l
 
-cpu preset (experiments/RECIPE.md): 12 heads × 16 as in the paper's 1L model, d_model 128,
+cpu preset (docs/RECIPE.md): 12 heads × 16 as in the paper's 1L model, d_model 128,
 vocab 2048, n_ctx 256, fixed sinusoidal positions in Q/K, AdamW at a constant 1e-2 after 200
 warmup steps with a cosine over the last 25%; 1,500 steps × 4,096 tokens (6.1M tokens), about
 1.5 minutes on a 2-core laptop (≈70k tokens/s with bf16 products on AMX, ≈60k in float32).

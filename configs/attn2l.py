@@ -2,7 +2,7 @@
 
     python -m reproduce.train --config=configs/attn2l.py:cpu --workdir=runs/attn2l
 
-cpu preset (experiments/RECIPE.md): 4 heads × 32, d_model 128, vocab 2048, n_ctx 256, fixed
+cpu preset (docs/RECIPE.md): 4 heads × 32, d_model 128, vocab 2048, n_ctx 256, fixed
 sinusoidal positions in Q/K, AdamW at a constant 1e-2 after 200 warmup steps with a cosine over
 the last 25%; 4,500 steps × 4,096 tokens (18.4M tokens), about 1.8× the old 10.2M-token run's
 time (1 min 27 s idle with bf16 products on AMX on 2026-11-25; on the slower machine of

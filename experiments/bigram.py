@@ -21,10 +21,13 @@ import numpy as np
 
 from reproduce.core import scores
 from reproduce.core.kernels import items_per_chunk
-from reproduce import experiment
+from reproduce.figure.claims import claim
+from reproduce.figure.outputs import write_json
+from reproduce.figure.plotting import colorbar, pyplot, save_figure, show_token
+from reproduce.figure.sources import require_tokens
 
 DESCRIPTION = "0L model vs the corpus's bigram table (and 1L/2L direct paths vs the 0L table): scatter, KL, top-next table"
-ORDER = 10  # place in the batch job and index.html (reproduce.figure.figure_names)
+ORDER = 10  # place in the batch job and index.html (reproduce.figure.runner.figure_names)
 # Where the papers say what the claims test: section names, which every copy of the papers
 # carries (figure numbers are not in their text versions).
 FW_DIRECT_PATH = "FW, 'One-Layer Attention-Only Transformers' → 'The Path Expansion Trick'"
@@ -98,11 +101,11 @@ def _top_next_table(model, stats, n_tokens, top):
 
 
 def run(config, models, outdir):
-  plt = experiment.pyplot()
+  plt = pyplot()
   claims = []
   zero_layer = next((m for m in models.values() if m.cfg.n_layers == 0), None)
   for label, model in models.items():
-    experiment.require_tokens(model, "bigram")
+    require_tokens(model, "bigram")
     V = model.cfg.d_vocab
     stats = scores.bigram_statistics(model.weights, model.tokens.train, min_count=config.min_count)
     table = _top_next_table(model, stats, config.table_tokens, config.top_next)
@@ -127,13 +130,13 @@ def run(config, models, outdir):
                                      unigram[pairs["next"]], config.bootstrap_resamples)
       numbers["direct_path_gain_over_unigram"] = {"gain": gain, "standard_error": error}
     np.savez(outdir / f"pairs_{label}.npz", **pairs)
-    experiment.write_json(outdir / f"bigram_{label}.json", numbers)
+    write_json(outdir / f"bigram_{label}.json", numbers)
 
     fig, (ax, tab) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1, 1.2]})
     order = np.argsort(pairs["count"])  # frequent pairs drawn last, on top
     dots = ax.scatter(pairs["log_empirical"][order], pairs["log_model"][order], s=3,
                       c=np.log10(pairs["count"][order]), cmap="viridis", alpha=0.6)
-    experiment.colorbar(fig, dots, ax, "log10(times the pair occurs in the training tokens)",
+    colorbar(fig, dots, ax, "log10(times the pair occurs in the training tokens)",
                         pad=0.02)
     lo = min(pairs["log_empirical"].min(), pairs["log_model"].min())
     ax.plot([lo, 0], [lo, 0], "k--", lw=0.8, label="model = counts")
@@ -145,7 +148,7 @@ def run(config, models, outdir):
                  f"{kl_model:.2f} nats (unigram {kl_unigram:.2f})", fontsize=9)
     ax.legend(loc="lower right")
     tab.axis("off")
-    show = experiment.show_token
+    show = show_token
     cells = [[show(r["token"]), "  ".join(show(x, 8) for x in r["model"]),
               "  ".join(show(x, 8) for x in r["counts"])] for r in table]
     t = tab.table(cellText=cells, colLabels=["current", "model's top next", "corpus's top next"],
@@ -154,7 +157,7 @@ def run(config, models, outdir):
     t.set_fontsize(7)
     t.scale(1, 1.4)
     tab.set_title("frequent tokens: top next tokens")
-    experiment.save_figure(fig, outdir, "bigram" if len(models) == 1 else f"bigram_{label}")
+    save_figure(fig, outdir, "bigram" if len(models) == 1 else f"bigram_{label}")
     claims.extend(_claims(config, label, model, stats, uni_corr, kl_model, kl_unigram,
                           numbers.get("direct_path_gain_over_unigram")))
   return claims
@@ -176,7 +179,7 @@ def _claims(config, label, model, stats, uni_corr, kl_model, kl_unigram, gain):
     closed = gap_closed(stats["correlation"], uni_corr, 1.0)
     kl_closed = gap_closed(kl_model, kl_unigram, 0.0)
     return [
-        experiment.claim(
+        claim(
             figure="bigram", what="correlation", model=label, paper_says=ZERO_LAYER,
             statement=f"{label}: a zero-layer model learns the bigram table",
             source=FW_ZERO_LAYER,
@@ -188,7 +191,7 @@ def _claims(config, label, model, stats, uni_corr, kl_model, kl_unigram, gain):
             value={"correlation": stats["correlation"], "unigram": uni_corr,
                    "gap_closed": closed},
             holds=closed >= need),
-        experiment.claim(
+        claim(
             figure="bigram", what="heldout_kl", model=label, paper_says=ZERO_LAYER,
             statement=f"{label}: its predictions are close to the bigram table on held-out text",
             source=FW_ZERO_LAYER,
@@ -201,7 +204,7 @@ def _claims(config, label, model, stats, uni_corr, kl_model, kl_unigram, gain):
   if gain is None:
     return []
   k = config.standard_errors
-  return [experiment.claim(
+  return [claim(
       figure="bigram", what="direct_path_bigram_residual", model=label, paper_says=DIRECT_PATH,
       statement=f"{label}: the direct path of a {model.cfg.n_layers}-layer model holds part of "
       "the bigram statistics (a residual of them, not a bigram model of its own)",

@@ -19,10 +19,14 @@ import jax
 import numpy as np
 
 from reproduce.core import circuits
-from reproduce import experiment
+from reproduce.figure.claims import claim
+from reproduce.figure.outputs import write_json
+from reproduce.figure.plotting import colorbar, pyplot, save_figure
+from reproduce.figure.roles import head_roles
+from reproduce.figure.sources import initial_weights
 
 DESCRIPTION = "Q/K/V composition scores of every earlier × later layer pair minus the random baseline"
-ORDER = 60  # place in the batch job and index.html (reproduce.figure.figure_names)
+ORDER = 60  # place in the batch job and index.html (reproduce.figure.runner.figure_names)
 # Where the papers say what the claims test: section names, which every copy of the papers
 # carries (figure numbers are not in their text versions).
 FW_TWO_LAYER_MODEL = "FW, 'Two-Layer Attention-Only Transformers' → 'Analyzing a Two-Layer Model'"
@@ -44,11 +48,11 @@ def layer_pairs(n_layers: int):
 
 
 def run(config, models, outdir):
-  plt = experiment.pyplot()
+  plt = pyplot()
   claims = []
   for label, model in models.items():
     model.need_layers(2, "composition_scores")
-    roles = experiment.head_roles(model, config.role_threshold)
+    roles = head_roles(model, config.role_threshold)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     pairs = layer_pairs(L)
     variants = [False, True] if config.draw_erratum else [False]
@@ -60,12 +64,12 @@ def run(config, models, outdir):
           kind: np.asarray(circuits.composition_scores(model.weights, kind, permuted))
           for kind in circuits.COMPOSITION_KINDS}}
     correct = results[False]
-    init, init_source = experiment.initial_weights(model)
+    init, init_source = initial_weights(model)
     init_scores = {kind: np.asarray(circuits.composition_scores(init, kind))
                    for kind in circuits.COMPOSITION_KINDS}
     init_max = {kind: max(float(init_scores[kind][l1, :, l2, :].max()) for l1, l2 in pairs)
                 for kind in circuits.COMPOSITION_KINDS}
-    experiment.write_json(outdir / f"composition_{label}.json", {
+    write_json(outdir / f"composition_{label}.json", {
         "heads": [[roles.label(l, h) for h in range(H)] for l in range(L)],
         "layer_pairs": pairs, "layout": "[l1, h1, l2, h2], zero unless l1 < l2",
         "previous_token_scores": roles.previous_token, "prefix_matching_scores": roles.induction,
@@ -92,12 +96,12 @@ def run(config, models, outdir):
         title = f"L{l1}→L{l2} {kind.upper()}-comp. − baseline {r['baseline']:.3f}"
         ax.set_title(("FW's original figure (norm bug)\n" if permuted else "") + title,
                      fontsize=8, color="#7d3c98" if permuted else "black")
-      experiment.colorbar(fig, image, axes[row].tolist(),
+      colorbar(fig, image, axes[row].tolist(),
                           "composition score − random baseline" if not permuted else
                           "norm-bug score − its baseline", shrink=0.8)
     fig.suptitle(f"{label}: composition scores, every layer pair (one colour scale for every "
                  "panel; red above the baseline, blue below)")
-    experiment.save_figure(fig, outdir, "composition_scores" if len(models) == 1
+    save_figure(fig, outdir, "composition_scores" if len(models) == 1
                            else f"composition_scores_{label}")
     claims.extend(_claims(config, label, roles, correct, init_max, init_source))
   return claims
@@ -110,7 +114,7 @@ def _claims(config, label, roles, correct, init_max, init_source):
   induction = [(l, h) for l, h in roles.induction_heads() if l >= 1]
   name = lambda l, h: f"L{l}H{h}"
   if not induction:
-    claims.append(experiment.claim(
+    claims.append(claim(
         figure="composition_scores", what="k_prev_to_induction", model=label,
         paper_says=K_COMPOSITION,
         statement=f"{label}: each induction head's strongest K-composition is with a "
@@ -126,7 +130,7 @@ def _claims(config, label, roles, correct, init_max, init_source):
     l1, h1 = np.unravel_index(np.argmax(into), into.shape)
     strongest.append((int(l1), int(h1)))
   is_prev = [roles.previous_token[l1, h1] >= roles.threshold for l1, h1 in strongest]
-  claims.append(experiment.claim(
+  claims.append(claim(
       figure="composition_scores", what="k_prev_to_induction", model=label,
         paper_says=K_COMPOSITION,
       statement=f"{label}: each induction head's strongest K-composition is with a previous-token "
@@ -143,7 +147,7 @@ def _claims(config, label, roles, correct, init_max, init_source):
   q = [correct["q"][p[0], p[1], i[0], i[1]] for p, i in pairs]
   v = [correct["v"][p[0], p[1], i[0], i[1]] for p, i in pairs]
   described = [f"{name(*p)}→{name(*i)}" for p, i in pairs]
-  claims.append(experiment.claim(
+  claims.append(claim(
       figure="composition_scores", what="k_above_random_init", model=label,
       paper_says=K_COMPOSITION,
       statement=f"{label}: the previous-token head K-composes with the induction heads far above "
@@ -154,7 +158,7 @@ def _claims(config, label, roles, correct, init_max, init_source):
       + f"; random-init max {init_max['k']:.3f}, baseline {base:.3f}",
       value={"k": k, "random_init_max": init_max["k"], "baseline": base},
       holds=min(k) > init_max["k"]))
-  claims.append(experiment.claim(
+  claims.append(claim(
       figure="composition_scores", what="q_v_near_baseline", model=label,
       paper_says=Q_V_SMALL,
       statement=f"{label}: Q- and V-composition of the induction heads with the previous-token "

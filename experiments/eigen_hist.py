@@ -17,10 +17,13 @@ claimed (the induction heads' copying is a claim of ov_qk_scatter).
 import numpy as np
 
 from reproduce.core import circuits
-from reproduce import experiment
+from reproduce.figure.claims import claim
+from reproduce.figure.outputs import write_json
+from reproduce.figure.plotting import pyplot, save_figure
+from reproduce.figure.sources import initial_weights
 
 DESCRIPTION = "Histogram of OV positivity over all heads, trained vs random init, 1L and 2L"
-ORDER = 50  # place in the batch job and index.html (reproduce.figure.figure_names)
+ORDER = 50  # place in the batch job and index.html (reproduce.figure.runner.figure_names)
 # Where the papers say what the claims test: section names, which every copy of the papers
 # carries (figure numbers are not in their text versions).
 FW_DETECTING_COPYING = ("FW, 'One-Layer Attention-Only Transformers' → 'Summarizing OV/QK "
@@ -52,7 +55,7 @@ COPYING_MAJORITY = ("FW, \"Detecting Copying Behavior\" (eigenvalue summary): in
 
 
 def run(config, models, outdir):
-  plt = experiment.pyplot()
+  plt = pyplot()
   claims = []
   labels = list(models)
   panels = [models[label].cfg.n_layers for label in labels]
@@ -62,7 +65,7 @@ def run(config, models, outdir):
     model = models[label]
     model.need_layers(1, "eigen_hist")
     trained = circuits.positivity(circuits.ov_eigenvalues(model.weights))
-    init, init_source = experiment.initial_weights(model)
+    init, init_source = initial_weights(model)
     random = circuits.positivity(circuits.ov_eigenvalues(init))
     numbers[label] = {"trained": trained, "random_init": random, "random_init_source": init_source}
     threshold = max(config.copying_threshold, float(random.max()))
@@ -76,7 +79,7 @@ def run(config, models, outdir):
     per_layer = "; ".join(f"layer {l}: {int((trained[l] > threshold).sum())}/{H}"
                           for l in range(L))
     if L == 1:
-      claims.append(experiment.claim(
+      claims.append(claim(
           figure="eigen_hist", what="copying_majority", model=label,
           paper_says=COPYING_MAJORITY,
           statement=f"{label}: most heads of a one-layer model copy (FW's 1L model: 10 of 12)",
@@ -87,7 +90,7 @@ def run(config, models, outdir):
           measured=f"{copying} of {L * H} heads ({per_layer}); random init from {init_source}",
           value=trained, holds=copying * 2 > L * H))
     mean_random = float(random.mean())
-    claims.append(experiment.claim(
+    claims.append(claim(
         figure="eigen_hist", what="random_init_near_zero", model=label,
         statement=f"{label}: at random init OV positivity is near 0",
         source="control: random init",
@@ -96,6 +99,6 @@ def run(config, models, outdir):
         f"{L * H} heads ({init_source})", value=random,
         holds=abs(mean_random) < config.random_init_max_abs_mean, kind="control"))
   fig.tight_layout()
-  experiment.save_figure(fig, outdir, "eigen_hist")
-  experiment.write_json(outdir / "eigen_hist.json", numbers)
+  save_figure(fig, outdir, "eigen_hist")
+  write_json(outdir / "eigen_hist.json", numbers)
   return claims

@@ -13,16 +13,20 @@ import dataclasses
 import numpy as np
 
 from reproduce.core import scores
-from reproduce import experiment
+from reproduce.figure.claims import claim
+from reproduce.figure.outputs import write_json
+from reproduce.figure.plotting import pyplot, save_figure
+from reproduce.figure.roles import HeadRoles, head_roles
+from reproduce.figure.sources import require_tokens
 
 DESCRIPTION = "Zero-ablating each head: share of the repeat-loss drop and of the ICL score removed"
-ORDER = 110  # place in the batch job and index.html (reproduce.figure.figure_names)
+ORDER = 110  # place in the batch job and index.html (reproduce.figure.runner.figure_names)
 # Where the papers say what the claims test: section names, which every copy of the papers
 # carries (figure numbers are not in their text versions).
 IH_KNOCK_OUT = "IH, 'Argument 3: … “knock out” induction heads'"
 
 
-def roles_to_ablate(roles: experiment.HeadRoles):
+def roles_to_ablate(roles: HeadRoles):
   """(induction heads in layers ≥ 1, previous-token head feeding them, whether no head passed).
 
   Induction heads: *every* head of a layer ≥ 1 that passes the induction criterion (prefix-
@@ -63,7 +67,7 @@ def head_name(lh) -> str:
 class Ablations:
   """What zero-ablation removes from one model, and the roles that picked the heads."""
 
-  roles: experiment.HeadRoles
+  roles: HeadRoles
   induction: list  # the induction heads (layers ≥ 1), ablated together
   prev: tuple  # the previous-token head feeding them
   base: dict  # the unablated model's numbers (``measure``)
@@ -85,7 +89,7 @@ class Ablations:
 def ablate(config, model) -> Ablations:
   """The unablated numbers, every single-head ablation and the induction heads ablated together."""
   L, H = model.cfg.n_layers, model.cfg.n_heads
-  roles = experiment.head_roles(model, config.role_threshold)
+  roles = head_roles(model, config.role_threshold)
   induction, prev, fallback = roles_to_ablate(roles)
   length = min(config.length, (model.cfg.n_ctx - 1) // 2)
   probe = scores.repeated_sequences(model.sampling_pool(), model.bos_id, length, 2,
@@ -111,7 +115,7 @@ def ablate(config, model) -> Ablations:
 
 def write_numbers(outdir, label, ab: Ablations) -> None:
   share = ab.share
-  experiment.write_json(outdir / f"head_ablations_{label}.json", {
+  write_json(outdir / f"head_ablations_{label}.json", {
       "unablated": ab.base, "induction_heads": [head_name(x) for x in ab.induction],
       "induction_criterion": ab.roles.criterion() + ", layers ≥ 1; all of them ablated together",
       "induction_heads_fallback": ab.fallback, "icl_score": ab.icl,
@@ -124,7 +128,7 @@ def write_numbers(outdir, label, ab: Ablations) -> None:
 
 def plot(config, label, ab: Ablations, outdir, picture: str) -> None:
   """Two bar charts (repeat-loss drop, ICL score): the share each ablation removes."""
-  plt = experiment.pyplot()
+  plt = pyplot()
   base = ab.base
   group = ("strongest head (none passes)" if ab.fallback else
            f"all induction heads\n(prefix ≥ {ab.roles.threshold:g})")
@@ -150,7 +154,7 @@ def plot(config, label, ab: Ablations, outdir, picture: str) -> None:
     for i, v in enumerate(values):
       ax.text(i, v, f"{v:.2f}", ha="center", va="bottom" if v >= 0 else "top", fontsize=7)
   axes[0].set_ylabel("fraction removed by zero-ablation (1 = all)")
-  experiment.save_figure(fig, outdir, picture)
+  save_figure(fig, outdir, picture)
 
 
 def _both(s) -> str:
@@ -175,13 +179,13 @@ def claims_of(config, label, ab: Ablations) -> list:
   most, base, share, prev, together = (config.most_removed, ab.base, ab.share, ab.prev,
                                        ab.share_induction)
   has_icl = base["icl"] < 0
-  claim = lambda what, **kw: experiment.claim(figure="head_ablations", what=what, model=label,
+  claim_on = lambda what, **kw: claim(figure="head_ablations", what=what, model=label,
                                               source=IH_KNOCK_OUT, **kw)
   other_shares = {head_name(x): share[x] for layer in ab.others for x in ab.others[layer]}
   mean_other = {key: float(np.mean([s[key] for s in other_shares.values()]))
                 if other_shares else float("nan") for key in ("repeat_drop", "icl")}
   return [
-      claim("induction_heads", paper_says=KNOCK_OUT,
+      claim_on("induction_heads", paper_says=KNOCK_OUT,
             statement=f"{label}: zero-ablating the induction heads removes most of the loss drop "
             "on repeated tokens and most of the in-context-learning score",
             criterion=f"with every head of layers ≥ 1 passing the induction criterion "
@@ -193,7 +197,7 @@ def claims_of(config, label, ab: Ablations) -> list:
             f"{base['icl_standard_error']:.3f} over {ab.icl['windows']} windows)",
             value={"removed": together, "unablated": base},
             holds=has_icl and min(together.values()) >= most),
-      claim("previous_token_head", paper_says=PREV_RELIANCE,
+      claim_on("previous_token_head", paper_says=PREV_RELIANCE,
             statement=f"{label}: zero-ablating the previous-token head that feeds the induction "
             "heads removes most of the repeat-loss drop and of the ICL score",
             criterion="the strongest previous-token head in a layer before the induction heads; "
@@ -201,7 +205,7 @@ def claims_of(config, label, ab: Ablations) -> list:
             measured=f"{head_name(prev)} (previous-token score "
             f"{ab.roles.previous_token[prev]:.2f}): {_both(share[prev])}",
             value={"removed": share[prev]}, holds=has_icl and min(share[prev].values()) >= most),
-      claim("other_heads", paper_says=KNOCK_OUT_OTHERS,
+      claim_on("other_heads", paper_says=KNOCK_OUT_OTHERS,
             statement=f"{label}: ablating another head of the same layer as the induction or "
             "previous-token head does not remove most of either",
             criterion="the mean over those layers' other heads (the expected effect of ablating "
@@ -218,7 +222,7 @@ def run(config, models, outdir):
   claims = []
   for label, model in models.items():
     model.need_layers(2, "head_ablations")
-    experiment.require_tokens(model, "head_ablations")
+    require_tokens(model, "head_ablations")
     ablations = ablate(config, model)
     write_numbers(outdir, label, ablations)
     plot(config, label, ablations, outdir,

@@ -17,15 +17,21 @@ copying any earlier token could reach without induction).
 
 import html
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 
 from reproduce.core import scores
-from reproduce import experiment
 from reproduce.core.model import forward, token_losses
+from reproduce.figure.claims import claim
+from reproduce.figure.outputs import write_json
+from reproduce.figure.plotting import colorbar, head_grid, pyplot, save_figure, show_token
+from reproduce.figure.roles import head_roles
+from reproduce.figure.sources import require_tokens
 
 DESCRIPTION = "Every head on repeated random tokens and on text (value-weighted), interactive HTML, loss per position"
-ORDER = 70  # place in the batch job and index.html (reproduce.figure.figure_names)
+ORDER = 70  # place in the batch job and index.html (reproduce.figure.runner.figure_names)
 # Where the papers say what the claims test: section names, which every copy of the papers
 # carries (figure numbers are not in their text versions).
 FW_IH_INDUCTION_HEADS = ("FW, 'Two-Layer Attention-Only Transformers' → 'Induction Heads'; IH, "
@@ -65,97 +71,15 @@ def per_head_scale(weighted):
 def _html(title, views, first_head: int, notes: str):
   """A standalone page: pick a sequence and a head (each button shows the head's scores), hover a
   token to shade the tokens it attends to, hover the map to read one entry.  Opens on
-  ``first_head`` (index into every view's heads)."""
-  payload = json.dumps(views, separators=(",", ":"))
-  return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:1.5em;color:#222;max-width:1200px}}
-button{{margin:2px;padding:3px 7px;border:1px solid #bbb;background:#f7f7f7;border-radius:3px;
-cursor:pointer;font-size:12px}}button.on{{background:#2e86c1;color:#fff;border-color:#2e86c1}}
-button.induction{{border-color:#c0392b;border-width:2px}}
-#tokens{{margin:.8em 0;line-height:1.9}}
-#tokens span{{display:inline-block;margin:1px;padding:0 3px;border-radius:3px;font-family:monospace;
-white-space:pre;cursor:default;border:1px solid #eee}}#tokens span.dest{{outline:2px solid #c0392b}}
-#tokens span.bos{{font-weight:bold;color:#555;border-color:#999}}
-#tokens span.boundary{{margin-left:10px}}
-.row{{display:flex;gap:24px;align-items:flex-start;flex-wrap:wrap}}
-#readout{{font-family:monospace;min-height:1.4em;margin:.3em 0}}.notes{{color:#555;font-size:90%}}
-h3{{margin:.8em 0 .3em;font-size:100%}}</style>
-</head><body><h2>{html.escape(title)}</h2>
-<p class="notes">{notes}</p>
-<h3>sequence</h3><div id="seqs"></div>
-<h3>head <span class="notes">(prev: previous-token score; ind: prefix-matching score; stripe: induction-stripe score;
-red border: an induction head)</span></h3><div id="heads"></div>
-<div id="tokens"></div>
-<div id="readout">hover the map or a token</div>
-<div class="row"><canvas id="map" width="620" height="600"></canvas>
-<canvas id="scale" width="110" height="600"></canvas></div>
-<script>
-const V = {payload};
-let seq = 0, head = {first_head};
-const M = {{left: 70, top: 20, size: 520}};
-function buttons(id, names, pick, marked) {{
-  const box = document.getElementById(id); box.innerHTML = "";
-  names.forEach((n, i) => {{ const b = document.createElement("button"); b.textContent = n;
-    if (marked && marked[i]) b.classList.add("induction");
-    b.onclick = () => {{ pick(i); draw(); }}; box.appendChild(b); }});
-}}
-function colour(a) {{ return `rgba(20,60,140,${{a}})`; }}
-function show(i, j) {{
-  const v = V[seq], P = v.patterns[head];
-  document.getElementById("readout").textContent = j === undefined
-    ? `destination ${{i}} "${{v.tokens[i]}}"`
-    : `destination ${{i}} "${{v.tokens[i]}}" ← source ${{j}} "${{v.tokens[j]}}": ` +
-      `${{P[i][j].toFixed(3)}} of the head's max (${{(P[i][j] * v.scale[head]).toPrecision(3)}})`;
-}}
-function drawScale() {{
-  const c = document.getElementById("scale"), g = c.getContext("2d");
-  g.clearRect(0, 0, c.width, c.height);
-  for (let y = 0; y < M.size; y++) {{ g.fillStyle = colour(1 - y / M.size);
-    g.fillRect(10, M.top + y, 22, 1); }}
-  g.strokeStyle = "#999"; g.strokeRect(10, M.top, 22, M.size);
-  g.fillStyle = "#222"; g.font = "12px sans-serif";
-  [0, 0.25, 0.5, 0.75, 1].forEach(t => g.fillText(t.toFixed(2), 36, M.top + (1 - t) * M.size + 4));
-  g.save(); g.translate(100, M.top + M.size / 2); g.rotate(-Math.PI / 2); g.textAlign = "center";
-  g.fillText("value-weighted attention / the head's max", 0, 0); g.restore();
-}}
-function draw() {{
-  const v = V[seq], P = v.patterns[head], T = v.tokens.length;
-  document.querySelectorAll("#seqs button").forEach((b, i) => b.classList.toggle("on", i == seq));
-  document.querySelectorAll("#heads button").forEach((b, i) => b.classList.toggle("on", i == head));
-  const box = document.getElementById("tokens"); box.innerHTML = "";
-  v.tokens.forEach((t, i) => {{ const s = document.createElement("span"); s.textContent = t;
-    if (i == 0 && v.bos) s.classList.add("bos");
-    if (v.boundaries.some(b => b[0] == i && i > 1)) s.classList.add("boundary");
-    s.onmouseenter = () => {{ show(i); box.childNodes.forEach((c, j) => {{
-      const a = j <= i ? P[i][j] : 0; c.style.background = `rgba(192,57,43,${{a}})`;
-      c.classList.toggle("dest", j == i); }}); }};
-    box.appendChild(s); }});
-  const c = document.getElementById("map"), g = c.getContext("2d"), k = M.size / T;
-  g.clearRect(0, 0, c.width, c.height);
-  g.fillStyle = "#fff"; g.fillRect(M.left, M.top, M.size, M.size);
-  for (let i = 0; i < T; i++) for (let j = 0; j <= i; j++) {{
-    g.fillStyle = colour(P[i][j]); g.fillRect(M.left + j * k, M.top + i * k, k + 0.3, k + 0.3); }}
-  g.strokeStyle = "#999"; g.strokeRect(M.left, M.top, M.size, M.size);
-  g.fillStyle = "#222"; g.font = "11px sans-serif"; g.strokeStyle = "#222";
-  v.boundaries.forEach(([at, name]) => {{
-    const x = M.left + (at + 0.5) * k, y = M.top + (at + 0.5) * k;
-    g.beginPath(); g.moveTo(x, M.top + M.size); g.lineTo(x, M.top + M.size + 6);
-    g.moveTo(M.left - 6, y); g.lineTo(M.left, y); g.stroke();
-    g.textAlign = "center"; g.fillText(name, x, M.top + M.size + 18);
-    g.textAlign = "right"; g.fillText(name, M.left - 8, y + 4); }});
-  g.font = "13px sans-serif"; g.textAlign = "center";
-  g.fillText("source token (attended to) →", M.left + M.size / 2, M.top + M.size + 40);
-  g.save(); g.translate(16, M.top + M.size / 2); g.rotate(-Math.PI / 2);
-  g.fillText("destination token (attending) →", 0, 0); g.restore();
-  c.onmousemove = e => {{ const r = c.getBoundingClientRect();
-    const j = Math.floor((e.clientX - r.left - M.left) / k), i = Math.floor((e.clientY - r.top - M.top) / k);
-    if (i >= 0 && i < T && j >= 0 && j <= i) show(i, j); }};
-}}
-buttons("seqs", V.map(v => v.name), i => seq = i);
-buttons("heads", V[0].heads, i => head = i, V[0].induction);
-drawScale();
-draw();
-</script></body></html>"""
+  ``first_head`` (index into every view's heads).
+
+  The page is ``induction_attention.html`` with its {{NAME}} markers filled in one pass (what
+  goes in is never searched for markers again): TITLE (escaped here), NOTES (already HTML),
+  VIEWS (``views`` as JSON) and FIRST_HEAD."""
+  fill = {"TITLE": html.escape(title), "NOTES": notes,
+          "VIEWS": json.dumps(views, separators=(",", ":")), "FIRST_HEAD": str(first_head)}
+  page = Path(__file__).with_name("induction_attention.html").read_text(encoding="utf-8")
+  return re.sub(r"\{\{([A-Z_]+)\}\}", lambda m: fill[m.group(1)], page)
 
 
 def repeats_and_text(config, model) -> dict:
@@ -191,10 +115,10 @@ def boundaries(m, key: str):
 def write_page_and_numbers(config, label, model, m, outdir, page_name: str) -> None:
   """The interactive view of every head on both sequences, and the numbers.  The page opens on
   the strongest induction head; each head's button shows its previous-token and prefix-matching
-  scores (``experiment.head_roles``, the numbers every figure uses) and its stripe score here."""
+  scores (``head_roles``, the numbers every figure uses) and its stripe score here."""
   L, H = model.cfg.n_layers, model.cfg.n_heads
   text_windows = 16
-  roles = experiment.head_roles(model, config.min_induction, text_windows=text_windows)
+  roles = head_roles(model, config.min_induction, text_windows=text_windows)
   previous, induction, stripe = roles.previous_token, roles.induction, m["stripe"]
   heads = [f"L{l}H{h} · prev {previous[l, h]:.2f} · ind {induction[l, h]:.2f} · "
            f"stripe {stripe[l, h]:.2f}" for l in range(L) for h in range(H)]
@@ -202,7 +126,7 @@ def write_page_and_numbers(config, label, model, m, outdir, page_name: str) -> N
   views = []
   for key, toks, pats in (("repeated", m["repeated"][0], m["weighted"][:, 0]),
                           ("text", m["text"][0], m["text_weighted"][:, 0])):
-    names = [experiment.show_token(t, 14) for t in model.token_strings(toks)]
+    names = [show_token(t, 14) for t in model.token_strings(toks)]
     bos = int(toks[0]) == model.bos_id
     if bos:
       names[0] = "BOS"
@@ -221,7 +145,7 @@ def write_page_and_numbers(config, label, model, m, outdir, page_name: str) -> N
            f"sequences (the first is shown).")
   (outdir / page_name).write_text(_html(f"{label}: attention patterns", views, first,
                                         html.escape(notes)))
-  experiment.write_json(outdir / f"induction_{label}.json", {
+  write_json(outdir / f"induction_{label}.json", {
       "stripe_scores": m["stripe"], "stripe_probe": m["names"]["repeated"],
       "loss_per_position": m["losses"], "length": m["n"],
       "repeats": config.repeats, "loss_first_occurrence": m["first"],
@@ -234,9 +158,9 @@ def plot_patterns(config, label, model, m, outdir, suffix: str) -> None:
   """One grid of every head's value-weighted pattern per sequence (repeated, text), each head on
   its own scale (its largest entry = 1; that entry's value in its title), one labelled colour
   bar; ticks at BOS and where each copy of the repeated sequence starts."""
-  plt = experiment.pyplot()
+  plt = pyplot()
   L, H, stripe = model.cfg.n_layers, model.cfg.n_heads, m["stripe"]
-  rows, cols, cell = experiment.head_grid(L, H)
+  rows, cols, cell = head_grid(L, H)
   for key, pats in (("repeated", m["weighted"][:, 0]), ("text", m["text_weighted"][:, 0])):
     scale = m["scale"][key][:, 0]  # [L, H]
     ticks = boundaries(m, key)
@@ -259,16 +183,16 @@ def plot_patterns(config, label, model, m, outdir, suffix: str) -> None:
         extra = f" stripe {stripe[l, h]:.2f}" if key == "repeated" else ""
         ax.set_title(f"L{l}H{h}{extra}\nmax {scale[l, h]:.3g}", fontsize=8,
                      color="#c0392b" if stripe[l, h] >= config.min_induction else "black")
-    experiment.colorbar(fig, image, axes, "A_ij·‖x_j W_V W_O‖ / the head's max", shrink=0.8)
+    colorbar(fig, image, axes, "A_ij·‖x_j W_V W_O‖ / the head's max", shrink=0.8)
     fig.suptitle(f"{label}: value-weighted attention on {m['names'][key]} (rows: destination, "
                  "columns: source; one scale per head, not per row)", fontsize=9)
-    experiment.save_figure(fig, outdir, f"attention_{key}{suffix}")
+    save_figure(fig, outdir, f"attention_{key}{suffix}")
 
 
 def plot_loss(config, label, model, m, outdir, suffix: str) -> None:
   """Loss per position on the repeated random tokens, with log V (uniform over the vocabulary)
   and log n (uniform over the sequence's n distinct tokens) for reference."""
-  plt = experiment.pyplot()
+  plt = pyplot()
   n, losses = m["n"], m["losses"]
   fig, ax = plt.subplots(figsize=(8, 3.2))
   ax.plot(np.arange(1, len(losses) + 1), losses, color="#2e86c1", label="loss")
@@ -288,7 +212,7 @@ def plot_loss(config, label, model, m, outdir, suffix: str) -> None:
   ax.set_title(f"{label}: loss on BOS + {n} random tokens × {config.repeats} (mean of "
                f"{config.samples}); first copy {m['first']:.2f}, repeats {m['later']:.2f} nats",
                fontsize=9)
-  experiment.save_figure(fig, outdir, f"loss_per_position{suffix}")
+  save_figure(fig, outdir, f"loss_per_position{suffix}")
 
 
 STRIPE = ("FW, \"Two-Layer Attention-Only Transformers\" (induction heads on random tokens): on "
@@ -311,7 +235,7 @@ def claims_of(config, label, m, one_layer) -> list:
   log_n = float(np.log(n))
   holds = later < log_n and (not one_layer or later < min(one_layer))
   return [
-      experiment.claim(
+      claim(
           figure="induction_attention", what="stripe", model=label, paper_says=STRIPE,
           statement=f"{label}: a head of a layer ≥ 1 attends along the induction stripe on "
           "repeated random tokens", source=FW_INDUCTION_HEADS,
@@ -321,7 +245,7 @@ def claims_of(config, label, m, one_layer) -> list:
           f"{m['names']['repeated']} (scores.stripe_score; its prefix-matching score is in "
           "induction_heads)", value=stripe,
           holds=stripe[best] >= config.min_induction),
-      experiment.claim(
+      claim(
           figure="induction_attention", what="repeat_loss", model=label,
           paper_says=REPEATS,
           statement=f"{label}: on the repeats of a random sequence the loss falls below what one "
@@ -339,7 +263,7 @@ def run(config, models, outdir):
   claims, repeat_loss = [], {}
   for label, model in models.items():
     model.need_layers(1, "induction_attention")
-    experiment.require_tokens(model, "induction_attention")
+    require_tokens(model, "induction_attention")
     m = repeats_and_text(config, model)
     repeat_loss[label] = (model.cfg.n_layers, float(m["later"]))
     single = len(models) == 1

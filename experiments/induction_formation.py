@@ -28,13 +28,15 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.ticker import NullFormatter
-
-from reproduce import experiment
 from reproduce.core import scores
+from reproduce.figure.claims import claim
+from reproduce.figure.outputs import write_json
+from reproduce.figure.plotting import pyplot, save_figure
+from reproduce.figure.sources import has_snapshots, require_tokens
 from reproduce.train.workdir import read_metrics
 
 DESCRIPTION = "ICL score and every head's prefix-matching score over training (1L vs 2L), with the loss"
-ORDER = 100  # place in the batch job and index.html (reproduce.figure.figure_names)
+ORDER = 100  # place in the batch job and index.html (reproduce.figure.runner.figure_names)
 # Where the papers say what the claims test: section names, which every copy of the papers
 # carries (figure numbers are not in their text versions).
 IH_PHASE_CHANGE = "IH, 'Argument 1: … a “phase change” during training'"
@@ -59,7 +61,7 @@ def trajectory(model, config):
   """Per training snapshot (``model.snapshots``, one in memory at a time): its step, tokens seen
   and position on ``x_axis``, ICL score, held-out loss and prefix matching [L, H].  Without
   snapshots, one row for the model's own weights."""
-  experiment.require_tokens(model, "induction_formation")
+  require_tokens(model, "induction_formation")
   inputs, targets = model.heldout_windows(config.icl_windows)
   pool = model.sampling_pool()
   if model.snapshots is not None:
@@ -166,7 +168,7 @@ def formation(config, model) -> dict:
   best_head = int(np.argmax(flat[-1])) if L else None
   best = flat[:, best_head] if L else np.zeros(len(traj))
   train_loss, heldout_loss = training_loss(model)
-  snapshots = experiment.has_snapshots(model)
+  snapshots = has_snapshots(model)
   gain = steepest_gain(tokens, best, config.window_ratio) if snapshots and L else None
   return {"steps": [r["step"] for r in traj], "tokens": tokens, "axis": x_axis(model),
           "tokens_seen": [r["tokens"] for r in traj],
@@ -242,7 +244,7 @@ ICL_1L = ("IH, \"Argument 1\": one-layer models, lacking induction heads, end tr
 
 
 def _none_in_1l_claim(config, label, flat):
-  return experiment.claim(
+  return claim(
       figure="induction_formation", what="none_in_1l", model=label, paper_says=NONE_IN_1L,
       statement=f"{label}: a one-layer model never forms induction heads", source=IH_PHASE_CHANGE,
       criterion=f"best prefix-matching score of any head at every snapshot < {config.unformed}",
@@ -256,7 +258,7 @@ def _icl_2l_below_1l_claim(final_icl):
   two = [(lab, v) for lab, (layers, v) in final_icl.items() if layers >= 2]
   if not (one and two):
     return None
-  return experiment.claim(
+  return claim(
       figure="induction_formation", what="icl_2l_below_1l", model=None, paper_says=ICL_1L,
       statement="the two-layer model learns more in context than the one-layer model: its ICL "
       "score is lower", source=IH_PHASE_CHANGE,
@@ -268,7 +270,7 @@ def _icl_2l_below_1l_claim(final_icl):
 
 
 def run(config, models, outdir):
-  plt = experiment.pyplot()
+  plt = pyplot()
   claims = []
   fig, axes = plt.subplots(len(models), 3, figsize=(15, 3.6 * len(models)), squeeze=False,
                            layout="constrained")
@@ -303,8 +305,8 @@ def run(config, models, outdir):
   comparison = _icl_2l_below_1l_claim(final_icl)
   if comparison is not None:
     claims.append(comparison)
-  experiment.save_figure(fig, outdir, "induction_formation")
-  experiment.write_json(outdir / "induction_formation.json", numbers)
+  save_figure(fig, outdir, "induction_formation")
+  write_json(outdir / "induction_formation.json", numbers)
   return claims
 
 
@@ -313,7 +315,7 @@ def _phase_change_claims(config, label, tokens, best, icl, loss, gain, numbers, 
   positions on ``axis`` ("tokens" or "steps"); ``loss``: ((position, loss) [n, 2], its name)."""
   train_loss, loss_name = loss
   if gain is None:
-    return [experiment.claim(
+    return [claim(
         figure="induction_formation", what="abrupt", model=label, paper_says=PHASE_CHANGE,
         statement=f"{label}: induction heads form abruptly", source=IH_PHASE_CHANGE,
         criterion=f"the best head's prefix matching gains ≥ {config.majority} of its total rise "
@@ -321,7 +323,7 @@ def _phase_change_claims(config, label, tokens, best, icl, loss, gain, numbers, 
         measured=f"its prefix matching never rises (final {best[-1]:.2f})", value=best,
         holds=False)]
   i, j, fraction = gain
-  claims = [experiment.claim(
+  claims = [claim(
       figure="induction_formation", what="abrupt", model=label, paper_says=PHASE_CHANGE,
       statement=f"{label}: induction heads form abruptly", source=IH_PHASE_CHANGE,
       criterion=f"the head with the highest final prefix-matching score gains ≥ "
@@ -334,7 +336,7 @@ def _phase_change_claims(config, label, tokens, best, icl, loss, gain, numbers, 
       holds=fraction >= config.majority and best[-1] >= config.formed)]
   share, total = icl_share(icl, i, j)
   numbers["icl_share_in_window"] = share
-  claims.append(experiment.claim(
+  claims.append(claim(
       figure="induction_formation", what="icl_in_window", model=label,
       paper_says=ICL_IN_WINDOW,
       statement=f"{label}: most in-context learning is acquired in the same window",
@@ -374,7 +376,7 @@ def _loss_bump_claim(config, label, lo, hi, bump, loss_name="training loss"):
     missing = [side for side in ("before", "after") if not bump[side + "_usable"]]
     measured = ("" if testable else f"cannot be tested: no usable {' and '.join(missing)} "
                 "neighbour; ") + "; ".join(parts)
-  return experiment.claim(
+  return claim(
       figure="induction_formation", what="loss_bump", model=label, statement=statement,
       paper_says=LOSS_BUMP,
       source=IH_PHASE_CHANGE, criterion=criterion, measured=measured,

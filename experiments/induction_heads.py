@@ -15,11 +15,14 @@ copying, resting on BOS, and the layer-0 heads that feed them.
 import numpy as np
 
 from reproduce.core import circuits, scores
-from reproduce import experiment
+from reproduce.figure.claims import claim
+from reproduce.figure.outputs import write_json
+from reproduce.figure.plotting import place_labels, pyplot, save_figure
+from reproduce.figure.sources import initial_weights, require_tokens
 
 DESCRIPTION = ("Prefix matching vs copying of every head, induction heads resting on BOS, "
                "layer-0 averaging heads")
-ORDER = 120  # place in the batch job and index.html (reproduce.figure.figure_names)
+ORDER = 120  # place in the batch job and index.html (reproduce.figure.runner.figure_names)
 # Where the papers say what the claims test: section names, which every copy of the papers
 # carries (figure numbers are not in their text versions).
 FW_IH_INDUCTION_HEADS = ("FW, 'Two-Layer Attention-Only Transformers' → 'Induction Heads'; IH, "
@@ -81,7 +84,7 @@ def head_scores(config, model) -> dict:
   random init), attention on BOS from first occurrences, layer 0's attention by offset."""
   L, H = model.cfg.n_layers, model.cfg.n_heads
   probe, prefix, copying_details = measure(model, model.weights, config)
-  init, init_source = experiment.initial_weights(model)
+  init, init_source = initial_weights(model)
   _, init_prefix, init_details = measure(model, init, config)
   copying, init_copying = copying_details["score"], init_details["score"]
   first_probe = scores.first_occurrences(probe)
@@ -105,7 +108,7 @@ def head_scores(config, model) -> dict:
 
 
 def write_numbers(outdir, label, m) -> None:
-  experiment.write_json(outdir / f"induction_heads_{label}.json", {
+  write_json(outdir / f"induction_heads_{label}.json", {
       "prefix_matching": m["prefix"], "copying": m["copying"],
       "copying_defined_share": m["copying_defined"], "copying_undefined_reason": UNDEFINED,
       "random_init_prefix_matching":
@@ -160,7 +163,7 @@ def label_points(ax, points) -> None:
   if points:
     x, y, text = zip(*points)
     legend = ax.get_legend().get_window_extent()
-    experiment.place_labels(ax, x, y, text, point_radius=4.5, avoid=[legend])
+    place_labels(ax, x, y, text, point_radius=4.5, avoid=[legend])
 
 
 def plot_bos_attention(ax, label, m) -> None:
@@ -214,7 +217,7 @@ def induction_claims(config, label, m) -> list:
                 else "random init: none defined") + (
                     f", {init_copying.size - init_defined.size} of {init_copying.size} undefined"
                     if init_defined.size < init_copying.size else "")
-  claims = [experiment.claim(
+  claims = [claim(
       figure="induction_heads", what="induction_heads_copy", model=label, paper_says=COPYING,
       statement=f"{label}: induction heads also copy (IH's copying score)",
       source=IH_COPYING,
@@ -234,7 +237,7 @@ def induction_claims(config, label, m) -> list:
                               ("text", m["bos_text"], "tokens of held-out text not seen earlier "
                                                       "in the window")):
     uniform = m["baseline"][where if where == "text" else "probe"]
-    claims.append(experiment.claim(
+    claims.append(claim(
         figure="induction_heads", what=f"induction_heads_rest_on_bos_{where}", model=label,
         paper_says=REST_ON_BOS,
         statement=f"{label}: induction heads put most of their attention on BOS when the current "
@@ -276,7 +279,7 @@ def averaging_head_claim(config, label, m) -> dict:
   best = int(np.argmax(np.minimum(mass / config.min_window_mass, spread / config.min_spread)))
   k_text = "; ".join(f"L0H{h}→" + (", ".join(f"L1H{h1} {k[h, h1]:.3f}" for h1 in layer1) or
                                    "no layer-1 induction head") for h in averaging)
-  return experiment.claim(
+  return claim(
       figure="induction_heads", what="layer0_averaging_head", model=label, paper_says=AVERAGING,
       statement=f"{label}: a layer-0 head attends over the last several tokens, and an induction "
       "head relies on it (K-composition)", source=FW_TWO_LAYER_MODEL,
@@ -300,7 +303,7 @@ def claims_of(config, label, model, m) -> list:
   """A one-layer model: no induction head (IH, 'Argument 1'); deeper ones: the claims about theirs."""
   if model.cfg.n_layers == 1:
     prefix = m["prefix"]
-    return [experiment.claim(
+    return [claim(
         figure="induction_heads", what="no_prefix_matching_in_1l", model=label,
         paper_says=NONE_IN_1L,
         statement=f"{label}: a one-layer model has no induction head", source=IH_PHASE_CHANGE,
@@ -312,14 +315,14 @@ def claims_of(config, label, model, m) -> list:
 
 
 def run(config, models, outdir):
-  plt = experiment.pyplot()
+  plt = pyplot()
   claims = []
   labels = list(models)
   fig, axes = plt.subplots(len(labels), 3, figsize=(15, 4.8 * len(labels)), squeeze=False)
   points = {}
   for row, label in enumerate(labels):
     model = models[label]
-    experiment.require_tokens(model, "induction_heads")
+    require_tokens(model, "induction_heads")
     m = head_scores(config, model)
     write_numbers(outdir, label, m)
     points[label] = plot_prefix_vs_copying(axes[row, 0], config, label, m)
@@ -329,5 +332,5 @@ def run(config, models, outdir):
   fig.tight_layout()
   for row, label in enumerate(labels):
     label_points(axes[row, 0], points[label])
-  experiment.save_figure(fig, outdir, "induction_heads")
+  save_figure(fig, outdir, "induction_heads")
   return claims

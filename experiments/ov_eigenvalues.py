@@ -18,10 +18,11 @@ the next token", not to copies of the present one, and skip_trigrams tests that
 import numpy as np
 
 from reproduce.core import circuits
-from reproduce import experiment
+from reproduce.figure.plotting import head_grid, pyplot, save_figure, symlog
+from reproduce.figure.sources import initial_weights
 
 DESCRIPTION = "Each head's full-OV and full-QK eigenvalues in the complex plane (symmetric-log axes)"
-ORDER = 40  # place in the batch job and index.html (reproduce.figure.figure_names)
+ORDER = 40  # place in the batch job and index.html (reproduce.figure.runner.figure_names)
 
 SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
@@ -31,7 +32,7 @@ def symlog_ticks(limit: float, scale: float):
   ±``limit``: labels in λ's own units ("10²"), at most three on each side of 0."""
   positions, labels = [0.0], ["0"]
   for k in range(-3, 9):
-    at = float(experiment.symlog(10.0 ** k, scale))
+    at = float(symlog(10.0 ** k, scale))
     if at <= limit and at - positions[-1] >= limit / 3.5:
       positions.append(at)
       labels.append("1" if k == 0 else "10" + str(k).translate(SUPERSCRIPT))
@@ -44,7 +45,7 @@ def draw_eigenvalues(plt, lam, pos, threshold, title, scale, limit):
   each axis sign·log10(1 + |·|/``scale``) out to ±``limit`` (the same on every eigenvalue plot,
   so that the pictures compare)."""
   L, H = pos.shape
-  rows, cols, cell = experiment.head_grid(L, H)
+  rows, cols, cell = head_grid(L, H)
   fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.6 * rows), squeeze=False)
   for ax in axes.ravel():
     ax.set_visible(False)
@@ -53,7 +54,7 @@ def draw_eigenvalues(plt, lam, pos, threshold, title, scale, limit):
     for h in range(H):
       ax = axes[cell(l, h)]
       ax.set_visible(True)
-      x, y = experiment.symlog(lam[l, h].real, scale), experiment.symlog(lam[l, h].imag, scale)
+      x, y = symlog(lam[l, h].real, scale), symlog(lam[l, h].imag, scale)
       ax.axhline(0, color="#bbb", lw=0.6); ax.axvline(0, color="#bbb", lw=0.6)
       ax.scatter(x, y, s=9, c=np.where(lam[l, h].real > 0, "#c0392b", "#2471a3"), alpha=0.8)
       ax.set_xlim(-limit, limit); ax.set_ylim(-limit, limit)
@@ -74,11 +75,11 @@ def shared_scale(*eigenvalues):
   ``eigenvalues`` (OV and QK, every model), limit = the largest |λ| on that axis, plus 5%."""
   magnitudes = np.concatenate([np.abs(np.asarray(lam)).ravel() for lam in eigenvalues])
   scale = float(np.median(magnitudes)) / 10 + 1e-12
-  return scale, float(experiment.symlog(magnitudes.max(), scale)) * 1.05
+  return scale, float(symlog(magnitudes.max(), scale)) * 1.05
 
 
 def run(config, models, outdir):
-  plt = experiment.pyplot()
+  plt = pyplot()
   claims = []
   eigenvalues = {}
   for label, model in models.items():
@@ -89,18 +90,18 @@ def run(config, models, outdir):
   for label, model in models.items():
     ov, qk = eigenvalues[label]
     ov_pos, qk_pos = circuits.positivity(ov), circuits.positivity(qk)
-    init, init_source = experiment.initial_weights(model)
+    init, init_source = initial_weights(model)
     init_qk = circuits.positivity(circuits.qk_eigenvalues(init))
     np.savez(outdir / f"eigenvalues_{label}.npz", ov_eigenvalues=ov, ov_positivity=ov_pos,
              qk_eigenvalues=qk, qk_positivity=qk_pos, random_init_qk_positivity=init_qk,
              axis_scale=scale)
     suffix = "" if len(models) == 1 else f"_{label}"
-    experiment.save_figure(draw_eigenvalues(plt, ov, ov_pos, config.copying_threshold,
+    save_figure(draw_eigenvalues(plt, ov, ov_pos, config.copying_threshold,
                                             f"{label}: eigenvalues of W_E W_OV W_U", scale,
                                             limit),
                            outdir, f"ov_eigenvalues{suffix}")
     threshold = float(init_qk.max())
-    experiment.save_figure(draw_eigenvalues(plt, qk, qk_pos, threshold,
+    save_figure(draw_eigenvalues(plt, qk, qk_pos, threshold,
                                             f"{label}: eigenvalues of W_E W_QK W_Eᵀ", scale,
                                             limit),
                            outdir, f"qk_eigenvalues{suffix}")

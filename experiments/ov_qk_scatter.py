@@ -14,10 +14,14 @@ drawn as a grey box: "near (1, 1)" must be well outside it.
 import numpy as np
 
 from reproduce.core import circuits
-from reproduce import experiment
+from reproduce.figure.claims import claim
+from reproduce.figure.outputs import write_json
+from reproduce.figure.plotting import place_labels, pyplot, save_figure
+from reproduce.figure.roles import head_roles
+from reproduce.figure.sources import initial_weights
 
 DESCRIPTION = "Heads of layers ≥ 1: OV positivity vs positivity of the K-composition QK term with a previous-token head"
-ORDER = 80  # place in the batch job and index.html (reproduce.figure.figure_names)
+ORDER = 80  # place in the batch job and index.html (reproduce.figure.runner.figure_names)
 # Where the papers say what the claims test: section names, which every copy of the papers
 # carries (figure numbers are not in their text versions).
 FW_CHECKING_THEORY = ("FW, 'Two-Layer Attention-Only Transformers' → 'Induction Heads' → 'Checking"
@@ -44,19 +48,19 @@ def scatter_coordinates(weights, roles):
 
 
 def run(config, models, outdir):
-  plt = experiment.pyplot()
+  plt = pyplot()
   claims = []
   for label, model in models.items():
     model.need_layers(2, "ov_qk_scatter")
-    roles = experiment.head_roles(model, config.role_threshold)
+    roles = head_roles(model, config.role_threshold)
     ov, qk, prev = scatter_coordinates(model.weights, roles)
-    init, init_source = experiment.initial_weights(model)
+    init, init_source = initial_weights(model)
     init_ov, init_qk, _ = scatter_coordinates(init, roles)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     heads = [(l, h) for l in range(1, L) for h in range(H)]
     induction = [(l, h) for l, h in roles.induction_heads() if l >= 1]
     at = lambda a, l, h: float(a[l - 1, h])
-    experiment.write_json(outdir / f"ov_qk_{label}.json", {
+    write_json(outdir / f"ov_qk_{label}.json", {
         "heads": [f"L{l}H{h}" for l, h in heads],
         "previous_token_head_per_layer": {f"layer {l}": f"L{p[0]}H{p[1]}"
                                           for l, p in zip(range(1, L), prev)},
@@ -83,9 +87,9 @@ def run(config, models, outdir):
                  "size ∝ prefix-matching score)", fontsize=8)
     ax.legend(fontsize=7, loc="lower left")
     # heads often share a corner (L1H2 hid under L1H0): labels placed clear of each other
-    experiment.place_labels(ax, x, y, [f"L{l}H{h} ind {score[i]:.2f}" for i, (l, h) in
+    place_labels(ax, x, y, [f"L{l}H{h} ind {score[i]:.2f}" for i, (l, h) in
                                        enumerate(heads)], point_radius=np.sqrt(sizes / np.pi) + 1)
-    experiment.save_figure(fig, outdir, "ov_qk_scatter" if len(models) == 1
+    save_figure(fig, outdir, "ov_qk_scatter" if len(models) == 1
                            else f"ov_qk_scatter_{label}")
     claims.extend(_claims(config, label, roles, heads, induction, ov, qk, prev, init_ov, init_qk,
                           at))
@@ -100,7 +104,7 @@ def _claims(config, label, roles, heads, induction, ov, qk, prev, init_ov, init_
                     for l, h in induction) or "no induction head found"
   values = {f"L{l}H{h}": [at(ov, l, h), at(qk, l, h)] for l, h in induction}
   claims = [
-      experiment.claim(
+      claim(
           figure="ov_qk_scatter", what="induction_ov_copying", model=label, paper_says=CORNER,
           statement=f"{label}: induction heads copy: their full OV circuit has mostly positive "
           "eigenvalues", source=FW_CHECKING_THEORY,
@@ -108,7 +112,7 @@ def _claims(config, label, roles, heads, induction, ov, qk, prev, init_ov, init_
           f"has OV positivity ≥ {near} (and there is one)",
           measured=f"{where}; {init_range}", value=values,
           holds=bool(induction) and all(at(ov, l, h) >= near for l, h in induction)),
-      experiment.claim(
+      claim(
           figure="ov_qk_scatter", what="induction_k_composed_qk_positive", model=label,
           paper_says=CORNER,
           statement=f"{label}: induction heads match by K-composition: their QK term composed "
@@ -121,7 +125,7 @@ def _claims(config, label, roles, heads, induction, ov, qk, prev, init_ov, init_
   ]
   others = [(l, h) for l, h in heads if (l, h) not in induction
             and at(ov, l, h) > config.others_below and at(qk, l, h) > config.others_below]
-  claims.append(experiment.claim(
+  claims.append(claim(
       figure="ov_qk_scatter", what="only_induction_upper_right", model=label,
       statement=f"{label}: only induction heads sit in the upper right (a control of the "
       "reading's specificity: FW says where the induction heads sit, not that no other head "

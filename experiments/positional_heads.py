@@ -9,10 +9,12 @@ heads that attend to themselves (offset 0) or to the previous token (offset 1).
 import numpy as np
 
 from reproduce.core import circuits, scores
-from reproduce import experiment
+from reproduce.figure.claims import claim
+from reproduce.figure.outputs import write_json
+from reproduce.figure.plotting import head_grid, head_labels, pyplot, save_figure
 
 DESCRIPTION = "Per head: softmax of the position-position QK score; offset-0 and offset-1 heads"
-ORDER = 30  # place in the batch job and index.html (reproduce.figure.figure_names)
+ORDER = 30  # place in the batch job and index.html (reproduce.figure.runner.figure_names)
 # Where the papers say what the claims test: section names, which every copy of the papers
 # carries (figure numbers are not in their text versions).
 FW_POSITIONAL_HEADS = ("FW, 'One-Layer Attention-Only Transformers' → 'Interpretation as Skip-"
@@ -37,7 +39,7 @@ def positional_claim(config, label, offsets) -> dict:
   both = present_or_previous(offsets)
   l, h = np.unravel_index(np.argmax(both), both.shape)
   need = config.min_offset_attention
-  return experiment.claim(
+  return claim(
       figure="positional_heads", what="positional", model=label, paper_says=POSITIONAL,
       statement=f"{label}: some heads are primarily positional, attending to the present or the "
       "previous token", source=FW_POSITIONAL_HEADS,
@@ -53,7 +55,7 @@ def positional_claim(config, label, offsets) -> dict:
 
 
 def run(config, models, outdir):
-  plt = experiment.pyplot()
+  plt = pyplot()
   claims = []
   for label, model in models.items():
     model.need_layers(1, "positional_heads")
@@ -61,12 +63,12 @@ def run(config, models, outdir):
     T = min(config.positions, model.cfg.n_ctx)
     pattern = np.asarray(circuits.positional_attention(model.weights, T))
     offsets = scores.positional_offsets(model.weights)  # over the whole context
-    experiment.write_json(outdir / f"positional_{label}.json",
+    write_json(outdir / f"positional_{label}.json",
                           {"offset0": offsets["offset0"], "offset1": offsets["offset1"],
                            "present_or_previous": present_or_previous(offsets)})
     np.savez(outdir / f"positional_patterns_{label}.npz", patterns=pattern)
 
-    rows, cols, cell = experiment.head_grid(L, H)
+    rows, cols, cell = head_grid(L, H)
     fig = plt.figure(figsize=(1.9 * cols + 1.6, 2.0 * rows + 2.6))
     grid = fig.add_gridspec(rows + 1, cols + 1, height_ratios=[1] * rows + [1.2],
                             width_ratios=[1] * cols + [0.08], hspace=0.6)
@@ -86,13 +88,13 @@ def run(config, models, outdir):
     x = np.arange(L * H)
     bars.bar(x - 0.2, offsets["offset0"].ravel(), 0.4, label="offset 0 (self)")
     bars.bar(x + 0.2, offsets["offset1"].ravel(), 0.4, label="offset 1 (previous token)")
-    bars.set_xticks(x, experiment.head_labels(L, H), rotation=90, fontsize=7)
+    bars.set_xticks(x, head_labels(L, H), rotation=90, fontsize=7)
     bars.set_ylabel("mean positional attention")
     bars.set_ylim(0, 1)
     bars.legend(fontsize=7)
     fig.suptitle(f"{label}: softmax(W_pos W_QK W_posᵀ / √d_head), first {T} positions "
                  "(rows: destination position, columns: source position)")
-    experiment.save_figure(fig, outdir, f"positional_heads_{label}")
+    save_figure(fig, outdir, f"positional_heads_{label}")
 
     if L == 1:  # FW's statement is about one-layer models; deeper ones are drawn, not claimed
       claims.append(positional_claim(config, label, offsets))

@@ -22,11 +22,14 @@ import html
 import numpy as np
 
 from reproduce.core import scores
-from reproduce import experiment
+from reproduce.figure.claims import claim
+from reproduce.figure.outputs import write_json
+from reproduce.figure.plotting import pyplot, save_figure, show_token
+from reproduce.figure.sources import initial_weights, require_tokens
 
 DESCRIPTION = ("1L skip-trigrams per head: destinations, their top QK sources, those sources' top "
                "OV outputs, with corpus counts")
-ORDER = 20  # place in the batch job and index.html (reproduce.figure.figure_names)
+ORDER = 20  # place in the batch job and index.html (reproduce.figure.runner.figure_names)
 # Where the papers say what the claims test: section names, which every copy of the papers
 # carries (figure numbers are not in their text versions).
 FW_COPYING = ("FW, 'One-Layer Attention-Only Transformers' → 'Interpretation as Skip-Trigrams' → "
@@ -121,7 +124,7 @@ def skip_trigrams(config, model) -> dict:
   allowed = frequent_tokens(model, config.min_count)
   counter = scores.SkipTrigramCounter(np.asarray(model.tokens.train[:config.corpus_tokens]),
                                       config.window)
-  init, init_source = experiment.initial_weights(model)
+  init, init_source = initial_weights(model)
   found = {"allowed": allowed, "counter": counter, "init_source": init_source}
   for prefix, weights in (("", model.weights), ("init_", init)):
     ranked = scores.ranked_skip_trigrams(weights, allowed, config.destinations_per_head,
@@ -160,7 +163,7 @@ def write_numbers(config, outdir, label, model, t) -> None:
   name = t["names"].__getitem__
   names = lambda ids: [name(int(i)) for i in ids]
   n, k = ranked["source"].shape[-2:]
-  experiment.write_json(outdir / f"skip_trigrams_{label}.json", {
+  write_json(outdir / f"skip_trigrams_{label}.json", {
       "tokens_considered": len(t["allowed"]), "min_count": config.min_count,
       "gains": "QK[dest, src] / sqrt(d_head) centred over sources within the destination's row; "
                "OV[src, out] centred over outputs within the source's row (nats)",
@@ -186,7 +189,7 @@ def write_numbers(config, outdir, label, model, t) -> None:
 def tables(names, ranked, counts, label):
   """(markdown, html) tables: one per head, a row per (destination, source); ``names`` maps
   token ids to their text."""
-  tok = lambda t: experiment.show_token(names[int(t)], 16)
+  tok = lambda t: show_token(names[int(t)], 16)
   legend = ("Per head: its most selective destinations; for each, the sources it attends to most "
             "(QK gain: nats over the row's mean source, compared only within that destination's "
             "row); for each source, the outputs it raises most (OV gain: nats over the row's mean "
@@ -219,7 +222,7 @@ def tables(names, ranked, counts, label):
 def plot_heads(config, label, model, t, outdir, picture: str) -> None:
   """One text panel per head: a line per destination with its top sources, the top source's top
   outputs and how often that trigram occurs."""
-  plt = experiment.pyplot()
+  plt = pyplot()
   L, H = model.cfg.n_layers, model.cfg.n_heads
   ranked, counts, rank, auc = t["ranked"], t["counts"], t["rank"], t["head_auc"]
   heads = [(l, h) for l in range(L) for h in range(H)]
@@ -229,7 +232,7 @@ def plot_heads(config, label, model, t, outdir, picture: str) -> None:
   height = 0.24 * (n + 2) * rows + 1.0
   fig, axes = plt.subplots(rows, cols, figsize=(9.5 * cols, height), squeeze=False)
   fig.subplots_adjust(top=1 - 0.7 / height, bottom=0.01, hspace=0.15)
-  tok = lambda i: experiment.show_token(t["names"][int(i)], 10)
+  tok = lambda i: show_token(t["names"][int(i)], 10)
   for ax, (l, h) in zip(axes.ravel(), heads):
     ax.axis("off")
     ax.set_xlim(0, 1); ax.set_ylim(n + 0.5, -1.2)
@@ -255,7 +258,7 @@ def plot_heads(config, label, model, t, outdir, picture: str) -> None:
                "examples (keep … in mind / at bay, and the bug keep … in bay) cannot occur on a "
                f"Python corpus; code analogues of the bug found: {len(t['bugs'])} distinct",
                fontsize=9)
-  experiment.save_figure(fig, outdir, picture)
+  save_figure(fig, outdir, picture)
 
 
 COPYING = ("FW, \"One-Layer Attention-Only Transformers\" (copying / primitive in-context "
@@ -275,20 +278,20 @@ def claims_of(config, label, model, t) -> list:
   L, H = model.cfg.n_layers, model.cfg.n_heads
   rank, init_rank, bugs = t["rank"], t["init_rank"], t["bugs"]
   auc, init_auc = t["head_auc"], t["init_head_auc"]
-  claim = lambda what, **kw: experiment.claim(figure="skip_trigrams", what=what, model=label,
+  claim_on = lambda what, **kw: claim(figure="skip_trigrams", what=what, model=label,
                                               **kw)
   copying = int((rank >= config.copy_rank).sum())
   auc_bar = float(np.nanmax(init_auc)) if np.isfinite(init_auc).any() else float("nan")
   plausible = int((auc > auc_bar).sum())
   undefined = int((~np.isfinite(auc)).sum())
-  tok = lambda i: experiment.show_token(t["names"][int(i)], 24)
+  tok = lambda i: show_token(t["names"][int(i)], 24)
   examples = "; ".join(
       f"{b['head']}: {tok(b['source'])} … {tok(b['d1'])} → {tok(b['o1'])} (seen "
       f"{b['seen_d1_o1']}×) and … {tok(b['d2'])} → {tok(b['o2'])} ({b['seen_d2_o2']}×), but "
       f"… {tok(b['d1'])} → {tok(b['o2'])} never" for b in bugs[:3])
   n_dest = config.destinations_per_head
   return [
-      claim("most_heads_copy", paper_says=COPYING,
+      claim_on("most_heads_copy", paper_says=COPYING,
             statement=f"{label}: most heads copy — attending to a token raises that same token",
             source=FW_COPYING,
             criterion=f"heads whose median (over {len(t['allowed'])} tokens seen ≥ "
@@ -298,7 +301,7 @@ def claims_of(config, label, model, t) -> list:
             f"{', '.join(f'{x:.2f}' for x in rank.ravel())}; random init ({t['init_source']}): "
             f"{init_rank.min():.2f} … {init_rank.max():.2f}",
             value={"rank": rank, "random_init": init_rank}, holds=copying * 2 > L * H),
-      claim("attends_to_plausible_next_tokens", paper_says=PLAUSIBLE,
+      claim_on("attends_to_plausible_next_tokens", paper_says=PLAUSIBLE,
             statement=f"{label}: the QK circuit attends back to tokens that could plausibly be "
             "the next token (FW: 'tokens are copied, but only to places where bigram-ish "
             "statistics make them seem plausible')", source=FW_COPYING,
@@ -312,7 +315,7 @@ def claims_of(config, label, model, t) -> list:
             f"head: {', '.join(f'{x:.2f}' for x in auc.ravel())}; random init: "
             f"{np.nanmin(init_auc):.2f} … {auc_bar:.2f}",
             value={"auc": auc, "random_init": init_auc}, holds=plausible * 2 > L * H),
-      claim("factored_form_bug", paper_says=BUGS,
+      claim_on("factored_form_bug", paper_says=BUGS,
             statement=f"{label}: the factored form makes skip-trigram bugs: a head that learned "
             "s … d1 → o1 and s … d2 → o2 also raises s … d1 → o2 (FW's English 'keep … in bay' "
             "cannot occur on Python code; this is the same pattern searched for on code)",
@@ -333,7 +336,7 @@ def run(config, models, outdir):
   claims = []
   for label, model in models.items():
     model.need_layers(1, "skip_trigrams")
-    experiment.require_tokens(model, "skip_trigrams")
+    require_tokens(model, "skip_trigrams")
     found = skip_trigrams(config, model)
     write_numbers(config, outdir, label, model, found)
     plot_heads(config, label, model, found, outdir,

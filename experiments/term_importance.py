@@ -8,23 +8,25 @@ L(k−1) − Lk; first-order terms are also split by layer and by head.
 """
 
 import numpy as np
-
-from reproduce import experiment
 from reproduce.core.paths import term_importance
+from reproduce.figure.claims import claim
+from reproduce.figure.outputs import write_json
+from reproduce.figure.plotting import pyplot, save_figure
+from reproduce.figure.sources import require_tokens
 
 DESCRIPTION = "Loss with paths through ≤ k heads (frozen patterns): marginal effect by order and layer"
-ORDER = 90  # place in the batch job and index.html (reproduce.figure.figure_names)
+ORDER = 90  # place in the batch job and index.html (reproduce.figure.runner.figure_names)
 # Where the papers say what the claims test: section names, which every copy of the papers
 # carries (figure numbers are not in their text versions).
 FW_TERM_IMPORTANCE = "FW, 'Two-Layer Attention-Only Transformers' → 'Term Importance Analysis'"
 
 
 def run(config, models, outdir):
-  plt = experiment.pyplot()
+  plt = pyplot()
   claims = []
   for label, model in models.items():
     model.need_layers(1, "term_importance")
-    experiment.require_tokens(model, "term_importance")
+    require_tokens(model, "term_importance")
     inputs, targets = model.heldout_windows(config.windows)
     out = term_importance(model.cfg, model.weights, inputs, targets)
     L, H = model.cfg.n_layers, model.cfg.n_heads
@@ -32,7 +34,7 @@ def run(config, models, outdir):
     direct = out["losses"][0]
     layer_effect = direct - out["first_order_by_layer"]  # loss reduction from layer l's heads alone
     head_effect = direct - out["first_order_by_head"]
-    experiment.write_json(outdir / f"term_importance_{label}.json",
+    write_json(outdir / f"term_importance_{label}.json",
                           {**out, "uniform_loss": uniform, "layer_effect": layer_effect,
                            "head_effect": head_effect})
 
@@ -60,10 +62,10 @@ def run(config, models, outdir):
     axes[2].set_title("first-order terms, one head at a time")
     axes[2].legend(fontsize=7)
     fig.suptitle(f"{label}: term importance on {len(inputs)} held-out windows")
-    experiment.save_figure(fig, outdir, "term_importance" if len(models) == 1
+    save_figure(fig, outdir, "term_importance" if len(models) == 1
                            else f"term_importance_{label}")
 
-    claims.append(experiment.claim(
+    claims.append(claim(
         figure="term_importance", what="recursion_exact", model=label,
         statement=f"{label}: with every order included the recursion gives the model's own loss",
         source="control: the recursion is exact", criterion="|L_L − L_full| < 1e-4 nats",
@@ -89,7 +91,7 @@ def _claims(config, label, marginal, layer_effect):
   first, higher = float(marginal[0]), float(np.sum(marginal[1:]))
   orders = "second" if len(marginal) == 2 else f"second to {len(marginal)}th"
   return [
-      experiment.claim(
+      claim(
           figure="term_importance", what="virtual_heads_small", model=label,
           paper_says=VIRTUAL_SMALL,
           statement=f"{label}: the virtual-head ({orders}-order) terms matter little next to the "
@@ -102,7 +104,7 @@ def _claims(config, label, marginal, layer_effect):
           value={"first": first, "higher": higher},
           holds=first >= config.min_first_order
           and higher <= config.max_higher_fraction * first),
-      experiment.claim(
+      claim(
           figure="term_importance", what="layer1_matters_most", model=label,
           paper_says=LAYER1,
           statement=f"{label}: among first-order terms, the layer-1 heads matter most",

@@ -26,8 +26,8 @@ from ml_collections import config_flags
 
 from reproduce.core.model import NORM_MODES, POSITION_MODES, ModelConfig
 from reproduce.core.weights import POSITION_INITS
-from reproduce.corpus import DEFAULT_HELDOUT_EVERY
-from reproduce.tokenizer import DEFAULT_SAMPLE_BYTES, DEFAULT_SHARD_TOKENS
+from reproduce.data.corpus import DEFAULT_HELDOUT_EVERY
+from reproduce.data.store import DEFAULT_SAMPLE_BYTES, DEFAULT_SHARD_TOKENS
 
 VARIANTS = ("test", "cpu", "paper")
 
@@ -164,18 +164,34 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
-def check_corpus_size(c: ml_collections.ConfigDict, train_tokens: int) -> None:
+def check_corpus_size(c: ml_collections.ConfigDict, train_tokens: int, bound: bool = False) -> None:
   """Raises ValueError when the planned training would pass over its corpus (``train_tokens``
-  long) more than ``data.max_epochs`` times: a paper-scale run on a small corpus memorises it."""
+  long; with ``bound``, at most that long) more than ``data.max_epochs`` times: a paper-scale
+  run on a small corpus memorises it."""
   planned = c.train.steps * c.train.batch_size * c.model.n_ctx
   epochs = planned / max(train_tokens, 1)
   if epochs > c.data.max_epochs:
+    size = (f"at most {train_tokens:,} training tokens (one per byte of its text)" if bound
+            else f"{train_tokens:,} training tokens")
     raise ValueError(
-        f"config field data.corpus = {c.data.corpus!r}: {train_tokens:,} training tokens, but "
+        f"config field data.corpus = {c.data.corpus!r}: {size}, but "
         f"{c.train.steps:,} steps × {c.train.batch_size} × {c.model.n_ctx} plan {planned:,} "
-        f"({epochs:,.0f} passes over it; data.max_epochs = {c.data.max_epochs:g}). Point "
-        "--config.data.corpus at a larger local corpus (files, directories, globs, .jsonl), "
-        "train fewer steps, or raise --config.data.max_epochs to accept the repetition")
+        f"({'at least ' if bound else ''}{epochs:,.0f} passes over it; data.max_epochs = "
+        f"{c.data.max_epochs:g}). Point --config.data.corpus at a larger local corpus (files, "
+        "directories, globs, .jsonl), train fewer steps, or raise --config.data.max_epochs to "
+        "accept the repetition")
+
+
+COMPRESSED_SUFFIXES = (".gz", ".parquet")
+
+
+def check_corpus_bound(c: ml_collections.ConfigDict, corpus) -> None:
+  """``check_corpus_size`` before any tokenizing: a byte-level tokenizer makes at most one token
+  per byte, so uncompressed training files bound the tokens from above.  Compressed files give
+  no bound; their corpus waits for the exact check after tokenizing."""
+  files = corpus.files("train")
+  if not any(str(f).endswith(COMPRESSED_SUFFIXES) for f in files):
+    check_corpus_size(c, corpus.total_bytes("train"), bound=True)
 
 
 def from_dict(d: Mapping[str, Any]) -> ml_collections.ConfigDict:

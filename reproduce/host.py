@@ -4,7 +4,7 @@ XLA's CPU backend runs one program on a shared thread pool, and at the cpu prese
 (d_model 128, d_head 32) its small matmuls and fusions scale badly across threads: a second core
 leaves one step's ops mostly waiting on each other.  Split into one JAX device per core, the
 training step runs data-parallel (one ``psum`` of the gradients per step) and each core works on
-its own rows, so every core stays busy (experiments/SPEED.md).  Analysis code still runs on
+its own rows, so every core stays busy (docs/SPEED.md).  Analysis code still runs on
 device 0 with every core available to its matmuls.
 
 The split must happen before JAX starts its CPU backend, so the command-line entry points call
@@ -55,7 +55,7 @@ def cpu_name_and_flags():
 def cpu_has_amx() -> bool:
   """Whether the CPU has AMX bfloat16 tiles (Intel Sapphire Rapids and later), where XLA's
   bfloat16 products run several times faster than float32 ones at the cpu presets' widths
-  (experiments/SPEED.md)."""
+  (docs/SPEED.md)."""
   return "amx_bf16" in cpu_name_and_flags()[1]
 
 

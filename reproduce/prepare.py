@@ -16,8 +16,8 @@ import sys
 from absl import app, flags
 
 from reproduce.config import define_config_flag, parse_flags
-from reproduce.corpus import CorpusError, corpus_from_config
-from reproduce.tokenizer import prepare_tokens, store_path
+from reproduce.data.corpus import CorpusError, corpus_from_config
+from reproduce.data.store import prepare_tokens, store_path
 
 
 def prepare(config, log=print):

@@ -27,8 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch_zip_writer as tzw  # pylint: disable=wrong-import-position
 from test_tl_format import tl_model  # pylint: disable=wrong-import-position
-from reproduce.corpus import stdlib_files  # pylint: disable=wrong-import-position
-from reproduce.tokenizer import train_tokenizer  # pylint: disable=wrong-import-position
+from reproduce.data.corpus import stdlib_files  # pylint: disable=wrong-import-position
+from reproduce.data.store import train_tokenizer  # pylint: disable=wrong-import-position
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = dict(n_heads=4, d_head=8, d_model=32, n_ctx=128)

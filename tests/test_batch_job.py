@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from reproduce import experiment
-from reproduce.figure import figure_config, figure_is_current, figure_names
+from reproduce.figure.outputs import write_json
+from reproduce.figure.runner import (code_version, figure_config, figure_is_current,
+                                     figure_names, measuring_sources, source_hash)
+from reproduce.figure.sources import ModelSource
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = figure_names()
@@ -24,44 +25,60 @@ def _fake_claims(workdir, name, preset="test", **changes):
   config = figure_config(name, preset)
   models = {}
   for model_name in config.models:
-    model_config, run = experiment.model_run(model_name, preset, Path(workdir) / "models")
+    model_config, run = ModelSource(preset, models_dir=Path(workdir) / "models").run(model_name)
     models[model_name] = {"source": str(run), "step": model_config.train.steps}
   summary = {"figure": name, "preset": preset, "figure_config": config.to_dict(),
-             "models": models, "claims": []}
+             "code": code_version(name), "models": models, "claims": []}
   summary.update(changes)
   (Path(workdir) / name).mkdir(parents=True, exist_ok=True)
-  experiment.write_json(Path(workdir) / name / "claims.json", summary)
+  write_json(Path(workdir) / name / "claims.json", summary)
   return summary
 
 
 def test_a_figure_is_current_only_for_the_same_models_steps_and_config(tmp_path):
   name = "induction_formation"  # reads two models
-  assert not figure_is_current(name, "test", tmp_path)  # nothing made yet
+  assert not figure_is_current(name, ModelSource("test"), tmp_path)  # nothing made yet
   summary = _fake_claims(tmp_path, name)
-  assert figure_is_current(name, "test", tmp_path)
-  assert not figure_is_current(name, "test", tmp_path, models_dir=tmp_path / "elsewhere")
+  assert figure_is_current(name, ModelSource("test"), tmp_path)
+  assert not figure_is_current(name, ModelSource("test", models_dir=tmp_path / "elsewhere"), tmp_path)
 
   changed_config = dict(summary["figure_config"], formed=0.5)
   _fake_claims(tmp_path, name, figure_config=changed_config)
-  assert not figure_is_current(name, "test", tmp_path)
+  assert not figure_is_current(name, ModelSource("test"), tmp_path)
 
   earlier = {k: dict(v, step=v["step"] - 10) for k, v in summary["models"].items()}
   _fake_claims(tmp_path, name, models=earlier)  # made from an unfinished run
-  assert not figure_is_current(name, "test", tmp_path)
+  assert not figure_is_current(name, ModelSource("test"), tmp_path)
 
   other_run = {k: dict(v, source=v["source"] + "x") for k, v in summary["models"].items()}
   _fake_claims(tmp_path, name, models=other_run)  # a model whose config (hash) has changed
-  assert not figure_is_current(name, "test", tmp_path)
+  assert not figure_is_current(name, ModelSource("test"), tmp_path)
 
   one_model = {"attn2l": summary["models"]["attn2l"]}
   _fake_claims(tmp_path, name, models=one_model)
-  assert not figure_is_current(name, "test", tmp_path)
+  assert not figure_is_current(name, ModelSource("test"), tmp_path)
 
   _fake_claims(tmp_path, name, preset="cpu")
-  assert not figure_is_current(name, "test", tmp_path)
+  assert not figure_is_current(name, ModelSource("test"), tmp_path)
+
+  _fake_claims(tmp_path, name, code="made-by-older-code")  # measured or judged by other code
+  assert not figure_is_current(name, ModelSource("test"), tmp_path)
 
   (tmp_path / name / "claims.json").write_text("{not json")
-  assert not figure_is_current(name, "test", tmp_path)
+  assert not figure_is_current(name, ModelSource("test"), tmp_path)
+
+
+def test_a_figure_is_keyed_on_the_code_that_measures_and_judges_it(tmp_path):
+  sources = {p.relative_to(ROOT).as_posix() for p in measuring_sources("bigram")}
+  assert {"experiments/bigram.py", "configs/bigram.py", "reproduce/core/circuits.py",
+          "reproduce/core/scores/patterns.py", "reproduce/figure/claims.py",
+          "reproduce/data/batches.py"} <= sources
+  assert "experiments/eigen_hist.py" not in sources
+  module = tmp_path / "scores.py"
+  module.write_text("THRESHOLD = 0.5\n")
+  before = source_hash([module])
+  module.write_text("THRESHOLD = 0.4\n")
+  assert source_hash([module]) != before
 
 
 def _batch_job(workdir, cache_dir):
@@ -89,7 +106,7 @@ def _finished_figures(workdir):
 @pytest.mark.slow  # three runs of the batch job: 1-3 minutes on 2 cores
 def test_killed_batch_job_continues_where_it_stopped(tmp_path, cache_dir):
   workdir = tmp_path / "figures"
-  runs = {m: experiment.model_run(m, "test", workdir / "models")[1]
+  runs = {m: ModelSource("test", models_dir=workdir / "models").run(m)[1]
           for m in ("attn0l", "attn1l", "attn2l")}
   checkpoints = lambda m: {int(p.name) for p in (runs[m] / "checkpoints").glob("*")
                            if p.name.isdigit()}

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from helpers import random_model
-from reproduce import experiment
 from reproduce.core import circuits, scores
 from reproduce.core.model import forward
-from reproduce.figure import figure_config, figure_module
+from reproduce.figure.roles import HeadRoles, head_roles
+from reproduce.figure.runner import figure_config, figure_module
+from reproduce.figure.sources import Model
 
 
 def test_present_or_previous_sums_the_two_offsets_against_a_loop():
@@ -64,7 +65,7 @@ def test_direct_path_claim_needs_bigram_content_beyond_the_unigram():
   bigram = figure_module("bigram")
   config = figure_config("bigram", "test")
   cfg, w = random_model(n_layers=1)
-  model = experiment.Model("m", cfg, w, {})
+  model = Model("m", cfg, w, {})
   stats = {"correlation": 0.55}
   holds = bigram._claims(config, "m", model, stats, 0.49, 0, 0,
                          {"gain": 0.06, "standard_error": 0.01})
@@ -122,8 +123,8 @@ def test_averaging_head_claim_reads_fw_last_several_tokens():
 
 def test_head_roles_take_the_one_prefix_matching_score_and_a_previous_token_loop():
   cfg, w = random_model(n_layers=2, n_heads=3, d_vocab=23, n_ctx=33, std=0.5, seed=7)
-  model = experiment.Model("m", cfg, w, {})  # no tokenizer: roles from IH's probe
-  roles = experiment.head_roles(model)
+  model = Model("m", cfg, w, {})  # no tokenizer: roles from IH's probe
+  roles = head_roles(model)
   pool = model.sampling_pool()
   np.testing.assert_allclose(roles.induction,
                              scores.prefix_matching_score(cfg, w, pool, model.bos_id), atol=1e-6)
@@ -140,12 +141,12 @@ def test_head_roles_take_the_one_prefix_matching_score_and_a_previous_token_loop
 
 def test_group_ablation_takes_every_head_passing_the_induction_criterion():
   ablations = figure_module("head_ablations")
-  roles = experiment.HeadRoles(previous_token=np.array([[0.2, 0.9, 0.1], [0.0, 0.0, 0.0]]),
+  roles = HeadRoles(previous_token=np.array([[0.2, 0.9, 0.1], [0.0, 0.0, 0.0]]),
                                induction=np.array([[0.9, 0.0, 0.0], [0.45, 0.05, 0.31]]),
                                threshold=0.3)
   heads, prev, fallback = ablations.roles_to_ablate(roles)
   assert heads == [(1, 0), (1, 2)] and prev == (0, 1) and not fallback  # layer 0 never counts
-  none = experiment.HeadRoles(roles.previous_token, np.array([[0.9, 0, 0], [0.1, 0.2, 0.0]]), 0.3)
+  none = HeadRoles(roles.previous_token, np.array([[0.9, 0, 0], [0.1, 0.2, 0.0]]), 0.3)
   heads, _, fallback = ablations.roles_to_ablate(none)
   assert heads == [(1, 1)] and fallback
 

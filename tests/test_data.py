@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reproduce import corpus_files as corpus_module
-from reproduce import data
 from reproduce.config import validate
-from reproduce.corpus import CorpusError, resolve_corpus
-from reproduce.tokenizer import (BOS, EOT, ShardedTokens, prepare_tokens, tokenizer_sample,
+from reproduce.data import files as corpus_module
+from reproduce.data import batches
+from reproduce.data.corpus import CorpusError, resolve_corpus
+from reproduce.data.store import (BOS, EOT, ShardedTokens, prepare_tokens, tokenizer_sample,
                                  train_tokenizer)
 
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -82,9 +82,9 @@ def test_token_cache_is_reused_and_safe_under_concurrency(tmp_path):
 
 def test_batches_are_pure_functions_of_seed_and_index():
   tokens = np.arange(1000, dtype=np.uint16) + 5
-  a = data.train_batch(tokens, seed=3, index=7, batch_size=4, n_ctx=16, bos_id=0)
-  b = data.train_batch(tokens, seed=3, index=7, batch_size=4, n_ctx=16, bos_id=0)
-  c = data.train_batch(tokens, seed=3, index=8, batch_size=4, n_ctx=16, bos_id=0)
+  a = batches.train_batch(tokens, seed=3, index=7, batch_size=4, n_ctx=16, bos_id=0)
+  b = batches.train_batch(tokens, seed=3, index=7, batch_size=4, n_ctx=16, bos_id=0)
+  c = batches.train_batch(tokens, seed=3, index=8, batch_size=4, n_ctx=16, bos_id=0)
   np.testing.assert_array_equal(a[0], b[0])
   assert not np.array_equal(a[0], c[0])
   inputs, targets = a
@@ -92,7 +92,7 @@ def test_batches_are_pure_functions_of_seed_and_index():
   np.testing.assert_array_equal(inputs[:, 1:], targets[:, :-1])  # targets are the next tokens
   np.testing.assert_array_equal(np.diff(targets, axis=1), 1)  # contiguous windows
   with pytest.raises(ValueError, match="fewer than n_ctx"):
-    data.train_batch(tokens[:10], 0, 0, 2, 16, 0)
+    batches.train_batch(tokens[:10], 0, 0, 2, 16, 0)
 
 
 # --- the sharded token store, held-out splits of single files, corpus hygiene ----------------
@@ -206,19 +206,19 @@ def test_sharded_store_reads_like_one_array(tmp_path):
   assert many.train[len(flat) - 1] == flat[-1] and many.train[-1] == flat[-1]
   np.testing.assert_array_equal(many.train[990:2017], flat[990:2017])
   for index in (0, 5):
-    a = data.train_batch(many.train, 1, index, 8, 32, 0)
-    b = data.train_batch(one.train, 1, index, 8, 32, 0)
+    a = batches.train_batch(many.train, 1, index, 8, 32, 0)
+    b = batches.train_batch(one.train, 1, index, 8, 32, 0)
     np.testing.assert_array_equal(a[0], b[0])
     for p in range(4):  # each of 4 processes reads only its rows, which tile the global batch
-      rows = data.process_rows(8, p, 4)
-      part = data.train_batch(many.train, 1, index, 8, 32, 0, rows=rows)
+      rows = batches.process_rows(8, p, 4)
+      part = batches.train_batch(many.train, 1, index, 8, 32, 0, rows=rows)
       np.testing.assert_array_equal(part[1], b[1][2 * p:2 * p + 2])
 
 
 PREPARE_CHILD = """
 import sys
-from reproduce.corpus import resolve_corpus
-from reproduce.tokenizer import prepare_tokens
+from reproduce.data.corpus import resolve_corpus
+from reproduce.data.store import prepare_tokens
 prepare_tokens(resolve_corpus(sys.argv[1], heldout_every=4), 300, sys.argv[2],
                log=lambda line: print(line, flush=True), shard_tokens=2000)
 """
@@ -266,8 +266,8 @@ def test_tokenizer_sample_is_bounded_and_spread(tmp_path):
 
 MEMORY_CHILD = """
 import sys
-from reproduce.corpus import resolve_corpus
-from reproduce.tokenizer import prepare_tokens
+from reproduce.data.corpus import resolve_corpus
+from reproduce.data.store import prepare_tokens
 t = prepare_tokens(resolve_corpus(sys.argv[1], heldout_every=4), 300, sys.argv[2],
                    log=lambda *_: 0, sample_bytes=1 << 20)
 status = dict(l.split(":", 1) for l in open("/proc/self/status"))  # this image's own peak:

@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from reproduce import export
-from reproduce.figure import figure_names
+from reproduce.bench import export
 from reproduce.config import load_config
 from reproduce.core.model import ModelConfig, forward
 from reproduce.core.weights import init_weights
+from reproduce.figure.runner import figure_names
 
 HAS_CUDA_PLUGIN = export.cuda_plugin() is not None  # jax[cuda12]: the cuDNN branch exports
 

@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 
 import reproduce
-from reproduce import experiment, report
-from reproduce.figure import UnknownFigure, figure_names, make_figure
+from reproduce.figure import report
+from reproduce.figure.claims import claim
+from reproduce.figure.roles import HeadRoles
+from reproduce.figure.runner import UnknownFigure, figure_names, make_figure
+from reproduce.figure.sources import FigureError, ModelSource
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = figure_names()
@@ -29,7 +32,10 @@ def figures(tmp_path_factory, cache_dir):
   """Runs every figure once on the `test` preset (models trained once, shared)."""
   workdir = tmp_path_factory.mktemp("figures")
   loaded = {}
-  summaries = {name: make_figure(name, "test", workdir, cache_dir=cache_dir, log=lambda *_: None,
+  summaries = {name: make_figure(name,
+                                 ModelSource("test", cache_dir=cache_dir),
+                                 workdir,
+                                 log=lambda *_: None,
                                  loaded=loaded) for name in FIGURES}
   return workdir, summaries, loaded
 
@@ -73,7 +79,7 @@ def test_figures_are_the_experiment_modules_with_description_and_run():
 
 
 def test_a_new_figure_module_is_found_without_editing_the_runner(tmp_path, monkeypatch):
-  from reproduce import figure  # pylint: disable=import-outside-toplevel
+  from reproduce.figure import runner as figure  # pylint: disable=import-outside-toplevel
   package = figure.figure_module("bigram").__name__.rsplit(".", 1)[0]
   (tmp_path / "zz_new_figure.py").write_text(
       "DESCRIPTION = 'a new figure'\nORDER = 15\n\ndef run(config, models, outdir):\n"
@@ -94,7 +100,7 @@ def test_a_new_figure_module_is_found_without_editing_the_runner(tmp_path, monke
 
 
 def test_claim_ids_follow_one_scheme():
-  claim = lambda **kw: experiment.claim(statement="s", source="FW fig 1", criterion="c",
+  claim = lambda **kw: claim(statement="s", source="FW fig 1", criterion="c",
                                         measured="m", value=1, holds=True,
                                         paper_says='FW, a section: "words"', **kw)
   assert claim(figure="eigen_hist", what="copying", model="attn1l")["id"] == \
@@ -117,17 +123,17 @@ def test_a_paper_claim_needs_what_the_paper_says_and_a_control_has_none():
   kw = dict(figure="x", what="y", model=None, statement="s", source="FW fig 1", criterion="c",
             measured="m", value=1, holds=True)
   with pytest.raises(ValueError, match="needs paper_says"):
-    experiment.claim(**kw)
+    claim(**kw)
   with pytest.raises(ValueError, match="a control has no paper_says"):
-    experiment.claim(**kw, kind="control", paper_says="FW says so")
-  made = experiment.claim(**kw, paper_says='FW, "Induction Heads": "words"')
+    claim(**kw, kind="control", paper_says="FW says so")
+  made = claim(**kw, paper_says='FW, "Induction Heads": "words"')
   assert made["paper_says"] == 'FW, "Induction Heads": "words"'
-  assert "paper_says" not in experiment.claim(**kw, kind="control")
+  assert "paper_says" not in claim(**kw, kind="control")
 
 
 def test_claim_record_rejects_unknown_kinds():
   with pytest.raises(ValueError, match="kind must be one of"):
-    experiment.claim(figure="x", what="y", model=None, statement="s", source="FW fig 1",
+    claim(figure="x", what="y", model=None, statement="s", source="FW fig 1",
                      criterion="c", measured="m", value=1, holds=True, kind="padding")
 
 
@@ -188,8 +194,9 @@ def test_checkpoint_option_takes_transformer_lens_weights(figures, tmp_path):
   model = loaded["attn2l:test"]
   path = reproduce.save_transformer_lens(tmp_path / "model.safetensors", model.cfg, model.weights)
   shutil.copy(model.workdir / "tokenizer.json", tmp_path / "tokenizer.json")
-  summary = make_figure("ov_qk_scatter", "test", tmp_path / "out", checkpoint=str(path),
-                        cache_dir=str(Path(model.tokens.tokenizer_path).parent.parent),
+  summary = make_figure("ov_qk_scatter",
+                        ModelSource("test", checkpoint=str(path), cache_dir=str(Path(model.tokens.tokenizer_path).parent.parent)),
+                        tmp_path / "out",
                         log=lambda *_: None)
   assert summary["models"]["model.safetensors"]["architecture"]["n_layers"] == 2
   ours = json.loads((workdir / "ov_qk_scatter" / "claims.json").read_text())["claims"]
@@ -202,8 +209,10 @@ def test_a_failed_figure_keeps_the_previous_outputs(figures, tmp_path):
   shutil.copytree(workdir / "composition_scores", out / "composition_scores")
   before = sorted(p.name for p in (out / "composition_scores").iterdir())
   one_layer = loaded["attn1l:test"].workdir
-  with pytest.raises(experiment.FigureError, match="at least 2 layer"):
-    make_figure("composition_scores", "test", out, checkpoint=str(one_layer),
+  with pytest.raises(FigureError, match="at least 2 layer"):
+    make_figure("composition_scores",
+                ModelSource("test", checkpoint=str(one_layer)),
+                out,
                 log=lambda *_: None)
   assert sorted(p.name for p in (out / "composition_scores").iterdir()) == before
   assert [p.name for p in out.iterdir()] == ["composition_scores"]  # no temporary leftovers
@@ -211,7 +220,7 @@ def test_a_failed_figure_keeps_the_previous_outputs(figures, tmp_path):
 
 def test_unknown_figure_lists_the_valid_names():
   with pytest.raises(UnknownFigure, match="choose one of: bigram, skip_trigrams"):
-    make_figure("eigen_histogram", "test", "/tmp/unused")
+    make_figure("eigen_histogram", ModelSource("test"), "/tmp/unused")
   out = subprocess.run([sys.executable, "-m", "reproduce.figure", "--name=eigen_histogram"],
                        cwd=ROOT, capture_output=True, text=True)
   assert out.returncode != 0
@@ -257,7 +266,10 @@ def test_figures_cover_every_layer_of_a_three_layer_model(figures, tmp_path):
   out = tmp_path / "out"
   loaded_here = {}
   for name in ("composition_scores", "ov_qk_scatter"):
-    make_figure(name, "test", out, checkpoint=path, cache_dir=cache, log=lambda *_: None,
+    make_figure(name,
+                ModelSource("test", checkpoint=path, cache_dir=cache),
+                out,
+                log=lambda *_: None,
                 loaded=loaded_here)
   comp = json.loads((out / "composition_scores" / "composition_deep.safetensors.json").read_text())
   assert comp["layer_pairs"] == [[0, 1], [0, 2], [1, 2]]
@@ -271,7 +283,7 @@ def test_figures_cover_every_layer_of_a_three_layer_model(figures, tmp_path):
 
 
 def test_head_roles_look_in_every_layer():
-  roles = experiment.HeadRoles(previous_token=np.array([[0.1, 0.2], [0.9, 0.0], [0.0, 0.95]]),
+  roles = HeadRoles(previous_token=np.array([[0.1, 0.2], [0.9, 0.0], [0.0, 0.95]]),
                                induction=np.array([[0.0, 0.0], [0.0, 0.4], [0.5, 0.0]]),
                                threshold=0.3)
   assert roles.previous_token_head(1) == (0, 1)  # only layer 0 precedes layer 1
@@ -288,14 +300,20 @@ def test_weight_file_figures_say_what_is_missing_and_make_the_rest(figures, tmp_
   shutil.copy(model.workdir / "tokenizer.json", tmp_path / "tokenizer.json")
   cache = str(Path(model.tokens.tokenizer_path).parent.parent)
   out, here = tmp_path / "out", {}
-  formation = make_figure("induction_formation", "test", out, checkpoint=str(path),
-                          cache_dir=cache, log=lambda *_: None, loaded=here)
+  formation = make_figure("induction_formation",
+                          ModelSource("test", checkpoint=str(path), cache_dir=cache),
+                          out,
+                          log=lambda *_: None,
+                          loaded=here)
   assert (out / "induction_formation" / "induction_formation.png").is_file()
   numbers = json.loads((out / "induction_formation" / "induction_formation.json").read_text())
   assert "snapshots" in numbers["model.safetensors"]["missing"]
   assert formation["claims"] == []  # nothing that needs a trajectory is claimed
-  hist = make_figure("eigen_hist", "test", out, checkpoint=str(path), cache_dir=cache,
-                     log=lambda *_: None, loaded=here)
+  hist = make_figure("eigen_hist",
+                     ModelSource("test", checkpoint=str(path), cache_dir=cache),
+                     out,
+                     log=lambda *_: None,
+                     loaded=here)
   assert all("no training snapshots" in c["measured"] for c in hist["claims"]
              if c["id"].startswith("eigen_hist.random_init"))
 
@@ -304,10 +322,10 @@ def test_seed_table_counts_the_seeds_each_claim_holds_for(tmp_path):
   def write(index, name, holds):
     folder = report.seed_workdir(tmp_path, index) / name
     folder.mkdir(parents=True)
-    claims = [experiment.claim(figure=name, what="a", model=None, statement="s",
+    claims = [claim(figure=name, what="a", model=None, statement="s",
                                source="FW fig 1", criterion="c", measured=f"m{index}", value=0,
                                holds=h, paper_says="FW says a") for h in holds[:1]]
-    claims += [experiment.claim(figure=name, what="b", model=None, statement="s",
+    claims += [claim(figure=name, what="b", model=None, statement="s",
                                 source="control: x", criterion="c", measured="m", value=0,
                                 holds=h, kind="control") for h in holds[1:]]
     (folder / "claims.json").write_text(json.dumps({"claims": claims}))
@@ -331,28 +349,28 @@ def test_seeds_flag_refuses_a_checkpoint(tmp_path):
 
 
 def test_first_run_plan_lists_every_seeds_models_and_spots_finished_ones(tmp_path):
-  from reproduce.estimate import first_run_plan  # pylint: disable=import-outside-toplevel
-  from reproduce.figure import figure_config  # pylint: disable=import-outside-toplevel
-  _, finished = experiment.model_run("attn2l", "test", tmp_path, seed=1)
+  from reproduce.figure.estimate import first_run_plan  # pylint: disable=import-outside-toplevel
+  from reproduce.figure.runner import figure_config  # pylint: disable=import-outside-toplevel
+  _, finished = ModelSource("test", models_dir=tmp_path, seed=1).run("attn2l")
   (finished / "checkpoints" / "30").mkdir(parents=True)  # the test preset trains 30 steps
   models = figure_config("eigen_hist", "test").models
-  plan = first_run_plan(models, 1, "test", tmp_path, seeds=2).splitlines()
+  plan = first_run_plan(models, 1, ModelSource("test", models_dir=tmp_path), seeds=2).splitlines()
   assert "2 seeds" in plan[0] and "estimated" in plan[0]
   assert [line.split(", 0.0M tokens")[0] for line in plan[1:]] == [
       "  attn1l seed 0: train 30 steps", "  attn2l seed 0: train 30 steps",
       "  attn1l seed 1: train 30 steps", "  attn2l seed 1: trained, reused"]
-  single = first_run_plan(models, 1, "test", tmp_path).splitlines()
+  single = first_run_plan(models, 1, ModelSource("test", models_dir=tmp_path)).splitlines()
   assert single[1:] and all(line.startswith(("  attn1l: train", "  attn2l: train"))
                            for line in single[1:])  # seed 0 trains; seed 1 is not it
 
 
 def test_forced_compute_dtype_trains_into_its_own_run_and_the_plan_says_so(tmp_path):
-  from reproduce.estimate import first_run_plan  # pylint: disable=import-outside-toplevel
-  auto_config, auto_run = experiment.model_run("attn2l", "test", tmp_path)
+  from reproduce.figure.estimate import first_run_plan  # pylint: disable=import-outside-toplevel
+  auto_config, auto_run = ModelSource("test", models_dir=tmp_path).run("attn2l")
   for dtype in ("float32", "bfloat16"):
-    config, run = experiment.model_run("attn2l", "test", tmp_path, compute_dtype=dtype)
+    config, run = ModelSource("test", models_dir=tmp_path, compute_dtype=dtype).run("attn2l")
     assert config.train.compute_dtype == dtype and run != auto_run
-    plan = first_run_plan(["attn2l"], 1, "test", tmp_path, compute_dtype=dtype).splitlines()
+    plan = first_run_plan(["attn2l"], 1, ModelSource("test", models_dir=tmp_path, compute_dtype=dtype)).splitlines()
     assert f"{dtype} products" in plan[1], plan
   assert auto_config.train.compute_dtype == "auto"
   out = subprocess.run([sys.executable, "-m", "reproduce.figure", "--name=bigram",

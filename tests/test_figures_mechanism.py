@@ -8,9 +8,10 @@ import pytest
 
 from helpers import random_model
 from reproduce.core import scores
-from reproduce import experiment
-from reproduce.figure import figure_config, figure_module
 from reproduce.core.model import forward
+from reproduce.figure.plotting import place_labels, pyplot, show_token
+from reproduce.figure.runner import figure_config, figure_module
+from reproduce.figure.sources import FigureError, Model, model_from_run
 
 MECHANISM = ("head_ablations", "induction_heads", "skip_trigrams")
 
@@ -160,7 +161,7 @@ def test_find_bugs_counts_each_unseen_trigram_once():
 def test_show_token_keeps_indents_apart():
   """Newline-plus-indent tokens of different depth read differently at every width the figures
   use (they were cut to the same ↵·······… before)."""
-  show = experiment.show_token
+  show = show_token
   assert show("\n" + " " * 20) == "↵+20sp" and show(" " * 10) == "10sp"
   assert show(" if") == "·if" and show("\t") == "→" and show("\x01") == "¤"
   for width in (9, 10, 14, 24):
@@ -172,12 +173,12 @@ def test_placed_labels_do_not_overlap():
   """Heads that share a point (L1H2 used to hide under L1H0 in ov_qk_scatter) keep every label
   readable: no two labels' boxes overlap, and none leaves the axes."""
   from matplotlib.text import Text
-  plt = experiment.pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(4, 4))
   x = np.array([0.5] * 5 + [0.52, 0.48, 0.98, 0.02])
   y = np.array([0.5] * 5 + [0.51, 0.49, 0.98, 0.02])
   ax.scatter(x, y); ax.set_xlim(0, 1); ax.set_ylim(0, 1)
-  labels = experiment.place_labels(ax, x, y, [f"L1H{i} (0.{i}2)" for i in range(len(x))])
+  labels = place_labels(ax, x, y, [f"L1H{i} (0.{i}2)" for i in range(len(x))])
   renderer, boxes = fig.canvas.get_renderer(), []
   for label in labels:  # the text alone, without its leader line
     label.update_positions(renderer)
@@ -193,7 +194,7 @@ def mechanism_figures(tmp_path_factory, trained_2l):
   """Each mechanism figure's run() on the session's trained 2L `test` model (no extra training;
   the figures accept any depth: skip_trigrams and induction_heads read every layer)."""
   workdir = tmp_path_factory.mktemp("mechanism")
-  model = experiment.model_from_run("attn2l", trained_2l.workdir, tokens=trained_2l.tokens)
+  model = model_from_run("attn2l", trained_2l.workdir, tokens=trained_2l.tokens)
   claims = {}
   for name in MECHANISM:
     (workdir / name).mkdir()
@@ -234,8 +235,8 @@ def test_skip_trigram_tables_are_readable(mechanism_figures):
 
 def test_head_ablations_needs_two_layers(tmp_path):
   cfg, w = random_model(n_layers=1)
-  one_layer = experiment.Model("one", cfg, w, meta={})
-  with pytest.raises(experiment.FigureError, match="at least 2 layer"):
+  one_layer = Model("one", cfg, w, meta={})
+  with pytest.raises(FigureError, match="at least 2 layer"):
     figure_module("head_ablations").run(figure_config("head_ablations", "test"),
                                         {"one": one_layer}, tmp_path)
 
@@ -246,7 +247,7 @@ def test_value_weighted_attention_keeps_row_magnitudes():
   row reach 1, drawing a head that rests on a small-valued BOS as a solid BOS column)."""
   induction_attention = figure_module("induction_attention")
   cfg, w = random_model(n_layers=2, n_heads=3, std=0.5, seed=4)
-  model = experiment.Model("m", cfg, w, {})
+  model = Model("m", cfg, w, {})
   tokens = np.array([[0, 5, 7, 5, 7, 2, 9, 1], [0, 3, 3, 4, 8, 8, 2, 6]])
   patterns, weighted = induction_attention.value_weighted(model, tokens)
   _, ex = forward(cfg, w, tokens, return_patterns=True, return_head_outputs=True)

@@ -4,7 +4,7 @@ ICL share is of the fall from initialisation."""
 
 import numpy as np
 
-from reproduce.figure import figure_config, figure_module
+from reproduce.figure.runner import figure_config, figure_module
 
 formation = figure_module("induction_formation")
 

@@ -10,8 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE_PUBLIC = ("weights", "model", "kernels", "circuits", "paths", "scores", "tl_format",
                "loading", "torch_zip", "tl_config", "model_folder")
 NOT_IN_CORE = ("orbax", "optax", "matplotlib", "flax", "reproduce.train", "reproduce.figure",
-               "reproduce.experiment", "reproduce.experiments", "reproduce.bench",
-               "reproduce.estimate")
+               "reproduce.experiments", "reproduce.bench", "reproduce.data", "reproduce.cli")
 
 
 def test_importing_the_core_imports_no_runner_and_no_heavy_library():
@@ -74,7 +73,7 @@ def test_no_import_cycles():
 
 
 def test_core_imports_nothing_from_the_runner():
-  for path in sorted((ROOT / "reproduce" / "core").glob("*.py")):
+  for path in sorted((ROOT / "reproduce" / "core").rglob("*.py")):
     for node in ast.walk(ast.parse(path.read_text())):
       if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("reproduce"):
         assert node.module.startswith("reproduce.core"), f"{path.name} imports {node.module}"

@@ -10,8 +10,8 @@ from flax import nnx
 
 from helpers import random_model
 from reference import reference_logits
-from reproduce.core.module import AttentionOnlyTransformer
 from reproduce.core.model import ModelConfig, forward, mean_loss, token_losses
+from reproduce.core.module import AttentionOnlyTransformer
 from reproduce.core.tl_format import to_state_dict
 
 

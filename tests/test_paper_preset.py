@@ -4,10 +4,9 @@ induction heads form, FW's wide one-layer variant, and the batch job's --corpus.
 from pathlib import Path
 
 import pytest
-
-from reproduce import experiment
-from reproduce.core.checkpoint import snapshot_steps
 from reproduce.config import check_corpus_size, load_config
+from reproduce.core.checkpoint import snapshot_steps
+from reproduce.figure.sources import ModelSource
 from reproduce.train.loop import train
 
 
@@ -46,7 +45,7 @@ def test_fw_wide_one_layer_variant(tmp_path):
 
 
 def test_batch_job_corpus_replaces_the_config_corpus_and_its_run_directory(tmp_path):
-  plain_config, plain_run = experiment.model_run("attn2l", "paper", tmp_path)
-  config, run = experiment.model_run("attn2l", "paper", tmp_path, corpus="/data/text")
+  plain_config, plain_run = ModelSource("paper", models_dir=tmp_path).run("attn2l")
+  config, run = ModelSource("paper", models_dir=tmp_path, corpus="/data/text").run("attn2l")
   assert plain_config.data.corpus == "stdlib" and config.data.corpus == "/data/text"
   assert run != plain_run and run.parent == Path(tmp_path)

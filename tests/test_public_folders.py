@@ -10,9 +10,10 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 import reproduce
 import torch_zip_writer as tzw
-from reproduce import experiment
 from reproduce.core import circuits, scores
-from reproduce.figure import figure_config, make_figure
+from reproduce.figure.roles import head_roles
+from reproduce.figure.runner import figure_config, make_figure
+from reproduce.figure.sources import FigureError, ModelSource, model_from_run
 from test_tl_format import tl_model
 
 SHAPES = dict(n_heads=2, d_head=3, d_model=10, d_vocab=17, n_ctx=8)
@@ -62,14 +63,16 @@ def test_a_folders_checkpoints_are_the_models_training_snapshots(tmp_path, cache
   assert (snapshots.source, snapshots.axis, snapshots.labels) == (
       "training checkpoints", "tokens", tuple(sorted(labels)))
   corpus = _text(tmp_path)
-  summary = make_figure("induction_formation", "test", tmp_path / "out", checkpoint=str(folder),
-                        cache_dir=cache_dir, corpus=corpus, log=lambda *_: 0)
+  summary = make_figure("induction_formation",
+                        ModelSource("test", checkpoint=str(folder), cache_dir=cache_dir, corpus=corpus),
+                        tmp_path / "out",
+                        log=lambda *_: 0)
   numbers = json.loads((tmp_path / "out" / "induction_formation" /
                         "induction_formation.json").read_text())["attn-only-2l"]
   assert numbers["x_axis"] == "tokens" and numbers["x"] == sorted(labels)
   assert numbers["tokens"] == sorted(labels) and "4 training checkpoints" in numbers["snapshots"]
   assert "missing" not in numbers and np.all(np.isfinite(numbers["heldout_loss"]))
-  model = experiment.model_from_run("m", folder, cache_dir=cache_dir, corpus=corpus,
+  model = model_from_run("m", folder, cache_dir=cache_dir, corpus=corpus,
                                     log=lambda *_: 0)
   for n, prefix in zip(sorted(labels), numbers["prefix_matching"]):  # each checkpoint's own
     cfg, w = reproduce.load(folder / "checkpoints" / f"attn-only-2l_{n}.pth")
@@ -82,8 +85,10 @@ def test_a_folders_checkpoints_are_the_models_training_snapshots(tmp_path, cache
                                                       for i in range(1, 5)]
   assert "tokens 5,000,000 (attn-only-2l_5000000.pth" in progress[0]
 
-  hist = make_figure("eigen_hist", "test", tmp_path / "out", checkpoint=str(folder),
-                     cache_dir=cache_dir, corpus=corpus, log=lambda *_: 0)
+  hist = make_figure("eigen_hist",
+                     ModelSource("test", checkpoint=str(folder), cache_dir=cache_dir, corpus=corpus),
+                     tmp_path / "out",
+                     log=lambda *_: 0)
   hist_numbers = json.loads((tmp_path / "out" / "eigen_hist" / "eigen_hist.json").read_text())
   earliest = reproduce.load(folder / "checkpoints" / "attn-only-2l_5000000.pth")[1]
   np.testing.assert_allclose(hist_numbers["attn-only-2l"]["random_init"],
@@ -132,36 +137,45 @@ def _previous_token_head_model(tmp_path, bos_token_id=None):
 
 
 def test_head_roles_without_a_tokenizer_come_from_random_tokens(tmp_path):
-  model = experiment.model_from_run("m", _previous_token_head_model(tmp_path), log=lambda *_: 0)
+  model = model_from_run("m", _previous_token_head_model(tmp_path), log=lambda *_: 0)
   assert model.tokens is None and model.bos_id == 0
   assert np.array_equal(model.sampling_pool(), np.arange(1, 17))  # uniform, BOS left out
-  roles = experiment.head_roles(model)
+  roles = head_roles(model)
   assert roles.previous_token[0, 0] > 0.9, roles.previous_token  # the constructed head
   assert roles.previous_token_head(1) == (0, 0) and roles.previous_token[0, 1] < 0.9
   assert roles.probe.startswith("no tokenizer") and "BOS = token 0 (id 0 assumed" in roles.probe
-  named = experiment.model_from_run("m", _previous_token_head_model(tmp_path / "b", 5),
+  named = model_from_run("m", _previous_token_head_model(tmp_path / "b", 5),
                                     log=lambda *_: 0)
   assert named.bos_id == 5 and 5 not in named.sampling_pool() and len(named.sampling_pool()) == 16
-  assert "BOS = token 5 (bos_token_id of its config)" in experiment.head_roles(named).probe
+  assert "BOS = token 5 (bos_token_id of its config)" in head_roles(named).probe
 
 
 def test_role_figures_run_without_a_tokenizer_and_text_figures_say_why_not(tmp_path):
   folder = _previous_token_head_model(tmp_path)
   out, loaded = tmp_path / "out", {}
-  make_figure("ov_qk_scatter", "test", out, checkpoint=str(folder), log=lambda *_: 0,
+  make_figure("ov_qk_scatter",
+              ModelSource("test", checkpoint=str(folder)),
+              out,
+              log=lambda *_: 0,
               loaded=loaded)
   numbers = json.loads((out / "ov_qk_scatter" / "ov_qk_no-tokenizer.json").read_text())
   assert numbers["head_roles_probe"].startswith("no tokenizer: previous-token and prefix-matching")
   assert np.asarray(numbers["previous_token_scores"])[0, 0] > 0.9
-  with pytest.raises(experiment.FigureError, match="bigram measures the model on text, but "
+  with pytest.raises(FigureError, match="bigram measures the model on text, but "
                      "no-tokenizer has no tokenizer"):
-    make_figure("bigram", "test", out, checkpoint=str(folder), log=lambda *_: 0, loaded=loaded)
+    make_figure("bigram",
+                ModelSource("test", checkpoint=str(folder)),
+                out,
+                log=lambda *_: 0,
+                loaded=loaded)
 
 
 def test_circuit_figures_run_on_a_layer_norm_shortformer_folder(tmp_path):
   folder, _ = _folder(tmp_path, [], norm="LN", pos="shortformer")  # redwood_attn_2l's kind
   for name in ("ov_eigenvalues", "positional_heads"):
-    summary = make_figure(name, "test", tmp_path / "out", checkpoint=str(folder),
+    summary = make_figure(name,
+                          ModelSource("test", checkpoint=str(folder)),
+                          tmp_path / "out",
                           log=lambda *_: 0)
     assert summary["models"]["attn-only-2l"]["architecture"]["pos_after_norm"], name
     assert (tmp_path / "out" / name / "claims.json").is_file(), name

@@ -23,10 +23,10 @@ import optax
 import pytest
 
 import reproduce
-from reproduce import report
 from reproduce.core import checkpoint
 from reproduce.core.weights import init_weights
-from reproduce.experiment import model_from_run
+from reproduce.figure import report
+from reproduce.figure.sources import model_from_run
 from reproduce.train.loop import WorkdirLock, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -315,7 +315,7 @@ def test_clone_works_from_another_directory(tmp_path):
   clone used elsewhere (they are not on sys.path: only the clone's root is)."""
   env = dict(os.environ, PYTHONPATH=str(ROOT))
   out = _run([sys.executable, "-c", (
-      "import sys; from reproduce.config import load_config; from reproduce import figure; "
+      "import sys; from reproduce.config import load_config; from reproduce.figure import runner as figure; "
       "c = load_config('configs/attn2l.py:test'); assert c.model.n_layers == 2; "
       "assert figure.figure_module('bigram').DESCRIPTION; "
       "assert 'configs' not in sys.modules and 'experiments' not in sys.modules; print('OK')")],
@@ -331,7 +331,7 @@ def test_a_second_clone_on_the_path_uses_its_own_configs_and_experiments(tmp_pat
     shutil.copytree(ROOT / name, other / name, ignore=shutil.ignore_patterns("__pycache__"))
   shutil.copy2(ROOT / "setup.cfg", other / "setup.cfg")
   out = _run([sys.executable, "-c", (
-      "import reproduce.configs, reproduce.experiments; from reproduce import figure; "
+      "import reproduce.configs, reproduce.experiments; from reproduce.figure import runner as figure; "
       "print(reproduce.configs.__file__); print(reproduce.experiments.__file__); "
       "print(figure.figure_module('bigram').__file__)")],
       cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(other)))

@@ -25,9 +25,9 @@ from reference import reference_logits
 from reproduce.core import circuits, model_folder, torch_zip
 from reproduce.core.tl_format import WeightFormatError
 from reproduce.core.torch_zip import TorchFileError
-from reproduce.corpus import resolve_corpus
-from reproduce.tokenizer import find_bos, prepare_tokens
-from reproduce.tokenizer_file import TokenizerFileError, declared_bos, load_tokenizer
+from reproduce.data.corpus import resolve_corpus
+from reproduce.data.store import find_bos, prepare_tokens
+from reproduce.data.tokenizer import TokenizerFileError, declared_bos, load_tokenizer
 from test_tl_format import tl_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "torch_zip"

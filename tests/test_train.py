@@ -15,7 +15,7 @@ import pytest
 
 import reproduce
 from reproduce.core.checkpoint import CheckpointError
-from reproduce.corpus import CorpusError
+from reproduce.data.corpus import CorpusError
 from reproduce.train.loop import TrainingDiverged, train
 from reproduce.train.plan import micro_batches
 from reproduce.train.step import (TrainState, compile_train_step, data_mesh, initial_weights,

@@ -11,15 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from reproduce.config import load_config
+from reproduce.core.kernels import blocked_causal_attention, unembed_cross_entropy
 from reproduce.core.model import ModelConfig
-import reproduce.train.plan
+from reproduce.core.model import mean_loss
 from reproduce.train.loop import train
+import reproduce.train.plan
 from reproduce.train.plan import CPU_SLICE_TOKENS, plan_step
 from reproduce.train.step import (TrainState, compile_train_step, data_mesh, initial_weights,
                                   make_optimizer, put_batch)
-from reproduce.config import load_config
-from reproduce.core.kernels import blocked_causal_attention, unembed_cross_entropy
-from reproduce.core.model import mean_loss
 from helpers import random_model
 
 ROOT = Path(__file__).resolve().parents[1]

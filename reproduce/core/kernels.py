@@ -2,7 +2,7 @@
 (with a hand-written backward), mixed-precision products, and the chunked unembedding
 cross-entropy.  Each computes the same numbers as the plain formula it names; they differ in
 how much they hold at once and in which dtype their products run (the reasons are measured in
-experiments/SPEED.md).
+docs/SPEED.md).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 MASKED = -1e30  # finite, so a fully masked row would give a uniform pattern instead of NaN
 
 
-QUERY_BLOCK = 64  # queries per block of ``blocked_causal_attention`` (experiments/SPEED.md)
+QUERY_BLOCK = 64  # queries per block of ``blocked_causal_attention`` (docs/SPEED.md)
 
 
 def attention_pattern(q: jax.Array, k: jax.Array, compute_dtype=None) -> jax.Array:
@@ -68,7 +68,7 @@ def _blocked_attention_bwd(block, dtype, residuals, dz):
 
   dv and dk are formed transposed, dvᵀ = dzᵀ A and dkᵀ = qᵀ dS: written directly they contract
   both operands over their rows, a form XLA's CPU backend runs on a slow float32 path
-  (experiments/SPEED.md).  Each block's pieces cover its key prefix; key block m of dk (dv) is
+  (docs/SPEED.md).  Each block's pieces cover its key prefix; key block m of dk (dv) is
   the sum of the pieces of the query blocks at or after m, written once (no zero padding)."""
   q, k, v, patterns, z = residuals
   scale = jnp.sqrt(jnp.float32(q.shape[-1]))
@@ -162,7 +162,7 @@ def _contract(a: jax.Array, b: jax.Array, a_axis: int, b_axis: int) -> jax.Array
   """Σ_k a[…k…] b[…k…] over one axis of each 2-D operand, float32 result, written as one
   ``dot_general`` with no transpose op: XLA's CPU backend runs a bf16 product in bf16 only when
   no transpose is folded into it (``d · W_Uᵀ`` through ``W.T`` is upcast to float32 and runs
-  several times slower; experiments/SPEED.md)."""
+  several times slower; docs/SPEED.md)."""
   return jax.lax.dot_general(a, b, (((a_axis,), (b_axis,)), ((), ())),
                              preferred_element_type=jnp.float32)
 
@@ -215,7 +215,7 @@ def _chunked_ce_bwd(chunk, dtype, residuals, g):
     d = _cast(p * (gc * row_scale)[:, None]
               - jax.nn.one_hot(tc, W_U.shape[1], dtype=p.dtype) * gc[:, None], dtype)
     # dW_U = xᵀ d contracts over rows; XLA's CPU backend runs that form with bf16 operands only
-    # on its float32 path, so there xᵀ is formed first (experiments/SPEED.md).  The
+    # on its float32 path, so there xᵀ is formed first (docs/SPEED.md).  The
     # branch follows the platform lowered for (not the host's), so a step exported for an
     # accelerator from a CPU host holds the accelerator's form.
     rows = lambda xc, d: _contract(_cast(xc, dtype), d, 0, 0)
@@ -251,7 +251,7 @@ def unembed_cross_entropy(x: jax.Array, W_U: jax.Array, targets: jax.Array,
   recomputes each chunk's logits, so the [tokens, vocab] matrix never exists (it would not fit
   at paper scale, and on CPU cache-sized blocks are several times faster).  When all rows fit in
   one chunk (a CPU training slice), the forward keeps exp(logits − max) and its row sums for the
-  backward instead, which then is one fused pass with no recomputation (experiments/SPEED.md).
+  backward instead, which then is one fused pass with no recomputation (docs/SPEED.md).
   With a ``compute_dtype`` the products x W_U (and the backward's two products) take operands of
   that dtype; logits, log-sum-exp, softmax, the loss and the gradient sums are float32.
   """
@@ -267,7 +267,7 @@ def unembed_cross_entropy(x: jax.Array, W_U: jax.Array, targets: jax.Array,
 
 # The most bytes that the largest array of one chunk of an analysis may hold: chunks of windows,
 # heads or vocabulary rows are sized from it, so every figure stays within a few of these at any
-# model shape (experiments/SPEED.md, "Figures in bounded memory").
+# model shape (docs/SPEED.md, "Figures in bounded memory").
 CHUNK_BYTES = 1 << 28  # 256 MiB
 
 
@@ -295,7 +295,7 @@ def map_in_chunks(fn, xs, chunk: int):
 
 # Rows of logits that one step of the analysis unembeddings takes at most: more rows only push
 # the exponentials out of cache (2-core Xeon, vocab 48,262: 256 rows 3.5× faster than 4,096 for
-# the log-sum-exp; experiments/SPEED.md, "Figures in bounded memory").
+# the log-sum-exp; docs/SPEED.md, "Figures in bounded memory").
 ROWS_PER_STEP = 256
 
 
@@ -322,7 +322,7 @@ def unembed_losses(x: jax.Array, W_U: jax.Array, targets: jax.Array, b_U=None,
   Rows go through in chunks (at most ``ROWS_PER_STEP``) sized so that a chunk's logits and
   their exponentials (2 · vocab float32 per row) fit ``budget`` (default ``CHUNK_BYTES``): the
   [rows, vocab] logits never exist at once.  Chunks of many rows: per-row loops run the product
-  far slower on CPU (experiments/SPEED.md)."""
+  far slower on CPU (docs/SPEED.md)."""
   shape = targets.shape
   x, targets = x.reshape(-1, x.shape[-1]), targets.reshape(-1)
 

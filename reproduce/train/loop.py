@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -30,30 +28,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from absl import logging as absl_logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from reproduce import data
-from reproduce.config import check_corpus_size, define_config_flag, parse_flags, validate
+from reproduce.cli import USER_ERRORS, quiet_libraries
+from reproduce.config import (check_corpus_bound, check_corpus_size, define_config_flag,
+                              parse_flags, validate)
 from reproduce.core import checkpoint, scores
 from reproduce.core.model import ModelConfig, forward, token_losses
 from reproduce.core.weights import Weights
-from reproduce.corpus import corpus_from_config
+from reproduce.data import batches
+from reproduce.data.corpus import corpus_from_config
+from reproduce.data.store import TokenizedCorpus, format_seconds, prepare_tokens
 from reproduce.host import CPU_DEVICES_HELP, split_cpu
-from reproduce.tokenizer import TokenizedCorpus, format_seconds, prepare_tokens
 from reproduce.train.plan import micro_batches
 from reproduce.train.step import (TrainState, compile_train_step, data_mesh, initial_weights,
                                   learning_rate_schedule, make_optimizer, put_batch,
                                   training_devices)
-from reproduce.train.workdir import (Metrics, WorkdirLock, WorkdirLocked, check_workdir,
+from reproduce.train.workdir import (Metrics, TrainingDiverged, WorkdirLock, check_workdir,
                                      config_differences, saved_config_conflict,
                                      set_aside_earlier_start)
 
 INDUCTION_PROBE_LENGTH = 50  # random tokens per half of the eval's repeated sequence
-
-
-class TrainingDiverged(RuntimeError):
-  """The loss became NaN or infinite."""
 
 
 def evaluate(cfg: ModelConfig, weights: Weights, heldout_inputs, heldout_targets,
@@ -104,12 +99,14 @@ def _checked_start(config, workdir: Path, devices, log):
   micro_batches(config, mesh.size, mesh.devices.flat[0].platform)  # raises if it cannot divide
   check_workdir(workdir)
   _refuse_conflict(workdir, config.to_dict())  # early, before minutes of tokenizing
-  tokens = prepare_tokens(corpus_from_config(config.data), cfg.d_vocab,
+  corpus = corpus_from_config(config.data)
+  check_corpus_bound(config, corpus)  # before minutes of tokenizing a corpus far too small
+  tokens = prepare_tokens(corpus, cfg.d_vocab,
                           config.data.cache_dir or None, log=log,
                           sample_bytes=config.data.tokenizer_sample_bytes,
                           shard_tokens=config.data.shard_tokens)
-  data.train_batch(tokens.train, t.seed, 0, 1, cfg.n_ctx, tokens.bos_id)  # long enough for n_ctx?
-  data.eval_windows(tokens.heldout, 1, cfg.n_ctx, tokens.bos_id)
+  batches.train_batch(tokens.train, t.seed, 0, 1, cfg.n_ctx, tokens.bos_id)  # long enough for n_ctx?
+  batches.eval_windows(tokens.heldout, 1, cfg.n_ctx, tokens.bos_id)
   check_corpus_size(config, len(tokens.train))
   return mesh, tokens
 
@@ -161,7 +158,7 @@ class _Run:
     self.start = start
     self.metrics = Metrics(workdir / "metrics.jsonl", start, log=log)
     self.schedule = learning_rate_schedule(t)
-    self.heldout = data.eval_windows(tokens.heldout, t.eval_windows, self.cfg.n_ctx,
+    self.heldout = batches.eval_windows(tokens.heldout, t.eval_windows, self.cfg.n_ctx,
                                      tokens.bos_id)
     self.snapshots = set(checkpoint.snapshot_steps(t.steps, t.n_snapshots))
     self.tokens_per_step = t.batch_size * self.cfg.n_ctx
@@ -252,9 +249,9 @@ class _Run:
                f"{self.start}→{t.steps}, {self.tokens_per_step:,} tokens/step, {mesh.size} "
                "device(s)")
     self.began, self.window_start, self.window_steps = time.time(), time.time(), 0
-    my_rows = data.process_rows(t.batch_size, jax.process_index(), jax.process_count())
+    my_rows = batches.process_rows(t.batch_size, jax.process_index(), jax.process_count())
     for step in range(self.start, t.steps):
-      inputs, targets = data.train_batch(self.tokens.train, t.seed, step, t.batch_size, cfg.n_ctx,
+      inputs, targets = batches.train_batch(self.tokens.train, t.seed, step, t.batch_size, cfg.n_ctx,
                                          self.tokens.bos_id, rows=my_rows)
       state, out = step_fn(state, *put_batch(mesh, inputs, targets, local=True))
       self.after_step(step + 1, state, out)
@@ -305,20 +302,6 @@ def train(config, workdir, *, log: Callable[[str], None] = print,
       lock.release()
   return TrainResult(workdir=workdir, step=int(state.step),
                      weights=jax.device_get(state.weights), config=config, tokens=tokens)
-
-
-def quiet_libraries(verbose: bool) -> None:
-  """Library log lines and warnings off stderr (our own messages stay) unless ``verbose``."""
-  if verbose:
-    absl_logging.set_verbosity(absl_logging.INFO)
-    return
-  absl_logging.set_verbosity(absl_logging.FATAL)  # Orbax logs every file it writes, and retries
-  logging.getLogger("absl").setLevel(logging.CRITICAL)
-  warnings.simplefilter("ignore")
-
-
-# Errors that are the user's to fix: one line, exit code 2.
-USER_ERRORS = (ValueError, OSError, TrainingDiverged, WorkdirLocked, checkpoint.CheckpointError)
 
 
 def initialize_distributed(coordinator_address: Optional[str] = None,

@@ -44,11 +44,11 @@ def plan_step(config, n_devices: int, platform: str, check_cudnn: bool = True) -
   """Resolves ``train.compute_dtype``, ``train.attention`` and ``train.micro_batch_size``.
 
   compute_dtype "auto": bfloat16 on GPU/TPU, and on CPUs with AMX, whose bfloat16 products run
-  several times faster than float32 ones (experiments/SPEED.md); float32 on other CPUs.
+  several times faster than float32 ones (docs/SPEED.md); float32 on other CPUs.
   attention "auto": cuDNN's fused kernel on GPU; on CPU causal query blocks with a hand-written
   backward (``kernels.blocked_causal_attention``), which skip the fully masked blocks above the
   diagonal (XLA's ``dot_product_attention`` was slower than explicit patterns on CPU;
-  experiments/SPEED.md); explicit patterns on TPU.  cuDNN falls back to XLA's
+  docs/SPEED.md); explicit patterns on TPU.  cuDNN falls back to XLA's
   ``dot_product_attention`` when it cannot take the shape (not a GPU, float32, head size...).
   Micro-batches: a set ``train.micro_batch_size`` wins (it must divide the per-device batch).
   Otherwise, with cuDNN nothing [T, T]-sized is materialised, so the whole per-device batch is
@@ -94,7 +94,7 @@ def plan_step(config, n_devices: int, platform: str, check_cudnn: bool = True) -
   return StepPlan(dtype, attention, per_device // size, block, tuple(reasons))
 
 
-CPU_SLICE_TOKENS = 512  # tokens per gradient-accumulation slice on CPU (experiments/SPEED.md)
+CPU_SLICE_TOKENS = 512  # tokens per gradient-accumulation slice on CPU (docs/SPEED.md)
 
 
 def micro_batches(config, n_devices: int, platform: str) -> int:
@@ -105,5 +105,5 @@ def micro_batches(config, n_devices: int, platform: str) -> int:
 def loss_block_elements(platform: str) -> int:
   """Logits held at once by the chunked cross-entropy (``train.loss_block_elements`` = 0):
   cache-sized on CPU (2²⁰ floats = 4 MiB, one block per 512-token slice; smaller blocks made the
-  step slower, experiments/SPEED.md), larger on accelerators."""
+  step slower, docs/SPEED.md), larger on accelerators."""
   return 1 << 20 if platform == "cpu" else 1 << 26

@@ -14,11 +14,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from reproduce import data
 from reproduce.core.kernels import largest_divisor_at_most
 from reproduce.core.model import ModelConfig, mean_loss
 from reproduce.core.module import AttentionOnlyTransformer
 from reproduce.core.weights import Weights
+from reproduce.data import batches
 from reproduce.train.plan import StepPlan, plan_step
 
 @jax.tree_util.register_dataclass
@@ -147,7 +147,7 @@ def compile_train_step(config, tx, mesh: Mesh, plan: Optional[StepPlan] = None,
     # Several CPU devices of one process meet in an in-process all-reduce; when the devices are
     # allowed to queue many steps ahead, the rendezvous can starve (seen: 40 steps queued on 2
     # devices hung every time; waiting every 5 steps never did).  Waiting for the previous step
-    # costs nothing measurable (experiments/SPEED.md), and the caller's host work (the next
+    # costs nothing measurable (docs/SPEED.md), and the caller's host work (the next
     # batch) still overlaps the running step.
     jax.block_until_ready(state)
     return step(state, inputs, targets)
@@ -159,12 +159,12 @@ def put_batch(mesh: Mesh, inputs: np.ndarray, targets: np.ndarray, local: bool =
   """Places a batch on the mesh, split by rows over the ``data`` axis.
 
   ``local=False``: ``inputs``/``targets`` are the whole global batch and each process keeps its
-  own rows (``data.process_rows``).  ``local=True``: they are already this process's rows (what
-  ``data.train_batch(..., rows=...)`` reads), so no host ever reads another's windows.
+  own rows (``batches.process_rows``).  ``local=True``: they are already this process's rows (what
+  ``batches.train_batch(..., rows=...)`` reads), so no host ever reads another's windows.
   """
   rows = NamedSharding(mesh, P("data"))
   n, i = jax.process_count(), jax.process_index()
-  mine = slice(None) if local else data.process_rows(inputs.shape[0], i, n)
+  mine = slice(None) if local else batches.process_rows(inputs.shape[0], i, n)
   global_shape = (inputs.shape[0] * (n if local else 1),) + inputs.shape[1:]
   make = lambda x: jax.make_array_from_process_local_data(rows, x[mine], global_shape)
   return make(inputs), make(targets)

@@ -24,6 +24,10 @@ RESUMABLE_CHANGES = ("train.log_every", "train.eval_every", "train.eval_windows"
                      "train.loss_block_elements", "data.max_epochs")
 
 
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or infinite."""
+
+
 class WorkdirLocked(RuntimeError):
   """Another live process is training in the work directory."""
 

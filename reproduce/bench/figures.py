@@ -29,11 +29,11 @@ import numpy as np
 from reproduce.core import tl_format
 from reproduce.core.model import ModelConfig
 from reproduce.core.weights import Weights, init_weights
-from reproduce.corpus import resolve_corpus
-from reproduce.figure import figure_names
-from reproduce.host import cpu_description
-from reproduce.tokenizer import (DEFAULT_SAMPLE_BYTES, default_cache_dir, tokenizer_sample,
+from reproduce.data.corpus import resolve_corpus
+from reproduce.data.store import (DEFAULT_SAMPLE_BYTES, default_cache_dir, tokenizer_sample,
                                  train_tokenizer)
+from reproduce.figure.runner import figure_names
+from reproduce.host import cpu_description
 
 # Public attention-only models, by the shapes of their weights (random here).
 SHAPES = {
@@ -125,7 +125,7 @@ def bench_figures(shape: str, only: Optional[Sequence[str]] = None,
     tmp = Path(tmp)
     # The token store of the corpus under this tokenizer, built once before any timing.
     prepare = run_measured([sys.executable, "-c", (
-        "from reproduce import experiment; experiment.model_from_run('bench', "
+        "from reproduce.figure.sources import model_from_run; model_from_run('bench', "
         f"{str(folder)!r}, log=lambda line: None)")], tmp / "prepare.log")
     log(f"bench figures: corpus ready ({prepare['wall_s']}s)")
     for name in names:

@@ -39,9 +39,9 @@ from typing import Iterable, Iterator, List, Optional
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from reproduce.corpus import Corpus
-from reproduce.corpus_files import PIECE_BYTES, CorpusError, Position
-from reproduce.tokenizer_file import declared_bos, load_tokenizer
+from reproduce.data.corpus import Corpus
+from reproduce.data.files import PIECE_BYTES, CorpusError, Position
+from reproduce.data.tokenizer import declared_bos, load_tokenizer
 
 BOS, EOT = "<|bos|>", "<|endoftext|>"
 CACHE_VERSION = 2  # bump when the tokenisation recipe or the store layout changes

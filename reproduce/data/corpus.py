@@ -41,7 +41,7 @@ import zlib
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
-from reproduce.corpus_files import (READERS, CorpusError, Piece, Position, file_kind, open_parquet,
+from reproduce.data.files import (READERS, CorpusError, Piece, Position, file_kind, open_parquet,
                                     unit_selector)
 
 SNIFF_BYTES = 1 << 16  # bytes read from the start of each file to decide whether it is text

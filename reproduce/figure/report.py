@@ -1,7 +1,7 @@
 """What ``reproduce.figure`` reports over figures: the claims tally, the table of claims across
 training seeds (``seeds.json``, ``seeds.md``) and ``index.html``, all read back from each figure's
-``claims.json`` (see ``experiment.claim``).  ``names`` is the figures in their display order
-(``figure.figure_names()``).
+``claims.json`` (see ``claims.claim``).  ``names`` is the figures in their display order
+(``runner.figure_names()``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Dict, Sequence
 
-from reproduce import experiment
+from reproduce.figure.outputs import write_json
 from reproduce.train.workdir import read_metrics
 
 
@@ -80,7 +80,7 @@ def seed_table_markdown(rows, n_seeds: int) -> str:
 def write_seed_table(workdir, n_seeds: int, preset: str, names: Sequence[str]) -> Path:
   """``seeds.json`` and ``seeds.md`` in ``workdir``: each claim over the seeds; returns the .md."""
   rows = seed_table(workdir, n_seeds, names)
-  experiment.write_json(Path(workdir) / "seeds.json",
+  write_json(Path(workdir) / "seeds.json",
                         {"n_seeds": n_seeds, "preset": preset, "claims": rows})
   table = Path(workdir) / "seeds.md"
   table.write_text(seed_table_markdown(rows, n_seeds))

@@ -17,9 +17,8 @@ follow the usual convention: 6·N (N = matmul parameters: W_U and the per-head W
 W_O; the embedding gather is free) plus 12·L·H·d_head·n_ctx for the attention scores and mixing
 (the full square, masked half included).
 
-``compare``, ``prepare`` and ``figures`` live in ``bench_compare``, ``bench_prepare`` and
-``bench_figures``; a new subcommand is
-one more entry in ``COMMANDS``.
+``compare``, ``prepare``, ``figures`` and ``export`` live in the modules of those names beside
+this one; a new subcommand is one more entry in ``COMMANDS``.
 """
 
 from __future__ import annotations
@@ -37,15 +36,15 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from reproduce.bench_compare import compare_with_transformerlens
-from reproduce.bench_figures import SHAPES as FIGURE_SHAPES, bench_figures
-from reproduce.bench_prepare import bench_prepare
+from reproduce.bench import export
+from reproduce.bench.compare import compare_with_transformerlens
+from reproduce.bench.figures import SHAPES as FIGURE_SHAPES, bench_figures
+from reproduce.bench.prepare import bench_prepare
 from reproduce.config import define_config_flag, load_config, parse_flags, validate
-from reproduce import export
 from reproduce.core import circuits
 from reproduce.core.model import ModelConfig
 from reproduce.core.weights import init_weights
-from reproduce.estimate import best_time, matmul_peak_flops, model_flops_per_token
+from reproduce.figure.estimate import best_time, matmul_peak_flops, model_flops_per_token
 from reproduce.host import split_cpu
 from reproduce.train.plan import plan_step
 from reproduce.train.step import (TrainState, abstract_step_inputs, compile_train_step, data_mesh,

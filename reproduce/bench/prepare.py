@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reproduce.corpus import stdlib_files
+from reproduce.data.corpus import stdlib_files
 
 ROOT = Path(__file__).resolve().parent.parent
 

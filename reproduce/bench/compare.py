@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reproduce.estimate import matmul_peak_flops, model_flops_per_token
+from reproduce.figure.estimate import matmul_peak_flops, model_flops_per_token
 from reproduce.train.plan import plan_step
 from reproduce.train.step import (TrainState, compile_train_step, data_mesh, initial_weights,
                                   make_optimizer, put_batch)

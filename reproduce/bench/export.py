@@ -28,7 +28,7 @@ from reproduce.core import circuits, paths, scores
 from reproduce.core.kernels import items_per_chunk
 from reproduce.core.model import ModelConfig, forward
 from reproduce.core.weights import init_weights
-from reproduce.figure import figure_config, figure_names
+from reproduce.figure.runner import figure_config, figure_names
 from reproduce.train.plan import StepPlan, plan_step
 from reproduce.train.step import abstract_step_inputs, make_optimizer, train_step
 

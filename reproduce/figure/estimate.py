@@ -3,14 +3,14 @@ this machine's matmul peak and a cost model of the training step fitted on the c
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
-from reproduce.experiment import model_run
+from reproduce.figure.sources import ModelSource
 from reproduce.train.plan import plan_step
 
 
@@ -46,7 +46,7 @@ def model_flops_per_token(m) -> float:
 # AMX runs faster than float32 ones.  Both are fitted on the 0L model, which has no attention.
 # Each causal attention score costs ATTENTION_SCORE_FLOPS float32-peak FLOP equivalents per head
 # and layer on top (softmax, mask, their backward, and attention's products that stay float32),
-# fitted on the 1L and 2L models.  The fits and how close they come are in experiments/SPEED.md.
+# fitted on the 1L and 2L models.  The fits and how close they come are in docs/SPEED.md.
 # Each run adds its start-up, each figure its analysis.  Printed as a rough estimate.
 PRODUCT_SPEED_VS_FLOAT32_PEAK = {"float32": 0.62, "bfloat16": 1.43}
 ATTENTION_SCORE_FLOPS = {"float32": 480, "bfloat16": 640}
@@ -66,20 +66,27 @@ def estimated_training_seconds(config, peak_flops: float, compute_dtype: str) ->
   return SECONDS_PER_RUN + tokens * per_token / peak_flops
 
 
-def first_run_plan(models, n_figures: int, preset: str, models_dir, seeds: int = 1,
-                   train_corpus: Optional[str] = None,
-                   compute_dtype: Optional[str] = None) -> str:
+def duration(seconds: float, digits: int = 0) -> str:
+  """A time estimate in the unit that reads best: minutes (with ``digits`` decimals), hours or
+  days."""
+  if seconds < 2 * 3600:
+    return f"{seconds / 60:.{digits}f} min"
+  if seconds < 2 * 86400:
+    return f"{seconds / 3600:.0f} hours"
+  return f"{seconds / 86400:,.0f} days"
+
+
+def first_run_plan(models, n_figures: int, source: ModelSource, seeds: int = 1) -> str:
   """What ``reproduce.figure`` is about to do, with a time estimate for this machine: the models
   still to train for each of ``seeds`` training seeds (``estimated_training_seconds`` against a
   quick float32 matmul-peak measurement, in the compute dtype the step will pick) and the
-  figures."""
+  figures.  A preset made for accelerators, planned on a CPU, says so."""
   needed = sorted(models)
   peak = matmul_peak_flops(2048, 3)
   lines, total = [], SECONDS_PER_FIGURE * n_figures * seeds
   for seed in range(seeds):
     for name in needed:
-      c, run = model_run(name, preset, models_dir, corpus=train_corpus,
-                         seed=None if seeds == 1 else seed, compute_dtype=compute_dtype)
+      c, run = dataclasses.replace(source, seed=None if seeds == 1 else seed).run(name)
       label = name if seeds == 1 else f"{name} seed {seed}"
       if (run / "checkpoints" / str(c.train.steps)).is_dir():
         lines.append(f"  {label}: trained, reused")
@@ -89,10 +96,13 @@ def first_run_plan(models, n_figures: int, preset: str, models_dir, seeds: int =
       seconds = estimated_training_seconds(c, peak, dtype)
       total += seconds
       tokens = c.train.steps * c.train.batch_size * c.model.n_ctx
-      lines.append(f"  {label}: train {c.train.steps:,} steps, {tokens / 1e6:.1f}M tokens, "
-                   f"{dtype} products, ~{seconds / 60:.1f} min")
-  return (f"plan: {n_figures} figure(s) from {len(needed)} model(s) ({preset} preset"
-          f"{'' if seeds == 1 else f', {seeds} seeds'}); estimated {total / 60:.0f} min on this "
+      lines.append(f"  {label}: train {c.train.steps:,} steps, {tokens / 1e6:,.1f}M tokens, "
+                   f"{dtype} products, ~{duration(seconds, 1)}")
+  if source.preset == "paper" and jax.default_backend() == "cpu":
+    lines.append("  the paper preset is made for accelerators (GPUs, TPUs): its models take days "
+                 "to train on a CPU; see BUILD.md for GPU/TPU installs and batch jobs")
+  return (f"plan: {n_figures} figure(s) from {len(needed)} model(s) ({source.preset} preset"
+          f"{'' if seeds == 1 else f', {seeds} seeds'}); estimated {duration(total)} on this "
           f"machine ({os.cpu_count()} cores, {peak / 1e9:.0f} GFLOP/s float32 matmuls), plus "
           "the corpus's tokenization if it is not cached (≈10 s for the default corpus on 2 "
           "cores)\n" + "\n".join(lines))

@@ -1,6 +1,6 @@
 """Reading one corpus file as bounded pieces of text: plain text (whole, or cut into byte ranges
 for a document split), JSONL (plain or gzipped) and Parquet, each resumable from a ``Position``.
-``reproduce.corpus`` decides which files and which split; see its docstring for the rules."""
+``reproduce.data.corpus`` decides which files and which split; see its docstring for the rules."""
 
 from __future__ import annotations
 
