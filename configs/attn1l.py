@@ -4,8 +4,8 @@
 
 cpu preset (docs/RECIPE.md): 12 heads × 16 as in the paper's 1L model, d_model 128,
 vocab 2048, n_ctx 256, fixed sinusoidal positions in Q/K, AdamW at a constant 1e-2 after 200
-warmup steps with a cosine over the last 25%; 1,500 steps × 4,096 tokens (6.1M tokens), about
-1.5 minutes on a 2-core laptop (≈70k tokens/s with bf16 products on AMX, ≈60k in float32).
+warmup steps with a cosine over the last 25%; 1,500 steps × 4,096 tokens (6.1M tokens), a
+few minutes on a 2-core laptop (docs/PERFORMANCE.md).
 Expected: most of the 12 heads with OV positivity > 0.5 (10 of 12 at seed 0); held-out loss
 ≈ 3.25; no prefix matching at any snapshot.
 

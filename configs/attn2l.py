@@ -4,14 +4,13 @@
 
 cpu preset (docs/RECIPE.md): 4 heads × 32, d_model 128, vocab 2048, n_ctx 256, fixed
 sinusoidal positions in Q/K, AdamW at a constant 1e-2 after 200 warmup steps with a cosine over
-the last 25%; 4,500 steps × 4,096 tokens (18.4M tokens), about 1.8× the old 10.2M-token run's
-time (1 min 27 s idle with bf16 products on AMX on 2026-11-25; on the slower machine of
-2026-12-03, idle: 6 min 33 s with bf16 products, 11 min 10 s in float32).  Expected: a previous-token
+the last 25%; 4,500 steps × 4,096 tokens (18.4M tokens), the main job's longest training
+(docs/PERFORMANCE.md).  Expected: a previous-token
 head in layer 0 (score ≈ 0.9 on text) by ~8M tokens, then an induction head in layer 1 forming
 between ~6M and ~11M tokens (prefix matching 0.1 → 0.6, seed 0: 6.2M → 10.6M, 58% of training)
 and levelling off after it (0.7 at the end), with the ICL score falling across that window;
-held-out loss ≈ 2.6–2.8.  Until 2026-12-03 the run was 2,500 steps (10.2M tokens), identical up
-to step 1,925, and formation ran to the last snapshot (issue 20: no "after").
+held-out loss ≈ 2.6–2.8.  The run continues well past the window so that the loss bump has an
+"after" to compare with (docs/RECIPE.md, "A plateau after the phase change").
 
 paper preset: 12 heads × 64, d_model 768, vocab 50,000, n_ctx 2048, 20,000 steps × 2¹⁹ tokens
 (10.5B; IH sees induction heads form after ~1-3B), 64 log-spaced snapshots (see

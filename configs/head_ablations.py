@@ -23,9 +23,9 @@ def get_config(preset: str = "cpu"):
   c.samples = 16 if preset != "test" else 4  # repeated sequences
   # Held-out windows of n_ctx tokens for the ICL score, losses at positions (49, 499) when
   # n_ctx ≥ 500, else the same fractions of n_ctx (scores.icl_positions); head roles as in
-  # experiment.head_roles (16 windows of n_ctx; IH's prefix-matching probe).
+  # roles.head_roles (16 windows of n_ctx; IH's prefix-matching probe).
   # The ICL score on as many windows as everywhere (scores.ICL_WINDOWS: one definition, one
-  # number; issue 20 item 3); the test preset uses fewer to stay fast.
+  # number); the test preset uses fewer to stay fast.
   c.icl_windows = scores.ICL_WINDOWS if preset != "test" else 8
   # Head roles: previous-token score on text, prefix-matching score (the induction criterion)
   # on IH's probe.  0.3 is three times the most a head attending uniformly over ≥ 10 positions

@@ -27,7 +27,7 @@ def get_config(preset: str = "cpu"):
   c.window_ratio = 2.0  # "abrupt": the window spans at most a factor 2 in tokens (IH)
   c.majority = 0.5  # "most": more than half of the total change (IH's wording)
   # A bump: the window's loss slope (per decade of tokens) below each neighbour's by > 2
-  # standard errors of the difference (RECIPE.md, issue 20: the old fit extrapolated).
+  # standard errors of the difference (docs/RECIPE.md: a fit over the whole run extrapolated).
   c.bump_standard_errors = 2.0
   c.lock()
   return c

@@ -32,8 +32,8 @@ def get_config(preset: str = "cpu"):
   # tokens, rather than just the previous token"): within the last 8 tokens (offsets 0 … 7) it
   # holds most of its attention (≥ 0.5) and spreads it over several of them: exp(entropy) of
   # that profile ≥ 3, where a previous-token or self-attending head scores 1 and an even split
-  # over 3 tokens scores 3.  Decided from FW's words before measuring (issue 20; it was a window
-  # of 4 and a spread of 2.5).
+  # over 3 tokens scores 3.  Decided from FW's words before measuring (docs/RECIPE.md logs
+  # the earlier values).
   c.averaging_window = 8
   c.min_window_mass = 0.5
   c.min_spread = 3.0

@@ -18,7 +18,7 @@ def get_config(preset: str = "cpu"):
   # recursion runs them in chunks sized from kernels.CHUNK_BYTES, so any n_ctx and vocabulary fit.
   c.windows = 32
   # At random init every head's output is ≈ 0, so each effect is ≈ 0 nats; 0.5 nats is ≈ 10% of
-  # the direct path's loss (L0 ≈ 5.5 nats in RECIPE.md's run A), an effect no untrained head has.
+  # the direct path's loss (L0 ≈ 5.5 nats in docs/RECIPE.md's run A), an effect no untrained head has.
   c.min_first_order = 0.5
   # "Small" virtual heads: at most a fifth of the first-order effect (FW: the first order
   # dominates).

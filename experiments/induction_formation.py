@@ -6,7 +6,7 @@ in-context-learning score (loss late in the context minus early, on fixed held-o
 every head's prefix-matching score and the held-out loss, against tokens seen (steps where a
 folder's file names count steps), beside the training loss when the run logged it.
 
-The claims follow IH's wording rather than a slope criterion (RECIPE.md tells how the earlier
+The claims follow IH's wording rather than a slope criterion (docs/RECIPE.md tells how the earlier
 slope criteria failed and why they were replaced):
 - abrupt: the head with the highest final prefix-matching score gains most (≥ ``majority``) of
   its total gain (final − initial) between two snapshots at most a factor ``window_ratio`` apart
@@ -110,7 +110,7 @@ def steepest_gain(tokens, score, window_ratio):
 def icl_share(icl, i, j):
   """Share of the ICL score's total fall over training (the first snapshot, the model at
   initialisation, → the end) between snapshots i, j.  Not from the score's highest value: a
-  brief loss overshoot late in warm-up lifts early snapshots' scores (RECIPE.md, "The ICL spike
+  brief loss overshoot late in warm-up lifts early snapshots' scores (docs/RECIPE.md, "The ICL spike
   at 147k tokens"), and the largest of them is noise, not where learning starts."""
   total = float(icl[0] - icl[-1])
   return (float(icl[i] - icl[j]) / total if total > 0 else float("nan")), total
@@ -355,7 +355,7 @@ def _phase_change_claims(config, label, tokens, best, icl, loss, gain, numbers, 
 
 def _loss_bump_claim(config, label, lo, hi, bump, loss_name="training loss"):
   """IH, 'Argument 1': the loss falls faster inside the formation window than on both sides of it; not
-  testable without a usable neighbour on each side (RECIPE.md, issue 20)."""
+  testable without a usable neighbour on each side (docs/RECIPE.md)."""
   k = config.bump_standard_errors
   criterion = (f"the least-squares slope of the logged {loss_name} against log10 tokens inside "
                f"the window is below the slope over each neighbouring interval of the same token "

@@ -12,7 +12,7 @@ No claims: the OV copying majority is claimed once, in eigen_hist.  The QK eigen
 (and their positivity kept in the numbers), but FW states no claim about them for one-layer
 models: FW's one-layer QK statement is that heads attend back to tokens that "could plausibly be
 the next token", not to copies of the present one, and skip_trigrams tests that
-(``attends_to_plausible_next_tokens``).  The earlier same-token claim was dropped (issue 20).
+(``attends_to_plausible_next_tokens``).
 """
 
 import numpy as np

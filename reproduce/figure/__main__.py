@@ -71,7 +71,9 @@ def _check_corpora(source: ModelSource, models) -> None:
     try:
       check_corpus_bound(config, corpus_from_config(config.data))
     except USER_ERRORS as e:
-      usage_error(f"model {name} ({source.preset} preset): {e}")
+      where = (" The paper preset is made for GPUs and TPUs and a corpus of ~1B+ tokens "
+               "(--corpus=FILES; BUILD.md)." if source.preset == "paper" else "")
+      usage_error(f"model {name} ({source.preset} preset): {e}.{where}")
 
 
 def _figure_error(name: str, seed: Optional[int], e: Exception) -> str:

@@ -96,11 +96,12 @@ def first_run_plan(models, n_figures: int, source: ModelSource, seeds: int = 1) 
       seconds = estimated_training_seconds(c, peak, dtype)
       total += seconds
       tokens = c.train.steps * c.train.batch_size * c.model.n_ctx
-      lines.append(f"  {label}: train {c.train.steps:,} steps, {tokens / 1e6:,.1f}M tokens, "
+      amount = f"{tokens / 1e9:.1f}B" if tokens >= 1e9 else f"{tokens / 1e6:.1f}M"
+      lines.append(f"  {label}: train {c.train.steps:,} steps, {amount} tokens, "
                    f"{dtype} products, ~{duration(seconds, 1)}")
   if source.preset == "paper" and jax.default_backend() == "cpu":
-    lines.append("  the paper preset is made for accelerators (GPUs, TPUs): its models take days "
-                 "to train on a CPU; see BUILD.md for GPU/TPU installs and batch jobs")
+    lines.append("  the paper preset is made for accelerators (GPUs, TPUs), not a CPU: see "
+                 "BUILD.md for GPU/TPU installs and batch jobs")
   return (f"plan: {n_figures} figure(s) from {len(needed)} model(s) ({source.preset} preset"
           f"{'' if seeds == 1 else f', {seeds} seeds'}); estimated {duration(total)} on this "
           f"machine ({os.cpu_count()} cores, {peak / 1e9:.0f} GFLOP/s float32 matmuls), plus "
