@@ -279,7 +279,7 @@ def claims_of(config, label, model, t) -> list:
   rank, init_rank, bugs = t["rank"], t["init_rank"], t["bugs"]
   auc, init_auc = t["head_auc"], t["init_head_auc"]
   claim_on = lambda what, **kw: claim(figure="skip_trigrams", what=what, model=label,
-                                              **kw)
+                                      **kw)
   copying = int((rank >= config.copy_rank).sum())
   auc_bar = float(np.nanmax(init_auc)) if np.isfinite(init_auc).any() else float("nan")
   plausible = int((auc > auc_bar).sum())
@@ -292,44 +292,44 @@ def claims_of(config, label, model, t) -> list:
   n_dest = config.destinations_per_head
   return [
       claim_on("most_heads_copy", paper_says=COPYING,
-            statement=f"{label}: most heads copy — attending to a token raises that same token",
-            source=FW_COPYING,
-            criterion=f"heads whose median (over {len(t['allowed'])} tokens seen ≥ "
-            f"{config.min_count} times) rank of a token's own logit within its OV row (what "
-            f"attending to it raises) is ≥ {config.copy_rank} are a majority",
-            measured=f"{copying} of {L * H} heads; per head: "
-            f"{', '.join(f'{x:.2f}' for x in rank.ravel())}; random init ({t['init_source']}): "
-            f"{init_rank.min():.2f} … {init_rank.max():.2f}",
-            value={"rank": rank, "random_init": init_rank}, holds=copying * 2 > L * H),
+               statement=f"{label}: most heads copy — attending to a token raises that same token",
+               source=FW_COPYING,
+               criterion=f"heads whose median (over {len(t['allowed'])} tokens seen ≥ "
+               f"{config.min_count} times) rank of a token's own logit within its OV row (what "
+               f"attending to it raises) is ≥ {config.copy_rank} are a majority",
+               measured=f"{copying} of {L * H} heads; per head: "
+               f"{', '.join(f'{x:.2f}' for x in rank.ravel())}; random init ({t['init_source']}): "
+               f"{init_rank.min():.2f} … {init_rank.max():.2f}",
+               value={"rank": rank, "random_init": init_rank}, holds=copying * 2 > L * H),
       claim_on("attends_to_plausible_next_tokens", paper_says=PLAUSIBLE,
-            statement=f"{label}: the QK circuit attends back to tokens that could plausibly be "
-            "the next token (FW: 'tokens are copied, but only to places where bigram-ish "
-            "statistics make them seem plausible')", source=FW_COPYING,
-            criterion=f"per head, for each of its {n_dest} table destinations d: the probability "
-            "that a token seen right after d in the searched text gets a higher QK gain in d's "
-            "row than a token never seen there (AUC, chance 0.5; only d's own row is compared); "
-            "the head's median over its destinations is above every random-init head's "
-            f"({auc_bar:.2f}), for a majority of heads (heads without a defined AUC count as "
-            "not above)",
-            measured=f"{plausible} of {L * H} heads ({undefined} undefined); median AUC per "
-            f"head: {', '.join(f'{x:.2f}' for x in auc.ravel())}; random init: "
-            f"{np.nanmin(init_auc):.2f} … {auc_bar:.2f}",
-            value={"auc": auc, "random_init": init_auc}, holds=plausible * 2 > L * H),
+               statement=f"{label}: the QK circuit attends back to tokens that could plausibly be "
+               "the next token (FW: 'tokens are copied, but only to places where bigram-ish "
+               "statistics make them seem plausible')", source=FW_COPYING,
+               criterion=f"per head, for each of its {n_dest} table destinations d: the probability "
+               "that a token seen right after d in the searched text gets a higher QK gain in d's "
+               "row than a token never seen there (AUC, chance 0.5; only d's own row is compared); "
+               "the head's median over its destinations is above every random-init head's "
+               f"({auc_bar:.2f}), for a majority of heads (heads without a defined AUC count as "
+               "not above)",
+               measured=f"{plausible} of {L * H} heads ({undefined} undefined); median AUC per "
+               f"head: {', '.join(f'{x:.2f}' for x in auc.ravel())}; random init: "
+               f"{np.nanmin(init_auc):.2f} … {auc_bar:.2f}",
+               value={"auc": auc, "random_init": init_auc}, holds=plausible * 2 > L * H),
       claim_on("factored_form_bug", paper_says=BUGS,
-            statement=f"{label}: the factored form makes skip-trigram bugs: a head that learned "
-            "s … d1 → o1 and s … d2 → o2 also raises s … d1 → o2 (FW's English 'keep … in bay' "
-            "cannot occur on Python code; this is the same pattern searched for on code)",
-            source=FW_SKIP_TRIGRAM_BUGS,
-            criterion=f"in each head's table (its {n_dest} destinations, their top "
-            f"{config.top_k} sources, those sources' top {config.top_k} outputs), at least one "
-            f"distinct s … d1 → o2 that never occurs in {len(t['counter'].tokens):,} training "
-            f"tokens while s … d1 → o1 and s … d2 → o2 each occur ≥ {config.min_seen} times (s a "
-            "top source of both destinations, o1 and o2 top outputs of s); more of them than the "
-            "same search finds in the random-init model's tables (its chance level)",
-            measured=f"{len(bugs)} distinct found (random init: {len(t['init_bugs'])})"
-            + (f", e.g. {examples}" if bugs else ""),
-            value={"found": len(bugs), "random_init": len(t["init_bugs"])},
-            holds=len(bugs) > len(t["init_bugs"]))]
+               statement=f"{label}: the factored form makes skip-trigram bugs: a head that learned "
+               "s … d1 → o1 and s … d2 → o2 also raises s … d1 → o2 (FW's English 'keep … in bay' "
+               "cannot occur on Python code; this is the same pattern searched for on code)",
+               source=FW_SKIP_TRIGRAM_BUGS,
+               criterion=f"in each head's table (its {n_dest} destinations, their top "
+               f"{config.top_k} sources, those sources' top {config.top_k} outputs), at least one "
+               f"distinct s … d1 → o2 that never occurs in {len(t['counter'].tokens):,} training "
+               f"tokens while s … d1 → o1 and s … d2 → o2 each occur ≥ {config.min_seen} times (s a "
+               "top source of both destinations, o1 and o2 top outputs of s); more of them than the "
+               "same search finds in the random-init model's tables (its chance level)",
+               measured=f"{len(bugs)} distinct found (random init: {len(t['init_bugs'])})"
+               + (f", e.g. {examples}" if bugs else ""),
+               value={"found": len(bugs), "random_init": len(t["init_bugs"])},
+               holds=len(bugs) > len(t["init_bugs"]))]
 
 
 def run(config, models, outdir):

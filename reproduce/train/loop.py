@@ -159,7 +159,7 @@ class _Run:
     self.metrics = Metrics(workdir / "metrics.jsonl", start, log=log)
     self.schedule = learning_rate_schedule(t)
     self.heldout = batches.eval_windows(tokens.heldout, t.eval_windows, self.cfg.n_ctx,
-                                     tokens.bos_id)
+                                        tokens.bos_id)
     self.snapshots = set(checkpoint.snapshot_steps(t.steps, t.n_snapshots))
     self.tokens_per_step = t.batch_size * self.cfg.n_ctx
     pool = scores.frequency_band(tokens.train, self.cfg.d_vocab,
@@ -251,8 +251,8 @@ class _Run:
     self.began, self.window_start, self.window_steps = time.time(), time.time(), 0
     my_rows = batches.process_rows(t.batch_size, jax.process_index(), jax.process_count())
     for step in range(self.start, t.steps):
-      inputs, targets = batches.train_batch(self.tokens.train, t.seed, step, t.batch_size, cfg.n_ctx,
-                                         self.tokens.bos_id, rows=my_rows)
+      inputs, targets = batches.train_batch(self.tokens.train, t.seed, step, t.batch_size,
+                                            cfg.n_ctx, self.tokens.bos_id, rows=my_rows)
       state, out = step_fn(state, *put_batch(mesh, inputs, targets, local=True))
       self.after_step(step + 1, state, out)
     self.ckpts.wait()
