@@ -91,9 +91,9 @@ def ablate(config, model) -> Ablations:
   L, H = model.cfg.n_layers, model.cfg.n_heads
   roles = head_roles(model, config.role_threshold)
   induction, prev, fallback = roles_to_ablate(roles)
-  length = min(config.length, (model.cfg.n_ctx - 1) // 2)
-  probe = scores.repeated_sequences(model.sampling_pool(), model.bos_id, length, 2,
-                                    config.samples, seed=1)
+  pool = model.sampling_pool()  # a small vocabulary's pool may hold fewer than config.length
+  length = min(config.length, (model.cfg.n_ctx - 1) // 2, len(pool))
+  probe = scores.repeated_sequences(pool, model.bos_id, length, 2, config.samples, seed=1)
   inputs, targets = model.heldout_windows(config.icl_windows)
   # Every ablation's ICL score from one pass that shares the unablated layers
   # (scores.ablated_position_losses); the repeat-loss probes run per ablation.
@@ -180,42 +180,42 @@ def claims_of(config, label, ab: Ablations) -> list:
                                        ab.share_induction)
   has_icl = base["icl"] < 0
   claim_on = lambda what, **kw: claim(figure="head_ablations", what=what, model=label,
-                                              source=IH_KNOCK_OUT, **kw)
+                                      source=IH_KNOCK_OUT, **kw)
   other_shares = {head_name(x): share[x] for layer in ab.others for x in ab.others[layer]}
   mean_other = {key: float(np.mean([s[key] for s in other_shares.values()]))
                 if other_shares else float("nan") for key in ("repeat_drop", "icl")}
   return [
       claim_on("induction_heads", paper_says=KNOCK_OUT,
-            statement=f"{label}: zero-ablating the induction heads removes most of the loss drop "
-            "on repeated tokens and most of the in-context-learning score",
-            criterion=f"with every head of layers ≥ 1 passing the induction criterion "
-            f"({ab.roles.criterion()}) ablated together (none passing: the strongest stands in "
-            f"and the claim fails), on {ab.icl['windows']} held-out windows, 1 − ablated/unablated ≥ {most} for both the repeat-loss drop and "
-            "the ICL score (unablated ICL score must be negative)",
-            measured=f"{'+'.join(head_name(x) for x in ab.induction)}: {_both(together)} "
-            f"(unablated: drop {base['repeat_drop']:.2f} nats, ICL {base['icl']:.3f} ± "
-            f"{base['icl_standard_error']:.3f} over {ab.icl['windows']} windows)",
-            value={"removed": together, "unablated": base},
-            holds=has_icl and min(together.values()) >= most),
+               statement=f"{label}: zero-ablating the induction heads removes most of the loss drop "
+               "on repeated tokens and most of the in-context-learning score",
+               criterion=f"with every head of layers ≥ 1 passing the induction criterion "
+               f"({ab.roles.criterion()}) ablated together (none passing: the strongest stands in "
+               f"and the claim fails), on {ab.icl['windows']} held-out windows, 1 − ablated/unablated ≥ {most} for both the repeat-loss drop and "
+               "the ICL score (unablated ICL score must be negative)",
+               measured=f"{'+'.join(head_name(x) for x in ab.induction)}: {_both(together)} "
+               f"(unablated: drop {base['repeat_drop']:.2f} nats, ICL {base['icl']:.3f} ± "
+               f"{base['icl_standard_error']:.3f} over {ab.icl['windows']} windows)",
+               value={"removed": together, "unablated": base},
+               holds=has_icl and min(together.values()) >= most),
       claim_on("previous_token_head", paper_says=PREV_RELIANCE,
-            statement=f"{label}: zero-ablating the previous-token head that feeds the induction "
-            "heads removes most of the repeat-loss drop and of the ICL score",
-            criterion="the strongest previous-token head in a layer before the induction heads; "
-            f"1 − ablated/unablated ≥ {most} for both",
-            measured=f"{head_name(prev)} (previous-token score "
-            f"{ab.roles.previous_token[prev]:.2f}): {_both(share[prev])}",
-            value={"removed": share[prev]}, holds=has_icl and min(share[prev].values()) >= most),
+               statement=f"{label}: zero-ablating the previous-token head that feeds the induction "
+               "heads removes most of the repeat-loss drop and of the ICL score",
+               criterion="the strongest previous-token head in a layer before the induction heads; "
+               f"1 − ablated/unablated ≥ {most} for both",
+               measured=f"{head_name(prev)} (previous-token score "
+               f"{ab.roles.previous_token[prev]:.2f}): {_both(share[prev])}",
+               value={"removed": share[prev]}, holds=has_icl and min(share[prev].values()) >= most),
       claim_on("other_heads", paper_says=KNOCK_OUT_OTHERS,
-            statement=f"{label}: ablating another head of the same layer as the induction or "
-            "previous-token head does not remove most of either",
-            criterion="the mean over those layers' other heads (the expected effect of ablating "
-            f"one at random) of 1 − ablated/unablated < {most} for both; each head is in the "
-            "figure",
-            measured=f"mean over {', '.join(other_shares) or 'no other heads'}: "
-            f"{_both(mean_other)}; per head: " + "; ".join(
+               statement=f"{label}: ablating another head of the same layer as the induction or "
+               "previous-token head does not remove most of either",
+               criterion="the mean over those layers' other heads (the expected effect of ablating "
+               f"one at random) of 1 − ablated/unablated < {most} for both; each head is in the "
+               "figure",
+               measured=f"mean over {', '.join(other_shares) or 'no other heads'}: "
+               f"{_both(mean_other)}; per head: " + "; ".join(
                 f"{k} {v['repeat_drop']:.2f}/{v['icl']:.2f}" for k, v in other_shares.items()),
-            value={"mean": mean_other, "per_head": other_shares},
-            holds=bool(other_shares) and max(mean_other.values()) < most)]
+               value={"mean": mean_other, "per_head": other_shares},
+               holds=bool(other_shares) and max(mean_other.values()) < most)]
 
 
 def run(config, models, outdir):
