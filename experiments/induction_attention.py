@@ -16,7 +16,6 @@ copying any earlier token could reach without induction).
 """
 
 import html
-import json
 import re
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 from reproduce.core import scores
 from reproduce.core.model import forward, token_losses
 from reproduce.figure.claims import claim
-from reproduce.figure.outputs import write_json
+from reproduce.figure.outputs import script_json, write_json
 from reproduce.figure.plotting import colorbar, head_grid, pyplot, save_figure, show_token
 from reproduce.figure.roles import head_roles
 from reproduce.figure.sources import require_tokens
@@ -75,9 +74,9 @@ def _html(title, views, first_head: int, notes: str):
 
   The page is ``induction_attention.html`` with its {{NAME}} markers filled in one pass (what
   goes in is never searched for markers again): TITLE (escaped here), NOTES (already HTML),
-  VIEWS (``views`` as JSON) and FIRST_HEAD."""
+  VIEWS (``views`` as script-safe JSON, ``outputs.script_json``) and FIRST_HEAD."""
   fill = {"TITLE": html.escape(title), "NOTES": notes,
-          "VIEWS": json.dumps(views, separators=(",", ":")), "FIRST_HEAD": str(first_head)}
+          "VIEWS": script_json(views), "FIRST_HEAD": str(first_head)}
   page = Path(__file__).with_name("induction_attention.html").read_text(encoding="utf-8")
   return re.sub(r"\{\{([A-Z_]+)\}\}", lambda m: fill[m.group(1)], page)
 
@@ -85,9 +84,9 @@ def _html(title, views, first_head: int, notes: str):
 def repeats_and_text(config, model) -> dict:
   """Patterns (raw and value-weighted), stripe scores (``scores.stripe_score``) and loss per position on BOS + n random
   tokens repeated, and value-weighted patterns on held-out text."""
-  n = min(config.length, (model.cfg.n_ctx - 1) // config.repeats)
-  repeated = scores.repeated_sequences(model.sampling_pool(), model.bos_id, n, config.repeats,
-                                       config.samples)
+  pool = model.sampling_pool()  # a small vocabulary's pool may hold fewer than config.length
+  n = min(config.length, (model.cfg.n_ctx - 1) // config.repeats, len(pool))
+  repeated = scores.repeated_sequences(pool, model.bos_id, n, config.repeats, config.samples)
   raw, weighted = value_weighted(model, repeated)
   weighted, scale = per_head_scale(weighted)
   logits, _ = forward(model.cfg, model.weights, repeated)

@@ -150,13 +150,19 @@ class _Unpickler(pickle.Unpickler):
     code, _ = STORAGE_TYPES[type_name]
     dtype = np.dtype(("<" if not self.big_endian or code == "b1" else ">") + code)
     entry = f"{self.prefix}data/{key}"
+    expected = numel * dtype.itemsize
     try:
-      raw = self.archive.read(entry)
+      declared = self.archive.getinfo(entry).file_size
     except KeyError:
       raise TorchFileError(f"{self.where}: storage {entry} is missing") from None
-    if len(raw) != numel * dtype.itemsize:
-      raise TorchFileError(f"{self.where}: storage {entry} holds {len(raw)} bytes, expected "
+    if declared != expected:  # checked in the zip directory, before a byte of it is inflated
+      raise TorchFileError(f"{self.where}: storage {entry} holds {declared} bytes, expected "
                            f"{numel} × {dtype.itemsize}")
+    with self.archive.open(entry) as stored:
+      raw = stored.read(expected + 1)  # never more than the tensor needs, whatever it inflates to
+    if len(raw) != expected:
+      raise TorchFileError(f"{self.where}: storage {entry} holds more or fewer bytes than its "
+                           f"{declared} declared")
     elements = np.frombuffer(raw, dtype)  # read-only, over the bytes: no copy
     return _Storage(key, elements.astype(dtype.newbyteorder("="), copy=False), type_name)
 
@@ -214,6 +220,23 @@ def _archive_prefix(archive: zipfile.ZipFile, where: str) -> str:
   return next(iter(tops)) + "/"
 
 
+MAX_PICKLE_BYTES = 64 << 20  # a state dict's pickle names its tensors; their bytes are elsewhere
+
+
+def _read_capped(archive: zipfile.ZipFile, entry: str, limit: int, where: str) -> bytes:
+  """The bytes of ``entry``, refused when its size in the zip directory or what it inflates to
+  exceeds ``limit`` (nothing beyond ``limit + 1`` bytes is ever read)."""
+  info = archive.getinfo(entry)
+  if info.file_size > limit:
+    raise TorchFileError(f"{where}: {entry} declares {info.file_size} bytes, more than the "
+                         f"{limit} a state dict's pickle can need")
+  with archive.open(info) as stored:
+    data = stored.read(limit + 1)
+  if len(data) > limit:
+    raise TorchFileError(f"{where}: {entry} inflates to more than {limit} bytes")
+  return data
+
+
 def read_state_dict(path) -> Tuple[Dict[str, np.ndarray], dict]:
   """(name → array, info) from a ``torch.save`` zip file of a state dict (see the module doc).
 
@@ -226,7 +249,7 @@ def read_state_dict(path) -> Tuple[Dict[str, np.ndarray], dict]:
   try:
     with zipfile.ZipFile(path) as archive:
       prefix = _archive_prefix(archive, where)
-      data = archive.read(prefix + "data.pkl")
+      data = _read_capped(archive, prefix + "data.pkl", MAX_PICKLE_BYTES, where)
       check_globals(data, where)
       order = prefix + "byteorder"
       big = order in archive.namelist() and archive.read(order).strip() == b"big"

@@ -36,3 +36,14 @@ class OutputDir:
 
 def write_json(path: Path, obj) -> None:
   Path(path).write_text(json.dumps(obj, indent=1, default=lambda o: np.asarray(o).tolist()))
+
+
+def script_json(obj) -> str:
+  """``obj`` as JSON that is safe inside an inline ``<script>``: ``<``, ``>`` and ``&`` (and the
+  line separators U+2028, U+2029) as ``\\u`` escapes, so that no string in it, a token such as
+  ``</script>`` or ``<!--``, can end the script or open markup.  The browser reads the same
+  values."""
+  text = json.dumps(obj, separators=(",", ":"))
+  for char in "<>&\u2028\u2029":
+    text = text.replace(char, f"\\u{ord(char):04x}")
+  return text

@@ -190,6 +190,10 @@ def frequency_band(train_tokens: np.ndarray, vocab_size: int, exclude: Sequence[
 def repeated_sequences(pool: np.ndarray, bos_id: int, length: int, repeats: int, samples: int,
                        seed: int = 0) -> np.ndarray:
   """``samples`` sequences of BOS + ``length`` distinct tokens from ``pool``, repeated."""
+  if not 1 <= length <= len(pool):
+    raise ValueError(f"a random-token probe of {length} distinct tokens needs a sampling pool of "
+                     f"at least that many; this one holds {len(pool)} (the vocabulary is too "
+                     "small)")
   rng = np.random.default_rng(seed)
   blocks = np.stack([rng.choice(pool, size=length, replace=False) for _ in range(samples)])
   bos = np.full((samples, 1), bos_id)
