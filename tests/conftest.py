@@ -1,8 +1,10 @@
-"""Shared fixtures: a private token cache, the `test` presets, and one tiny trained run."""
+"""Shared fixtures: a private token cache, the `test` presets, one tiny trained run, and the
+figures made once on the `test` preset."""
 
 import pytest
 
 from reproduce.config import load_config
+from tests.support.helpers import MECHANISM
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +34,34 @@ def trained_2l(make_config, tmp_path_factory):
   from reproduce.train.loop import train  # pylint: disable=import-outside-toplevel
   workdir = tmp_path_factory.mktemp("trained_2l")
   return train(make_config("attn2l"), workdir, log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def figures(tmp_path_factory, cache_dir):
+  """Runs every figure once on the `test` preset (models trained once, shared)."""
+  from reproduce.figure.runner import figure_names, make_figure  # pylint: disable=import-outside-toplevel
+  from reproduce.figure.sources import ModelSource  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path_factory.mktemp("figures")
+  loaded = {}
+  summaries = {name: make_figure(name,
+                                 ModelSource("test", cache_dir=cache_dir),
+                                 workdir,
+                                 log=lambda *_: None,
+                                 loaded=loaded) for name in figure_names()}
+  return workdir, summaries, loaded
+
+
+@pytest.fixture(scope="session")
+def mechanism_figures(tmp_path_factory, trained_2l):
+  """Each mechanism figure's run() on the session's trained 2L `test` model (no extra training;
+  the figures accept any depth: skip_trigrams and induction_heads read every layer)."""
+  from reproduce.figure.runner import figure_config, figure_module  # pylint: disable=import-outside-toplevel
+  from reproduce.figure.sources import model_from_run  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path_factory.mktemp("mechanism")
+  model = model_from_run("attn2l", trained_2l.workdir, tokens=trained_2l.tokens)
+  claims = {}
+  for name in MECHANISM:
+    (workdir / name).mkdir()
+    claims[name] = figure_module(name).run(figure_config(name, "test"), {"attn2l": model},
+                                           workdir / name)
+  return workdir, claims, model

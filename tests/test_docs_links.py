@@ -7,16 +7,9 @@ from pathlib import Path
 
 import pytest
 
-
-def _root() -> Path:
-  """The repository root: the first folder above this file that holds setup.cfg."""
-  for parent in Path(__file__).resolve().parents:
-    if (parent / "setup.cfg").is_file():
-      return parent
-  raise FileNotFoundError(f"no setup.cfg above {__file__}")
+from tests.support.paths import ROOT
 
 
-ROOT = _root()
 README_MAX_LINES = 180
 DOCUMENTS = sorted([ROOT / "README.md", ROOT / "BUILD.md", *(ROOT / "docs").rglob("*.md")])
 
@@ -79,10 +72,10 @@ def links(path: Path) -> list[tuple[int, str]]:
 
 
 def test_slug_follows_github():
-  assert slug("A plateau after the phase change (issue 20 item 2, 2026-12-03)") == \
-      "a-plateau-after-the-phase-change-issue-20-item-2-2026-12-03"
-  assert slug("Fifth pass: attention's backward (2026-11-25, 10:30–11:40)") == \
-      "fifth-pass-attentions-backward-2026-11-25-10301140"
+  assert slug("A plateau after the phase change (item 2 of 3, 1.5-2.5B tokens)") == \
+      "a-plateau-after-the-phase-change-item-2-of-3-15-25b-tokens"
+  assert slug("Fifth pass: attention's backward (10:30–11:40)") == \
+      "fifth-pass-attentions-backward-10301140"
   assert slug("`icl_in_window`: the total fall") == "icl_in_window-the-total-fall"
   assert slug("Réglages [du modèle](x.md)") == "réglages-du-modèle"
 

@@ -6,13 +6,11 @@ and this test process's backend must keep its own devices."""
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from reproduce.host import auto_cpu_devices, cpu_description, split_cpu
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.paths import ROOT
 
 
 def test_auto_count_is_one_per_core_as_a_power_of_two_up_to_8():

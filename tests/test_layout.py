@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.paths import ROOT
+
 CORE_PUBLIC = ("weights", "model", "kernels", "circuits", "paths", "scores", "tl_format",
                "loading", "torch_zip", "tl_config", "model_folder")
 NOT_IN_CORE = ("orbax", "optax", "matplotlib", "flax", "reproduce.train", "reproduce.figure",

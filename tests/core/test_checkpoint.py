@@ -1,0 +1,127 @@
+"""reproduce.core.checkpoint: corrupt checkpoints are detected, set aside and resumed past;
+non-finite weights and another config's checkpoint are refused; old optimiser layouts restore."""
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import reproduce
+from reproduce.core import checkpoint
+from reproduce.core.weights import init_weights
+from reproduce.train.loop import train
+
+from tests.support.runs import copy_run as _copy_run, run_command as _run, train_command as _cli
+
+
+def _flip_one_byte(step_dir: Path) -> Path:
+  """Flips one bit in the middle of the largest weight data file of a checkpoint."""
+  data = [p for p in (step_dir / "weights").rglob("*") if p.is_file() and p.parent.name == "d"]
+  target = max(data, key=lambda p: p.stat().st_size)
+  raw = bytearray(target.read_bytes())
+  raw[len(raw) // 2] ^= 0x40
+  target.write_bytes(bytes(raw))
+  return target
+
+
+def test_flipped_byte_in_checkpoint_is_detected_moved_aside_and_resumed_past(
+    trained_2l, cache_dir, tmp_path):
+  workdir = _copy_run(trained_2l, tmp_path)
+  _flip_one_byte(workdir / "checkpoints" / "30")
+
+  with pytest.raises(checkpoint.CheckpointError, match="30 is corrupt: weights"):
+    reproduce.load(workdir / "checkpoints" / "30")  # figure --checkpoint=<step dir>
+  messages = []
+  weights, meta = checkpoint.load_checkpoint(workdir, log=messages.append)  # --checkpoint=<run>
+  assert meta["step"] == 20 and any("30 is corrupt" in m for m in messages), messages
+  assert checkpoint.last_sound_step(workdir / "checkpoints") == 20  # what divergence names
+
+  # resume: 30 moved aside, 20 → 30 again, on one device as the fixture trained (another device
+  # count sums the gradient in another order: equal only to float rounding)
+  out = _run(_cli(workdir, cache_dir, "--cpu_devices=1"))
+  assert out.returncode == 0, out.stderr
+  assert "30 is corrupt" in out.stdout and "resuming" in out.stdout and "from step 20" in out.stdout
+  assert out.stderr == "", out.stderr  # no library log noise without --verbose
+  aside = list((workdir / "unreadable-checkpoints").iterdir())
+  assert len(aside) == 1 and aside[0].name.startswith("30-")
+  _, resumed = reproduce.load(workdir)
+  for name, x in trained_2l.weights.to_dict().items():
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(getattr(resumed, name)), err_msg=name)
+
+
+def test_non_finite_weights_are_refused(trained_2l, tmp_path):
+  workdir = _copy_run(trained_2l, tmp_path)
+  step_dir = workdir / "snapshots" / "30"
+  weights, meta = checkpoint.load_checkpoint(step_dir)
+  w = weights.to_dict()
+  w["W_O"] = np.asarray(w["W_O"]).copy()
+  w["W_O"].flat[3] = np.nan
+  shutil.rmtree(step_dir)
+  ckpts = checkpoint.RunCheckpoints(workdir)
+  meta = {k: v for k, v in meta.items() if k not in ("checksums", "format", "weight_shapes")}
+  ckpts.save_snapshot(30, reproduce.Weights.from_dict(w), meta)  # checksums match the NaN
+  ckpts.wait()
+  ckpts.close()
+  with pytest.raises(checkpoint.CheckpointError, match="non-finite values in weight W_O"):
+    reproduce.load(step_dir)
+
+
+def test_an_optimiser_state_saved_before_the_positional_readers_resumes(tmp_path):
+  """Runs trained before ``Weights`` gained W_Q_pos / W_K_pos saved their optimiser state as a
+  dataclass without them: written here by such a class, it restores into today's layout."""
+  cfg = reproduce.ModelConfig(2, 2, 4, 8, 11, 6)
+  weights = init_weights(cfg, jax.random.key(0))
+  old_fields = [f.name for f in dataclasses.fields(reproduce.Weights)
+                if f.name not in ("W_Q_pos", "W_K_pos")]
+  OldWeights = jax.tree_util.register_dataclass(
+      dataclasses.make_dataclass("OldWeights", [(n, object, None) for n in old_fields],
+                                 frozen=True))
+  tx = optax.adamw(1e-3)
+  old_state = tx.init(OldWeights(**{n: getattr(weights, n) for n in old_fields}))
+  old_state = jax.tree.map(lambda x: np.asarray(x) + np.asarray(3, np.asarray(x).dtype),
+                           old_state)  # not the init values
+  ckpts = checkpoint.RunCheckpoints(tmp_path)
+  ckpts.save(7, weights, old_state, {"step": 7})
+  ckpts.wait()
+  step, got_weights, got_state, _ = ckpts.restore_latest(weights, tx.init(weights),
+                                                         log=pytest.fail)
+  ckpts.close()
+  assert step == 7 and not (tmp_path / "unreadable-checkpoints").exists()
+  assert jax.tree.structure(got_state) == jax.tree.structure(tx.init(weights))
+  for want, got in zip(jax.tree.leaves(old_state), jax.tree.leaves(got_state)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  for name, x in weights.to_dict().items():
+    np.testing.assert_array_equal(np.asarray(getattr(got_weights, name)), np.asarray(x))
+
+
+def test_checkpoint_of_another_config_is_a_mismatch_and_nothing_moves(
+    trained_2l, make_config, tmp_path):
+  workdir = _copy_run(trained_2l, tmp_path)
+  (workdir / "config.json").unlink()
+  before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*"))
+  with pytest.raises(checkpoint.CheckpointConfigMismatch,
+                     match=r"config mismatch: checkpoint .*30 .*model.d_head: 8 → 4"):
+    train(make_config(model=dict(d_head=4)), workdir, log=lambda *_: None)
+  after = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*")
+                 if p.name != "lock")
+  assert after == before  # nothing moved, no config.json written, no restart from 0
+
+
+def test_unreadable_newest_checkpoint_falls_back(trained_2l, make_config, tmp_path):
+  workdir = tmp_path / "copy"
+  shutil.copytree(trained_2l.workdir, workdir)
+  newest = workdir / "checkpoints" / "30"
+  for f in newest.rglob("*"):
+    if f.is_file() and f.stat().st_size > 0:
+      f.write_bytes(b"corrupt")
+  messages = []
+  result = train(make_config("attn2l"), workdir, log=messages.append)
+  assert any("checkpoint" in m and "unreadable" in m for m in messages), messages
+  assert any("resuming" in m and "from step 20" in m for m in messages), messages
+  assert result.step == 30
+  assert len(list((workdir / "unreadable-checkpoints").iterdir())) == 1  # kept, not deleted
+  np.testing.assert_array_equal(np.asarray(result.weights.W_Q), np.asarray(trained_2l.weights.W_Q))

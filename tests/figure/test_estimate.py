@@ -1,0 +1,41 @@
+"""reproduce.figure.estimate: the first-run plan lists every seed's models and spots finished
+ones; a forced compute dtype trains into its own run."""
+
+import subprocess
+import sys
+
+
+from reproduce.figure.sources import ModelSource
+
+from tests.support.paths import ROOT
+
+
+def test_first_run_plan_lists_every_seeds_models_and_spots_finished_ones(tmp_path):
+  from reproduce.figure.estimate import first_run_plan  # pylint: disable=import-outside-toplevel
+  from reproduce.figure.runner import figure_config  # pylint: disable=import-outside-toplevel
+  _, finished = ModelSource("test", models_dir=tmp_path, seed=1).run("attn2l")
+  (finished / "checkpoints" / "30").mkdir(parents=True)  # the test preset trains 30 steps
+  models = figure_config("eigen_hist", "test").models
+  plan = first_run_plan(models, 1, ModelSource("test", models_dir=tmp_path), seeds=2).splitlines()
+  assert "2 seeds" in plan[0] and "estimated" in plan[0]
+  assert [line.split(", 0.0M tokens")[0] for line in plan[1:]] == [
+      "  attn1l seed 0: train 30 steps", "  attn2l seed 0: train 30 steps",
+      "  attn1l seed 1: train 30 steps", "  attn2l seed 1: trained, reused"]
+  single = first_run_plan(models, 1, ModelSource("test", models_dir=tmp_path)).splitlines()
+  assert single[1:] and all(line.startswith(("  attn1l: train", "  attn2l: train"))
+                           for line in single[1:])  # seed 0 trains; seed 1 is not it
+
+
+def test_forced_compute_dtype_trains_into_its_own_run_and_the_plan_says_so(tmp_path):
+  from reproduce.figure.estimate import first_run_plan  # pylint: disable=import-outside-toplevel
+  auto_config, auto_run = ModelSource("test", models_dir=tmp_path).run("attn2l")
+  for dtype in ("float32", "bfloat16"):
+    config, run = ModelSource("test", models_dir=tmp_path, compute_dtype=dtype).run("attn2l")
+    assert config.train.compute_dtype == dtype and run != auto_run
+    plan = first_run_plan(["attn2l"], 1, ModelSource("test", models_dir=tmp_path, compute_dtype=dtype)).splitlines()
+    assert f"{dtype} products" in plan[1], plan
+  assert auto_config.train.compute_dtype == "auto"
+  out = subprocess.run([sys.executable, "-m", "reproduce.figure", "--name=bigram",
+                        "--compute_dtype=float32", f"--checkpoint={tmp_path}"], cwd=ROOT,
+                       capture_output=True, text=True)
+  assert out.returncode == 2 and "--compute_dtype" in out.stderr
