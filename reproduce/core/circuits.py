@@ -307,18 +307,23 @@ def pair_score(Ax, Bx, Ay, By, permuted: bool = False) -> jax.Array:
   the reader's Y reads, so the product is X Y (the paper's column-vector Yᵀ Xᵀ, same norm).
   ‖XY‖² = tr((AxᵀAx)(Bx Ay)(By Byᵀ)(Bx Ay)ᵀ): r × r products only, no SVD.  ``permuted``
   gives the erratum's cyclically permuted norm ‖By Ax Bx Ay‖_F instead of ‖Ax Bx Ay By‖_F.
+  A writer or reader that is exactly zero (a head that writes or reads nothing) composes with
+  nothing: its score is 0, not 0/0.
   """
   gram_ax, gram_ay = (jnp.einsum("dr,ds->rs", a, a) for a in (Ax, Ay))  # Aᵀ A
   gram_bx, gram_by = (jnp.einsum("rd,sd->rs", b, b) for b in (Bx, By))  # B Bᵀ
-  norm_x = jnp.sqrt(jnp.einsum("rs,sr->", gram_ax, gram_bx))
-  norm_y = jnp.sqrt(jnp.einsum("rs,sr->", gram_ay, gram_by))
+  norm_x = jnp.sqrt(jnp.maximum(jnp.einsum("rs,sr->", gram_ax, gram_bx), 0.0))
+  norm_y = jnp.sqrt(jnp.maximum(jnp.einsum("rs,sr->", gram_ay, gram_by), 0.0))
   middle = Bx @ Ay
   if permuted:
     product = (By @ Ax) @ middle
     squared = jnp.sum(product * product)
   else:
     squared = jnp.einsum("rt,rt->", gram_ax @ middle, middle @ gram_by)
-  return jnp.sqrt(jnp.maximum(squared, 0.0)) / (norm_x * norm_y)
+  norms = norm_x * norm_y
+  nonzero = norms > 0
+  score = jnp.sqrt(jnp.maximum(squared, 0.0)) / jnp.where(nonzero, norms, 1.0)
+  return jnp.where(nonzero, score, 0.0)
 
 
 def head_composition_score(W_V1, W_O1, W_Q2, W_K2, W_V2, W_O2, kind: str,
