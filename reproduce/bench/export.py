@@ -318,6 +318,7 @@ FIGURE_KERNELS = {  # figure → kernel families it runs on the device (the rest
     "term_importance": ("term_importance",),
     "induction_formation": ("forward_patterns", "icl_losses"),
     "head_ablations": ("forward_patterns", "icl_losses"), "induction_heads": ("forward_patterns",),
+    "simplest_induction_head": (),  # a hand-built model, not one of the preset's
 }
 
 

@@ -206,7 +206,8 @@ def _figure_section(workdir: Path, name: str, summary: dict) -> str:
       f'alt="{html.escape(p.stem)}">' for p in sorted((workdir / name).glob("*.png")))
   tables = "".join(_claims_table(title, [c for c in summary["claims"] if c["kind"] == kind])
                    for kind, title in (("paper", "paper claims"), ("control", "controls")))
-  models = ", ".join(f"{k} (step {v.get('step')})" for k, v in summary["models"].items())
+  models = (", ".join(f"{k} (step {v.get('step')})" for k, v in summary["models"].items())
+            or "built by the figure itself")
   return (f'<section id="{name}"><h2>{name}</h2><p>{html.escape(summary["description"])}</p>'
           f'<p class="models">models: {html.escape(models)}; preset '
           f'{html.escape(summary["preset"])}; {html.escape(tally(summary["claims"]))}</p>'

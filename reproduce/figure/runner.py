@@ -89,7 +89,8 @@ def figure_config(name: str, preset: str):
 
 
 def describe() -> str:
-  return "\n".join(f"{name:22s} {figure_module(name).DESCRIPTION}" for name in figure_names())
+  width = max(map(len, figure_names())) + 1
+  return "\n".join(f"{name:{width}s} {figure_module(name).DESCRIPTION}" for name in figure_names())
 
 
 def make_figure(name: str, source: ModelSource, workdir="figures",
@@ -102,7 +103,7 @@ def make_figure(name: str, source: ModelSource, workdir="figures",
   source = source.in_folder(workdir)
   started = time.time()
   models = source.models(config.models, {} if loaded is None else loaded, log)
-  log(f"figure {name}: analysing {', '.join(models)}")
+  log(f"figure {name}: analysing {', '.join(models) or 'the models it builds itself'}")
   out = OutputDir(workdir / name)
   try:
     claims = module.run(config, models, out.path)

@@ -168,7 +168,10 @@ class ModelSource:
     """{label: Model}: the checkpoint, or each config of ``names`` trained unless already
     finished (the run directory is keyed by the config's hash, so a changed config trains a new
     model, a finished one is reused as is and an interrupted one resumes).  Kept in ``loaded``
-    under ``key``, so the figures of one job share them."""
+    under ``key``, so the figures of one job share them.  A figure that names no model (one
+    that builds its own) gets none, with or without a checkpoint."""
+    if not names:
+      return {}
     if self.checkpoint:
       key = self.key("")
       if key not in loaded:
