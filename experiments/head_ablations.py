@@ -54,9 +54,14 @@ def measure(model, w, probe, length, icl):
           "icl_standard_error": icl["standard_error"]}
 
 
+def share_removed(base: float, ablated: float) -> float:
+  """1 − ablated / base: the share of the unablated ``base`` that an ablation removes (NaN when
+  ``base`` is 0)."""
+  return 1 - ablated / base if base != 0 else float("nan")
+
+
 def removed(base: dict, ablated: dict) -> dict:
-  share = lambda key: 1 - ablated[key] / base[key] if base[key] != 0 else float("nan")
-  return {"repeat_drop": share("repeat_drop"), "icl": share("icl")}
+  return {key: share_removed(base[key], ablated[key]) for key in ("repeat_drop", "icl")}
 
 
 def head_name(lh) -> str:

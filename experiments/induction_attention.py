@@ -18,6 +18,7 @@ copying any earlier token could reach without induction).
 import html
 import re
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from reproduce.core.model import forward, token_losses
 from reproduce.figure.claims import claim
 from reproduce.figure.outputs import script_json, write_json
 from reproduce.figure.plotting import colorbar, head_grid, pyplot, save_figure, show_token
-from reproduce.figure.roles import head_roles
+from reproduce.figure.roles import HeadRoles, head_roles
 from reproduce.figure.sources import require_tokens
 
 DESCRIPTION = "Every head on repeated random tokens and on text (value-weighted), interactive HTML, loss per position"
@@ -81,9 +82,10 @@ def _html(title, views, first_head: int, notes: str):
   return re.sub(r"\{\{([A-Z_]+)\}\}", lambda m: fill[m.group(1)], page)
 
 
-def repeats_and_text(config, model) -> dict:
-  """Patterns (raw and value-weighted), stripe scores (``scores.stripe_score``) and loss per position on BOS + n random
-  tokens repeated, and value-weighted patterns on held-out text."""
+def on_repeats(config, model) -> dict:
+  """Patterns (raw and value-weighted), stripe scores (``scores.stripe_score``) and loss per
+  position on BOS + n random tokens repeated (no text needed: a model without a tokenizer has
+  these too)."""
   pool = model.sampling_pool()  # a small vocabulary's pool may hold fewer than config.length
   n = min(config.length, (model.cfg.n_ctx - 1) // config.repeats, len(pool))
   repeated = scores.repeated_sequences(pool, model.bos_id, n, config.repeats, config.samples)
@@ -91,16 +93,22 @@ def repeats_and_text(config, model) -> dict:
   weighted, scale = per_head_scale(weighted)
   logits, _ = forward(model.cfg, model.weights, repeated)
   losses = np.asarray(token_losses(logits[:, :-1], repeated[:, 1:])).mean(0)  # predicts t+1
-  text = model.heldout_windows(1)[0][:, : min(config.text_tokens, model.cfg.n_ctx)]
-  text_weighted, text_scale = per_head_scale(value_weighted(model, text)[1])
   return {"n": n, "repeats": config.repeats, "repeated": repeated, "weighted": weighted,
-          "losses": losses,
-          "scale": {"repeated": scale, "text": text_scale},
+          "losses": losses, "scale": {"repeated": scale},
           "stripe": np.asarray(scores.stripe_score(raw, n)),
           "first": losses[: n - 1].mean(), "later": losses[n:].mean(),
-          "text": text, "text_weighted": text_weighted,
-          "names": {"repeated": f"BOS + {n} random tokens × {config.repeats}",
-                    "text": "held-out text"}}
+          "names": {"repeated": f"BOS + {n} random tokens × {config.repeats}"}}
+
+
+def repeats_and_text(config, model) -> dict:
+  """``on_repeats``, and value-weighted patterns on held-out text."""
+  m = on_repeats(config, model)
+  text = model.heldout_windows(1)[0][:, : min(config.text_tokens, model.cfg.n_ctx)]
+  text_weighted, text_scale = per_head_scale(value_weighted(model, text)[1])
+  m["scale"]["text"] = text_scale
+  m["names"]["text"] = "held-out text"
+  m.update(text=text, text_weighted=text_weighted)
+  return m
 
 
 def boundaries(m, key: str):
@@ -111,20 +119,26 @@ def boundaries(m, key: str):
   return [(0, "BOS")] + [(1 + r * m["n"], f"copy {r + 1}") for r in range(1, m["repeats"])]
 
 
-def write_page_and_numbers(config, label, model, m, outdir, page_name: str) -> None:
-  """The interactive view of every head on both sequences, and the numbers.  The page opens on
-  the strongest induction head; each head's button shows its previous-token and prefix-matching
-  scores (``head_roles``, the numbers every figure uses) and its stripe score here."""
+def write_page_and_numbers(config, label, model, m, outdir, page_name: str,
+                           roles: Optional[HeadRoles] = None) -> None:
+  """The interactive view of every head on both sequences (the repeats alone when ``m`` has no
+  text), and the numbers.  The page opens on the strongest induction head (or on the head its
+  address names after #, e.g. ``#L1H0``); each head's button shows its previous-token and
+  prefix-matching scores (``head_roles``, the numbers every figure uses; ``roles`` when already
+  measured) and its stripe score here."""
   L, H = model.cfg.n_layers, model.cfg.n_heads
   text_windows = 16
-  roles = head_roles(model, config.min_induction, text_windows=text_windows)
+  if roles is None:
+    roles = head_roles(model, config.min_induction, text_windows=text_windows)
   previous, induction, stripe = roles.previous_token, roles.induction, m["stripe"]
   heads = [f"L{l}H{h} · prev {previous[l, h]:.2f} · ind {induction[l, h]:.2f} · "
            f"stripe {stripe[l, h]:.2f}" for l in range(L) for h in range(H)]
   marked = (induction >= config.min_induction).ravel().tolist()
   views = []
-  for key, toks, pats in (("repeated", m["repeated"][0], m["weighted"][:, 0]),
-                          ("text", m["text"][0], m["text_weighted"][:, 0])):
+  shown = [("repeated", m["repeated"][0], m["weighted"][:, 0])]
+  if "text" in m:
+    shown.append(("text", m["text"][0], m["text_weighted"][:, 0]))
+  for key, toks, pats in shown:
     names = [show_token(t, 14) for t in model.token_strings(toks)]
     bos = int(toks[0]) == model.bos_id
     if bos:

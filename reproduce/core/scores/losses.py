@@ -52,6 +52,15 @@ def icl_positions(n_ctx: int):
   return max(0, round(50 * n_ctx / 512) - 1), round(500 * n_ctx / 512) - 1
 
 
+def spread_positions(T: int, n: int) -> np.ndarray:
+  """``n`` evenly spaced positions of a window of T tokens, 0 and T − 1 included (fewer when
+  they round together; none for n = 0): where ``in_context_learning_score`` samples the
+  held-out loss."""
+  if n <= 0:
+    return np.zeros(0, int)
+  return np.unique(np.linspace(0, T - 1, n).round().astype(int))
+
+
 def position_losses(cfg: ModelConfig, w: Weights, inputs, targets, positions,
                     chunk: Optional[int] = None):
   """Per-window loss at the given positions only, [B, len(positions)]
@@ -72,8 +81,7 @@ def in_context_learning_score(config, w: Weights, inputs, targets, loss_position
   cfg = ModelConfig.from_any(config)
   T = inputs.shape[1]
   early, late = icl_positions(T)
-  spread = np.unique(np.linspace(0, T - 1, loss_positions).round().astype(int)) \
-      if loss_positions > 0 else np.zeros(0, int)
+  spread = spread_positions(T, loss_positions)
   positions = tuple(int(i) for i in np.union1d([early, late], spread))
   losses = np.asarray(position_losses(cfg, w, jnp.asarray(inputs), jnp.asarray(targets),
                                       positions))
