@@ -93,11 +93,12 @@ PAPERS = ("“A Mathematical Framework for Transformer Circuits” (Elhage et al
 
 def training_record(run) -> dict:
   """What a training run's ``metrics.jsonl`` says at its end: the last training loss, held-out
-  loss and wall time (seconds); empty when ``run`` is not one of our work directories."""
+  loss, wall time (seconds) and the products' dtype (runs before it was recorded have none);
+  empty when ``run`` is not one of our work directories."""
   record = {}
   for r in read_metrics(Path(run) / "metrics.jsonl", log=lambda line: None) if run else []:
     for key, name in (("loss", "final_loss"), ("heldout_loss", "heldout_loss"),
-                      ("elapsed_s", "seconds")):
+                      ("elapsed_s", "seconds"), ("compute_dtype", "compute_dtype")):
       if key in r:
         record[name] = r[key]
   return record
@@ -170,10 +171,14 @@ def _models_section(summaries) -> str:
                 f"<td>{heads}</td><td>{a.get('d_model')}</td>"
                 f"<td>{tokens}</td><td>{number('final_loss', '{:.3f}')}</td>"
                 f"<td>{number('heldout_loss', '{:.3f}')}</td>"
-                f"<td>{number('seconds', '{:.0f} s')}</td></tr>")
-  return ("<section id='models'><h2>Models</h2><table><tr><th>model</th><th>layers</th><th>heads"
-          "</th><th>d_model</th><th>tokens trained</th><th>final training loss</th><th>held-out "
-          "loss</th><th>training time</th></tr>" + "".join(rows) + "</table></section>")
+                f"<td>{number('seconds', '{:.0f} s')}</td>"
+                f"<td>{html.escape(t.get('compute_dtype', '—'))}</td></tr>")
+  return ("<section id='models'><h2>Models</h2><p>Trained weights depend on the products' dtype "
+          "(bfloat16 on accelerators and CPUs with AMX, float32 elsewhere, unless forced): claims "
+          "that differ between the two are listed in docs/RECIPE.md.</p><table><tr><th>model</th>"
+          "<th>layers</th><th>heads</th><th>d_model</th><th>tokens trained</th><th>final training "
+          "loss</th><th>held-out loss</th><th>training time</th><th>products</th></tr>"
+          + "".join(rows) + "</table></section>")
 
 
 def _file_links(folder: Path, name: str) -> str:

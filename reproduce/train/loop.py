@@ -40,7 +40,7 @@ from reproduce.data import batches
 from reproduce.data.corpus import corpus_from_config
 from reproduce.data.store import TokenizedCorpus, format_seconds, prepare_tokens
 from reproduce.host import CPU_DEVICES_HELP, split_cpu
-from reproduce.train.plan import micro_batches
+from reproduce.train.plan import micro_batches, plan_step
 from reproduce.train.step import (TrainState, compile_train_step, data_mesh, initial_weights,
                                   learning_rate_schedule, make_optimizer, put_batch,
                                   training_devices)
@@ -206,7 +206,8 @@ class _Run:
     eta = (t.steps - done) * self.tokens_per_step / rate if rate else float("nan")
     record = {"step": done, "tokens": done * self.tokens_per_step, "loss": loss,
               "grad_norm": float(out["grad_norm"]), "lr": float(self.schedule(done - 1)),
-              "tokens_per_s": round(rate, 1), "elapsed_s": round(now - self.began, 1)}
+              "tokens_per_s": round(rate, 1), "elapsed_s": round(now - self.began, 1),
+              "compute_dtype": self.compute_dtype}
     self.metrics.write(record)
     self.log(f"step {done:>6}/{t.steps} | loss {loss:.4f} | lr {record['lr']:.2e} | "
              f"{rate / 1e3:.1f}k tok/s | elapsed {format_seconds(now - self.began)} | "
@@ -237,7 +238,9 @@ class _Run:
   def run(self, tx, state):
     """Steps ``start`` … ``train.steps`` − 1; returns the final state."""
     t, cfg, mesh = self.t, self.cfg, self.mesh
-    step_fn = compile_train_step(self.config, tx, mesh, log=self.log)
+    plan = plan_step(self.config, mesh.size, mesh.devices.flat[0].platform)
+    self.compute_dtype = plan.compute_dtype  # recorded with the losses: weights depend on it
+    step_fn = compile_train_step(self.config, tx, mesh, plan, log=self.log)
     if self.start == 0 and 0 in self.snapshots:
       self.ckpts.save_snapshot(0, state.weights, self.meta(0))
       self.evaluate(0, state.weights)
