@@ -1,10 +1,18 @@
-"""The command lines' errors (reproduce.cli, reproduce.config's flags): one line on stderr naming
-the problem, exit status 2, nothing written."""
+"""reproduce.cli and the command lines' errors (with reproduce.config's flags): one line on stderr
+naming the problem, exit status 2, nothing written; library logs quiet unless --verbose."""
 
 import concurrent.futures
+import logging
 import subprocess
 import sys
+import warnings
 
+import pytest
+from absl import logging as absl_logging
+
+from reproduce.cli import USER_ERRORS, quiet_libraries, usage_error
+from reproduce.core.checkpoint import CheckpointError
+from reproduce.train.workdir import WorkdirLocked
 from tests.support.paths import ROOT
 from tests.support.runs import copy_run as _copy_run, run_command as _run, train_command as _cli
 
@@ -48,3 +56,27 @@ def test_misspelled_config_field_is_named(tmp_path, cache_dir):
   assert out.returncode == 2, out.stderr
   assert out.stderr == ("error: --config.train.lrr: the config has no field 'train.lrr'. "
                         'Did you mean "lr"?\n')
+
+
+def test_usage_error_is_one_line_on_stderr_and_exit_status_2(capsys):
+  with pytest.raises(SystemExit) as e:
+    usage_error("--seeds needs a preset, not --checkpoint")
+  assert e.value.code == 2
+  out = capsys.readouterr()
+  assert out.err == "error: --seeds needs a preset, not --checkpoint\n" and out.out == ""
+  assert issubclass(CheckpointError, USER_ERRORS) and issubclass(WorkdirLocked, USER_ERRORS)
+
+
+def test_library_logs_are_quiet_unless_verbose():
+  before, absl_level = absl_logging.get_verbosity(), logging.getLogger("absl").level
+  try:
+    with warnings.catch_warnings():  # restores the warning filters afterwards
+      quiet_libraries(verbose=False)
+      assert warnings.filters[0][0] == "ignore" and warnings.filters[0][2] is Warning
+    assert absl_logging.get_verbosity() == absl_logging.FATAL
+    assert logging.getLogger("absl").level == logging.CRITICAL
+    quiet_libraries(verbose=True)
+    assert absl_logging.get_verbosity() == absl_logging.INFO
+  finally:
+    absl_logging.set_verbosity(before)
+    logging.getLogger("absl").setLevel(absl_level)

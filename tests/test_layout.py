@@ -1,5 +1,7 @@
 """The package's shape: the analysis core imports none of the runner or its heavy libraries, no
-module imports itself back through another, and function-local imports stay rare."""
+module imports itself back through another, function-local imports stay rare, and the tests mirror
+the package (every module has tests/<package>/test_<module>.py with a test in the default suite,
+every figure runs end to end there)."""
 
 import ast
 import subprocess
@@ -102,3 +104,62 @@ def test_readme_layout_names_every_module():
              and not any(part in ("configs", "experiments") for part in p.relative_to(ROOT).parts)
              and p.name not in layout]
   assert not missing, f"README's Layout does not mention {missing}"
+
+
+# Modules of reproduce/ whose tests are not in their mirrored file, each with the reason; every
+# other module needs tests/<package>/test_<module>.py with at least one test outside the slow set.
+# (__init__.py and __main__.py are left out: the package's lazy names and clone folders are
+# tested in tests/test_package.py, the commands in tests/<package>/test_main.py.)
+UNMIRRORED = {}
+
+
+def _mirror(path: Path) -> Path:
+  """reproduce/core/scores/patterns.py → tests/core/scores/test_patterns.py."""
+  rel = path.relative_to(ROOT / "reproduce")
+  return ROOT / "tests" / rel.parent / f"test_{rel.stem}.py"
+
+
+def _is_slow(node) -> bool:
+  return any("slow" in ast.unparse(d) for d in getattr(node, "decorator_list", []))
+
+
+def _fast_tests(test_file: Path) -> list:
+  """The test functions of ``test_file`` that the default suite runs (not marked slow, in a module
+  not marked slow as a whole)."""
+  tree = ast.parse(test_file.read_text())
+  if any(isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "pytestmark" for t in n.targets)
+         and "slow" in ast.unparse(n.value) for n in tree.body):
+    return []
+  return [n.name for n in tree.body if isinstance(n, ast.FunctionDef)
+          and n.name.startswith("test_") and not _is_slow(n)]
+
+
+def test_every_module_has_a_mirrored_test_file_with_a_fast_test():
+  missing, slow_only = [], []
+  for path in sorted((ROOT / "reproduce").rglob("*.py")):
+    rel = path.relative_to(ROOT).as_posix()
+    if path.name in ("__init__.py", "__main__.py") or rel in UNMIRRORED:
+      continue
+    test = _mirror(path)
+    if not test.is_file():
+      missing.append(f"{rel} (no {test.relative_to(ROOT).as_posix()})")
+    elif not _fast_tests(test):
+      slow_only.append(f"{rel} ({test.relative_to(ROOT).as_posix()} has only slow tests)")
+  assert not missing and not slow_only, "\n".join(missing + slow_only)
+  assert all((ROOT / p).is_file() for p in UNMIRRORED), "an exception names no module"
+
+
+def test_every_figure_runs_end_to_end_in_the_default_suite():
+  """tests/figure/test_runner.py runs every figure module (``figure_names()``, each module of
+  experiments/) on the `test` preset, outside the slow set."""
+  tree = ast.parse((ROOT / "tests" / "figure" / "test_runner.py").read_text())
+  test = next(n for n in tree.body if isinstance(n, ast.FunctionDef)
+              and n.name == "test_figure_writes_picture_numbers_and_claims")
+  assert not _is_slow(test)
+  assert any("parametrize('name', FIGURES)" in ast.unparse(d) for d in test.decorator_list)
+  assert any(isinstance(n, ast.Assign) and ast.unparse(n) == "FIGURES = figure_names()"
+             for n in tree.body)
+  modules = {p.stem for p in (ROOT / "experiments").glob("*.py") if not p.stem.startswith("_")}
+  from reproduce.figure.runner import figure_names  # pylint: disable=import-outside-toplevel
+  assert set(figure_names()) == {m for m in modules
+                                 if "def run(" in (ROOT / "experiments" / f"{m}.py").read_text()}

@@ -1,7 +1,10 @@
-"""reproduce.core.checkpoint: corrupt checkpoints are detected, set aside and resumed past;
-non-finite weights and another config's checkpoint are refused; old optimiser layouts restore."""
+"""reproduce.core.checkpoint: checkpoints and snapshots read back bit for bit with the sha256 of
+every array recorded; corrupt checkpoints are detected, set aside and resumed past (in process and
+through the training command); non-finite weights and another config's checkpoint are refused;
+old optimiser layouts restore; snapshot steps are log-spaced."""
 
 import dataclasses
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -125,3 +128,101 @@ def test_unreadable_newest_checkpoint_falls_back(trained_2l, make_config, tmp_pa
   assert result.step == 30
   assert len(list((workdir / "unreadable-checkpoints").iterdir())) == 1  # kept, not deleted
   np.testing.assert_array_equal(np.asarray(result.weights.W_Q), np.asarray(trained_2l.weights.W_Q))
+
+
+def _sha256(a) -> str:
+  """The recorded checksum, written out: sha256 of the dtype string, the shape and the bytes."""
+  a = np.ascontiguousarray(np.asarray(a))
+  return hashlib.sha256(f"{a.dtype.str}{a.shape}".encode() + a.tobytes()).hexdigest()
+
+
+def _small_weights(seed):
+  rng = np.random.default_rng(seed)
+  shapes = {"W_E": (11, 8), "W_pos": (6, 8), "W_Q": (2, 2, 8, 4), "W_K": (2, 2, 8, 4),
+            "W_V": (2, 2, 8, 4), "W_O": (2, 2, 4, 8), "W_U": (8, 11)}
+  return reproduce.Weights.from_dict({k: rng.normal(size=s).astype(np.float32)
+                                      for k, s in shapes.items()})
+
+
+def test_checkpoints_read_back_bit_for_bit_and_record_sha256_of_every_array(tmp_path):
+  """A resumable checkpoint and a snapshot of step 7: weights and optimiser state restore exactly,
+  the meta records each array's sha256 as written out here, and a step directory reads alone."""
+  weights = _small_weights(0)
+  opt_state = {"mu": np.arange(6, dtype=np.float32).reshape(2, 3), "count": np.array(7, np.int32)}
+  ckpts = checkpoint.RunCheckpoints(tmp_path)
+  ckpts.save(7, weights, opt_state, {"step": 7, "tokens_seen": 700})
+  ckpts.save_snapshot(7, weights, {"step": 7})
+  ckpts.wait()
+  step, got_weights, got_state, meta = ckpts.restore_latest(weights, opt_state, log=pytest.fail)
+  ckpts.close()
+  assert step == 7 and meta["tokens_seen"] == 700 and meta["format"] == checkpoint.FORMAT
+  for name, a in weights.to_dict().items():
+    np.testing.assert_array_equal(np.asarray(getattr(got_weights, name)), a)
+    assert meta["checksums"]["weights"][f"['{name}']"] == _sha256(a), name
+  np.testing.assert_array_equal(got_state["mu"], opt_state["mu"])
+  assert meta["checksums"]["opt_state"]["['mu']"] == _sha256(opt_state["mu"])
+  assert meta["weight_shapes"]["W_Q"] == [2, 2, 8, 4]
+  for step_dir in (tmp_path / "checkpoints" / "7", tmp_path / "snapshots" / "7"):
+    read, read_meta = checkpoint.load_checkpoint(step_dir)
+    assert read_meta["step"] == 7, step_dir
+    for name, a in weights.to_dict().items():
+      np.testing.assert_array_equal(np.asarray(getattr(read, name)), a)
+  assert checkpoint.checkpoint_steps(tmp_path / "checkpoints") == [7]
+
+
+def test_a_corrupted_checkpoint_is_named_set_aside_and_the_previous_one_restored(tmp_path):
+  """Step 2's weight files replaced by those of another save (readable arrays that no longer
+  match the checksums step 2 recorded): reading that step alone names it corrupt, reading the run
+  falls back to step 1, and restoring moves step 2 to unreadable-checkpoints/ (kept, not
+  deleted) and returns step 1 exactly."""
+  first, second = _small_weights(1), _small_weights(2)
+  state = {"mu": np.zeros(3, np.float32)}
+  other = checkpoint.RunCheckpoints(tmp_path / "other")
+  other.save(2, _small_weights(3), state, {"step": 2})
+  other.wait()
+  other.close()
+  ckpts = checkpoint.RunCheckpoints(tmp_path / "run", keep=3)
+  ckpts.save(1, first, state, {"step": 1})
+  ckpts.save(2, second, state, {"step": 2})
+  ckpts.wait()
+  run = tmp_path / "run"
+  shutil.rmtree(run / "checkpoints" / "2" / "weights")
+  shutil.copytree(tmp_path / "other" / "checkpoints" / "2" / "weights",
+                  run / "checkpoints" / "2" / "weights")
+  with pytest.raises(checkpoint.CheckpointError, match=r"2 is corrupt: weights \['W_E'\]"):
+    checkpoint.load_checkpoint(run / "checkpoints" / "2")
+  messages = []
+  _, meta = checkpoint.load_checkpoint(run, log=messages.append)
+  assert meta["step"] == 1 and any("2 is corrupt" in m for m in messages), messages
+  assert checkpoint.last_sound_step(run / "checkpoints") == 1
+  messages.clear()
+  step, weights, _, _ = ckpts.restore_latest(first, state, log=messages.append)
+  ckpts.close()
+  assert step == 1 and any("moved it to" in m and "2 is corrupt" in m for m in messages)
+  for name, a in first.to_dict().items():
+    np.testing.assert_array_equal(np.asarray(getattr(weights, name)), a)
+  assert [p.name.split("-")[0] for p in (run / "unreadable-checkpoints").iterdir()] == ["2"]
+  assert checkpoint.checkpoint_steps(run / "checkpoints") == [1]
+
+
+def test_snapshot_steps_are_log_spaced_from_zero_to_the_last_step():
+  """Step 0, then n − 1 steps from 1 to the last at a constant ratio (rounded to whole steps,
+  so the first few may merge)."""
+  for total, n in ((30, 6), (20000, 64), (1000, 3)):
+    steps = [int(s) for s in checkpoint.snapshot_steps(total, n)]
+    assert steps[0] == 0 and steps[1] == 1 and steps[-1] == total, steps
+    assert steps == sorted(set(steps)) and len(steps) <= n, steps
+    ratio = total ** (1 / (n - 2))
+    later = [s for s in steps if s >= 20]  # far enough from 1 that rounding barely moves them
+    np.testing.assert_allclose(np.diff(np.log(later)), np.log(ratio), atol=0.05)
+  assert len(checkpoint.snapshot_steps(30, 6)) == 6 and len(checkpoint.snapshot_steps(20000, 64)) > 50
+  assert checkpoint.snapshot_steps(5, 10) == [0, 1, 2, 3, 4, 5]  # duplicates merged
+  assert checkpoint.snapshot_steps(100, 0) == []
+
+
+def test_checkpoint_steps_lists_only_finished_step_folders(tmp_path):
+  for name in ("3", "10", "7.orbax-checkpoint-tmp-12", "tmp"):
+    (tmp_path / name).mkdir()
+  (tmp_path / "5").write_text("a file, not a step folder")
+  assert checkpoint.checkpoint_steps(tmp_path) == [3, 10]
+  assert checkpoint.checkpoint_steps(tmp_path / "absent") == []

@@ -260,3 +260,74 @@ def test_low_rank_update_losses_equal_each_updates_full_logits(budget):
   for k in range(4):  # the update's logits written out in full, one at a time
     logits = np.asarray(x) @ np.asarray(W_U) + np.asarray(b_U) + np.asarray(z[k]) @ np.asarray(M[k])
     np.testing.assert_allclose(got[k], token_losses(logits, targets), rtol=1e-5, atol=1e-5)
+
+
+def _numpy_causal_softmax(q, k, positions):
+  """softmax(q kᵀ/√E) row by row in float64 NumPy, the query at ``positions[i]`` seeing keys
+  0 … positions[i] (q [B, H, Q, E], k [B, H, S, E] → [B, H, Q, S])."""
+  q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
+  B, H, Q, E = q.shape
+  out = np.zeros((B, H, Q, k.shape[2]))
+  for b in range(B):
+    for h in range(H):
+      for i, t in enumerate(positions):
+        s = np.array([q[b, h, i] @ k[b, h, j] / np.sqrt(E) for j in range(t + 1)])
+        e = np.exp(s - s.max())
+        out[b, h, i, :t + 1] = e / e.sum()
+  return out
+
+
+def test_attention_patterns_are_the_dense_causal_softmax():
+  """``attention_pattern`` (queries 0 … T − 1), ``attention_pattern_at`` with an offset and with
+  explicit rows: each row is the masked softmax of its query, computed in NumPy one row at a
+  time; masked entries are exactly 0."""
+  rng = np.random.default_rng(7)
+  q, k = (jnp.asarray(2 * rng.normal(size=(2, 3, 9, 4)), jnp.float32) for _ in range(2))
+  got = np.asarray(kernels.attention_pattern(q, k))
+  np.testing.assert_allclose(got, _numpy_causal_softmax(q, k, range(9)), rtol=1e-5, atol=1e-7)
+  assert np.all(got[..., np.triu(np.ones((9, 9), bool), 1)] == 0)
+  block = np.asarray(kernels.attention_pattern_at(q[:, :, 3:6], k, 3))
+  np.testing.assert_allclose(block, _numpy_causal_softmax(q[:, :, 3:6], k, [3, 4, 5]),
+                             rtol=1e-5, atol=1e-7)
+  rows = np.array([8, 0, 5])
+  picked = np.asarray(kernels.attention_pattern_at(q[:, :, rows], k, rows=jnp.asarray(rows)))
+  np.testing.assert_allclose(picked, _numpy_causal_softmax(q[:, :, rows], k, rows), rtol=1e-5,
+                             atol=1e-7)
+
+
+def test_chunked_cross_entropy_and_its_gradient_equal_numpy_log_softmax():
+  """``unembed_cross_entropy`` in one chunk and, with a budget of 5 rows (which does not divide
+  24), in 6 chunks of 4: losses −log softmax(x W_U)[t] and gradients
+  dx = (p − onehot) W_Uᵀ, dW_U = xᵀ (p − onehot), all from float64 NumPy."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(4, 6, 8)), jnp.float32)
+  W_U = jnp.asarray(rng.normal(size=(8, 19)), jnp.float32)
+  t = jnp.asarray(rng.integers(0, 19, (4, 6)))
+  x64, W64 = np.asarray(x, np.float64).reshape(24, 8), np.asarray(W_U, np.float64)
+  tt = np.asarray(t).reshape(24)
+  logits = x64 @ W64
+  log_p = logits - logits.max(-1, keepdims=True)
+  log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+  want = -log_p[np.arange(24), tt]
+  d = (np.exp(log_p) - np.eye(19)[tt]) / 24  # d mean loss / d logits
+  for block in (1 << 20, 5 * 19):  # one chunk; 5 rows a chunk → 4 (divides 24): 6 chunks
+    losses, vjp = jax.vjp(lambda x, W, block=block: kernels.unembed_cross_entropy(
+        x, W, t, block), x, W_U)
+    assert losses.shape == (4, 6)
+    np.testing.assert_allclose(np.asarray(losses).reshape(24), want, rtol=1e-5, atol=1e-6)
+    dx, dW = vjp(jnp.full((4, 6), 1 / 24, jnp.float32))
+    np.testing.assert_allclose(np.asarray(dx).reshape(24, 8), d @ W64.T, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(dW), x64.T @ d, rtol=1e-4, atol=1e-6)
+
+
+def test_row_losses_and_divisors_against_plain_loops():
+  rng = np.random.default_rng(4)
+  logits = rng.normal(size=(5, 11)) * 10
+  t = rng.integers(0, 11, 5)
+  want = [np.log(np.exp(row - row.max()).sum()) + row.max() - row[j] for row, j in zip(logits, t)]
+  np.testing.assert_allclose(kernels.row_losses(jnp.asarray(logits, jnp.float32), jnp.asarray(t)),
+                             want, rtol=1e-5)
+  for n in (1, 7, 12, 24, 64):
+    for limit in (1, 5, 12, 100):
+      expect = max(c for c in range(1, n + 1) if n % c == 0 and c <= max(1, limit))
+      assert kernels.largest_divisor_at_most(n, limit) == expect, (n, limit)

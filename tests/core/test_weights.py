@@ -1,9 +1,17 @@
-"""reproduce.core.weights: folding layer norm for analysis keeps the function, biases as weights
-give the same logits."""
+"""reproduce.core.weights: folding layer norm and value biases for analysis keeps the function
+(against running the unfolded model), biases as weights give the same logits, initial weights and
+sinusoidal positions against their formulas, and the shape checks."""
 
+import dataclasses
+
+import jax
 import numpy as np
+import pytest
 
 from reproduce.core import circuits
+from reproduce.core.model import ModelConfig, forward
+from reproduce.core.weights import (Weights, biases_as_weights, check_weights, fold_for_analysis,
+                                    init_weights, sinusoidal_positions)
 
 from tests.support.helpers import (dense_head_circuits as _dense, nonzero_eigs as _nonzero_eigs,
                                    random_model, same_multiset as _same_multiset)
@@ -65,3 +73,86 @@ def test_folding_our_layer_norm_model_keeps_its_function():
     for l in range(2):
       expected = centre @ np.diag(np.asarray(w.ln_gain[l])) @ np.asarray(w.W_V[l, 1])
       np.testing.assert_allclose(w_f.W_V[l, 1], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_init_weights_lays_out_every_matrix_at_its_scale():
+  """Shapes as ``check_weights`` wants them, each matrix's sample std at its configured std
+  (W_Q, W_K at qk_init_std), unit norm gains; sinusoidal positions are the fixed table times
+  pos_scale; an unknown pos_init is refused naming the field."""
+  cfg = ModelConfig(2, 3, 8, 24, 200, 16, norm="ln")
+  small = ModelConfig(1, 2, 4, 8, 10, 6)
+  # One compilation, not one per eager sampler call; the "rbg" generator compiles several times
+  # faster than the default threefry on CPU (the draws' distribution is the same).
+  w, fixed = jax.jit(lambda key: (
+      init_weights(cfg, key, init_std=0.05, qk_init_std=0.2),
+      init_weights(small, key, pos_init="sinusoidal", pos_scale=0.5)))(jax.random.key(1, impl="rbg"))
+  check_weights(cfg, w)
+  for name, std in (("W_E", 0.05), ("W_pos", 0.05), ("W_V", 0.05), ("W_O", 0.05), ("W_U", 0.05),
+                    ("W_Q", 0.2), ("W_K", 0.2)):
+    a = np.asarray(getattr(w, name), np.float64)
+    assert abs(a.mean()) < 0.2 * std and abs(a.std() / std - 1) < 0.1, (name, a.std())
+  np.testing.assert_array_equal(w.ln_gain, np.ones((2, 24)))
+  np.testing.assert_array_equal(w.ln_final, np.ones(24))
+  assert not w.has_biases and w.ln_bias is None
+  np.testing.assert_array_equal(fixed.W_pos, 0.5 * sinusoidal_positions(6, 8))
+  assert fixed.ln_gain is None
+  with pytest.raises(ValueError, match="model.pos_init"):
+    init_weights(cfg, jax.random.key(0, impl="rbg"), pos_init="rotary")
+
+
+@pytest.mark.parametrize("d_model", [8, 7])
+def test_sinusoidal_positions_follow_the_formula(d_model):
+  """Entry (p, 2i) is sin(p / 10000^(2i/d)), entry (p, 2i + 1) is cos(p / 10000^(2i/d))."""
+  table = sinusoidal_positions(5, d_model)
+  assert table.shape == (5, d_model) and table.dtype == np.float32
+  for p in range(5):
+    for j in range(d_model):
+      angle = p / 10000 ** (2 * (j // 2) / d_model)
+      assert table[p, j] == pytest.approx(np.sin(angle) if j % 2 == 0 else np.cos(angle),
+                                          abs=1e-6)
+
+
+def test_weights_round_trip_through_a_dict_and_name_a_wrong_shape():
+  cfg, w = random_model(n_layers=2, norm="ln")
+  d = w.to_dict()
+  assert "b_Q" not in d and "W_Q_pos" not in d and "ln_gain" in d  # absent parts are left out
+  again = Weights.from_dict(d)
+  assert again.b_Q is None and again.W_Q_pos is None
+  for name, a in d.items():
+    assert getattr(again, name) is a
+  assert w.replace(b_U=np.zeros(23, np.float32)).has_biases and not w.has_biases
+  assert w.has_norm_parameters and (w.n_layers, w.n_heads, w.d_model, w.d_head, w.d_vocab) == (
+      2, 3, 12, 4, 23)
+  with pytest.raises(ValueError, match=r"weight W_O has shape \(2, 3, 5, 12\), expected \(2, 3, 4, 12\)"):
+    check_weights(cfg, w.replace(W_O=np.zeros((2, 3, 5, 12), np.float32)))
+  with pytest.raises(ValueError, match="weight ln_gain has shape None"):
+    check_weights(cfg, w.replace(ln_gain=None))
+  plain = dataclasses.replace(cfg, norm="none")
+  with pytest.raises(ValueError, match="ln_bias is present but model.norm is 'none'"):
+    check_weights(plain, w.replace(ln_gain=None, ln_final=None, ln_bias=np.zeros((2, 12))))
+  with pytest.raises(ValueError, match=r"weight b_O has shape \(12,\), expected \(2, 12\)"):
+    check_weights(cfg, w.replace(b_O=np.zeros(12, np.float32)))
+
+
+def test_folding_the_value_biases_of_a_model_without_norm_keeps_its_log_probabilities():
+  """No norm, standard positions: b_V moves into b_O (patterns sum to 1) and W_U, b_U are centred
+  over the vocabulary; log-probabilities and patterns are unchanged."""
+  cfg, w = random_model(n_layers=2, pos="standard", seed=6)
+  rng = np.random.default_rng(6)
+  r = lambda *shape: np.asarray(0.5 * rng.normal(size=shape), np.float32)
+  w = w.replace(b_V=r(2, 3, 4), b_O=r(2, 12), b_U=r(23), b_Q=r(2, 3, 4))
+  cfg_f, w_f = fold_for_analysis(cfg, w)
+  assert cfg_f == cfg and w_f.b_V is None
+  np.testing.assert_allclose(np.asarray(w_f.W_U).mean(-1), 0, atol=1e-6)
+  b_O = np.asarray(w.b_O, np.float64) + np.einsum("lhe,lhed->ld", np.asarray(w.b_V, np.float64),
+                                                  np.asarray(w.W_O, np.float64))
+  np.testing.assert_allclose(w_f.b_O, b_O, rtol=1e-5, atol=1e-6)
+  tokens = rng.integers(0, cfg.d_vocab, (2, cfg.n_ctx))
+  (logits, ex), (f_logits, f_ex) = (forward(c, x, tokens, return_patterns=True)
+                                    for c, x in ((cfg, w), (cfg_f, w_f)))
+  log_softmax = lambda a: np.asarray(a, np.float64) - np.log(np.exp(np.asarray(
+      a, np.float64)).sum(-1, keepdims=True))
+  np.testing.assert_allclose(log_softmax(f_logits), log_softmax(logits), atol=1e-4)
+  np.testing.assert_allclose(f_ex["patterns"], ex["patterns"], atol=1e-6)
+  with pytest.raises(ValueError, match="biases_as_weights needs a model without layer norm"):
+    biases_as_weights(dataclasses.replace(cfg, norm="ln"), w)
