@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from reproduce.atlas.measure import Measured, measure
+from reproduce.atlas.measure import Measured, measure_model
 from reproduce.atlas.pages import TEMPLATE, head_table, index_page, model_facts, write_model_pages
 from reproduce.atlas.records import head_records, model_record
 from reproduce.config import project_module
@@ -48,7 +48,7 @@ class Atlas:
     elif isinstance(models, dict):
       models = list(models.values())
     self.config = config if config is not None else default_config()
-    self.measured: List[Measured] = [measure(m, self.config, log) for m in models]
+    self.measured: List[Measured] = [measure_model(m, self.config, log) for m in models]
     self.records: List[dict] = [model_record(m) for m in self.measured]
 
   def to_json(self) -> str:

@@ -404,7 +404,7 @@ def trajectory(model: Model, config, log) -> Optional[dict]:
           "previous_token": np.stack(prev), "prefix_matching": np.stack(prefix)}
 
 
-def measure(model: Model, config, log: Callable[[str], None] = print) -> Measured:
+def measure_model(model: Model, config, log: Callable[[str], None] = print) -> Measured:
   """Everything the atlas shows of ``model`` (module docstring), with progress lines."""
   if model.cfg.n_layers == 0:
     raise FigureError(f"{model.label}: the atlas needs a model with attention layers")

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from reproduce.atlas.measure import (NO_TOKENIZER, Measured, measure, positional_terms,
+from reproduce.atlas.measure import (NO_TOKENIZER, Measured, measure_model, positional_terms,
                                      separable_qk)
 from reproduce.config import project_module
 from reproduce.core import circuits
@@ -433,4 +433,4 @@ def head_records(model, config=None, log=lambda line: None) -> dict:
   the cpu preset's)."""
   if config is None:
     config = project_module("configs", "atlas").get_config("cpu")
-  return model_record(measure(model, config, log))
+  return model_record(measure_model(model, config, log))
