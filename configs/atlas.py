@@ -57,19 +57,22 @@ def get_config(preset: str = "cpu"):
   c.text_windows = 16
   # attention on BOS from first occurrences in held-out text: induction_heads' windows.
   c.bos_text_windows = _figure("induction_heads", preset).text_windows
-  # ICL score: head_ablations' windows (scores.ICL_WINDOWS, 512; 8 on the test preset) at its
-  # positions (scores.icl_positions); held-out loss at this many evenly spaced positions of
-  # each window, as induction_formation measures it (scores.in_context_learning_score).
+  # ICL score and held-out loss, of the model and with each head zero-ablated, from one shared
+  # pass (scores.ablated_position_losses, the pass scores.ablations_icl makes for
+  # head_ablations) on head_ablations' ICL windows (scores.ICL_WINDOWS, 512; 8 on the test
+  # preset) at its positions (scores.icl_positions); the held-out loss at loss_positions evenly
+  # spaced positions (induction_formation's count) from 0 to the ICL score's late position, so
+  # that the pass never runs past it.
   c.icl_windows = _figure("head_ablations", preset).icl_windows
   c.loss_positions = _figure("induction_formation", preset).loss_positions
-  # Zero-ablation of every head (scores.ablated_position_losses: one shared pass for the ICL
-  # score and the held-out loss of every ablation): on the ICL windows when the pass's work
-  # (atlas/plan.py counts it) fits this budget, else on the largest power-of-two share of them
-  # that fits, never fewer than ablation_min_windows (the plan and the page say how many).
-  # 10 TFLOP is about a minute at this project's 2-core float32 rates; the cpu and test
-  # presets' models need a hundredth of it, so they ablate on all their ICL windows, exactly
-  # as head_ablations does.
-  c.ablation_budget_tflop = 10.0
+  # The pass runs on all the ICL windows when its work (atlas/plan.py counts it) fits this
+  # budget, else on the largest half, quarter, … of them that fits, never fewer than
+  # ablation_min_windows (the plan, the page and atlas.json say how many).  It runs twice
+  # (trained, random init); these passes reach ~50 GFLOP/s on 2 cores (bench figures'
+  # head_ablations), so 3 TFLOP is about a minute each: the public shapes then take 32 to 64
+  # windows, the cpu and test presets' models all of theirs (a hundredth of the budget), exactly
+  # as head_ablations measures them.
+  c.ablation_budget_tflop = 3.0
   c.ablation_min_windows = 32
   # Positional role and QK split on text: the first positional_tokens tokens of this many
   # held-out windows (a causal pattern's first T rows do not depend on what follows them).

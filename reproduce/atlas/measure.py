@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reproduce.atlas.plan import ablation_windows
+from reproduce.atlas.plan import ablation_windows, scored_positions
 from reproduce.config import project_module
 from reproduce.core import circuits, scores
 from reproduce.core.model import forward, norm_scale
@@ -149,26 +149,25 @@ def positional_distance(model: Model, patterns) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class AblationPlan:
-  """Where the shared ablation pass measures: ``windows`` of the ICL windows (all of them when
-  the pass fits the budget), at the ICL score's two positions and the held-out loss's
-  evenly spaced ones."""
+  """Where the shared ablation pass measures: the first ``windows`` of the ``icl_windows`` ICL
+  windows (all of them when the pass fits the budget, ``plan.ablation_windows``), at the ICL
+  score's two positions and the held-out loss's evenly spaced ones (``plan.scored_positions``)."""
 
   windows: int
   icl_windows: int
   early: int
   late: int
   spread: tuple
+  positions: tuple
   note: str
-
-  @property
-  def positions(self) -> tuple:
-    return tuple(int(p) for p in np.union1d([self.early, self.late], self.spread))
 
 
 def ablations(model: Model, plan: AblationPlan, inputs, targets) -> dict:
-  """The ICL score and held-out loss of the model and of each single head zero-ablated, from
-  one shared pass (``scores.ablated_position_losses``, group 0 the model itself), on the first
-  ``plan.windows`` of the ICL windows; and the model's ICL score on all of them."""
+  """The ICL score and held-out loss of the model (group 0) and of each single head
+  zero-ablated, from one shared pass (``scores.ablated_position_losses``, the pass
+  ``scores.ablations_icl`` makes for head_ablations) on the first ``plan.windows`` ICL windows:
+  the ICL score by ``scores.icl_of_losses``, the loss as the mean over windows and the spread
+  positions (as ``scores.in_context_learning_score`` averages it)."""
   cfg = model.cfg
   L, H = cfg.n_layers, cfg.n_heads
   groups = [[]] + [[(l, h)] for l in range(L) for h in range(H)]
@@ -179,11 +178,9 @@ def ablations(model: Model, plan: AblationPlan, inputs, targets) -> dict:
   icl = [scores.icl_of_losses(at(g, plan.early), at(g, plan.late), plan.early, plan.late)
          for g in range(len(groups))]
   loss = np.array([np.mean([at(g, p).mean() for p in plan.spread]) for g in range(len(groups))])
-  model_icl = icl[0] if plan.windows == plan.icl_windows else scores.in_context_learning_score(
-      cfg, model.weights, inputs, targets)
   return {"icl": np.array([i["score"] for i in icl[1:]]).reshape(L, H),
           "loss": loss[1:].reshape(L, H), "base_icl": icl[0], "base_loss": float(loss[0]),
-          "model_icl": model_icl}
+          "model_icl": icl[0]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -366,18 +363,16 @@ class Measured:
 
 
 def ablation_plan(cfg, config) -> AblationPlan:
-  """Where the ablation pass measures: ``plan.ablation_windows`` of the ICL windows (all of
-  them when the pass fits ``config.ablation_budget_tflop``), at the ICL positions and the
-  held-out loss's ``config.loss_positions`` evenly spaced ones."""
-  T = cfg.n_ctx
-  early, late = scores.icl_positions(T)
-  spread = tuple(int(p) for p in scores.spread_positions(T, config.loss_positions))
+  """Where the shared ablation pass measures (``AblationPlan``), with a note saying so."""
+  early, late, spread, positions = scored_positions(cfg, config)
   windows = ablation_windows(cfg, config)
-  note = (f"every head zero-ablated on {windows} held-out windows of {T} tokens"
+  note = (f"the model and every head zero-ablated on {windows} held-out windows of {cfg.n_ctx} "
+          f"tokens, ICL score at positions {early} and {late}, held-out loss at "
+          f"{len(spread)} evenly spaced positions 0…{late}"
           + ("" if windows == config.icl_windows else
              f" (the first {windows} of the {config.icl_windows} ICL windows: all of them would "
              f"exceed the {config.ablation_budget_tflop:g} TFLOP budget)"))
-  return AblationPlan(windows, config.icl_windows, early, late, spread, note)
+  return AblationPlan(windows, config.icl_windows, early, late, spread, positions, note)
 
 
 def trajectory(model: Model, config, log) -> Optional[dict]:

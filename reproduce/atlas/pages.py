@@ -282,10 +282,12 @@ def _score_rows(h: dict, scores_info: dict) -> str:
   rows = []
   for k, n in h["scores"].items():
     value, base = shown(n, k, 3)
-    if n["value"] is None:
-      value += f" <small>{e(n.get('undefined', ''))}</small>"
+    what = e(scores_info[k]["what"])
+    for side, key in (("value", "undefined"), ("random init", "baseline_undefined")):
+      if key in n and (side == "value" or n.get("undefined") != n[key]):
+        what += f"<br><i>{side} undefined: {e(n[key])}</i>"
     rows.append(f"<tr><td class='l'>{e(scores_info[k]['short'])}</td><td>{value}</td>"
-                f"<td>{base}</td><td class='l note'>{e(scores_info[k]['what'])}</td></tr>")
+                f"<td>{base}</td><td class='l note'>{what}</td></tr>")
   return ("<table class='kv'><tr><th class='l'>measure</th><th>value</th><th>random init</th>"
           "<th class='l'>what it is</th></tr>" + "".join(rows) + "</table>")
 

@@ -81,13 +81,8 @@ def work(cfg, config, has_text: bool, snapshots: int = 0, pool: int = 0) -> Dict
     parts["positional"] = (4 * forward_flops(cfg, n, T)
                            + cfg.n_layers * cfg.n_heads * 2 * T * T * cfg.d_head)
   if has_text:
-    early, late = scores.icl_positions(cfg.n_ctx)
-    positions = np.union1d([early, late], scores.spread_positions(cfg.n_ctx,
-                                                                  config.loss_positions))
-    windows = ablation_windows(cfg, config)
-    parts["ablations"] = ablation_flops(cfg, windows, positions)
-    if windows < config.icl_windows:
-      parts["ablations"] += forward_flops(cfg, config.icl_windows, late + 1, 2)
+    parts["ablations"] = ablation_flops(cfg, ablation_windows(cfg, config),
+                                        scored_positions(cfg, config)[-1])
   parts = {k: 2 * v for k, v in parts.items()}  # trained and random init
   n = min(config.table_tokens, cfg.d_vocab)
   parts["token tables"] = (cfg.n_layers * cfg.n_heads * (8 * n * cfg.d_model * cfg.d_head
@@ -97,11 +92,22 @@ def work(cfg, config, has_text: bool, snapshots: int = 0, pool: int = 0) -> Dict
   return parts
 
 
-def ablation_windows(cfg, config) -> int:
-  """How many ICL windows the shared ablation pass fits in the budget (``measure.ablation_plan``
-  makes the same choice)."""
+def scored_positions(cfg, config):
+  """(early, late, spread, all): the ICL score's two positions (``scores.icl_positions``), the
+  held-out loss's ``config.loss_positions`` evenly spaced ones from 0 to ``late``
+  (``scores.spread_positions``; the whole window up to n_ctx 512, the first 500 tokens of a
+  longer one, so that the shared pass never runs past ``late``), and their union."""
   early, late = scores.icl_positions(cfg.n_ctx)
-  positions = np.union1d([early, late], scores.spread_positions(cfg.n_ctx, config.loss_positions))
+  spread = tuple(int(p) for p in scores.spread_positions(late + 1, config.loss_positions))
+  return early, late, spread, tuple(int(p) for p in np.union1d([early, late], spread))
+
+
+def ablation_windows(cfg, config) -> int:
+  """How many of the ICL windows the shared ablation pass (which also measures the model's own
+  ICL score and held-out loss) runs on: all ``config.icl_windows`` when its counted work fits
+  ``config.ablation_budget_tflop``, else the largest half, quarter, … that fits, at least
+  ``config.ablation_min_windows``."""
+  positions = scored_positions(cfg, config)[-1]
   windows = config.icl_windows
   while (windows > config.ablation_min_windows
          and ablation_flops(cfg, windows, positions) > config.ablation_budget_tflop * 1e12):

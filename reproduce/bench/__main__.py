@@ -9,6 +9,7 @@
     python -m reproduce.bench export --config=configs/attn2l.py:paper --platform=cuda [--devices=8]
     python -m reproduce.bench export --figures=paper --platform=tpu   # every figure's kernels
     python -m reproduce.bench figures --shape=attn-only-2l   # every figure: wall time, peak RSS
+    python -m reproduce.bench atlas --shape=attn-only-2l     # the atlas: wall time, peak RSS, work
 
 ``train`` measures the machine's matmul peak (a 4096³ product) in the step's compute dtype and
 in float32 in the same run, and reports model FLOP utilisation against both.  ``compare`` times
@@ -17,8 +18,8 @@ follow the usual convention: 6·N (N = matmul parameters: W_U and the per-head W
 W_O; the embedding gather is free) plus 12·L·H·d_head·n_ctx for the attention scores and mixing
 (the full square, masked half included).
 
-``compare``, ``prepare``, ``figures`` and ``export`` live in the modules of those names beside
-this one; a new subcommand is one more entry in ``COMMANDS``.
+``compare``, ``prepare``, ``figures``, ``atlas`` and ``export`` live in the modules of those
+names beside this one; a new subcommand is one more entry in ``COMMANDS``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import numpy as np
 from absl import app, flags
 
 from reproduce.bench import export
+from reproduce.bench.atlas import bench_atlas
 from reproduce.bench.compare import compare_with_transformerlens
 from reproduce.bench.figures import SHAPES as FIGURE_SHAPES, bench_figures
 from reproduce.bench.prepare import bench_prepare
@@ -280,6 +282,7 @@ COMMANDS: Dict[str, Callable[[flags.FlagValues], dict]] = {
     "prepare": lambda opts: bench_prepare(),
     "export": _export,
     "figures": lambda opts: bench_figures(opts.shape or "attn-only-2l", opts.only),
+    "atlas": lambda opts: bench_atlas(opts.shape or "attn-only-2l"),
 }
 
 
@@ -299,8 +302,8 @@ def main(argv):
 def run_cli():
   define_config_flag()
   flags.DEFINE_enum("shape", None, ["anchor", *FIGURE_SHAPES],
-                    "train: anchor, the TransformerLens comparison shape; figures: a public "
-                    "model's shape (default attn-only-2l)")
+                    "train: anchor, the TransformerLens comparison shape; figures, atlas: a "
+                    "public model's shape (default attn-only-2l)")
   flags.DEFINE_list("only", None, "figures: only these figures (comma-separated)")
   flags.DEFINE_float("seconds", 15.0, "how long to time the train step")
   flags.DEFINE_string("tl-python", None, "compare: Python interpreter with torch and "

@@ -1,7 +1,6 @@
-"""reproduce.atlas end to end on a small model: the command on a checkpoint with a hostile
-vocabulary (token strings stay text on every page), the records (strict JSON, every head a role,
-every null with its reason), the pages' links, the QK split against the circuits, and the work
-count that sizes the ablation pass (the library form without a tokenizer: test_known_models)."""
+"""``python -m reproduce.atlas`` end to end on a small checkpoint with a hostile vocabulary: its
+plan and progress lines, the files it writes and their links, token strings that stay text on
+every page, strict JSON with every null explained; a flag without its partner refused."""
 
 import json
 import re
@@ -9,20 +8,13 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 import reproduce
-from reproduce.atlas import default_config, measure, plan
-from reproduce.bench.figures import SHAPES
-from reproduce.core import circuits
-from reproduce.core.model import ModelConfig, forward
+from reproduce.core.model import ModelConfig
 from reproduce.core.weights import init_weights
-from reproduce.figure.sources import Model
 
-from tests.support.helpers import random_model
 from tests.support.paths import ROOT
 
 HOSTILE = ["</script><b>X", "<img/src=x/onerror=alert(1)>", "<!--", "\"quoted'", "a&amp;b",
@@ -127,55 +119,6 @@ def test_atlas_json_is_strict_with_every_null_explained(made):
                for o in s["outputs"])
   # the layer-0 heads have no K-composition QK term, and say why
   assert "layer 0" in record["heads"][0]["scores"]["kcomp_qk_positivity"]["undefined"]
-
-
-def test_qk_split_of_layer_0_is_the_circuits_terms():
-  """Layer 0's content, cross and position–position terms, read off the stream, are the full
-  QK circuit, ``circuits.token_position_qk`` and ``circuits.positional_qk``: the shares from
-  those (computed here with loops) equal ``measure.qk_term_shares``'s."""
-  cfg, w = random_model(n_layers=1, n_heads=2, d_head=4, d_model=12, d_vocab=23, n_ctx=10,
-                        pos="shortformer", std=0.6)
-  model = Model("m", cfg, w, meta={})
-  tokens = np.random.default_rng(0).integers(0, 23, (3, 10))
-  _, ex = forward(cfg, w, tokens, return_head_outputs=True)
-  shares = measure.qk_term_shares(model, jnp.asarray(tokens), ex["head_outputs"])
-  qk = circuits.qk_circuit(w)
-  token_pos, pos_token = circuits.token_position_qk(w)
-  positional = np.asarray(circuits.positional_qk(w), np.float64)
-  root = np.sqrt(cfg.d_head)
-  for h in range(cfg.n_heads):
-    sums = {"content": 0.0, "cross": 0.0, "position": 0.0}
-    total_sq = 0.0
-    for t in tokens:
-      terms = {"content": np.asarray(qk.left[0, h][t] @ qk.right[0, h][:, t]) / root,
-               "cross": (np.asarray(token_pos.left[0, h][t] @ token_pos.right[0, h][:, :10])
-                         + np.asarray(pos_token.left[0, h][:10] @ pos_token.right[0, h][:, t]))
-               / root,
-               "position": positional[0, h, :10, :10]}
-      for i in range(1, 10):
-        row = {k: v[i, : i + 1] - v[i, : i + 1].mean() for k, v in terms.items()}
-        total = sum(row.values())
-        total_sq += float(total @ total)
-        for k in sums:
-          sums[k] += float(row[k] @ total)
-    for k in sums:
-      assert shares[k][0, h] == pytest.approx(sums[k] / total_sq, abs=2e-4), (h, k)
-    assert sum(shares[k][0, h] for k in sums) == pytest.approx(1.0, abs=1e-4)
-
-
-def test_the_ablation_pass_is_sized_from_its_counted_work():
-  cpu, paper = default_config("cpu"), default_config("cpu")
-  small = ModelConfig.from_any(reproduce.config.load_config("attn2l:cpu"))
-  assert plan.ablation_windows(small, cpu) == cpu.icl_windows == 512  # as head_ablations
-  big = ModelConfig(**SHAPES["paper"])
-  windows = plan.ablation_windows(big, paper)
-  assert paper.ablation_min_windows <= windows < paper.icl_windows
-  positions = measure.ablation_plan(big, paper).positions
-  assert plan.ablation_flops(big, windows, positions) <= paper.ablation_budget_tflop * 1e12
-  assert plan.ablation_flops(big, 2 * windows, positions) > paper.ablation_budget_tflop * 1e12
-  assert measure.ablation_plan(big, paper).windows == windows
-  parts = plan.work(big, paper, has_text=True)
-  assert max(parts, key=parts.get) == "ablations" and all(v > 0 for v in parts.values())
 
 
 def test_tl_config_without_a_checkpoint_is_a_usage_error():
