@@ -243,6 +243,7 @@ def checks(m: Measured, values, roles, found, init_max) -> Dict[tuple, list]:
   what was compared."""
   c, L, H = m.config, m.model.cfg.n_layers, m.model.cfg.n_heads
   has = lambda l, h, role: any(r["role"] == role for r in roles[(l, h)])
+  shown = lambda x, spec=".2f": "undefined" if finite(x) is None else format(float(x), spec)
   out = {}
   for l in range(L):
     for h in range(H):
@@ -256,7 +257,8 @@ def checks(m: Measured, values, roles, found, init_max) -> Dict[tuple, list]:
                      "an inactive head" if inactive else "layer 0 reads no earlier head"))
       else:
         corner = ov >= c.corner and kq >= c.corner
-        where = f"OV {ov:+.2f}, K-comp QK {kq:+.2f}; prefix matching {prefix:.2f}"
+        where = (f"OV {shown(ov, '+.2f')}, K-comp QK {shown(kq, '+.2f')}; prefix matching "
+                 f"{shown(prefix)}")
         if corner and prefix < c.role_threshold:
           rows.append(("induction_weights_vs_behaviour", "disagrees",
                        f"in the induction corner ({where} < {c.role_threshold:g}): the weights say "
@@ -276,8 +278,9 @@ def checks(m: Measured, values, roles, found, init_max) -> Dict[tuple, list]:
         prev = values["previous_token"][l1, h1]
         rows.append(("induction_reads_previous_token",
                      "agrees" if prev >= c.role_threshold else "disagrees",
-                     f"strongest K-composition from {k_in['partner']} ({k_in['value']:+.3f} over "
-                     f"the baseline), whose previous-token score is {prev:.2f}"))
+                     f"strongest K-composition from {k_in['partner']} "
+                     f"({shown(k_in['value'], '+.3f')} over the baseline), whose previous-token "
+                     f"score is {shown(prev)}"))
       # 3. a previous-token head is read by a later head through K
       if not has(l, h, "previous_token"):
         rows.append(("previous_token_is_read", "n/a", "not a previous-token head"))
@@ -288,8 +291,9 @@ def checks(m: Measured, values, roles, found, init_max) -> Dict[tuple, list]:
         bar = init_max["k"]
         read = k_out["value"] is not None and bar is not None and k_out["value"] > bar
         rows.append(("previous_token_is_read", "agrees" if read else "disagrees",
-                     f"strongest K-composition reader {k_out['partner']}: {k_out['value']:+.3f} "
-                     f"over the baseline (random-init pairs reach {bar:+.3f})"))
+                     f"strongest K-composition reader {k_out['partner']}: "
+                     f"{shown(k_out['value'], '+.3f')} over the baseline (random-init pairs reach "
+                     f"{shown(bar, '+.3f')})"))
       out[(l, h)] = [{"id": i, "status": s, "detail": d} for i, s, d in rows]
   return out
 

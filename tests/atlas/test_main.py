@@ -83,6 +83,7 @@ def test_hostile_tokens_stay_text_on_every_page(made):
     page = page_file.read_text(encoding="utf-8")
     assert "<b>X" not in page and "<img/src" not in page, page_file
     assert "\u2028" not in page and "<!--" not in page, page_file
+    assert not re.search(r"\bnan\b", page, flags=re.I), page_file  # null, said "undefined"
     scripts = re.findall(r"<script>(.*?)</script>", page, flags=re.S | re.I)
     assert page.lower().count("</script") == len(scripts), page_file  # no early closer
     assert "http" not in "".join(scripts), page_file  # nothing fetched
