@@ -55,7 +55,9 @@ def main(argv):
     if not source.checkpoint and any(
         not (run / "checkpoints" / str(c.train.steps)).is_dir()
         for c, run in map(source.run, config.models)):
-      print(first_run_plan(config.models, 0, source))  # models to train first
+      estimate = first_run_plan(config.models, 0, source).split("\n")
+      print(f"training first, into {source.models_dir} (as reproduce.figure would):\n"
+            + "\n".join(estimate[1:]))
     models = source.models(config.models, {}, print)
     print(plan_text(list(models.values()), config, matmul_peak_flops(2048, 3)))
     atlas = Atlas(models, config, log=print)
