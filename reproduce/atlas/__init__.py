@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List
 
 from reproduce.atlas.measure import Measured, measure_model
 from reproduce.atlas.pages import TEMPLATE, head_table, index_page, model_facts, write_model_pages

@@ -45,7 +45,8 @@ induction_heads = project_module("experiments", "induction_heads")
 ov_qk_scatter = project_module("experiments", "ov_qk_scatter")
 skip_trigrams = project_module("experiments", "skip_trigrams")
 
-NO_TOKENIZER = "no tokenizer: held-out text cannot be read (put the model's tokenizer.json beside it)"
+NO_TOKENIZER = ("no tokenizer: held-out text cannot be read (put the model's tokenizer.json "
+                "beside it)")
 
 
 def positional_terms(model: Model) -> Optional[str]:

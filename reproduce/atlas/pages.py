@@ -26,17 +26,18 @@ induction_attention = project_module("experiments", "induction_attention")
 TEMPLATE = Path(__file__).with_name("page.html")
 
 SORT_SCRIPT = """<script>
-document.querySelectorAll("table.heads").forEach(t => t.querySelectorAll("thead th").forEach((th, i) => {
-  th.title = "sort by this column"; th.onclick = () => {
-    const body = t.tBodies[0], rows = [...body.rows], up = th.dataset.dir !== "down";
-    th.dataset.dir = up ? "down" : "up";
-    const key = r => { const v = r.cells[i].dataset.v; const n = parseFloat(v);
-      return v === undefined || v === "" ? null : isNaN(n) ? v : n; };
-    rows.sort((a, b) => { const x = key(a), y = key(b);
-      if (x === null || y === null) return (x === null) - (y === null);
-      const c = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
-      return up ? -c : c; });
-    rows.forEach(r => body.appendChild(r)); }; }));
+document.querySelectorAll("table.heads").forEach(t => t.querySelectorAll("thead th")
+    .forEach((th, i) => { th.onclick = () => {  // click: largest first, again: smallest first
+  const body = t.tBodies[0], rows = [...body.rows], down = th.dataset.dir !== "down";
+  th.dataset.dir = down ? "down" : "up";
+  const key = r => { const v = r.cells[i].dataset.v, n = parseFloat(v);
+    return v === undefined || v === "" ? null : isNaN(n) ? v : n; };  // no value: last
+  rows.sort((a, b) => { const x = key(a), y = key(b);
+    if (x === null || y === null) return (x === null) - (y === null);
+    const c = typeof x === "number" && typeof y === "number" ? x - y
+      : String(x).localeCompare(String(y));
+    return down ? -c : c; });
+  rows.forEach(r => body.appendChild(r)); }; }));
 </script>"""
 
 # Each check's name on a head's page, and its warning in the index where it disagrees

@@ -312,15 +312,15 @@ def _tables(m: Measured, l: int, h: int) -> dict:
   count = lambda i: None if tc is None else int(tc[int(i)])
   skip, ov = t["skip"], t["ov"]
   n_dest, k = skip["source"].shape[-2:]
+  def outputs(r, i):
+    return [{"out": word(o), "gain": finite(g),
+             "count": None if counts is None else int(counts[l, h, r, i, j])}
+            for j, (o, g) in enumerate(zip(skip["out"][l, h, r, i], skip["out_gain"][l, h, r, i]))]
+
   trigrams = [{"dest": word(skip["dest"][l, h, r]), "dest_count": count(skip["dest"][l, h, r]),
                "sources": [{"source": word(skip["source"][l, h, r, i]),
                             "gain": finite(skip["source_gain"][l, h, r, i]),
-                            "outputs": [{"out": word(o), "gain": finite(g),
-                                         "count": None if counts is None
-                                         else int(counts[l, h, r, i, j])}
-                                        for j, (o, g) in enumerate(zip(skip["out"][l, h, r, i],
-                                                                       skip["out_gain"][l, h, r, i]))]}
-                           for i in range(k)]}
+                            "outputs": outputs(r, i)} for i in range(k)]}
               for r in range(n_dest)]
   mappings = [{"source": word(s), "source_count": count(s),
                "outputs": [{"out": word(o), "gain": finite(g), "copies": bool(o == s)}

@@ -103,6 +103,7 @@ def test_atlas_names_the_induction_and_previous_token_heads_the_figures_name(atl
   assert with_role("induction") == sorted(ih["induction_heads"])
   ab = json.loads((workdir / "head_ablations" / "head_ablations_attn2l.json").read_text())
   prev = np.asarray(ab["previous_token_scores"])
-  assert with_role("previous_token") == sorted(f"L{l}H{h}" for l, h in zip(*np.nonzero(prev >= 0.3)))
+  named = sorted(f"L{l}H{h}" for l, h in zip(*np.nonzero(prev >= 0.3)))
+  assert with_role("previous_token") == named
   for h in r["heads"]:
     assert h["roles"], h["name"]  # every head has a role or is "unlabelled"
