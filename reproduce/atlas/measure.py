@@ -101,7 +101,8 @@ def qk_term_shares(model: Model, tokens, head_outputs) -> Dict[str, np.ndarray]:
   q kᵀ = (q_c + q_p)(k_c + k_p)ᵀ: content q_c k_cᵀ (tokens and what earlier heads wrote),
   position–position q_p k_pᵀ (``circuits.positional_qk`` in layer 0) and the two cross terms.
   share(term) = Σ term·total / Σ total² over the row-centred entries, so the shares sum to 1
-  (a term can take a negative share when it cancels the others).  Needs ``separable_qk``."""
+  (a term can take a negative share when it cancels the others); NaN where the scores do not
+  vary (a zero QK).  Needs ``separable_qk``."""
   cfg, w = model.cfg, model.weights
   T = tokens.shape[1]
   pos = jnp.asarray(w.W_pos[:T])
@@ -126,8 +127,10 @@ def qk_term_shares(model: Model, tokens, head_outputs) -> Dict[str, np.ndarray]:
                for k, v in terms.items()}
     total = sum(centred.values())
     variance = (total * total).sum(axis=(0, 2, 3))
+    varies = np.asarray(variance) > 1e-12 * causal.sum() * x.shape[0]  # a zero QK: undefined
     for k, v in centred.items():
-      out[k][l] = np.asarray((v * total).sum(axis=(0, 2, 3)) / jnp.maximum(variance, 1e-30))
+      share = np.asarray((v * total).sum(axis=(0, 2, 3)) / jnp.maximum(variance, 1e-30))
+      out[k][l] = np.where(varies, share, np.nan)
   return out
 
 

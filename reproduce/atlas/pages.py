@@ -105,13 +105,20 @@ def number_cell(n: dict, key: str, digits: int = 2) -> str:
   return f"<td data-v='{sort}'>{value}<span class='b'>{base}</span></td>"
 
 
+def role_number(x, digits: int = 2) -> str:
+  """A role's value or threshold: fixed decimals, small ones (the inactive role's 1e-06) in
+  exponent form."""
+  return f"{x:.2g}" if x is not None and 0 < abs(x) < 10 ** -digits else fmt(x, digits)
+
+
 def role_tags(roles, criteria: bool = True) -> str:
   out = []
   for r in roles:
     tag = f"<span class='role r-{e(r['role'])}' title='{e(r['criterion'])}'>{e(r['role'])}</span>"
     if criteria and r["value"] is not None:
       cmp = "≤" if r["role"] in ("inactive", "positional") else "≥"
-      tag += f"<span class='crit'>{fmt(r['value'], 2)} {cmp} {fmt(r['threshold'], 2)}</span>"
+      tag += (f"<span class='crit'>{role_number(r['value'])} {cmp} "
+              f"{role_number(r['threshold'])}</span>")
     out.append(tag)
   return "<br>".join(out)
 
@@ -394,7 +401,8 @@ def head_page(record: dict, index: int) -> str:
          f"index</a><a href='attention.html#{name}'>attention patterns of {name}</a>"
          f"<a href='{e(next_head)}.html'>{e(next_head)} →</a></nav>")
   roles = "".join(f"<li>{role_tags([r], criteria=False)} {e(r['criterion'])}"
-                  + (f": <b>{fmt(r['value'], 3)}</b> (threshold {fmt(r['threshold'], 3)})"
+                  + (f": <b>{role_number(r['value'], 3)}</b> (threshold "
+                     f"{role_number(r['threshold'], 3)})"
                      if r["value"] is not None else "") + "</li>" for r in h["roles"])
   checks = "".join(
       f"<div class='check-{'na' if c['status'] == 'n/a' else c['status']}'><b>"

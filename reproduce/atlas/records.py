@@ -154,7 +154,7 @@ def _undefined(m: Measured, key: str, l: int, h: int, which: str) -> str:
   if key == "positional_tv":
     return positional_terms(model) or "not measured"
   if key.startswith("qk_") and key.endswith("_share"):
-    return separable_qk(model) or "the row's scores do not vary"
+    return separable_qk(model) or "its attention scores do not vary within a row (a zero QK)"
   if key == "ablation_icl_removed" and ablated is not None:
     base = ablated["base_icl"]
     return (f"the unablated ICL score {base['score']:+.3f} is within 2 standard errors "
