@@ -17,6 +17,7 @@ from tests.support.paths import ROOT
 from tests.support.runs import copy_run as _copy_run, run_command as _run, train_command as _cli
 
 
+@pytest.mark.slow  # eight command starts; the same errors in process: tests/test_config.py
 def test_cli_errors_are_one_line_naming_the_problem(trained_2l, cache_dir, tmp_path):
   a_file = tmp_path / "a_file"
   a_file.write_text("not a directory")

@@ -45,6 +45,7 @@ def test_a_count_is_set_before_jax_starts():
   assert lines[-2:] == ["3", "3"] and "3 JAX CPU devices" in lines[0]
 
 
+@pytest.mark.slow  # two interpreters
 def test_a_count_the_user_set_is_left_alone():
   lines = _run(SPLIT.format("auto"), JAX_NUM_CPU_DEVICES="3")
   assert lines[-2:] == ["None", "3"] and "$JAX_NUM_CPU_DEVICES" in lines[0]
@@ -52,11 +53,13 @@ def test_a_count_the_user_set_is_left_alone():
   assert lines[-2:] == ["None", "5"]
 
 
+@pytest.mark.slow
 def test_a_running_backend_keeps_its_devices():
   lines = _run("import jax\njax.devices()\n" + SPLIT.format("4").split("\n", 1)[1])
   assert lines[-2:] == ["None", "1"] and "already started" in lines[0]
 
 
+@pytest.mark.slow  # a command start; the parse in process: test_bad_request_is_refused
 def test_cli_refuses_a_bad_count_in_one_line():
   out = subprocess.run([sys.executable, "-m", "reproduce.figure", "--list", "--cpu_devices=0"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -27,6 +27,7 @@ def test_clone_works_from_another_directory(tmp_path):
   assert out.returncode == 0 and "OK" in out.stdout, out.stderr
 
 
+@pytest.mark.slow  # copies the package and starts an interpreter
 def test_a_second_clone_on_the_path_uses_its_own_configs_and_experiments(tmp_path):
   """A second checkout (a git worktree, say) put on PYTHONPATH imports its own configs/ and
   experiments/, not those of the clone the editable install was made from."""

@@ -31,6 +31,7 @@ def _flip_one_byte(step_dir: Path) -> Path:
   return target
 
 
+@pytest.mark.slow  # the training command resumes; in process: test_a_corrupted_checkpoint_...
 def test_flipped_byte_in_checkpoint_is_detected_moved_aside_and_resumed_past(
     trained_2l, cache_dir, tmp_path):
   workdir = _copy_run(trained_2l, tmp_path)

@@ -62,7 +62,8 @@ def test_fused_attention_loss_and_grads_equal_explicit(attention):
                                  rtol=1e-4, atol=1e-6, err_msg=name)
 
 
-@pytest.mark.parametrize("block", [1, 3, 5, 12])
+@pytest.mark.parametrize("block", [pytest.param(1, marks=pytest.mark.slow),  # 12 blocks
+                                   pytest.param(3, marks=pytest.mark.slow), 5, 12])
 def test_blocked_attention_equals_full_pattern(block):
   """Query blocks (12 = one block; 5 does not divide 12, so 4 is used) against the full masked
   pattern of the paper's formula, values and all three gradients (autodiff of the full form)."""
@@ -99,7 +100,8 @@ def test_bfloat16_blocked_attention_gradients_match_float32(block):
     assert 0 < error < 0.02, (name, error)  # > 0: it really ran in bf16
 
 
-@pytest.mark.parametrize("attention", ["explicit", "blocked", "xla"])
+@pytest.mark.parametrize("attention", [pytest.param("explicit", marks=pytest.mark.slow), "blocked",
+                                       pytest.param("xla", marks=pytest.mark.slow)])
 def test_bfloat16_loss_matches_float32(attention):
   cfg, w = random_model(n_layers=2, n_heads=3, d_head=8, d_model=16, d_vocab=37, n_ctx=12,
                         std=0.3)
@@ -116,6 +118,7 @@ def test_bfloat16_loss_matches_float32(attention):
   assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > BF16_GRAD_COSINE
 
 
+@pytest.mark.slow  # against NumPy in the default suite: test_bfloat16_cross_entropy_backward_...
 def test_bfloat16_cross_entropy_gradient_matches_autodiff():
   """The chunked loss's hand-written backward in bf16 equals autodiff of the plain bf16 loss."""
   rng = np.random.default_rng(0)
@@ -138,6 +141,7 @@ def test_bfloat16_cross_entropy_gradient_matches_autodiff():
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0.02, atol=2e-3)
 
 
+@pytest.mark.slow  # three compilations of the model's gradient; the chunked loss alone: test_chunked_cross_entropy_...
 def test_training_loss_matches_plain_cross_entropy():
   cfg, w = random_model(d_vocab=37)
   tokens = np.random.default_rng(4).integers(0, cfg.d_vocab, (4, cfg.n_ctx))

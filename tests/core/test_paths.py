@@ -8,8 +8,8 @@ from reproduce.core import kernels, paths
 from reproduce.core.model import forward, token_losses
 from reproduce.core.paths import path_expansion, sum_of_paths, term_importance
 
-from tests.support.helpers import (chunk_test_model as _model, random_model, with_biases as
-                                   _with_biases)
+from tests.support.helpers import (chunk_test_model as _model, random_model,
+                                   with_biases as _with_biases)
 
 
 @pytest.mark.parametrize("n_layers, pos, norm, biases", [
@@ -81,7 +81,8 @@ def test_path_terms_match_a_hand_computation():
 
 
 @pytest.mark.parametrize("n_layers, norm, pos", [
-    (2, "none", "standard"), (3, "ln", "standard"), (2, "ln", "shortformer"),
+    (2, "none", "standard"), pytest.param(3, "ln", "standard", marks=pytest.mark.slow),
+    pytest.param(2, "ln", "shortformer", marks=pytest.mark.slow),
     pytest.param(4, "none", "standard", marks=pytest.mark.slow),
     pytest.param(1, "none", "standard", marks=pytest.mark.slow)])
 def test_term_importance_equals_the_losses_of_path_sums(n_layers, norm, pos):
@@ -111,6 +112,7 @@ def test_term_importance_equals_the_losses_of_path_sums(n_layers, norm, pos):
     assert not np.isclose(out["losses"][1], out["losses"][-1], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_term_importance_is_the_same_in_chunks_of_one_window(monkeypatch):
   cfg, w = _model()
   rng = np.random.default_rng(5)

@@ -19,8 +19,11 @@ from tests.support.helpers import random_model, tl_model, write_tl_model
 from tests.support.reference import reference_logits, reference_run
 
 
-@pytest.mark.parametrize("norm", [None, "LN", "LNPre"])
-@pytest.mark.parametrize("pos", ["standard", "shortformer"])
+@pytest.mark.parametrize("pos, norm", [
+    ("standard", None), ("shortformer", "LN"),  # the rest: the same code at other settings
+    *(pytest.param(p, n, marks=pytest.mark.slow) for p, n in (
+        ("standard", "LN"), ("standard", "LNPre"), ("shortformer", None),
+        ("shortformer", "LNPre")))])
 def test_four_layer_model_with_biases_matches_the_reference(tmp_path, pos, norm):
   config, state = tl_model(4, pos=pos, norm=norm, seed=len(pos) + len(str(norm)))
   path = write_tl_model(tmp_path, config, state, ".npz" if norm == "LN" else ".safetensors")
@@ -65,6 +68,7 @@ def _ln_shortformer(tmp_path, n_layers=2, seed=7, **zeroed):
   return config, state, write_tl_model(tmp_path, config, state)
 
 
+@pytest.mark.slow  # 3 layers; the fold of LN + shortformer: test_four_layer_...
 def test_layer_norm_with_positions_after_it_folds_and_keeps_its_function(tmp_path):
   """Loaded and folded, the model's log-probabilities and patterns equal the float64 reference
   of the raw model (gains, LN biases and every bias random)."""
@@ -159,6 +163,7 @@ def _standard_twin(config, state):
   return dict(config, positional_embedding_type="standard"), state
 
 
+@pytest.mark.slow
 def test_token_path_equals_the_standard_model_with_no_positions(tmp_path):
   """Every token-path weight and circuit of the folded LN + shortformer model equals our fold of
   the same weights as a standard model with W_pos = 0 (that fold is checked against

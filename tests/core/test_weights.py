@@ -17,6 +17,7 @@ from tests.support.helpers import (dense_head_circuits as _dense, nonzero_eigs a
                                    random_model, same_multiset as _same_multiset)
 
 
+@pytest.mark.slow  # every circuit function on a 3-layer model
 def test_biases_as_weights_gives_identical_logits_and_every_circuit_runs():
   from reproduce.core.model import forward  # pylint: disable=import-outside-toplevel
   from reproduce.core.weights import biases_as_weights  # pylint: disable=import-outside-toplevel

@@ -127,6 +127,7 @@ print(len(t.train), len(t.heldout), status["VmHWM"].split()[0])  # ru_maxrss cou
 """
 
 
+@pytest.mark.slow  # a 5 MB file tokenized in a child process
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's VmHWM")
 def test_long_single_line_file_in_bounded_memory(tmp_path):
   path = tmp_path / "line.txt"

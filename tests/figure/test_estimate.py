@@ -1,15 +1,20 @@
-"""reproduce.figure.estimate: the first-run plan lists every seed's models and spots finished
-ones; a forced compute dtype trains into its own run."""
+"""reproduce.figure.estimate: the training-time estimate and its durations by hand; the first-run
+plan lists every seed's models and spots finished ones; a forced compute dtype trains into its
+own run."""
 
 import subprocess
 import sys
 
+import pytest
 
+from reproduce.config import load_config
+from reproduce.figure import estimate
 from reproduce.figure.sources import ModelSource
 
 from tests.support.paths import ROOT
 
 
+@pytest.mark.slow  # measures the matmul peak; the estimate's arithmetic: test_the_training_time_estimate_by_hand
 def test_first_run_plan_lists_every_seeds_models_and_spots_finished_ones(tmp_path):
   from reproduce.figure.estimate import first_run_plan  # pylint: disable=import-outside-toplevel
   from reproduce.figure.runner import figure_config  # pylint: disable=import-outside-toplevel
@@ -26,6 +31,7 @@ def test_first_run_plan_lists_every_seeds_models_and_spots_finished_ones(tmp_pat
                            for line in single[1:])  # seed 0 trains; seed 1 is not it
 
 
+@pytest.mark.slow  # measures the matmul peak in two dtypes and starts the command
 def test_forced_compute_dtype_trains_into_its_own_run_and_the_plan_says_so(tmp_path):
   from reproduce.figure.estimate import first_run_plan  # pylint: disable=import-outside-toplevel
   auto_config, auto_run = ModelSource("test", models_dir=tmp_path).run("attn2l")
@@ -39,3 +45,20 @@ def test_forced_compute_dtype_trains_into_its_own_run_and_the_plan_says_so(tmp_p
                         "--compute_dtype=float32", f"--checkpoint={tmp_path}"], cwd=ROOT,
                        capture_output=True, text=True)
   assert out.returncode == 2 and "--compute_dtype" in out.stderr
+
+
+def test_the_training_time_estimate_by_hand():
+  """steps × tokens a step × (model FLOPs / product speed + attention-score cost) per token over
+  the peak, plus the start-up; durations read in minutes, hours or days."""
+  config = load_config("attn2l:test")
+  m, t = config.model, config.train
+  flops = 6 * (m.d_model * m.d_vocab + 2 * 4 * m.d_model * m.n_heads * m.d_head) \
+      + 12 * 2 * m.n_heads * m.d_head * m.n_ctx
+  assert estimate.model_flops_per_token(m) == flops
+  for dtype, speed, score in (("float32", 0.62, 480), ("bfloat16", 1.43, 640)):
+    per_token = flops / speed + score * 2 * m.n_heads * m.n_ctx / 2
+    want = 3 + t.steps * t.batch_size * m.n_ctx * per_token / 1e9
+    assert estimate.estimated_training_seconds(config, 1e9, dtype) == pytest.approx(want)
+  assert [estimate.duration(s, 1) for s in (90, 3 * 3600, 5 * 86400)] == [
+      "1.5 min", "3 hours", "5 days"]
+  assert estimate.duration(7199) == "120 min" and estimate.duration(2 * 86400 - 1) == "48 hours"

@@ -1,5 +1,6 @@
-"""python -m reproduce.figure: listing, bad flags and missing checkpoints in one line, and the
-batch job (--all) killed part-way continuing where it stopped, redoing nothing finished."""
+"""python -m reproduce.figure: listing, bad flags and missing checkpoints in one line (through the
+command, and its flag checks in process), and the batch job (--all) killed part-way continuing
+where it stopped, redoing nothing finished."""
 
 import json
 import os
@@ -7,9 +8,11 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
+from reproduce.figure import __main__ as figure_command
 from reproduce.figure.runner import figure_config, figure_names
 from reproduce.figure.sources import ModelSource
 
@@ -18,6 +21,7 @@ from tests.support.paths import ROOT
 FIGURES = figure_names()
 
 
+@pytest.mark.slow  # two command starts; the flag checks in process below
 def test_cli_lists_figures_and_rejects_bad_flags():
   listing = subprocess.run([sys.executable, "-m", "reproduce.figure", "--list"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout
@@ -34,12 +38,14 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
   assert out.returncode != 0 and "no checkpoint at" in out.stderr
 
 
+@pytest.mark.slow  # a command start; in process: test_flag_checks_in_process_...
 def test_seeds_flag_refuses_a_checkpoint(tmp_path):
   out = subprocess.run([sys.executable, "-m", "reproduce.figure", "--name=bigram", "--seeds=3",
                         f"--checkpoint={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
   assert out.returncode != 0 and "--seeds" in out.stderr
 
 
+@pytest.mark.slow  # two command starts; in process: test_flag_checks_in_process_...
 def test_tl_config_flag_errors_are_one_line(tmp_path):
   root = ROOT
   for flags, message in (([f"--checkpoint={tmp_path}", "--tl_config={bad"],
@@ -120,3 +126,45 @@ def test_killed_batch_job_continues_where_it_stopped(tmp_path, cache_dir):
   assert (workdir / "index.html").is_file()
   assert all(json.loads((workdir / n / "claims.json").read_text())["preset"] == "test"
              for n in FIGURES)
+
+
+def _flags(**given):
+  """The figure command's flags as parsed, with their defaults (define_flags) unless given."""
+  defaults = dict(name=None, all=False, list=False, preset="cpu", workdir="figures",
+                  models_dir=None, corpus=None, compute_dtype=None, seeds=1, checkpoint=None,
+                  tl_config=None, verbose=False, cpu_devices="auto")
+  return SimpleNamespace(**dict(defaults, **given))
+
+
+def test_flag_checks_in_process_one_line_each_and_exit_status_2(capsys, tmp_path):
+  """The checks behind the command's one-line errors, called directly (no interpreter start-up):
+  what to make, the flags that clash with --checkpoint, and --tl_config; the flags that pass give
+  the figures and the model source they say."""
+  for given, message in (
+      (dict(), "error: give --name=NAME, --all or --list"),
+      (dict(name="eigen_histogram"), "error: unknown figure 'eigen_histogram'"),
+      (dict(name="bigram", compute_dtype="float32", checkpoint="x"),
+       "error: --compute_dtype chooses how models are trained; a --checkpoint is not trained"),
+      (dict(name="bigram", seeds=3, checkpoint="x"), "error: --seeds must be ≥ 1, and a "
+       "--checkpoint has one seed only"),
+      (dict(all=True, seeds=0), "error: --seeds must be ≥ 1")):
+    with pytest.raises(SystemExit) as e:
+      figure_command._figures_to_make(_flags(**given))  # pylint: disable=protected-access
+    assert e.value.code == 2
+    assert capsys.readouterr().err.startswith(message), given
+  assert figure_command._figures_to_make(_flags(all=True)) == list(figure_names())  # pylint: disable=protected-access
+  assert figure_command._figures_to_make(_flags(name="bigram", seeds=2)) == ["bigram"]  # pylint: disable=protected-access
+  for given, message in ((dict(checkpoint=str(tmp_path), tl_config="{bad"),
+                          "error: --tl_config: not valid JSON"),
+                         (dict(tl_config="{}"), "error: --tl_config describes the weights of a "
+                                                "--checkpoint; give --checkpoint")):
+    with pytest.raises(SystemExit) as e:
+      figure_command._source(_flags(**given))  # pylint: disable=protected-access
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(message) and err.count("\n") == 1, err
+  source = figure_command._source(_flags(  # pylint: disable=protected-access
+      checkpoint=str(tmp_path), workdir=str(tmp_path / "figs"), preset="test",
+      tl_config='{"positional_embedding_type": "shortformer"}'))
+  assert source == ModelSource(preset="test", models_dir=tmp_path / "figs" / "models",
+                               checkpoint=str(tmp_path),
+                               tl_config={"positional_embedding_type": "shortformer"})

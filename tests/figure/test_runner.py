@@ -130,6 +130,7 @@ def test_a_failed_figure_keeps_the_previous_outputs(figures, tmp_path):
   assert [p.name for p in out.iterdir()] == ["composition_scores"]  # no temporary leftovers
 
 
+@pytest.mark.slow  # a command start; in process: figure/test_main.py
 def test_unknown_figure_lists_the_valid_names():
   with pytest.raises(UnknownFigure, match="choose one of: bigram, skip_trigrams"):
     make_figure("eigen_histogram", ModelSource("test"), "/tmp/unused")
@@ -156,6 +157,7 @@ def _three_layer_file(loaded, tmp_path):
   return str(path), str(Path(model.tokens.tokenizer_path).parent.parent)
 
 
+@pytest.mark.slow  # two figures on a 3-layer model with its own token store
 def test_figures_cover_every_layer_of_a_three_layer_model(figures, tmp_path):
   _, _, loaded = figures
   path, cache = _three_layer_file(loaded, tmp_path)

@@ -16,9 +16,9 @@ from reproduce.figure.runner import make_figure
 from reproduce.figure.sources import FigureError, ModelSource, model_from_run
 
 from tests.support import torch_zip_writer as tzw
-from tests.support.folders import (attn_only_folder as _folder, previous_token_head_folder as
-                                   _previous_token_head_model, text_folder as _text,
-                                   word_level_tokenizer as _tokenizer)
+from tests.support.folders import (attn_only_folder as _folder,
+                                   previous_token_head_folder as _previous_token_head_model,
+                                   text_folder as _text, word_level_tokenizer as _tokenizer)
 from tests.support.helpers import one_line, tl_model, word_tokenizer as _word_tokenizer
 from tests.support.runs import copy_run as _copy_run
 
@@ -52,6 +52,7 @@ def test_paths_stored_in_a_checkpoint_are_shown_not_followed(trained_2l, cache_d
                                                             named.tokens.train[:200]])
 
 
+@pytest.mark.slow  # tokenizes the whole standard library (a --checkpoint's default corpus)
 def test_checkpoint_option_takes_transformer_lens_weights(figures, tmp_path):
   workdir, _, loaded = figures
   model = loaded["attn2l:test"]
@@ -66,6 +67,7 @@ def test_checkpoint_option_takes_transformer_lens_weights(figures, tmp_path):
   assert summary["claims"][0]["value"] == ours[0]["value"]  # same weights, same numbers
 
 
+@pytest.mark.slow  # tokenizes the whole standard library (a --checkpoint's default corpus)
 def test_weight_file_figures_say_what_is_missing_and_make_the_rest(figures, tmp_path):
   _, _, loaded = figures
   model = loaded["attn2l:test"]

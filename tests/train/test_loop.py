@@ -41,6 +41,7 @@ def test_loss_decreases(trained_2l):
   assert trained_2l.step == 30
 
 
+@pytest.mark.slow  # two 100-step training processes; resuming in process: core/test_checkpoint.py
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, cache_dir):
   steps = ["--config.train.steps=100", "--config.train.checkpoint_every=20",
            "--config.train.log_every=20", "--config.train.eval_every=50"]
@@ -83,6 +84,7 @@ def test_finished_run_is_not_retrained(trained_2l, make_config):
   assert any("already trained" in m for m in messages) and result.step == 30
 
 
+@pytest.mark.slow  # a whole bfloat16 run; its step: train/test_step.py
 def test_test_preset_trains_in_bfloat16(make_config, tmp_path):
   lines = []
   c = make_config("attn2l", train=dict(compute_dtype="bfloat16"))

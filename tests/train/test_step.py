@@ -9,6 +9,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from reproduce.core.model import ModelConfig
 from reproduce.train.step import (TrainState, compile_train_step, data_mesh, initial_weights,
@@ -79,6 +80,7 @@ SHARDED_STEP = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a process with 8 fake devices
 def test_data_parallel_step_on_8_fake_devices_equals_one_device():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")

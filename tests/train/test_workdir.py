@@ -6,18 +6,21 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from reproduce.train.loop import WorkdirLock, train
+from reproduce.train.workdir import WorkdirLocked
 
 from tests.support.paths import ROOT
-from tests.support.runs import (LIMIT, copy_run as _copy_run, run_command as _run, train_command as
-                                _cli)
+from tests.support.runs import (LIMIT, copy_run as _copy_run, run_command as _run,
+                                train_command as _cli)
 
 
+@pytest.mark.slow  # a training process killed; the lock in process: test_a_held_lock_...
 def test_second_run_in_a_workdir_is_refused_and_a_dead_holder_is_stale(cache_dir, tmp_path):
   workdir = tmp_path / "shared"
   first = subprocess.Popen(_cli(workdir, cache_dir, "--config.train.steps=100000",
@@ -107,3 +110,27 @@ def test_metrics_truncated_last_line_is_dropped_corrupt_line_is_named(
   metrics.write_text("\n".join(lines) + "\n")
   with pytest.raises(ValueError, match=r"metrics.jsonl:2 is not a metrics record"):
     train(make_config("attn2l"), workdir, log=lambda *_: None)
+
+
+def test_a_held_lock_refuses_a_second_holder_and_a_dead_holders_lock_is_taken_over(tmp_path):
+  """In one process: a second lock on a held work directory is refused naming the holder (this
+  process); released, it can be taken; a lock file naming a process that has ended is stale,
+  reported and taken over (as after a SIGKILL, without training)."""
+  first = WorkdirLock(tmp_path, log=pytest.fail)
+  assert json.loads((tmp_path / "lock").read_text())["pid"] == os.getpid()
+  with pytest.raises(WorkdirLocked, match=f"in use by another training run \\(PID {os.getpid()} "
+                     f"on host {socket.gethostname()}, started "):
+    WorkdirLock(tmp_path, log=pytest.fail)
+  first.release()
+  assert (tmp_path / "lock").read_text() == ""
+  WorkdirLock(tmp_path, log=pytest.fail).release()  # free again: nothing to report
+  ended = subprocess.Popen([sys.executable, "-c", "pass"])
+  ended.wait()
+  (tmp_path / "lock").write_text(json.dumps({"pid": ended.pid, "host": socket.gethostname(),
+                                             "started": "earlier"}))
+  messages = []
+  lock = WorkdirLock(tmp_path, log=messages.append)
+  assert messages == [f"stale lock {tmp_path / 'lock'} from PID {ended.pid} on host "
+                      f"{socket.gethostname()} (no longer running) taken over"]
+  assert json.loads((tmp_path / "lock").read_text())["pid"] == os.getpid()
+  lock.release()

@@ -48,7 +48,7 @@ def test_zero_ablated_removes_the_head_and_later_layers_read_the_ablated_stream(
     (2, "none", "standard", False),
     pytest.param(3, "ln", "standard", False, marks=pytest.mark.slow),
     (3, "ln", "shortformer", True),  # LN + positions after the norm, folded: W_Q_pos, W_K_pos
-    (2, "none", "shortformer", False)])
+    pytest.param(2, "none", "shortformer", False, marks=pytest.mark.slow)])
 def test_ablations_from_one_shared_pass_equal_rerunning_with_zero_W_O(layers, norm, pos, fold):
   """``ablated_position_losses`` (shared unablated pass, last layer at the asked positions only)
   against a full forward of ``zero_ablated`` weights, every position's logits, read at the

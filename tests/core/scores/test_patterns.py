@@ -36,6 +36,7 @@ def test_pattern_statistics_equal_the_full_pattern_formulas(budget):
   np.testing.assert_allclose(prefix, expect, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_role_scores_and_repeat_losses_in_chunks_equal_the_whole_batch(budget):
   cfg, w = _model()
   probe = scores.repeated_sequences(np.arange(1, cfg.d_vocab), 0, 5, 2, samples=3)
