@@ -116,12 +116,12 @@ def ablation_windows(cfg, config) -> int:
 
 
 # The rough time: the counted FLOPs at this fraction of the machine's float32 matmul peak (the
-# atlas's products are small and many: measured 0.25–0.35 on the public shapes, docs/
-# PERFORMANCE.md), plus fixed seconds per model (compiling every jitted function twice, loading
-# the corpus) and per head (its two eigenvalue pictures and its page).
-RATE_VS_PEAK = 0.3
-SECONDS_PER_MODEL = 25.0
-SECONDS_PER_HEAD = 0.8
+# atlas's products are small and many: about 0.45 on the 2-core AMD EPYC kind, attn-only-2l,
+# docs/PERFORMANCE.md, "Atlas"), plus fixed seconds per model (compiling every jitted
+# function, loading the corpus) and per head (its two eigenvalue pictures and its page).
+RATE_VS_PEAK = 0.45
+SECONDS_PER_MODEL = 20.0
+SECONDS_PER_HEAD = 0.4
 
 
 def estimated_seconds(parts: Dict[str, float], n_heads: int, peak_flops: float) -> float:
