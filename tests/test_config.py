@@ -84,7 +84,7 @@ def test_a_config_by_name_by_file_and_by_variant(tmp_path):
 def test_overrides_name_a_misspelled_field_and_the_closest_one(monkeypatch):
   c = load_config("attn2l:test")
   check_override(c, "train.lr")  # a field: fine
-  for name, message in (("train.lrr", '''the config has no field 'train.lrr'. Did you mean "lr"?'''),
+  for name, message in (("train.lrr", '''no field 'train.lrr'. Did you mean "lr"?'''),
                         ("trian.steps", '''no field 'trian'. Did you mean "train"?'''),
                         ("model.n_heads.x", "no field 'model.n_heads.x'."),
                         ("zzz", "no field 'zzz'.")):

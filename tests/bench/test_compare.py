@@ -38,7 +38,8 @@ def test_the_worker_answers_each_request_and_leaves_nothing_behind(tmp_path):
   worker.close()
   assert not folder.exists()
   silent = _interpreter(tmp_path / "silent", f"#!{sys.executable}\nimport sys\nsys.exit(1)\n")
-  with pytest.raises(RuntimeError, match=r"the TransformerLens worker \(.*silent\) failed to start"):
+  with pytest.raises(RuntimeError,
+                     match=r"the TransformerLens worker \(.*silent\) failed to start"):
     compare.TransformerLensWorker(silent, {"threads": 1})
 
 

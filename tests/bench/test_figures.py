@@ -46,5 +46,5 @@ def test_unknown_shapes_and_figures_are_refused_before_any_work(tmp_path, monkey
   with pytest.raises(ValueError, match="unknown figure\\(s\\) nope"):
     bench_figures("paper", only=["bigram", "nope"], cache_dir=str(tmp_path))
   command = bench_figures_module._figure_command("bigram", tmp_path / "m", tmp_path / "w")  # pylint: disable=protected-access
-  assert command[1:] == ["-m", "reproduce.figure", "--name=bigram", f"--checkpoint={tmp_path / 'm'}",
-                         f"--workdir={tmp_path / 'w'}"]
+  assert command[1:] == ["-m", "reproduce.figure", "--name=bigram",
+                         f"--checkpoint={tmp_path / 'm'}", f"--workdir={tmp_path / 'w'}"]

@@ -216,7 +216,8 @@ def test_snapshot_steps_are_log_spaced_from_zero_to_the_last_step():
     ratio = total ** (1 / (n - 2))
     later = [s for s in steps if s >= 20]  # far enough from 1 that rounding barely moves them
     np.testing.assert_allclose(np.diff(np.log(later)), np.log(ratio), atol=0.05)
-  assert len(checkpoint.snapshot_steps(30, 6)) == 6 and len(checkpoint.snapshot_steps(20000, 64)) > 50
+  assert len(checkpoint.snapshot_steps(30, 6)) == 6
+  assert len(checkpoint.snapshot_steps(20000, 64)) > 50
   assert checkpoint.snapshot_steps(5, 10) == [0, 1, 2, 3, 4, 5]  # duplicates merged
   assert checkpoint.snapshot_steps(100, 0) == []
 

@@ -141,7 +141,7 @@ def test_bfloat16_cross_entropy_gradient_matches_autodiff():
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0.02, atol=2e-3)
 
 
-@pytest.mark.slow  # three compilations of the model's gradient; the chunked loss alone: test_chunked_cross_entropy_...
+@pytest.mark.slow  # three gradients of the model; the chunked loss: test_chunked_cross_entropy_...
 def test_training_loss_matches_plain_cross_entropy():
   cfg, w = random_model(d_vocab=37)
   tokens = np.random.default_rng(4).integers(0, cfg.d_vocab, (4, cfg.n_ctx))

@@ -14,7 +14,8 @@ from tests.support.helpers import (chunk_test_model as _model, random_model,
 
 @pytest.mark.parametrize("n_layers, pos, norm, biases", [
     (0, "shortformer", "none", False), (2, "standard", "none", True),
-    (3, "shortformer", "none", True), pytest.param(4, "standard", "lnpre", True, marks=pytest.mark.slow),
+    (3, "shortformer", "none", True),
+    pytest.param(4, "standard", "lnpre", True, marks=pytest.mark.slow),
     (4, "shortformer", "ln", True),
     pytest.param(1, "standard", "none", False, marks=pytest.mark.slow),
     pytest.param(2, "shortformer", "none", False, marks=pytest.mark.slow),

@@ -85,8 +85,8 @@ def test_big_endian_files_read_like_little_endian_ones(tmp_path):
 @pytest.mark.parametrize("name", ["trained_config/model_final.pth", "half_no_config/model.pth",
                                   "dtypes.pth"])
 def test_files_written_by_torch_read_as_torch_reads_them(name):
-  """tests/support/fixtures/torch_zip/make_fixtures.py wrote these with torch 2.13 (state_dict() with
-  _metadata, shared and strided storages, every allowed dtype); expected.npz is torch's own
+  """tests/support/fixtures/torch_zip/make_fixtures.py wrote these with torch 2.13 (state_dict()
+  with _metadata, shared and strided storages, every allowed dtype); expected.npz is torch's own
   float32 upcast."""
   expected = np.load(FIXTURES / "expected.npz")
   arrays, info = torch_zip.read_state_dict(FIXTURES / name)

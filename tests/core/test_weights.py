@@ -86,7 +86,8 @@ def test_init_weights_lays_out_every_matrix_at_its_scale():
   # faster than the default threefry on CPU (the draws' distribution is the same).
   w, fixed = jax.jit(lambda key: (
       init_weights(cfg, key, init_std=0.05, qk_init_std=0.2),
-      init_weights(small, key, pos_init="sinusoidal", pos_scale=0.5)))(jax.random.key(1, impl="rbg"))
+      init_weights(small, key, pos_init="sinusoidal", pos_scale=0.5)))(
+          jax.random.key(1, impl="rbg"))
   check_weights(cfg, w)
   for name, std in (("W_E", 0.05), ("W_pos", 0.05), ("W_V", 0.05), ("W_O", 0.05), ("W_U", 0.05),
                     ("W_Q", 0.2), ("W_K", 0.2)):
@@ -124,7 +125,8 @@ def test_weights_round_trip_through_a_dict_and_name_a_wrong_shape():
   assert w.replace(b_U=np.zeros(23, np.float32)).has_biases and not w.has_biases
   assert w.has_norm_parameters and (w.n_layers, w.n_heads, w.d_model, w.d_head, w.d_vocab) == (
       2, 3, 12, 4, 23)
-  with pytest.raises(ValueError, match=r"weight W_O has shape \(2, 3, 5, 12\), expected \(2, 3, 4, 12\)"):
+  with pytest.raises(ValueError,
+                     match=r"weight W_O has shape \(2, 3, 5, 12\), expected \(2, 3, 4, 12\)"):
     check_weights(cfg, w.replace(W_O=np.zeros((2, 3, 5, 12), np.float32)))
   with pytest.raises(ValueError, match="weight ln_gain has shape None"):
     check_weights(cfg, w.replace(ln_gain=None))

@@ -14,7 +14,7 @@ from reproduce.figure.sources import ModelSource
 from tests.support.paths import ROOT
 
 
-@pytest.mark.slow  # measures the matmul peak; the estimate's arithmetic: test_the_training_time_estimate_by_hand
+@pytest.mark.slow  # measures the matmul peak; the arithmetic: test_the_training_time_estimate_...
 def test_first_run_plan_lists_every_seeds_models_and_spots_finished_ones(tmp_path):
   from reproduce.figure.estimate import first_run_plan  # pylint: disable=import-outside-toplevel
   from reproduce.figure.runner import figure_config  # pylint: disable=import-outside-toplevel

@@ -2,9 +2,10 @@
 
     PYTHONPATH=$PWD python tests/support/check_public_layouts.py /tmp/layouts [figure ...]
 
-Builds, from NumPy (tests/support/torch_zip_writer.py), tiny random-weight copies of the three layouts
-``figure --checkpoint=DIR`` reads, each with and without a ``tokenizer.json`` (made with the
-project's own BPE trainer, ``tokenizer.train_tokenizer``, on a sample of the standard library):
+Builds, from NumPy (tests/support/torch_zip_writer.py), tiny random-weight copies of the three
+layouts ``figure --checkpoint=DIR`` reads, each with and without a ``tokenizer.json`` (made with
+the project's own BPE trainer, ``tokenizer.train_tokenizer``, on a sample of the standard
+library):
 
     attn-only    training config.json (LN, standard positions) + model_final.pth + checkpoints/
     arena        one float16 .pth, no config.json (--tl_config gives shortformer positions)
