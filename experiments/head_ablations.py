@@ -180,15 +180,30 @@ KNOCK_OUT_OTHERS = ("IH, \"Argument 3\": in small attention-only models the in-c
 
 def claims_of(config, label, ab: Ablations) -> list:
   """IH §5: ablating the induction heads or the previous-token head removes most of in-context
-  learning; ablating another head of their layers does not."""
+  learning; ablating another head of their layers does not.  From the numbers of ``Ablations``
+  alone (which can be made by hand).
+
+  Without a head passing the induction criterion (``ab.fallback``: the strongest stands in)
+  every claim fails: the induction heads' claim because there are none, the previous-token
+  head's because it is defined as the head feeding them, and the other heads' because "other"
+  means other than those two roles.  The previous-token head must pass the role threshold too."""
   most, base, share, prev, together = (config.most_removed, ab.base, ab.share, ab.prev,
                                        ab.share_induction)
   has_icl = base["icl"] < 0
+  threshold = ab.roles.threshold
+  prev_score = float(ab.roles.previous_token[prev])
+  prev_passes = prev_score >= threshold
   claim_on = lambda what, **kw: claim(figure="head_ablations", what=what, model=label,
                                       source=IH_KNOCK_OUT, **kw)
   other_shares = {head_name(x): share[x] for layer in ab.others for x in ab.others[layer]}
   mean_other = {key: float(np.mean([s[key] for s in other_shares.values()]))
                 if other_shares else float("nan") for key in ("repeat_drop", "icl")}
+  names = "+".join(head_name(x) for x in ab.induction)
+  no_induction = (f"no head of a layer ≥ 1 passes the induction criterion "
+                  f"({ab.roles.criterion()}); the strongest, {names} "
+                  f"({float(ab.roles.induction[ab.induction[0]]):.2f}), stood in: ")
+  no_prev = (f"{head_name(prev)}, the strongest previous-token head before the induction heads, "
+             f"scores {prev_score:.2f} < {threshold:g}: no previous-token head; ")
   return [
       claim_on("induction_heads", paper_says=KNOCK_OUT,
                statement=f"{label}: zero-ablating the induction heads removes most of the loss drop "
@@ -197,30 +212,38 @@ def claims_of(config, label, ab: Ablations) -> list:
                f"({ab.roles.criterion()}) ablated together (none passing: the strongest stands in "
                f"and the claim fails), on {ab.icl['windows']} held-out windows, 1 − ablated/unablated ≥ {most} for both the repeat-loss drop and "
                "the ICL score (unablated ICL score must be negative)",
-               measured=f"{'+'.join(head_name(x) for x in ab.induction)}: {_both(together)} "
+               measured=(no_induction if ab.fallback else "")
+               + f"{names}: {_both(together)} "
                f"(unablated: drop {base['repeat_drop']:.2f} nats, ICL {base['icl']:.3f} ± "
                f"{base['icl_standard_error']:.3f} over {ab.icl['windows']} windows)",
-               value={"removed": together, "unablated": base},
-               holds=has_icl and min(together.values()) >= most),
+               value={"removed": together, "unablated": base, "fallback": ab.fallback},
+               holds=has_icl and not ab.fallback and min(together.values()) >= most),
       claim_on("previous_token_head", paper_says=PREV_RELIANCE,
                statement=f"{label}: zero-ablating the previous-token head that feeds the induction "
                "heads removes most of the repeat-loss drop and of the ICL score",
-               criterion="the strongest previous-token head in a layer before the induction heads; "
-               f"1 − ablated/unablated ≥ {most} for both",
-               measured=f"{head_name(prev)} (previous-token score "
-               f"{ab.roles.previous_token[prev]:.2f}): {_both(share[prev])}",
-               value={"removed": share[prev]}, holds=has_icl and min(share[prev].values()) >= most),
+               criterion="the strongest previous-token head in a layer before the induction heads, "
+               f"with previous-token score ≥ {threshold:g} (none, or no induction head for it to "
+               f"feed: the claim fails); 1 − ablated/unablated ≥ {most} for both",
+               measured=(no_induction if ab.fallback else "") + (no_prev if not prev_passes else "")
+               + f"{head_name(prev)} (previous-token score {prev_score:.2f}): "
+               f"{_both(share[prev])}",
+               value={"removed": share[prev], "previous_token_score": prev_score,
+                      "fallback": ab.fallback},
+               holds=has_icl and not ab.fallback and prev_passes
+               and min(share[prev].values()) >= most),
       claim_on("other_heads", paper_says=KNOCK_OUT_OTHERS,
                statement=f"{label}: ablating another head of the same layer as the induction or "
                "previous-token head does not remove most of either",
                criterion="the mean over those layers' other heads (the expected effect of ablating "
                f"one at random) of 1 − ablated/unablated < {most} for both; each head is in the "
-               "figure",
-               measured=f"mean over {', '.join(other_shares) or 'no other heads'}: "
+               "figure; without a head passing the induction criterion there are no roles to "
+               "compare the others with, and the claim fails",
+               measured=(no_induction if ab.fallback else "")
+               + f"mean over {', '.join(other_shares) or 'no other heads'}: "
                f"{_both(mean_other)}; per head: " + "; ".join(
                 f"{k} {v['repeat_drop']:.2f}/{v['icl']:.2f}" for k, v in other_shares.items()),
-               value={"mean": mean_other, "per_head": other_shares},
-               holds=bool(other_shares) and max(mean_other.values()) < most)]
+               value={"mean": mean_other, "per_head": other_shares, "fallback": ab.fallback},
+               holds=not ab.fallback and bool(other_shares) and max(mean_other.values()) < most)]
 
 
 def run(config, models, outdir):

@@ -265,7 +265,9 @@ def claims_of(config, label, m, one_layer) -> list:
           "layer or plain copying can reach",
           source=FW_IH_INDUCTION_HEADS,
           criterion=f"mean loss on the repeats < log({n}) = {log_n:.2f} nats (uniform over the "
-          f"sequence's {n} distinct tokens) and < the 1L model's loss on the same repeats",
+          f"sequence's {n} distinct tokens)"
+          + (" and < the 1L model's loss on the same repeats" if one_layer else
+             "; no one-layer model was analysed, so the comparison with one is not made"),
           measured=f"{later:.2f} nats on the repeats ({first:.2f} on the first copy); 1L model: "
           + (f"{min(one_layer):.2f}" if one_layer else "not analysed"),
           value={"repeats": later, "first": first, "log_n": log_n,

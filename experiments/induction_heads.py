@@ -299,9 +299,10 @@ def averaging_head_claim(config, label, m) -> dict:
       holds=any(relied_on.values()))
 
 
-def claims_of(config, label, model, m) -> list:
-  """A one-layer model: no induction head (IH, 'Argument 1'); deeper ones: the claims about theirs."""
-  if model.cfg.n_layers == 1:
+def claims_of(config, label, n_layers, m) -> list:
+  """A one-layer model: no induction head (IH, 'Argument 1'); deeper ones: the claims about
+  theirs.  From ``head_scores``' numbers alone (``m``, which can be made by hand)."""
+  if n_layers == 1:
     prefix = m["prefix"]
     return [claim(
         figure="induction_heads", what="no_prefix_matching_in_1l", model=label,
@@ -328,7 +329,7 @@ def run(config, models, outdir):
     points[label] = plot_prefix_vs_copying(axes[row, 0], config, label, m)
     plot_bos_attention(axes[row, 1], label, m)
     plot_layer0_offsets(axes[row, 2], config, label, m)
-    claims.extend(claims_of(config, label, model, m))
+    claims.extend(claims_of(config, label, model.cfg.n_layers, m))
   fig.tight_layout()
   for row, label in enumerate(labels):
     label_points(axes[row, 0], points[label])

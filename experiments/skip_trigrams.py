@@ -125,7 +125,8 @@ def skip_trigrams(config, model) -> dict:
   counter = scores.SkipTrigramCounter(np.asarray(model.tokens.train[:config.corpus_tokens]),
                                       config.window)
   init, init_source = initial_weights(model)
-  found = {"allowed": allowed, "counter": counter, "init_source": init_source}
+  found = {"allowed": allowed, "counter": counter, "searched_tokens": len(counter.tokens),
+           "init_source": init_source}
   for prefix, weights in (("", model.weights), ("init_", init)):
     ranked = scores.ranked_skip_trigrams(weights, allowed, config.destinations_per_head,
                                          config.top_k)
@@ -273,10 +274,15 @@ BUGS = ("FW, \"Skip-Trigram Bugs\": one-layer models hold skip-trigrams in a \"f
         "must also raise keep … in bay; FW reports it \"frequently\" observes such bugs")
 
 
-def claims_of(config, label, model, t) -> list:
-  """FW, 'Interpretation as Skip-Trigrams': most heads copy, they attend to plausible next tokens, the factored form's bugs."""
-  L, H = model.cfg.n_layers, model.cfg.n_heads
+def claims_of(config, label, t) -> list:
+  """FW, 'Interpretation as Skip-Trigrams': most heads copy, they attend to plausible next
+  tokens, the factored form's bugs.  From the numbers of ``skip_trigrams`` alone: ``rank`` and
+  ``init_rank`` [L, H] (median own-logit row rank), ``head_auc`` and ``init_head_auc`` [L, H],
+  ``bugs`` and ``init_bugs`` (lists), ``names`` (id → text of the bugs' tokens), ``allowed``
+  (the tokens ranked), ``searched_tokens`` (how many training tokens were searched) and
+  ``init_source``."""
   rank, init_rank, bugs = t["rank"], t["init_rank"], t["bugs"]
+  L, H = rank.shape
   auc, init_auc = t["head_auc"], t["init_head_auc"]
   claim_on = lambda what, **kw: claim(figure="skip_trigrams", what=what, model=label,
                                       **kw)
@@ -322,7 +328,7 @@ def claims_of(config, label, model, t) -> list:
                source=FW_SKIP_TRIGRAM_BUGS,
                criterion=f"in each head's table (its {n_dest} destinations, their top "
                f"{config.top_k} sources, those sources' top {config.top_k} outputs), at least one "
-               f"distinct s … d1 → o2 that never occurs in {len(t['counter'].tokens):,} training "
+               f"distinct s … d1 → o2 that never occurs in {t['searched_tokens']:,} training "
                f"tokens while s … d1 → o1 and s … d2 → o2 each occur ≥ {config.min_seen} times (s a "
                "top source of both destinations, o1 and o2 top outputs of s); more of them than the "
                "same search finds in the random-init model's tables (its chance level)",
@@ -341,5 +347,5 @@ def run(config, models, outdir):
     write_numbers(config, outdir, label, model, found)
     plot_heads(config, label, model, found, outdir,
                "skip_trigrams" if len(models) == 1 else f"skip_trigrams_{label}")
-    claims.extend(claims_of(config, label, model, found))
+    claims.extend(claims_of(config, label, found))
   return claims

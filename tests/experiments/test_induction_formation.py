@@ -48,3 +48,49 @@ def test_the_icl_share_is_of_the_fall_from_initialisation_not_from_an_early_spik
   icl = np.array([0.0, 0.3, -0.1, -0.5, -0.9, -1.0])  # a brief rise at the 2nd snapshot
   share, total = formation.icl_share(icl, 2, 4)
   assert np.isclose(total, 1.0) and np.isclose(share, 0.8)
+
+
+TOKENS = np.array([0, 1e6, 2e6, 3e6, 4e6, 6e6, 8e6, 12e6, 16e6])  # snapshots, step 0 first
+
+
+def _phase_change(best, icl, loss=None):
+  """The 2L claims of ``_phase_change_claims`` on hand-made snapshot curves: the best head's
+  prefix matching ``best`` and the ICL score ``icl`` at ``TOKENS``; the training loss a smooth
+  curve to 16M tokens (a bump of 0.3 nats over the formation window when ``loss`` is "bump")."""
+  config = figure_config("induction_formation", "test")
+  best, icl = np.asarray(best, float), np.asarray(icl, float)
+  gain = formation.steepest_gain(TOKENS, best, config.window_ratio)
+  lo, hi = (TOKENS[gain[0]], TOKENS[gain[1]]) if gain else (4e6, 8e6)
+  train_loss = curve(16e6, bump=0.3 if loss == "bump" else 0.0, lo=lo, hi=hi)
+  claims = formation._phase_change_claims(config, "m", TOKENS, best, icl,
+                                          (train_loss, "training loss"), gain, {}, "tokens")
+  return {c["id"].split(".")[1]: c["holds"] for c in claims}
+
+
+SUDDEN = [0.0, 0.02, 0.03, 0.04, 0.05, 0.55, 0.6, 0.62, 0.65]  # most of the rise from 4M to 6M
+GRADUAL = [0.0, 0.08, 0.16, 0.24, 0.32, 0.40, 0.48, 0.56, 0.65]
+ICL_IN = [0.0, -0.02, -0.03, -0.04, -0.05, -0.85, -0.88, -0.9, -0.9]  # 0.89 of it from 4M to 6M
+ICL_SPREAD = [0.0, -0.2, -0.3, -0.4, -0.5, -0.7, -0.8, -0.85, -0.9]  # 0.22 of it from 4M to 6M
+
+
+def test_the_phase_change_claims_hold_on_a_sudden_formation_with_a_bump():
+  assert _phase_change(SUDDEN, ICL_IN, loss="bump") == {
+      "abrupt": True, "icl_in_window": True, "loss_bump": True}
+
+
+def test_each_phase_change_claim_fails_where_it_looks():
+  verdicts = _phase_change(GRADUAL, ICL_IN, loss="bump")
+  assert not verdicts["abrupt"]  # the best pair ≤ 2× apart holds ≤ 0.25 of the rise
+  assert not _phase_change(SUDDEN, ICL_SPREAD, loss="bump")["icl_in_window"]
+  assert not _phase_change(SUDDEN, ICL_IN)["loss_bump"]  # a smooth decay: no bump
+  assert not _phase_change([0.3] * 9, ICL_IN)["abrupt"]  # never rises: no window at all
+
+
+def test_the_one_layer_claims_hold_and_fail():
+  config = figure_config("induction_formation", "test")
+  assert formation._none_in_1l_claim(config, "m", np.array([[0.02, 0.05], [0.03, 0.04]]))["holds"]
+  assert not formation._none_in_1l_claim(config, "m", np.array([[0.02, 0.2], [0.03, 0.04]]))["holds"]
+  below = formation._icl_2l_below_1l_claim({"attn1l": (1, -0.3), "attn2l": (2, -0.7)})
+  above = formation._icl_2l_below_1l_claim({"attn1l": (1, -0.7), "attn2l": (2, -0.3)})
+  assert below["holds"] and not above["holds"]
+  assert formation._icl_2l_below_1l_claim({"attn2l": (2, -0.7)}) is None  # nothing to compare
