@@ -11,8 +11,9 @@ slope criteria failed and why they were replaced):
 - abrupt: the head with the highest final prefix-matching score gains most (≥ ``majority``) of
   its total gain (final − initial) between two snapshots at most a factor ``window_ratio`` apart
   in tokens; that span is the formation window;
-- ICL: the majority of the ICL score's total fall over training (initialisation → end) happens
-  inside the window (IH: "most in-context learning is acquired in the phase change");
+- ICL: more than 75% of the ICL score's total fall over training (initialisation → end)
+  happens inside the window (IH's own number: "more than 75% of the final ICL forms inside the
+  window"; until issue 32 we asked for half);
 - loss bump: the training loss falls faster inside the window than over the neighbouring
   intervals of the same token ratio on both sides (least-squares slopes against log tokens, by
   more than 2 standard errors); without data on both sides it cannot be tested, and says so;
@@ -233,7 +234,9 @@ PHASE_CHANGE = ("IH, \"Argument 1\" (macroscopic co-occurrence): early in traini
                 "with more than one layer go through a \"phase change\": induction heads form "
                 "within a narrow window of training")
 ICL_IN_WINDOW = ("IH, \"Argument 1\": during the same phase change in-context learning "
-                 "improves \"dramatically\", and little of it is acquired outside it")
+                 "improves \"dramatically\": the ICL score goes from below 0.15 nats before the "
+                 "window to about 0.4 after it, and more than 75% of the final ICL forms inside "
+                 "the window")
 LOSS_BUMP = ("IH, \"Argument 1\": the phase change is visible in the training loss as a "
              "\"bump\": the loss curve bends there")
 NONE_IN_1L = ("IH, \"Argument 1\": one-layer attention-only models form no induction heads (an "
@@ -339,14 +342,15 @@ def _phase_change_claims(config, label, tokens, best, icl, loss, gain, numbers, 
   claims.append(claim(
       figure="induction_formation", what="icl_in_window", model=label,
       paper_says=ICL_IN_WINDOW,
-      statement=f"{label}: most in-context learning is acquired in the same window",
-      source=IH_PHASE_CHANGE,
-      criterion=f"ICL fall between the window's snapshots ≥ {config.majority} of the total fall "
-      "over training (first snapshot → final)",
+      statement=f"{label}: most in-context learning (more than three quarters) is acquired in "
+      "the same window", source=IH_PHASE_CHANGE,
+      criterion=f"ICL fall between the window's snapshots > {config.icl_in_window} of the total "
+      "fall over training (first snapshot, the model at initialisation, → final): IH's \"more "
+      "than 75%\"",
       measured=f"ICL {icl[i]:+.3f} → {icl[j]:+.3f} in the window; total fall {total:.3f} "
       f"({icl[0]:+.3f} → {icl[-1]:+.3f}): share {share:.2f}",
       value={"share": share, "window": [icl[i], icl[j]], "total_fall": total},
-      holds=share >= config.majority))
+      holds=share > config.icl_in_window))
   bump = loss_bump(train_loss, tokens[i], tokens[j]) if len(train_loss) else None
   claims.append(_loss_bump_claim(config, label, tokens[i], tokens[j], bump, loss_name))
   numbers["loss_bump"] = bump

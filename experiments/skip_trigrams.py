@@ -1,5 +1,7 @@
 """One layer: every head as skip-trigrams "source … destination → output" (FW, 'Interpretation
-as Skip-Trigrams'), read as FW's tables read them.
+as Skip-Trigrams').  FW's tables fix a source and list the destinations and outputs of its
+largest QK and OV entries; ours fix a destination and rank its sources (then each source's
+outputs, as FW does), because a QK entry is only comparable within its destination's row.
 
 A head's QK circuit W_E W_QK W_Eᵀ[dest, src] / sqrt(d_head) says how much ``dest`` attends to
 ``src``; its OV circuit W_E W_OV W_U[src, out] says which outputs attending to ``src`` raises.
@@ -286,7 +288,8 @@ def claims_of(config, label, t) -> list:
   auc, init_auc = t["head_auc"], t["init_head_auc"]
   claim_on = lambda what, **kw: claim(figure="skip_trigrams", what=what, model=label,
                                       **kw)
-  copying = int((rank >= config.copy_rank).sum())
+  copy_bar = max(config.copy_rank, float(init_rank.max()))
+  copying = int((rank > copy_bar).sum())
   auc_bar = float(np.nanmax(init_auc)) if np.isfinite(init_auc).any() else float("nan")
   plausible = int((auc > auc_bar).sum())
   undefined = int((~np.isfinite(auc)).sum())
@@ -302,11 +305,15 @@ def claims_of(config, label, t) -> list:
                source=FW_COPYING,
                criterion=f"heads whose median (over {len(t['allowed'])} tokens seen ≥ "
                f"{config.min_count} times) rank of a token's own logit within its OV row (what "
-               f"attending to it raises) is ≥ {config.copy_rank} are a majority",
+               f"attending to it raises; 0.5: no higher than the row's median output) is above "
+               f"max({config.copy_rank}, the largest random-init head's) = {copy_bar:.2f} are a "
+               "majority (FW's words give no number: attending to a token raises that token, "
+               "and above chance)",
                measured=f"{copying} of {L * H} heads; per head: "
                f"{', '.join(f'{x:.2f}' for x in rank.ravel())}; random init ({t['init_source']}): "
                f"{init_rank.min():.2f} … {init_rank.max():.2f}",
-               value={"rank": rank, "random_init": init_rank}, holds=copying * 2 > L * H),
+               value={"rank": rank, "random_init": init_rank, "bar": copy_bar},
+               holds=copying * 2 > L * H),
       claim_on("attends_to_plausible_next_tokens", paper_says=PLAUSIBLE,
                statement=f"{label}: the QK circuit attends back to tokens that could plausibly be "
                "the next token (FW: 'tokens are copied, but only to places where bigram-ish "

@@ -61,14 +61,20 @@ def _verdicts(**kw):
 
 
 def test_every_claim_holds_when_the_roles_carry_the_in_context_learning():
-  assert _verdicts()[0] == {"induction_heads": True, "previous_token_head": True,
-                            "other_heads": True}
+  verdicts, claims = _verdicts()
+  assert verdicts == {"induction_heads": True, "previous_token_head": True, "other_heads": True}
+  kinds = {c["id"].split(".")[1]: c["kind"] for c in claims}
+  # IH ablates with patterns preserved: the full ablation of a layer-0 head is our control
+  assert kinds == {"induction_heads": "paper", "previous_token_head": "control",
+                   "other_heads": "paper"}
+  assert '"almost all"' in claims[0]["paper_says"]
+  assert "pattern-preserving" in claims[0]["criterion"]
 
 
 def test_each_claim_fails_where_it_looks():
-  assert not _verdicts(removed_induction=0.3)[0]["induction_heads"]
+  assert not _verdicts(removed_induction=0.7)[0]["induction_heads"]  # most, not almost all
   assert not _verdicts(removed_prev=0.2)[0]["previous_token_head"]
-  assert not _verdicts(removed_other=0.7)[0]["other_heads"]
+  assert not _verdicts(removed_other=0.3)[0]["other_heads"]  # each removes more than a tenth
   assert not _verdicts(icl=0.2)[0]["induction_heads"]  # no in-context learning to remove
 
 

@@ -70,6 +70,7 @@ def _phase_change(best, icl, loss=None):
 SUDDEN = [0.0, 0.02, 0.03, 0.04, 0.05, 0.55, 0.6, 0.62, 0.65]  # most of the rise from 4M to 6M
 GRADUAL = [0.0, 0.08, 0.16, 0.24, 0.32, 0.40, 0.48, 0.56, 0.65]
 ICL_IN = [0.0, -0.02, -0.03, -0.04, -0.05, -0.85, -0.88, -0.9, -0.9]  # 0.89 of it from 4M to 6M
+ICL_MOST = [0.0, -0.1, -0.15, -0.2, -0.25, -0.85, -0.88, -0.9, -0.9]  # 0.67: most, not > 75%
 ICL_SPREAD = [0.0, -0.2, -0.3, -0.4, -0.5, -0.7, -0.8, -0.85, -0.9]  # 0.22 of it from 4M to 6M
 
 
@@ -82,6 +83,7 @@ def test_each_phase_change_claim_fails_where_it_looks():
   verdicts = _phase_change(GRADUAL, ICL_IN, loss="bump")
   assert not verdicts["abrupt"]  # the best pair ≤ 2× apart holds ≤ 0.25 of the rise
   assert not _phase_change(SUDDEN, ICL_SPREAD, loss="bump")["icl_in_window"]
+  assert not _phase_change(SUDDEN, ICL_MOST, loss="bump")["icl_in_window"]  # IH: more than 75%
   assert not _phase_change(SUDDEN, ICL_IN)["loss_bump"]  # a smooth decay: no bump
   assert not _phase_change([0.3] * 9, ICL_IN)["abrupt"]  # never rises: no window at all
 

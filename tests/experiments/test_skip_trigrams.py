@@ -65,3 +65,15 @@ def test_each_skip_trigram_claim_holds_and_fails_on_hand_made_numbers():
       "most_heads_copy": False, "attends_to_plausible_next_tokens": False,
       "factored_form_bug": False}
   assert not verdicts(_tables([0.95] * 4, [0.8] * 4, bugs=0))["factored_form_bug"]
+
+
+def test_copying_is_judged_against_the_row_median_and_the_random_init_heads():
+  """FW gives no number: a head copies when the token's own logit sits above the row's median
+  output and above every random-init head's median rank (0.53 here)."""
+  skip_trigrams = figure_module("skip_trigrams")
+  config = figure_config("skip_trigrams", "test")
+  copies = lambda t: skip_trigrams.claims_of(config, "attn1l", t)[0]
+  modest = _tables([0.6, 0.6, 0.6, 0.3], [0.8] * 4)
+  assert copies(modest)["holds"] and copies(modest)["value"]["bar"] == 0.53
+  modest["init_rank"] = np.array([[0.47, 0.5, 0.65, 0.49]])  # a random-init head at 0.65
+  assert not copies(modest)["holds"]

@@ -24,6 +24,7 @@ def test_each_claim_fails_where_it_looks():
   assert not _verdicts(losses=(5.5, 4.0, 2.6), full=2.6)["virtual_heads_small"]  # 2nd ≈ 1st
   assert not _verdicts(losses=(5.5, 5.3, 5.25), full=5.25)["virtual_heads_small"]  # heads idle
   assert not _verdicts(layer_effect=(2.0, 1.0))["layer1_matters_most"]  # layer 0 matters more
+  assert _verdicts(layer_effect=(2.0, 2.5))["layer1_matters_most"]  # more: FW gives no ratio
   assert not _verdicts(layer_effect=(0.1, 0.3))["layer1_matters_most"]  # neither matters
 
 

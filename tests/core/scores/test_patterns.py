@@ -261,3 +261,21 @@ def test_stripe_and_prefix_matching_agree_on_two_repeats_only():
     prefix = np.asarray(scores.prefix_matching_score(cfg, w, pool, 0, length=10,
                                                      repeats=repeats, samples=3))
     assert np.allclose(stripe, prefix, atol=1e-5) == equal
+
+
+def test_masked_bos_and_its_strongest_rival_against_loops():
+  """``MaskedBos`` sums A[i, 0] and ``MaskedTopOffBos`` the largest A[i, j], j ≥ 1, over the
+  masked destinations, per window and head (through ``pattern_statistics``, on a real model)."""
+  cfg, w = random_model(n_layers=2, n_heads=3, d_vocab=23, n_ctx=12, std=0.6, seed=9)
+  tokens = np.random.default_rng(9).integers(0, cfg.d_vocab, (3, cfg.n_ctx))
+  mask = scores.first_occurrences(tokens)
+  bos, rival = scores.pattern_statistics(cfg, w, tokens, (scores.MaskedBos(),
+                                                          scores.MaskedTopOffBos()), mask)
+  A = np.asarray(forward(cfg, w, tokens, return_patterns=True)[1]["patterns"], np.float64)
+  for l in range(2):
+    for b in range(3):
+      for h in range(3):
+        dests = [i for i in range(cfg.n_ctx) if mask[b, i]]
+        assert bos[l, b, h] == pytest.approx(sum(A[l, b, h, i, 0] for i in dests), rel=1e-5)
+        assert rival[l, b, h] == pytest.approx(
+            sum(max(A[l, b, h, i, j] for j in range(1, i + 1)) for i in dests), rel=1e-5)
