@@ -2,6 +2,8 @@
 loss-bump test (loss_bump) must not extrapolate and must say when it cannot be tested; the ICL
 share is of the fall from initialisation."""
 
+import types
+
 import numpy as np
 
 from reproduce.figure.runner import figure_config, figure_module
@@ -96,3 +98,46 @@ def test_the_one_layer_claims_hold_and_fail():
   above = formation._icl_2l_below_1l_claim({"attn1l": (1, -0.7), "attn2l": (2, -0.3)})
   assert below["holds"] and not above["holds"]
   assert formation._icl_2l_below_1l_claim({"attn2l": (2, -0.7)}) is None  # nothing to compare
+
+
+def _bump_claim(train_loss, lo, hi, clear):
+  config = figure_config("induction_formation", "test")
+  bump = formation.loss_bump(train_loss, lo, hi, clear=clear)
+  return formation._loss_bump_claim(config, "m", lo, hi, bump)
+
+
+def test_a_bump_inside_the_constant_learning_rate_phase_counts():
+  """Constant learning rate from 1M to 10M tokens (the decay after): a bump from 3M to 6M holds,
+  its after-neighbour cut at 10M still reaching half way (8.5M)."""
+  c = _bump_claim(curve(16e6, bump=0.3, lo=3e6, hi=6e6), 3e6, 6e6, clear=(1e6, 10e6))
+  assert c["value"]["testable"] and c["holds"], c["measured"]
+  assert "constant learning rate from 1,000,000 to 10,000,000 tokens" in c["measured"]
+  assert "constant-learning-rate phase" in c["criterion"]
+
+
+def test_a_bump_only_in_the_decay_does_not_count():
+  """A faster fall from 10M to 14M tokens, where the learning rate decays: without the schedule
+  it reads as a bump; with it the window overlaps a learning-rate change and cannot be tested."""
+  decay_fall = curve(20e6, bump=0.3, lo=10e6, hi=14e6)
+  assert _bump_claim(decay_fall, 10e6, 14e6, clear=None)["holds"]  # the confound
+  c = _bump_claim(decay_fall, 10e6, 14e6, clear=(1e6, 10e6))
+  assert not c["holds"] and not c["value"]["testable"]
+  assert c["measured"].startswith("cannot be tested: the window overlaps a learning-rate change")
+  # a window in the constant phase whose after-neighbour would reach into the decay is cut
+  # there; cut short of half way it is not usable
+  c = _bump_claim(decay_fall, 6e6, 9e6, clear=(1e6, 10e6))
+  assert not c["holds"] and "no usable after neighbour" in c["measured"]
+
+
+def test_the_constant_phase_comes_from_the_runs_config():
+  """The cpu 2L recipe: 4,500 steps × 4,096 tokens, 200 warm-up steps, the cosine from update
+  3,426 on; the loss is logged as the mean of 50 steps, so records from step 250 to 3,426."""
+  train = {"steps": 4500, "warmup_steps": 200, "decay_fraction": 0.25, "batch_size": 16,
+           "log_every": 50}
+  model = types.SimpleNamespace(meta={"config": {"train": train}}, workdir=None, snapshots=None,
+                                cfg=types.SimpleNamespace(n_ctx=256))
+  assert formation.constant_phase(model) == (250 * 4096, 3426 * 4096)
+  model.meta = {}
+  assert formation.constant_phase(model) is None  # a downloaded folder: schedule unknown
+  c = _bump_claim(curve(16e6, bump=0.3, lo=3e6, hi=6e6), 3e6, 6e6, clear=None)
+  assert "learning-rate schedule is unknown" in c["criterion"]
