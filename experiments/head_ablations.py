@@ -172,8 +172,7 @@ KNOCK_OUT = ("IH, \"Argument 3\" (ablations): in small attention-only models, ab
              "(IH ablates with the attention patterns preserved; for heads of the last layer, as "
              "here, that is the same as zeroing their output)")
 KNOCK_OUT_OTHERS = ("IH, \"Argument 3\": in the same small attention-only models, ablating most "
-                    "of the other heads slightly increases the in-context learning (removes none "
-                    "of it)")
+                    "of the other heads slightly increases the in-context learning")
 PREV_CONTROL = ("control: the mechanism's dependence on the previous-token head (FW, \"How "
                 "Induction Heads Work\": the induction head's key reads what a previous-token "
                 "head writes, by K-composition), checked by zero-ablating that head with every "
