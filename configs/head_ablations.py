@@ -6,8 +6,10 @@ the model loses in context.
 Every head of the 2L model is zero-ablated in turn (its W_O set to 0, so later layers read the
 ablated stream), and so are all induction heads together.  Measured: the fraction of the loss
 drop on repeated random tokens (first occurrence → repeat) and of the in-context-learning score
-that the ablation removes.  Expected (IH): ablating the induction heads, or the previous-token
-head that feeds them, removes most of both; ablating another head of the same layer does not.
+that the ablation removes.  Claims (IH, "Argument 3"): ablating the induction heads removes
+almost all (≥ 0.9) of both; ablating most of the other heads of their layers removes little
+(< 0.1).  Control: fully ablating the previous-token head that feeds them removes most (≥ 0.5)
+of both (FW's mechanism; IH's ablations preserve the patterns, so no paper statement is about it).
 """
 
 import ml_collections
@@ -31,8 +33,15 @@ def get_config(preset: str = "cpu"):
   # on IH's probe.  0.3 is three times the most a head attending uniformly over ≥ 10 positions
   # could score.
   c.role_threshold = 0.3
-  # "Most" of the loss drop / ICL score: more than half of what the unablated model has (the
-  # baseline is the unablated model, 0 removed; ablating everything in context removes 1).
+  # IH, "Argument 3": ablating the induction heads removes "almost all" of the in-context
+  # learning; read as at least nine tenths of what the unablated model has (the baseline is the
+  # unablated model, 0 removed; ablating everything in context removes 1).  IH gives no number
+  # beyond its words; until issue 32 we asked for "most", 0.5, which understated them.  The
+  # other heads (most of which IH finds slightly increase the ICL) must each remove less than
+  # what "almost all" leaves, 1 − 0.9.
+  c.almost_all = 0.9
+  # The control on the previous-token head (a full ablation, which no statement of the papers is
+  # about): "most", more than half of both.
   c.most_removed = 0.5
   c.lock()
   return c

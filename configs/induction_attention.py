@@ -4,7 +4,8 @@ tokens and on real text, value-weighted, as a PNG and a standalone interactive H
     python -m reproduce.figure --name induction_attention
 
 Claims: a head of a layer ≥ 1 shows the induction stripe (score ≥ 0.3 on BOS + 20 random tokens
-× 3), and the 2L model's loss on the repeats is below log 20 and below the 1L model's."""
+× 3), and the 2L model's loss on the repeats is below its own loss on the first copy and below
+the 1L model's on the same repeats (the papers give no number; log 20 is drawn, no longer a bar)."""
 
 import ml_collections
 

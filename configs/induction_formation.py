@@ -4,8 +4,8 @@
 
 From the log-spaced snapshots of one run per model: the in-context-learning score and every
 head's prefix-matching score against tokens seen, with the training loss.  Claims (2L): the best
-head gains most of its prefix matching within a factor of 2 in tokens; most of the ICL fall
-happens in that window; the training loss falls faster there than on both sides (a bump).  1L: never
+head gains most of its prefix matching within a factor of 2 in tokens; more than 75% of the
+ICL fall happens in that window (IH's number); the training loss falls faster there than on both sides (a bump).  1L: never
 forms induction heads, and its final ICL score is above the 2L model's."""
 
 import ml_collections
@@ -25,7 +25,10 @@ def get_config(preset: str = "cpu"):
   c.formed = 0.3
   c.unformed = 0.1
   c.window_ratio = 2.0  # "abrupt": the window spans at most a factor 2 in tokens (IH)
-  c.majority = 0.5  # "most": more than half of the total change (IH's wording)
+  c.majority = 0.5  # "abrupt": the best head gains most (≥ half) of its rise in the window
+  # In-context learning in the window: IH's own number, "more than 75% of the final ICL forms
+  # inside the window" (until issue 32 we asked for half: "most").
+  c.icl_in_window = 0.75
   # A bump: the window's loss slope (per decade of tokens) below each neighbour's by > 2
   # standard errors of the difference (docs/RECIPE.md: a fit over the whole run extrapolated).
   c.bump_standard_errors = 2.0

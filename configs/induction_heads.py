@@ -25,9 +25,10 @@ def get_config(preset: str = "cpu"):
   # Induction head: prefix-matching score ≥ 0.3, three times the most a head attending
   # uniformly over ≥ 10 positions could score (and far above every random-init head).
   c.role_threshold = 0.3
-  # "Most of their attention on BOS": more than half (uniform attention over the visible
-  # positions puts 1/(i+1) there, measured and drawn beside it).
-  c.min_bos = 0.5
+  # Resting on BOS (FW: "if they don't find it, they attend to the first token"): no number in
+  # the paper, so no threshold here: BOS must take more attention than the one other position
+  # that takes most (scores.MaskedTopOffBos), averaged over the destinations with no earlier
+  # copy.  Until issue 32 it was ≥ 0.5, our own number.
   # Averaging head (FW's corrected composition figure: a head attending to "the last several
   # tokens, rather than just the previous token"): within the last 8 tokens (offsets 0 … 7) it
   # holds most of its attention (≥ 0.5) and spreads it over several of them: exp(entropy) of

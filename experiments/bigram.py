@@ -158,8 +158,8 @@ def run(config, models, outdir):
     t.scale(1, 1.4)
     tab.set_title("frequent tokens: top next tokens")
     save_figure(fig, outdir, "bigram" if len(models) == 1 else f"bigram_{label}")
-    claims.extend(_claims(config, label, model, stats, uni_corr, kl_model, kl_unigram,
-                          numbers.get("direct_path_gain_over_unigram")))
+    claims.extend(claims_of(config, label, model.cfg.n_layers, stats, uni_corr, kl_model,
+                            kl_unigram, numbers.get("direct_path_gain_over_unigram")))
   return claims
 
 
@@ -173,9 +173,13 @@ DIRECT_PATH = ("FW, \"Zero-Layer Transformers\" (on the W_U W_E term of deeper m
                "that no general rule gives)")
 
 
-def _claims(config, label, model, stats, uni_corr, kl_model, kl_unigram, gain):
+def claims_of(config, label, n_layers, stats, uni_corr, kl_model, kl_unigram, gain):
+  """The claims of one model from its numbers alone: ``stats`` (``correlation``, ``n_pairs``),
+  the unigram's correlation ``uni_corr``, the held-out KLs of the model and the unigram, and
+  for a model with layers the direct path's correlation ``gain`` over the unigram
+  (``correlation_gain``: ``gain``, ``standard_error``; None: no claim)."""
   need = config.gap_closed
-  if model.cfg.n_layers == 0:
+  if n_layers == 0:
     closed = gap_closed(stats["correlation"], uni_corr, 1.0)
     kl_closed = gap_closed(kl_model, kl_unigram, 0.0)
     return [
@@ -206,7 +210,7 @@ def _claims(config, label, model, stats, uni_corr, kl_model, kl_unigram, gain):
   k = config.standard_errors
   return [claim(
       figure="bigram", what="direct_path_bigram_residual", model=label, paper_says=DIRECT_PATH,
-      statement=f"{label}: the direct path of a {model.cfg.n_layers}-layer model holds part of "
+      statement=f"{label}: the direct path of a {n_layers}-layer model holds part of "
       "the bigram statistics (a residual of them, not a bigram model of its own)",
       source=FW_DIRECT_PATH,
       criterion="the correlation r of log softmax(W_E W_U)[current, next] with the empirical log "

@@ -103,12 +103,17 @@ def run(config, models, outdir):
                  "panel; red above the baseline, blue below)")
     save_figure(fig, outdir, "composition_scores" if len(models) == 1
                            else f"composition_scores_{label}")
-    claims.extend(_claims(config, label, roles, correct, init_max, init_source))
+    claims.extend(claims_of(config, label, roles, correct, init_max, init_source))
   return claims
 
 
-def _claims(config, label, roles, correct, init_max, init_source):
-  """FW's (corrected) statements about the previous-token → induction-head pairs."""
+def claims_of(config, label, roles, correct, init_max, init_source):
+  """FW's (corrected) statements about the previous-token → induction-head pairs, from the
+  numbers alone: ``roles`` (``HeadRoles``), ``correct`` (``baseline`` and the [L, H, L, H]
+  ``q``/``k``/``v`` scores), ``init_max`` (per kind, the largest score of any head pair at
+  random init).  The previous-token head an induction head of layer l reads is the strongest
+  one of layers < l, and only if it passes the role threshold: without one, the claims about
+  that pair fail and say so."""
   claims = []
   base = correct["baseline"]
   induction = [(l, h) for l, h in roles.induction_heads() if l >= 1]
@@ -122,8 +127,13 @@ def _claims(config, label, roles, correct, init_max, init_source):
         criterion=f"needs an induction head (prefix-matching score ≥ {roles.threshold}) in a layer ≥ 1",
         measured="no induction head found", value=None, holds=False))
     return claims
-  # The previous-token head each induction head reads: the strongest one in earlier layers.
+  # The previous-token head each induction head reads: the strongest one in earlier layers,
+  # when it passes the role threshold.
   pairs = [((roles.previous_token_head(l2)), (l2, h2)) for l2, h2 in induction]
+  missing = [(p, i) for p, i in pairs if roles.previous_token[p] < roles.threshold]
+  no_prev = "; ".join(
+      f"no previous-token head (score ≥ {roles.threshold:g}) in the layers before {name(*i)}: "
+      f"the strongest, {name(*p)}, scores {roles.previous_token[p]:.2f}" for p, i in missing)
   strongest = []
   for (_, _), (l2, h2) in pairs:
     into = correct["k"][:l2, :, l2, h2]  # every earlier head → this induction head
@@ -147,26 +157,32 @@ def _claims(config, label, roles, correct, init_max, init_source):
   q = [correct["q"][p[0], p[1], i[0], i[1]] for p, i in pairs]
   v = [correct["v"][p[0], p[1], i[0], i[1]] for p, i in pairs]
   described = [f"{name(*p)}→{name(*i)}" for p, i in pairs]
+  prev_rule = (f"the previous-token head: the strongest of the layers before the induction head, "
+               f"with previous-token score ≥ {roles.threshold:g} (none: the claim fails)")
   claims.append(claim(
       figure="composition_scores", what="k_above_random_init", model=label,
       paper_says=K_COMPOSITION,
       statement=f"{label}: the previous-token head K-composes with the induction heads far above "
       "chance", source=FW_TWO_LAYER_MODEL,
       criterion="K-comp(previous-token head, induction head) > the largest K-composition of any "
-      f"head pair at random init ({init_source})",
-      measured=", ".join(f"{d}: K {s:.3f}" for d, s in zip(described, k))
+      f"head pair at random init ({init_source}); {prev_rule}",
+      measured=(f"{no_prev}; " if missing else "")
+      + ", ".join(f"{d}: K {s:.3f}" for d, s in zip(described, k))
       + f"; random-init max {init_max['k']:.3f}, baseline {base:.3f}",
-      value={"k": k, "random_init_max": init_max["k"], "baseline": base},
-      holds=min(k) > init_max["k"]))
+      value={"k": k, "random_init_max": init_max["k"], "baseline": base,
+             "previous_token_head_missing": bool(missing)},
+      holds=not missing and min(k) > init_max["k"]))
   claims.append(claim(
       figure="composition_scores", what="q_v_near_baseline", model=label,
       paper_says=Q_V_SMALL,
       statement=f"{label}: Q- and V-composition of the induction heads with the previous-token "
       "head stay near the baseline", source=FW_TWO_LAYER_MODEL,
       criterion="Q-comp and V-comp(previous-token head, induction head) ≤ the largest Q- and "
-      "V-composition of any head pair at random init",
-      measured=", ".join(f"{d}: Q {a:.3f}, V {b:.3f}" for d, a, b in zip(described, q, v))
+      f"V-composition of any head pair at random init; {prev_rule}",
+      measured=(f"{no_prev}; " if missing else "")
+      + ", ".join(f"{d}: Q {a:.3f}, V {b:.3f}" for d, a, b in zip(described, q, v))
       + f"; random-init max Q {init_max['q']:.3f}, V {init_max['v']:.3f}",
-      value={"q": q, "v": v, "random_init_max": init_max},
-      holds=max(q) <= init_max["q"] and max(v) <= init_max["v"]))
+      value={"q": q, "v": v, "random_init_max": init_max,
+             "previous_token_head_missing": bool(missing)},
+      holds=not missing and max(q) <= init_max["q"] and max(v) <= init_max["v"]))
   return claims

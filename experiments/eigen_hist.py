@@ -54,6 +54,39 @@ COPYING_MAJORITY = ("FW, \"Detecting Copying Behavior\" (eigenvalue summary): in
                     "12 heads are significantly copying\"")
 
 
+def claims_of(config, label, trained, random, init_source) -> list:
+  """The claims of one model from its OV positivities [L, H], trained and at random init
+  (``init_source`` says where the random init came from): the copying majority (one-layer
+  models only, as FW's statement) and the random-init control."""
+  L, H = trained.shape
+  threshold = max(config.copying_threshold, float(random.max()))
+  copying = int((trained > threshold).sum())
+  per_layer = "; ".join(f"layer {l}: {int((trained[l] > threshold).sum())}/{H}"
+                        for l in range(L))
+  claims = []
+  if L == 1:
+    claims.append(claim(
+        figure="eigen_hist", what="copying_majority", model=label,
+        paper_says=COPYING_MAJORITY,
+        statement=f"{label}: most heads of a one-layer model copy (FW's 1L model: 10 of 12)",
+        source=FW_DETECTING_COPYING,
+        criterion=f"more than half the heads have OV positivity > max("
+        f"{config.copying_threshold}, the largest positivity at random init = "
+        f"{float(random.max()):+.2f})",
+        measured=f"{copying} of {L * H} heads ({per_layer}); random init from {init_source}",
+        value=trained, holds=copying * 2 > L * H))
+  mean_random = float(random.mean())
+  claims.append(claim(
+      figure="eigen_hist", what="random_init_near_zero", model=label,
+      statement=f"{label}: at random init OV positivity is near 0",
+      source="control: random init",
+      criterion=f"|mean positivity over heads| < {config.random_init_max_abs_mean}",
+      measured=f"mean {mean_random:+.3f}, range {random.min():+.2f}…{random.max():+.2f} over "
+      f"{L * H} heads ({init_source})", value=random,
+      holds=abs(mean_random) < config.random_init_max_abs_mean, kind="control"))
+  return claims
+
+
 def run(config, models, outdir):
   plt = pyplot()
   claims = []
@@ -69,35 +102,12 @@ def run(config, models, outdir):
     random = circuits.positivity(circuits.ov_eigenvalues(init))
     numbers[label] = {"trained": trained, "random_init": random, "random_init_source": init_source}
     threshold = max(config.copying_threshold, float(random.max()))
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    copying = int((trained > threshold).sum())
     missing = ("\n(no training snapshots: grey is a fresh init, not this run's)"
                if model.snapshots is None else "" if "step-0" in init_source
                else f"\n(grey: {init_source}, the earliest there is)")
     plot_layers(plt, axes[0, sum(panels[:i]): sum(panels[: i + 1])], label, trained, random,
                 threshold, missing)
-    per_layer = "; ".join(f"layer {l}: {int((trained[l] > threshold).sum())}/{H}"
-                          for l in range(L))
-    if L == 1:
-      claims.append(claim(
-          figure="eigen_hist", what="copying_majority", model=label,
-          paper_says=COPYING_MAJORITY,
-          statement=f"{label}: most heads of a one-layer model copy (FW's 1L model: 10 of 12)",
-          source=FW_DETECTING_COPYING,
-          criterion=f"more than half the heads have OV positivity > max("
-          f"{config.copying_threshold}, the largest positivity at random init = "
-          f"{float(random.max()):+.2f})",
-          measured=f"{copying} of {L * H} heads ({per_layer}); random init from {init_source}",
-          value=trained, holds=copying * 2 > L * H))
-    mean_random = float(random.mean())
-    claims.append(claim(
-        figure="eigen_hist", what="random_init_near_zero", model=label,
-        statement=f"{label}: at random init OV positivity is near 0",
-        source="control: random init",
-        criterion=f"|mean positivity over heads| < {config.random_init_max_abs_mean}",
-        measured=f"mean {mean_random:+.3f}, range {random.min():+.2f}…{random.max():+.2f} over "
-        f"{L * H} heads ({init_source})", value=random,
-        holds=abs(mean_random) < config.random_init_max_abs_mean, kind="control"))
+    claims.extend(claims_of(config, label, trained, random, init_source))
   fig.tight_layout()
   save_figure(fig, outdir, "eigen_hist")
   write_json(outdir / "eigen_hist.json", numbers)

@@ -11,19 +11,24 @@ slope criteria failed and why they were replaced):
 - abrupt: the head with the highest final prefix-matching score gains most (≥ ``majority``) of
   its total gain (final − initial) between two snapshots at most a factor ``window_ratio`` apart
   in tokens; that span is the formation window;
-- ICL: the majority of the ICL score's total fall over training (initialisation → end) happens
-  inside the window (IH: "most in-context learning is acquired in the phase change");
+- ICL: more than 75% of the ICL score's total fall over training (initialisation → end)
+  happens inside the window (IH's own number: "more than 75% of the final ICL forms inside the
+  window"; until issue 32 we asked for half);
 - loss bump: the training loss falls faster inside the window than over the neighbouring
   intervals of the same token ratio on both sides (least-squares slopes against log tokens, by
   more than 2 standard errors); without data on both sides it cannot be tested, and says so;
-  without a training-loss log (a downloaded folder) the held-out loss measured at each snapshot
-  stands in for it;
+  the window and both neighbours must lie in the run's constant-learning-rate phase (after the
+  warm-up, before the decay: IH checked that its window matches no learning-rate change), the
+  neighbours cut to it, read from the run's config (``constant_phase``); a run whose schedule is
+  unknown is compared without that check, and the claim says so; without a training-loss log (a
+  downloaded folder) the held-out loss measured at each snapshot stands in for it;
 - one layer never forms induction heads, and its final ICL score stays above the 2L model's.
 
 A checkpoint without training snapshots (a weight file) has no trajectory: the figure shows its
 final scores alone, says what is missing, and makes no claim that needs the trajectory.
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +38,7 @@ from reproduce.figure.claims import claim
 from reproduce.figure.outputs import write_json
 from reproduce.figure.plotting import pyplot, save_figure
 from reproduce.figure.sources import has_snapshots, require_tokens
+from reproduce.train.step import constant_lr_span
 from reproduce.train.workdir import read_metrics
 
 DESCRIPTION = "ICL score and every head's prefix-matching score over training (1L vs 2L), with the loss"
@@ -131,24 +137,50 @@ def interval_slope(tokens, loss, lo, hi):
   return float(slope), error, n
 
 
-def loss_bump(train_loss, lo, hi, min_points: int = 5) -> dict:
+def constant_phase(model):
+  """(first, last) tokens between which every logged training-loss record averages steps run at
+  the peak learning rate, after the warm-up and before the decay, from the run's train config
+  (``step.constant_lr_span``: a record at step s averages the updates s − log_every … s − 1);
+  None when the schedule is unknown (no train config: a downloaded model folder) or the x axis
+  counts steps."""
+  config = model.meta.get("config") if isinstance(model.meta, dict) else None
+  if (not isinstance(config, dict) and model.workdir is not None
+      and (Path(model.workdir) / "config.json").is_file()):
+    config = json.loads((Path(model.workdir) / "config.json").read_text())
+  train = config.get("train") if isinstance(config, dict) else None
+  if not isinstance(train, dict) or x_axis(model) != "tokens":
+    return None
+  first, last = constant_lr_span(train)
+  per_step = int(train["batch_size"]) * model.cfg.n_ctx
+  return float((first + int(train["log_every"])) * per_step), float((last + 1) * per_step)
+
+
+def loss_bump(train_loss, lo, hi, min_points: int = 5, clear=None) -> dict:
   """The loss curve's slope (nats per decade of tokens) inside the window [lo, hi] and in its two
   neighbours of the same ratio r = hi/lo, [lo/r, lo) and (hi, hi·r], with standard errors: no
   fit is extrapolated.  A neighbour is ``usable`` when its logged points reach half way across it
   (lo/√r, hi·√r) and number ≥ ``min_points``; ``margin`` (per side) = (neighbour slope − window
-  slope) / the standard error of that difference: > 0 where the window falls faster."""
+  slope) / the standard error of that difference: > 0 where the window falls faster.
+
+  ``clear`` = (first, last) tokens of the run's constant-learning-rate phase (``constant_phase``)
+  keeps every comparison clear of a learning-rate change: the window must lie inside it
+  (``window_clear``), and each neighbour is cut to it (a neighbour cut short of half way is not
+  usable)."""
   tokens, loss = train_loss[:, 0], train_loss[:, 1]
   r = hi / lo
   inside = interval_slope(tokens, loss, lo, hi)
-  out = {"window": inside}
-  sides = (("before", lo / r, lo * (1 - 1e-9), lo / np.sqrt(r)),
-           ("after", hi * (1 + 1e-9), hi * r, hi * np.sqrt(r)))
+  first, last = clear if clear is not None else (0.0, np.inf)
+  window_clear = bool(lo >= first and hi <= last)
+  out = {"window": inside, "clear": None if clear is None else [first, last],
+         "window_clear": window_clear}
+  sides = (("before", max(lo / r, first), lo * (1 - 1e-9), lo / np.sqrt(r)),
+           ("after", hi * (1 + 1e-9), min(hi * r, last), hi * np.sqrt(r)))
   for side, a, b, half_way in sides:
     slope, error, n = interval_slope(tokens, loss, a, b)
     there = tokens[(tokens >= a) & (tokens <= b)]
     reaches = bool(len(there)) and (there.min() <= half_way if side == "before"
                                     else there.max() >= half_way)
-    usable = n >= min_points and reaches and np.isfinite(error)
+    usable = window_clear and n >= min_points and reaches and np.isfinite(error)
     margin = (slope - inside[0]) / np.hypot(error, inside[1]) if usable else float("nan")
     out[side] = (slope, error, n)
     out[f"{side}_usable"] = bool(usable)
@@ -213,6 +245,12 @@ def plot_row(config, axes, label, model, f) -> None:
   if len(heldout_loss):
     axes[2].plot(heldout_loss[:, 0], heldout_loss[:, 1], "o-", ms=2, color="#1c2833", lw=1,
                  label="held-out")
+  clear = constant_phase(model) if f["snapshots"] else None
+  if clear is not None:  # where the learning rate is not at its peak (warm-up, decay)
+    for a, b in ((x.min(), clear[0]), (clear[1], x.max())):
+      if b > a:
+        axes[2].axvspan(a, b, color="#eaeded", lw=0, zorder=0,
+                        label="learning rate warming up or decaying" if a == x.min() else None)
   axes[2].set_ylabel("loss (nats)")
   title = ("training loss" if len(train_loss) else "held-out loss at each snapshot (no "
            "training-loss log)" if f["snapshots"] else "training loss (no metrics log: missing)")
@@ -233,9 +271,12 @@ PHASE_CHANGE = ("IH, \"Argument 1\" (macroscopic co-occurrence): early in traini
                 "with more than one layer go through a \"phase change\": induction heads form "
                 "within a narrow window of training")
 ICL_IN_WINDOW = ("IH, \"Argument 1\": during the same phase change in-context learning "
-                 "improves \"dramatically\", and little of it is acquired outside it")
+                 "improves \"dramatically\": the ICL score goes from below 0.15 nats before the "
+                 "window to about 0.4 after it, and more than 75% of the final ICL forms inside "
+                 "the window")
 LOSS_BUMP = ("IH, \"Argument 1\": the phase change is visible in the training loss as a "
-             "\"bump\": the loss curve bends there")
+             "\"bump\": the loss curve bends there; IH checked that the window does not "
+             "coincide with a learning-rate change (its warm-up ended earlier)")
 NONE_IN_1L = ("IH, \"Argument 1\": one-layer attention-only models form no induction heads (an "
               "induction head needs a previous-token head in an earlier layer) and show no "
               "phase change")
@@ -298,8 +339,10 @@ def run(config, models, outdir):
     if L >= 2:
       loss = (f["train_loss"], "training loss") if len(f["train_loss"]) else \
           (np.stack([tokens, f["snapshot_loss"]], axis=1), "held-out loss at each snapshot")
+      clear = constant_phase(model)
+      numbers[label]["constant_learning_rate_tokens"] = clear
       claims.extend(_phase_change_claims(config, label, tokens, f["best"], f["icl"], loss, gain,
-                                         numbers[label], f["axis"]))
+                                         numbers[label], f["axis"], clear))
     elif L == 1:
       claims.append(_none_in_1l_claim(config, label, f["flat"]))
   comparison = _icl_2l_below_1l_claim(final_icl)
@@ -310,9 +353,11 @@ def run(config, models, outdir):
   return claims
 
 
-def _phase_change_claims(config, label, tokens, best, icl, loss, gain, numbers, axis):
+def _phase_change_claims(config, label, tokens, best, icl, loss, gain, numbers, axis,
+                         clear=None):
   """IH 'Argument 1''s phase change in a model that can form induction heads; ``tokens``: the snapshots'
-  positions on ``axis`` ("tokens" or "steps"); ``loss``: ((position, loss) [n, 2], its name)."""
+  positions on ``axis`` ("tokens" or "steps"); ``loss``: ((position, loss) [n, 2], its name);
+  ``clear``: the tokens of the run's constant-learning-rate phase (None: schedule unknown)."""
   train_loss, loss_name = loss
   if gain is None:
     return [claim(
@@ -339,29 +384,40 @@ def _phase_change_claims(config, label, tokens, best, icl, loss, gain, numbers, 
   claims.append(claim(
       figure="induction_formation", what="icl_in_window", model=label,
       paper_says=ICL_IN_WINDOW,
-      statement=f"{label}: most in-context learning is acquired in the same window",
-      source=IH_PHASE_CHANGE,
-      criterion=f"ICL fall between the window's snapshots ≥ {config.majority} of the total fall "
-      "over training (first snapshot → final)",
+      statement=f"{label}: most in-context learning (more than three quarters) is acquired in "
+      "the same window", source=IH_PHASE_CHANGE,
+      criterion=f"ICL fall between the window's snapshots > {config.icl_in_window} of the total "
+      "fall over training (first snapshot, the model at initialisation, → final): IH's \"more "
+      "than 75%\"",
       measured=f"ICL {icl[i]:+.3f} → {icl[j]:+.3f} in the window; total fall {total:.3f} "
       f"({icl[0]:+.3f} → {icl[-1]:+.3f}): share {share:.2f}",
       value={"share": share, "window": [icl[i], icl[j]], "total_fall": total},
-      holds=share >= config.majority))
-  bump = loss_bump(train_loss, tokens[i], tokens[j]) if len(train_loss) else None
+      holds=share > config.icl_in_window))
+  bump = loss_bump(train_loss, tokens[i], tokens[j], clear=clear) if len(train_loss) else None
   claims.append(_loss_bump_claim(config, label, tokens[i], tokens[j], bump, loss_name))
   numbers["loss_bump"] = bump
   return claims
 
 
 def _loss_bump_claim(config, label, lo, hi, bump, loss_name="training loss"):
-  """IH, 'Argument 1': the loss falls faster inside the formation window than on both sides of it; not
-  testable without a usable neighbour on each side (docs/RECIPE.md)."""
+  """IH, 'Argument 1': the loss falls faster inside the formation window than on both sides of
+  it, every comparison inside the run's constant-learning-rate phase when its schedule is known
+  (``bump["clear"]``); not testable without a usable neighbour on each side, or when the window
+  itself overlaps a learning-rate change (docs/RECIPE.md)."""
   k = config.bump_standard_errors
+  clear = None if bump is None else bump.get("clear")
+  schedule = ("; the window and both neighbours lie in the run's constant-learning-rate phase "
+              "(after the warm-up, before the decay, from its config), each neighbour cut to it, "
+              "so that no learning-rate change bends the curve (IH checked the same of its "
+              "window); a window overlapping a change cannot be tested")
   criterion = (f"the least-squares slope of the logged {loss_name} against log10 tokens inside "
                f"the window is below the slope over each neighbouring interval of the same token "
                f"ratio (before and after) by > {k:g} standard errors of the difference; each "
                "neighbour needs ≥ 5 logged points reaching half way across it, else the claim "
-               "cannot be tested")
+               "cannot be tested"
+               + (schedule if clear is not None else
+                  "; the run's learning-rate schedule is unknown, so the comparison could not be "
+                  "kept clear of a learning-rate change"))
   statement = f"{label}: the training loss shows a bump in that window"
   if bump is None:
     measured, testable, holds = f"cannot be tested: no {loss_name} log", False, False
@@ -371,14 +427,18 @@ def _loss_bump_claim(config, label, lo, hi, bump, loss_name="training loss"):
     for side in ("before", "after"):
       parts.append(f"{side}: {slope(side)}" + (f", margin {bump[side + '_margin']:.1f} SE"
                                                if bump[side + "_usable"] else ", not usable"))
+    if clear is not None:
+      parts.append(f"constant learning rate from {clear[0]:,.0f} to {clear[1]:,.0f} tokens")
     testable = bump["before_usable"] and bump["after_usable"]
     holds = testable and min(bump["before_margin"], bump["after_margin"]) > k
     missing = [side for side in ("before", "after") if not bump[side + "_usable"]]
-    measured = ("" if testable else f"cannot be tested: no usable {' and '.join(missing)} "
-                "neighbour; ") + "; ".join(parts)
+    why = ("the window overlaps a learning-rate change" if not bump.get("window_clear", True)
+           else f"no usable {' and '.join(missing)} neighbour"
+           + (" inside the constant-learning-rate phase" if clear is not None else ""))
+    measured = ("" if testable else f"cannot be tested: {why}; ") + "; ".join(parts)
   return claim(
       figure="induction_formation", what="loss_bump", model=label, statement=statement,
       paper_says=LOSS_BUMP,
       source=IH_PHASE_CHANGE, criterion=criterion, measured=measured,
-      value={"testable": testable, "slopes": bump}, holds=holds)
-
+      value={"testable": testable, "slopes": bump,
+             "constant_learning_rate_tokens": clear}, holds=holds)

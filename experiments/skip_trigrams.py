@@ -1,5 +1,7 @@
 """One layer: every head as skip-trigrams "source … destination → output" (FW, 'Interpretation
-as Skip-Trigrams'), read as FW's tables read them.
+as Skip-Trigrams').  FW's tables fix a source and list the destinations and outputs of its
+largest QK and OV entries; ours fix a destination and rank its sources (then each source's
+outputs, as FW does), because a QK entry is only comparable within its destination's row.
 
 A head's QK circuit W_E W_QK W_Eᵀ[dest, src] / sqrt(d_head) says how much ``dest`` attends to
 ``src``; its OV circuit W_E W_OV W_U[src, out] says which outputs attending to ``src`` raises.
@@ -125,7 +127,8 @@ def skip_trigrams(config, model) -> dict:
   counter = scores.SkipTrigramCounter(np.asarray(model.tokens.train[:config.corpus_tokens]),
                                       config.window)
   init, init_source = initial_weights(model)
-  found = {"allowed": allowed, "counter": counter, "init_source": init_source}
+  found = {"allowed": allowed, "counter": counter, "searched_tokens": len(counter.tokens),
+           "init_source": init_source}
   for prefix, weights in (("", model.weights), ("init_", init)):
     ranked = scores.ranked_skip_trigrams(weights, allowed, config.destinations_per_head,
                                          config.top_k)
@@ -273,14 +276,20 @@ BUGS = ("FW, \"Skip-Trigram Bugs\": one-layer models hold skip-trigrams in a \"f
         "must also raise keep … in bay; FW reports it \"frequently\" observes such bugs")
 
 
-def claims_of(config, label, model, t) -> list:
-  """FW, 'Interpretation as Skip-Trigrams': most heads copy, they attend to plausible next tokens, the factored form's bugs."""
-  L, H = model.cfg.n_layers, model.cfg.n_heads
+def claims_of(config, label, t) -> list:
+  """FW, 'Interpretation as Skip-Trigrams': most heads copy, they attend to plausible next
+  tokens, the factored form's bugs.  From the numbers of ``skip_trigrams`` alone: ``rank`` and
+  ``init_rank`` [L, H] (median own-logit row rank), ``head_auc`` and ``init_head_auc`` [L, H],
+  ``bugs`` and ``init_bugs`` (lists), ``names`` (id → text of the bugs' tokens), ``allowed``
+  (the tokens ranked), ``searched_tokens`` (how many training tokens were searched) and
+  ``init_source``."""
   rank, init_rank, bugs = t["rank"], t["init_rank"], t["bugs"]
+  L, H = rank.shape
   auc, init_auc = t["head_auc"], t["init_head_auc"]
   claim_on = lambda what, **kw: claim(figure="skip_trigrams", what=what, model=label,
                                       **kw)
-  copying = int((rank >= config.copy_rank).sum())
+  copy_bar = max(config.copy_rank, float(init_rank.max()))
+  copying = int((rank > copy_bar).sum())
   auc_bar = float(np.nanmax(init_auc)) if np.isfinite(init_auc).any() else float("nan")
   plausible = int((auc > auc_bar).sum())
   undefined = int((~np.isfinite(auc)).sum())
@@ -296,11 +305,15 @@ def claims_of(config, label, model, t) -> list:
                source=FW_COPYING,
                criterion=f"heads whose median (over {len(t['allowed'])} tokens seen ≥ "
                f"{config.min_count} times) rank of a token's own logit within its OV row (what "
-               f"attending to it raises) is ≥ {config.copy_rank} are a majority",
+               f"attending to it raises; 0.5: no higher than the row's median output) is above "
+               f"max({config.copy_rank}, the largest random-init head's) = {copy_bar:.2f} are a "
+               "majority (FW's words give no number: attending to a token raises that token, "
+               "and above chance)",
                measured=f"{copying} of {L * H} heads; per head: "
                f"{', '.join(f'{x:.2f}' for x in rank.ravel())}; random init ({t['init_source']}): "
                f"{init_rank.min():.2f} … {init_rank.max():.2f}",
-               value={"rank": rank, "random_init": init_rank}, holds=copying * 2 > L * H),
+               value={"rank": rank, "random_init": init_rank, "bar": copy_bar},
+               holds=copying * 2 > L * H),
       claim_on("attends_to_plausible_next_tokens", paper_says=PLAUSIBLE,
                statement=f"{label}: the QK circuit attends back to tokens that could plausibly be "
                "the next token (FW: 'tokens are copied, but only to places where bigram-ish "
@@ -322,7 +335,7 @@ def claims_of(config, label, model, t) -> list:
                source=FW_SKIP_TRIGRAM_BUGS,
                criterion=f"in each head's table (its {n_dest} destinations, their top "
                f"{config.top_k} sources, those sources' top {config.top_k} outputs), at least one "
-               f"distinct s … d1 → o2 that never occurs in {len(t['counter'].tokens):,} training "
+               f"distinct s … d1 → o2 that never occurs in {t['searched_tokens']:,} training "
                f"tokens while s … d1 → o1 and s … d2 → o2 each occur ≥ {config.min_seen} times (s a "
                "top source of both destinations, o1 and o2 top outputs of s); more of them than the "
                "same search finds in the random-init model's tables (its chance level)",
@@ -341,5 +354,5 @@ def run(config, models, outdir):
     write_numbers(config, outdir, label, model, found)
     plot_heads(config, label, model, found, outdir,
                "skip_trigrams" if len(models) == 1 else f"skip_trigrams_{label}")
-    claims.extend(claims_of(config, label, model, found))
+    claims.extend(claims_of(config, label, found))
   return claims

@@ -224,9 +224,11 @@ def token_position_qk(w: Weights) -> Tuple[Factored, Factored]:
 
 
 def positional_attention(w: Weights, n_ctx: int = 0, layer: Optional[int] = None) -> jax.Array:
-  """Causal softmax of ``head_positional_qk`` alone: the pattern a head would have if only
-  positions mattered, [L, H, T, T] (T = n_ctx or the model's context), or [H, T, T] of one
-  ``layer``.  Only the first T positions are computed."""
+  """Causal softmax of ``head_positional_qk`` alone, with the positional readers as
+  ``positional_qk`` (W_Q_pos, W_K_pos where a folded LN(x) + W_pos model has them, else W_Q,
+  W_K): the pattern a head would have if only positions mattered, [L, H, T, T] (T = n_ctx or
+  the model's context), or [H, T, T] of one ``layer``.  Only the first T positions are
+  computed."""
   require_folded(w)
   return _positional_attention(w, n_ctx or w.W_pos.shape[0], layer)
 
@@ -234,7 +236,8 @@ def positional_attention(w: Weights, n_ctx: int = 0, layer: Optional[int] = None
 @functools.partial(jax.jit, static_argnames=("T", "layer"))
 def _positional_attention(w: Weights, T: int, layer: Optional[int]) -> jax.Array:
   picked = slice(None) if layer is None else slice(layer, layer + 1)
-  scores = over_heads(head_positional_qk, (0, 0, None))(w.W_Q[picked], w.W_K[picked],
+  W_Q_pos, W_K_pos = w.positional_readers
+  scores = over_heads(head_positional_qk, (0, 0, None))(W_Q_pos[picked], W_K_pos[picked],
                                                          w.W_pos[:T])
   causal = jnp.tril(jnp.ones((T, T), bool))
   pattern = jax.nn.softmax(jnp.where(causal, scores, MASKED), axis=-1)

@@ -43,6 +43,20 @@ def learning_rate_schedule(t) -> optax.Schedule:
   return optax.join_schedules(parts, boundaries) if len(parts) > 1 else parts[0]
 
 
+def constant_lr_span(t) -> tuple:
+  """(first, last): the optimiser updates (0-based counts, the schedule's argument) that run at
+  the peak ``t.lr``, after the warm-up and before the cosine moves it, as
+  ``learning_rate_schedule`` builds them: the warm-up reaches ``lr`` at count ``warmup`` and the
+  cosine's first count is still ``lr``.  ``t`` is the run's train config (any object or dict
+  with its fields)."""
+  get = (lambda k: t[k]) if isinstance(t, dict) else (lambda k: getattr(t, k))
+  steps = int(get("steps"))
+  warmup = min(int(get("warmup_steps")), steps)
+  decay = max(1, int(round(float(get("decay_fraction")) * (steps - warmup))))
+  constant = max(steps - warmup - decay, 0)
+  return warmup, warmup + constant
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
   """Global-norm clipping then AdamW; a frozen (sinusoidal) W_pos gets no decay and no update."""
   t = config.train

@@ -129,7 +129,7 @@ def test_k_composition_term_eigenvalues_equal_the_dense_term(model):
     _same_multiset(lam[1, h], _nonzero_eigs(term, 4), tol=1e-5)
 
 
-def test_skip_trigrams_match_dense_rankings(model):
+def test_skip_trigrams_match_dense_rankings_and_values(model):
   _, w = model
   got = circuits.skip_trigrams(w, [4, 9], k=3)
   for l, h in ((0, 0), (1, 1)):
@@ -138,6 +138,12 @@ def test_skip_trigrams_match_dense_rankings(model):
       np.testing.assert_array_equal(got["out_tokens"][l, h, i], np.argsort(-d["ov_full"][src])[:3])
       np.testing.assert_array_equal(got["dest_tokens"][l, h, i],
                                     np.argsort(-d["qk_full"][:, src])[:3])
+      # the values too: QK scores divided by sqrt(d_head) = 2, OV logits as they are
+      np.testing.assert_allclose(got["dest_scores"][l, h, i],
+                                 np.sort(d["qk_full"][:, src])[::-1][:3] / np.sqrt(4),
+                                 rtol=1e-4, atol=1e-5)
+      np.testing.assert_allclose(got["out_logits"][l, h, i],
+                                 np.sort(d["ov_full"][src])[::-1][:3], rtol=1e-4, atol=1e-5)
 
 
 def test_batched_eigenvalues_equal_a_per_head_loop(model):
@@ -192,3 +198,41 @@ def test_positional_attention_one_layer_at_a_time_and_only_the_first_positions()
   # The first T positions alone: causal, so the same as the full pattern's leading block.
   np.testing.assert_allclose(circuits.positional_attention(w, 5), every[..., :5, :5], rtol=1e-5,
                              atol=1e-7)
+
+
+def _dense_positional_attention(W_pos, W_Q, W_K, T):
+  """Causal softmax of W_pos W_Q (W_pos W_K)ᵀ / sqrt(d_head) over the first T positions, one row
+  at a time in float64 NumPy (sources 0 … i of destination i)."""
+  P = np.asarray(W_pos, np.float64)[:T]
+  scores = (P @ np.asarray(W_Q, np.float64)) @ (P @ np.asarray(W_K, np.float64)).T
+  scores /= np.sqrt(np.asarray(W_Q).shape[-1])
+  out = np.zeros((T, T))
+  for i in range(T):
+    row = np.exp(scores[i, :i + 1] - scores[i, :i + 1].max())
+    out[i, :i + 1] = row / row.sum()
+  return out
+
+
+@pytest.mark.parametrize("folded_after_norm", [False, True])
+def test_positional_attention_against_a_dense_softmax(folded_after_norm):
+  """Against the softmax written out, head by head.  A folded LN(x) + W_pos model's positions
+  are read by its own W_Q_pos, W_K_pos (raw, unscaled by the gain), not by the folded W_Q, W_K:
+  the pattern must use them, as ``positional_qk`` does."""
+  from reproduce.core.weights import fold_for_analysis  # pylint: disable=import-outside-toplevel
+  if folded_after_norm:
+    cfg, w = random_model(n_layers=2, n_heads=2, n_ctx=9, norm="ln", pos="shortformer",
+                          pos_after_norm=True, std=0.6, seed=8)
+    rng = np.random.default_rng(8)
+    w = w.replace(ln_gain=np.asarray(1 + 0.5 * rng.normal(size=(2, 12)), np.float32))
+    _, w = fold_for_analysis(cfg, w)
+    assert w.W_Q_pos is not None
+  else:
+    _, w = random_model(n_layers=2, n_heads=2, n_ctx=9, std=0.6, seed=8)
+  readers = w.positional_readers
+  got = np.asarray(circuits.positional_attention(w))
+  for l in range(2):
+    for h in range(2):
+      expect = _dense_positional_attention(w.W_pos, readers[0][l, h], readers[1][l, h], 9)
+      np.testing.assert_allclose(got[l, h], expect, rtol=1e-4, atol=1e-6)
+      np.testing.assert_allclose(circuits.positional_attention(w, 4, layer=l)[h], expect[:4, :4],
+                                 rtol=1e-4, atol=1e-6)  # causal: the first rows alone

@@ -159,3 +159,43 @@ def test_folding_the_value_biases_of_a_model_without_norm_keeps_its_log_probabil
   np.testing.assert_allclose(f_ex["patterns"], ex["patterns"], atol=1e-6)
   with pytest.raises(ValueError, match="biases_as_weights needs a model without layer norm"):
     biases_as_weights(dataclasses.replace(cfg, norm="ln"), w)
+
+
+def _unembed_reference(cfg, w):
+  """(W_U, b_U) after ``fold_for_analysis``, by TransformerLens's rules written out in float64
+  NumPy: with "ln", W_U ← (I − 11ᵀ/d) diag(γ_final) W_U and b_U ← b_U + β_final W_U; then, unless
+  the model is a shortformer one that TransformerLens leaves alone (every shortformer model but
+  "ln" with positions after the norm), W_U and b_U minus their mean over the vocabulary."""
+  g = lambda a: None if a is None else np.asarray(a, np.float64)
+  W_U, b_U = g(w.W_U), g(w.b_U)
+  b_U = np.zeros(cfg.d_vocab) if b_U is None else b_U
+  if cfg.norm == "ln":
+    D = cfg.d_model
+    beta = g(w.ln_final_bias) if w.ln_final_bias is not None else np.zeros(D)
+    b_U = b_U + beta @ W_U
+    W_U = (np.eye(D) - np.ones((D, D)) / D) @ np.diag(g(w.ln_final)) @ W_U
+  centred = cfg.pos != "shortformer" or (cfg.norm == "ln" and cfg.pos_after_norm)
+  if centred:
+    W_U = W_U - W_U.mean(axis=1, keepdims=True)
+    b_U = b_U - b_U.mean()
+  return W_U, b_U
+
+
+@pytest.mark.parametrize("norm, pos, after", [("ln", "standard", False), ("ln", "shortformer", True),
+                                              ("ln", "shortformer", False),
+                                              ("lnpre", "standard", False),
+                                              ("none", "shortformer", False)])
+def test_fold_for_analysis_unembedding_against_a_dense_reference(norm, pos, after):
+  """W_U and b_U of the folded model equal the rules written out (centring over the vocabulary
+  where TransformerLens centres the unembedding); a per-position logit shift is all it costs."""
+  from reproduce.core.weights import fold_for_analysis  # pylint: disable=import-outside-toplevel
+  cfg, w = random_model(n_layers=1, norm=norm, pos=pos, pos_after_norm=after, seed=5)
+  rng = np.random.default_rng(5)
+  r = lambda *shape, mean=0.0: np.asarray(mean + 0.3 * rng.normal(size=shape), np.float32)
+  w = w.replace(b_U=r(cfg.d_vocab), W_U=r(cfg.d_model, cfg.d_vocab, mean=0.2))
+  if norm == "ln":
+    w = w.replace(ln_final=r(cfg.d_model, mean=1.0), ln_final_bias=r(cfg.d_model))
+  W_U, b_U = _unembed_reference(cfg, w)
+  _, folded = fold_for_analysis(cfg, w)
+  np.testing.assert_allclose(folded.W_U, W_U, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(folded.b_U, b_U, rtol=1e-5, atol=1e-6)

@@ -5,9 +5,6 @@ import numpy as np
 import pytest
 
 from reproduce.figure.runner import figure_config, figure_module
-from reproduce.figure.sources import Model
-
-from tests.support.helpers import random_model
 
 
 def _pearson(a, b):
@@ -39,13 +36,22 @@ def test_direct_path_claim_needs_bigram_content_beyond_the_unigram():
   more than 2 standard errors, fails when it is no better (not required to be a bigram model)."""
   bigram = figure_module("bigram")
   config = figure_config("bigram", "test")
-  cfg, w = random_model(n_layers=1)
-  model = Model("m", cfg, w, {})
-  stats = {"correlation": 0.55}
-  holds = bigram._claims(config, "m", model, stats, 0.49, 0, 0,
-                         {"gain": 0.06, "standard_error": 0.01})
+  stats = {"correlation": 0.55, "n_pairs": 100}
+  holds = bigram.claims_of(config, "m", 1, stats, 0.49, 0, 0,
+                           {"gain": 0.06, "standard_error": 0.01})
   assert [c["id"] for c in holds] == ["bigram.direct_path_bigram_residual.m"] and holds[0]["holds"]
   assert '"residual"' in holds[0]["paper_says"]
-  fails = bigram._claims(config, "m", model, stats, 0.54, 0, 0,
-                         {"gain": 0.01, "standard_error": 0.01})
+  fails = bigram.claims_of(config, "m", 2, stats, 0.54, 0, 0,
+                           {"gain": 0.01, "standard_error": 0.01})
   assert not fails[0]["holds"]
+  assert bigram.claims_of(config, "m", 1, stats, 0.49, 0, 0, None) == []
+
+
+def test_zero_layer_claims_hold_past_half_the_gap_and_fail_short_of_it():
+  """Correlation: (r − r_u) / (1 − r_u) ≥ 0.5; held-out KL: (KL_u − KL) / KL_u ≥ 0.5."""
+  bigram = figure_module("bigram")
+  config = figure_config("bigram", "test")
+  verdicts = lambda r, kl: {c["id"].split(".")[1]: c["holds"] for c in bigram.claims_of(
+      config, "m", 0, {"correlation": r, "n_pairs": 100}, 0.4, kl, 2.8, None)}
+  assert verdicts(0.9, 0.8) == {"correlation": True, "heldout_kl": True}  # 0.83, 0.71 closed
+  assert verdicts(0.6, 2.0) == {"correlation": False, "heldout_kl": False}  # 0.33, 0.29 closed

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from reproduce.core.model import forward
-from reproduce.figure.runner import figure_module
+from reproduce.figure.runner import figure_config, figure_module
 from reproduce.figure.sources import Model
 
 from tests.support.helpers import random_model
@@ -54,3 +54,38 @@ def test_induction_attention_writes_standalone_html(figures):
   assert views[0]["tokens"][0] == "BOS" and views[0]["bos"]
   assert f"ind {induction.ravel()[first]:.2f}" in views[0]["heads"][first]
   assert f"stripe {stripe.ravel()[first]:.2f}" in views[0]["heads"][first]
+
+
+def _repeats(stripe_l1=0.45, later=2.5, first=7.0, n=20):
+  """``on_repeats``' numbers made by hand: 2 layers × 2 heads, the best layer-1 stripe score
+  ``stripe_l1`` (layer 0 at 0.9: a layer-0 head cannot be an induction head), mean losses on
+  the first copy and on the repeats."""
+  return {"n": n, "stripe": np.array([[0.9, 0.0], [0.1, stripe_l1]]), "first": first,
+          "later": later, "names": {"repeated": f"BOS + {n} random tokens × 3"}}
+
+
+def _verdicts(m, one_layer):
+  induction_attention = figure_module("induction_attention")
+  claims = induction_attention.claims_of(figure_config("induction_attention", "test"), "m", m,
+                                         one_layer)
+  return {c["id"].split(".")[1]: c["holds"] for c in claims}, claims
+
+
+def test_the_stripe_claim_holds_above_the_threshold_in_a_layer_above_0_only():
+  assert _verdicts(_repeats(), [9.0])[0]["stripe"]
+  assert not _verdicts(_repeats(stripe_l1=0.2), [9.0])[0]["stripe"]  # layer 0's 0.9 does not count
+
+
+def test_the_repeat_loss_claim_needs_the_repeats_below_the_one_layer_model():
+  assert _verdicts(_repeats(later=2.5), [9.0])[0]["repeat_loss"]
+  assert not _verdicts(_repeats(later=2.5), [2.0])[0]["repeat_loss"]  # 1L predicts them better
+  assert not _verdicts(_repeats(later=7.5), [9.0])[0]["repeat_loss"]  # above the first copy
+  # no number of the papers: log 20 = 3.0 is no longer a bar (the cpu 2L model sits at 5–7)
+  assert _verdicts(_repeats(later=5.5), [11.0])[0]["repeat_loss"]
+
+
+def test_without_a_one_layer_model_the_criterion_says_what_was_compared():
+  verdicts, claims = _verdicts(_repeats(later=2.5), [])
+  assert "no one-layer model was analysed" in claims[1]["criterion"]
+  assert "1L model's loss" not in claims[1]["criterion"]
+  assert claims[1]["value"]["one_layer"] is None

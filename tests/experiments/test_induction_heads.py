@@ -49,3 +49,49 @@ def test_averaging_head_claim_reads_fw_last_several_tokens():
   assert not claim([previous, two], [[0.3], [0.5]])["holds"]  # one or two tokens: not several
   assert not claim([six_back, previous], [[0.05], [0.5]])["holds"]  # no induction head uses it
   assert not claim([six_back, previous], [[0.3], [0.5]], induction=())["holds"]
+
+
+def _heads(copying=0.7, bos_random=0.8, bos_text=0.35, rival_text=0.2, prefix_1l=0.05,
+           induction=((1, 0),)):
+  """``head_scores``' numbers made by hand for a 2-layer × 2-head model (L1H0 the induction
+  head: its copying score, its attention on BOS from first occurrences on random tokens and on
+  text, and on text the attention on the one other position that takes most) and for the 1L
+  model's largest prefix-matching score ``prefix_1l``."""
+  copy = np.array([[0.1, -0.2], [copying, 0.0]])
+  return {"induction": list(induction), "copying": copy,
+          "init_copying": np.array([[-0.03, 0.01], [np.nan, -0.02]]),
+          "bos_probe": np.array([[0.1, 0.2], [bos_random, 0.1]]),
+          "bos_text": np.array([[0.1, 0.2], [bos_text, 0.1]]),
+          "rival_probe": np.array([[0.5, 0.5], [0.1, 0.5]]),
+          "rival_text": np.array([[0.5, 0.5], [rival_text, 0.5]]),
+          "baseline": {"probe": 0.11, "text": 0.04},
+          "prefix": np.array([[prefix_1l, 0.01]]), "init_prefix": np.array([[0.02, 0.03]])}
+
+
+def _verdicts(n_layers=2, **kw):
+  heads = figure_module("induction_heads")
+  m = _heads(**kw)
+  config = figure_config("induction_heads", "test")
+  claims = (heads.claims_of(config, "m", 1, m) if n_layers == 1
+            else heads.induction_claims(config, "m", m))
+  return {c["id"].split(".")[1]: c["holds"] for c in claims}
+
+
+def test_the_induction_head_claims_hold_on_a_copying_head_resting_on_bos():
+  """Resting on BOS: BOS takes more of the head's attention than any one other position (0.35
+  against 0.2 on text holds: FW gives no number, and the old bar of 0.5 was our own)."""
+  assert _verdicts() == {"induction_heads_copy": True, "induction_heads_rest_on_bos_random": True,
+                         "induction_heads_rest_on_bos_text": True}
+
+
+def test_each_induction_head_claim_fails_where_it_looks():
+  assert not _verdicts(copying=-0.01)["induction_heads_copy"]  # within the random-init range
+  assert not _verdicts(copying=np.nan)["induction_heads_copy"]  # no defined induction head
+  assert not _verdicts(bos_random=0.08)["induction_heads_rest_on_bos_random"]  # below 0.1 elsewhere
+  assert not _verdicts(bos_text=0.3, rival_text=0.4)["induction_heads_rest_on_bos_text"]
+  assert not any(_verdicts(induction=()).values())  # no induction head at all
+
+
+def test_a_one_layer_model_has_no_prefix_matching_head():
+  assert _verdicts(n_layers=1) == {"no_prefix_matching_in_1l": True}
+  assert _verdicts(n_layers=1, prefix_1l=0.4) == {"no_prefix_matching_in_1l": False}

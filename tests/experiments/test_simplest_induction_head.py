@@ -108,3 +108,30 @@ def test_every_claim_can_fail():
   assert set().union(*(failing for _, failing in BROKEN.values())) == {
       "second_copy_predicted", "previous_token_head", "induction_stripe", "k_composition",
       "only_k_composition", "ov_qk_corner", "rests_on_bos"}
+
+
+GOOD = {"length": 30, "log_vocab": float(np.log(64)), "second_copy_loss": 0.01,
+        "first_copy_loss": 4.19, "unpredictable_loss": 4.2, "previous_token_score": 0.99,
+        "stripe_score": 0.99, "composition": {"q": 0.001, "k": 0.12, "v": 0.001},
+        "composition_baseline": 0.072, "ov_positivity": 1.0, "k_composition_qk_positivity": 1.0,
+        "bos_attention_first_occurrences": 0.98}
+SPOILED = {  # one hand-made number out of place → the one claim that reads it
+    "second_copy_loss": ({"second_copy_loss": 1.5}, "second_copy_predicted"),
+    "first_copy_loss": ({"first_copy_loss": 2.0}, "second_copy_predicted"),
+    "previous_token_score": ({"previous_token_score": 0.5}, "previous_token_head"),
+    "stripe_score": ({"stripe_score": 0.5}, "induction_stripe"),
+    "k": ({"composition": {"q": 0.001, "k": 0.08, "v": 0.001}}, "k_composition"),
+    "q": ({"composition": {"q": 0.05, "k": 0.12, "v": 0.001}}, "only_k_composition"),
+    "ov": ({"ov_positivity": 0.5}, "ov_qk_corner"),
+    "k_qk": ({"k_composition_qk_positivity": -0.2}, "ov_qk_corner"),
+    "bos": ({"bos_attention_first_occurrences": 0.4}, "rests_on_bos"),
+}
+
+
+@pytest.mark.parametrize("spoiled", sorted(SPOILED))
+def test_each_verdict_holds_and_fails_on_hand_made_numbers(figure, spoiled):
+  module, config = figure
+  held = lambda m: {c["id"].split(".", 1)[1]: c["holds"] for c in module.verdicts(m, config)}
+  assert all(held(GOOD).values()), held(GOOD)
+  change, failing = SPOILED[spoiled]
+  assert held({**GOOD, **change}) == {what: what != failing for what in held(GOOD)}

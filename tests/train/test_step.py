@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from reproduce.core.model import ModelConfig
-from reproduce.train.step import (TrainState, compile_train_step, data_mesh, initial_weights,
-                                  learning_rate_schedule, make_optimizer, put_batch)
+from reproduce.train.step import (TrainState, compile_train_step, constant_lr_span, data_mesh,
+                                  initial_weights, learning_rate_schedule, make_optimizer,
+                                  put_batch)
 
 from tests.support.helpers import BF16_LOSS_RTOL, random_batch as _batch
 from tests.support.paths import ROOT
@@ -25,6 +26,20 @@ def test_schedule_warms_up_holds_and_decays(make_config):
   lr = learning_rate_schedule(c.train)
   assert lr(0) == 0 and abs(lr(10) - 1) < 1e-6 and abs(lr(50) - 1) < 1e-6
   assert 0.1 < lr(75) < 1 and abs(lr(100) - 0.1) < 1e-6
+
+
+def test_constant_lr_span_is_where_the_schedule_sits_at_its_peak():
+  """Every update in [first, last] runs at the peak lr, the one before and after do not: the
+  cpu 2L recipe (4,500 steps, 200 warm-up, a quarter of the rest in the cosine) and others."""
+  for steps, warmup, decay in ((4500, 200, 0.25), (100, 10, 0.5), (50, 0, 0.3), (40, 10, 1.0)):
+    t = {"steps": steps, "warmup_steps": warmup, "decay_fraction": decay, "lr": 0.01,
+         "final_lr_fraction": 0.0}
+    lr = np.asarray(learning_rate_schedule(type("T", (), t))(np.arange(steps)))
+    first, last = constant_lr_span(t)
+    assert np.all(lr[first:last + 1] == np.float32(0.01)), (steps, first, last)
+    assert (first == 0 or lr[first - 1] < 0.01) and lr[last + 1] < 0.01
+  assert constant_lr_span({"steps": 4500, "warmup_steps": 200, "decay_fraction": 0.25}) == (
+      200, 3425)
 
 
 def test_bfloat16_step_keeps_float32_state_and_close_loss(make_config):

@@ -30,7 +30,8 @@ from reproduce.core.scores.losses import (ICL_WINDOWS, ablations_icl, icl_of_los
                                           spread_positions)
 from reproduce.core.scores.patterns import (COPYING_MIN_ATTENDED, COPYING_MIN_DEFINED,
                                             PREFIX_LENGTH, PREFIX_REPEATS, PREFIX_SAMPLES,
-                                            MaskedBos, Offsets, PrefixMatching, Stripe,
+                                            MaskedBos, MaskedTopOffBos, Offsets,
+                                            PrefixMatching, Stripe,
                                             attention_by_offset, bos_attention, copying_score,
                                             first_occurrences, frequency_band,
                                             pattern_statistics, positional_offsets,

@@ -95,6 +95,16 @@ class MaskedBos:
 
 
 @dataclasses.dataclass(frozen=True)
+class MaskedTopOffBos:
+  """Σ max_{j ≥ 1} A[i, j] over the destinations i where ``mask`` [b, T] is true, per window →
+  [b, H] (a sum, like ``MaskedBos``): the attention on the one position other than BOS that
+  takes most of it, BOS's strongest rival."""
+
+  def __call__(self, A, tokens, mask):
+    return jnp.einsum("bht,bt->bh", A[..., 1:].max(-1), mask.astype(A.dtype))
+
+
+@dataclasses.dataclass(frozen=True)
 class PrefixMatching:
   """Mean over destinations i ≥ start of Σ_j A[i, j] over the sources j ≥ 1 right after an
   earlier copy of token i (tokens[j − 1] = tokens[i], j − 1 < i), per window → [b, H]."""
@@ -119,12 +129,13 @@ def _pattern_statistics(cfg: ModelConfig, w: Weights, tokens, mask, statistics, 
 
 
 def pattern_statistics(config, w: Weights, tokens, statistics: tuple, mask=None) -> tuple:
-  """Per window, ``statistics`` (``Stripe``, ``Offsets``, ``MaskedBos``, ``PrefixMatching``) of
-  every layer's attention patterns on ``tokens`` [B, T] → one [L, B, …] array per statistic.
+  """Per window, ``statistics`` (``Stripe``, ``Offsets``, ``MaskedBos``, ``MaskedTopOffBos``,
+  ``PrefixMatching``) of every layer's attention patterns on ``tokens`` [B, T] → one [L, B, …]
+  array per statistic.
 
   Windows go through in chunks sized by ``model.window_bytes`` from ``kernels.CHUNK_BYTES``, and
   the logits are never computed: only a chunk's patterns exist at once.  ``mask`` [B, T] is
-  what ``MaskedBos`` reads."""
+  what ``MaskedBos`` and ``MaskedTopOffBos`` read."""
   cfg = ModelConfig.from_any(config)
   tokens = jnp.atleast_2d(jnp.asarray(tokens, jnp.int32))
   B, T = tokens.shape

@@ -1,6 +1,9 @@
 """Skip-trigrams "src … dest → out": the full QK and OV circuits restricted to a token set, each
-compared only along the axis its softmax normalises (FW's tables: ranked skip-trigrams, each
-token's own-logit rank in its OV row), and skip-trigram counts in a token array.
+compared only along the axis its softmax normalises (ranked skip-trigrams: a destination's
+sources, then those sources' outputs; each token's own-logit rank in its OV row), and
+skip-trigram counts in a token array.  FW's tables fix a source and list the destinations and
+outputs of its largest entries; ours fix a destination and rank sources within its QK row, the
+only comparison the attention softmax makes (``ranked_skip_trigrams``).
 
 Circuit rows go in chunks (default: 2²⁴ entries for all heads together).
 """
@@ -55,8 +58,12 @@ def top_k_in_rows(f: circuits.Factored, k: int, chunk: int):
 
 def ranked_skip_trigrams(w: Weights, tokens: np.ndarray, n_destinations: int = 8, k: int = 3,
                          chunk: Optional[int] = None) -> Dict[str, np.ndarray]:
-  """Every head's skip-trigrams "src … dest → out" among ``tokens``, as FW's tables read them:
-  each circuit compared only along the axis its softmax normalises.
+  """Every head's skip-trigrams "src … dest → out" among ``tokens``, each circuit compared
+  only along the axis its softmax normalises.  FW's tables fix a source and list the
+  destinations whose QK entries with it are largest, comparing entries of different
+  destinations' rows, which the softmax never compares (it normalises over sources, one
+  destination at a time); these tables fix a destination instead and rank its sources, then
+  rank each source's outputs as FW does.
 
   QK[dest, src] = W_E W_QK W_Eᵀ / sqrt(d_head) is compared only within a destination's row (the
   softmax over sources); OV[src, out] = W_E W_OV W_U only within a source's row (the softmax over

@@ -103,6 +103,29 @@ def test_frequency_band_drops_extremes_and_specials():
   band = scores.frequency_band(tokens, 12, exclude=(0, 1), drop_top=0.2, drop_bottom=0.2)
   assert 0 not in band and 1 not in band and 2 not in band and 9 not in band
   assert 10 not in band and 11 not in band  # never seen
+  # exactly: 8 tokens seen (2 … 9, most frequent first); drop int(0.2·8) = 1 from the top and
+  # keep up to int(0.8·8) = 6, so ranks 1 … 5: tokens 3 … 7
+  np.testing.assert_array_equal(band, [3, 4, 5, 6, 7])
+
+
+def test_frequency_band_against_a_loop():
+  """Token ids seen at least once, specials left out, ranked by count (ties by id), with the top
+  int(drop_top·n) and the bottom n − int((1 − drop_bottom)·n) removed; returned sorted."""
+  rng = np.random.default_rng(4)
+  tokens = rng.integers(0, 40, 3000) % rng.integers(5, 40, 3000)  # skewed, with ties and gaps
+  for drop_top, drop_bottom in ((0.05, 0.25), (0.0, 0.0), (0.3, 0.1)):
+    counts = [int(np.sum(tokens == t)) for t in range(45)]
+    seen = [t for t in range(45) if counts[t] > 0 and t not in (0, 3)]
+    ranked = sorted(seen, key=lambda t: (-counts[t], t))
+    n = len(ranked)
+    expect = sorted(ranked[int(n * drop_top):int(n * (1 - drop_bottom))])
+    band = scores.frequency_band(tokens, 45, exclude=(0, 3), drop_top=drop_top,
+                                 drop_bottom=drop_bottom)
+    assert len(expect) > 0
+    np.testing.assert_array_equal(band, expect)
+    again = scores.frequency_band(None, 45, exclude=(0, 3), drop_top=drop_top,
+                                  drop_bottom=drop_bottom, counts=np.bincount(tokens, minlength=45))
+    np.testing.assert_array_equal(again, expect)
 
 
 def test_positional_offsets_equal_a_loop():
@@ -239,3 +262,21 @@ def test_stripe_and_prefix_matching_agree_on_two_repeats_only():
     prefix = np.asarray(scores.prefix_matching_score(cfg, w, pool, 0, length=10,
                                                      repeats=repeats, samples=3))
     assert np.allclose(stripe, prefix, atol=1e-5) == equal
+
+
+def test_masked_bos_and_its_strongest_rival_against_loops():
+  """``MaskedBos`` sums A[i, 0] and ``MaskedTopOffBos`` the largest A[i, j], j ≥ 1, over the
+  masked destinations, per window and head (through ``pattern_statistics``, on a real model)."""
+  cfg, w = random_model(n_layers=2, n_heads=3, d_vocab=23, n_ctx=12, std=0.6, seed=9)
+  tokens = np.random.default_rng(9).integers(0, cfg.d_vocab, (3, cfg.n_ctx))
+  mask = scores.first_occurrences(tokens)
+  bos, rival = scores.pattern_statistics(cfg, w, tokens, (scores.MaskedBos(),
+                                                          scores.MaskedTopOffBos()), mask)
+  A = np.asarray(forward(cfg, w, tokens, return_patterns=True)[1]["patterns"], np.float64)
+  for l in range(2):
+    for b in range(3):
+      for h in range(3):
+        dests = [i for i in range(cfg.n_ctx) if mask[b, i]]
+        assert bos[l, b, h] == pytest.approx(sum(A[l, b, h, i, 0] for i in dests), rel=1e-5)
+        assert rival[l, b, h] == pytest.approx(
+            sum(max(A[l, b, h, i, j] for j in range(1, i + 1)) for i in dests), rel=1e-5)
