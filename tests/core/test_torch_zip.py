@@ -8,6 +8,7 @@ import io
 import os
 import pickle
 import tarfile
+import tracemalloc
 import zipfile
 
 import numpy as np
@@ -216,3 +217,41 @@ def test_damaged_and_malformed_files_are_named(tmp_path):
   for name, (state, message) in bad.items():
     with pytest.raises(TorchFileError, match=message):
       torch_zip.read_state_dict(tzw.save(tmp_path / name, state))
+
+
+def _inflated(path, entry_suffix, size):
+  """The zip at ``path`` with the entry ending in ``entry_suffix`` replaced by ``size`` zero
+  bytes, deflated (a few KiB on disk)."""
+  with zipfile.ZipFile(path) as z:
+    entries = [(info.filename, z.read(info)) for info in z.infolist()]
+  bomb = path.with_name("bomb.pth")
+  with zipfile.ZipFile(bomb, "w") as z:
+    for name, data in entries:
+      if name.endswith(entry_suffix):
+        z.writestr(name, bytes(size), compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
+      else:
+        z.writestr(name, data)
+  return bomb
+
+
+def test_a_storage_that_inflates_past_its_tensor_is_refused_before_it_is_read(tmp_path):
+  plain = tzw.save_state_dict(tmp_path / "model.pth", {"embed.W_E": np.ones((2, 2), np.float32)})
+  bomb = _inflated(plain, "/data/0", 64 << 20)
+  assert bomb.stat().st_size < 1 << 20
+  tracemalloc.start()
+  try:
+    with pytest.raises(TorchFileError, match=r"bomb.pth: storage model/data/0 holds 67108864 "
+                                             r"bytes, expected 4 × 4"):
+      torch_zip.read_state_dict(bomb)
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  assert peak < 4 << 20, peak  # nothing near the 64 MiB it inflates to was allocated
+
+
+def test_a_pickle_that_inflates_past_any_state_dict_is_refused(tmp_path, monkeypatch):
+  plain = tzw.save_state_dict(tmp_path / "model.pth", {"embed.W_E": np.ones((2, 2), np.float32)})
+  monkeypatch.setattr(torch_zip, "MAX_PICKLE_BYTES", 1 << 20)
+  bomb = _inflated(plain, "/data.pkl", 2 << 20)
+  with pytest.raises(TorchFileError, match=r"data.pkl declares 2097152 bytes, more than"):
+    torch_zip.read_state_dict(bomb)

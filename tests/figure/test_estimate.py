@@ -62,3 +62,17 @@ def test_the_training_time_estimate_by_hand():
   assert [estimate.duration(s, 1) for s in (90, 3 * 3600, 5 * 86400)] == [
       "1.5 min", "3 hours", "5 days"]
   assert estimate.duration(7199) == "120 min" and estimate.duration(2 * 86400 - 1) == "48 hours"
+
+
+def test_estimates_read_in_minutes_hours_or_days():
+  assert estimate.duration(90) == "2 min" and estimate.duration(90, 1) == "1.5 min"
+  assert estimate.duration(5 * 3600) == "5 hours"
+  assert estimate.duration(505355 * 60) == "351 days"
+
+
+@pytest.mark.slow  # measures the matmul peak
+def test_the_paper_preset_planned_on_a_cpu_says_days_and_points_to_build(tmp_path):
+  plan = estimate.first_run_plan(["attn2l"], 1, ModelSource("paper", models_dir=tmp_path))
+  assert " days on this machine" in plan and "min on this machine" not in plan
+  assert "10.5B tokens" in plan
+  assert "made for accelerators" in plan and "BUILD.md" in plan

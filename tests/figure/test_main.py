@@ -2,6 +2,7 @@
 command, and its flag checks in process), and the batch job (--all) killed part-way continuing
 where it stopped, redoing nothing finished."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -168,3 +169,36 @@ def test_flag_checks_in_process_one_line_each_and_exit_status_2(capsys, tmp_path
   assert source == ModelSource(preset="test", models_dir=tmp_path / "figs" / "models",
                                checkpoint=str(tmp_path),
                                tl_config={"positional_embedding_type": "shortformer"})
+
+
+def test_the_paper_preset_on_a_small_corpus_is_refused_before_any_work(capsys, tmp_path,
+                                                                        monkeypatch):
+  """The corpus is checked against the token budget before the plan's measurements, before any
+  tokenizer is trained or file written: one line, exit status 2, pointing to accelerators."""
+  monkeypatch.setenv("CIRCUITS_REPRO_CACHE", str(tmp_path / "cache"))
+  source = ModelSource("paper", models_dir=tmp_path / "figures" / "models")
+  with pytest.raises(SystemExit) as e:
+    figure_command._check_corpora(source, {"attn0l", "attn2l"})  # pylint: disable=protected-access
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and err.count("\n") == 1, err
+  assert err.startswith("error: model attn0l (paper preset): config field data.corpus = 'stdlib'")
+  assert "passes over it" in err and "GPUs and TPUs" in err and "BUILD.md" in err
+  assert not (tmp_path / "cache").exists() and not (tmp_path / "figures").exists()
+  small = tmp_path / "text"
+  small.mkdir()
+  for i in range(3):
+    (small / f"doc{i}.txt").write_text("a small corpus\n" * 100)
+  with pytest.raises(SystemExit):  # the one --corpus option is the models' training corpus
+    figure_command._check_corpora(dataclasses.replace(source, corpus=str(small)), {"attn2l"})  # pylint: disable=protected-access
+  assert f"data.corpus = '{small}'" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a command start
+def test_train_corpus_is_the_corpus_option_by_its_older_name(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "reproduce.figure", "--all", "--preset=paper",
+                        f"--train_corpus={tmp_path}", f"--workdir={tmp_path / 'figures'}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, CIRCUITS_REPRO_CACHE=str(tmp_path / "cache")))
+  assert out.returncode == 2, out.stderr
+  assert out.stderr.count("error:") == 1 and str(tmp_path) in out.stderr
+  assert "plan:" not in out.stdout

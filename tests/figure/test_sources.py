@@ -12,6 +12,7 @@ import pytest
 import reproduce
 from reproduce.core import circuits, scores
 from reproduce.data.tokenizer import TokenizerFileError
+from reproduce.figure import sources
 from reproduce.figure.runner import make_figure
 from reproduce.figure.sources import FigureError, ModelSource, model_from_run
 
@@ -197,3 +198,12 @@ def test_batch_job_corpus_replaces_the_config_corpus_and_its_run_directory(tmp_p
   config, run = ModelSource("paper", models_dir=tmp_path, corpus="/data/text").run("attn2l")
   assert plain_config.data.corpus == "stdlib" and config.data.corpus == "/data/text"
   assert run != plain_run and run.parent == Path(tmp_path)
+
+
+def test_a_training_code_version_bump_trains_into_new_run_directories(tmp_path, monkeypatch):
+  source = ModelSource("test", models_dir=tmp_path)
+  config, today = source.run("attn2l")
+  assert today.name == f"attn2l-test-{sources.config_hash(config)}"
+  monkeypatch.setattr(sources, "TRAINING_CODE_VERSION", 2)
+  _, bumped = source.run("attn2l")
+  assert bumped != today and bumped.parent == today.parent

@@ -24,6 +24,7 @@ import pytest
 
 import reproduce
 from reproduce.train.loop import TrainingDiverged, train
+from reproduce.train.workdir import read_metrics
 
 from tests.support.paths import ROOT
 from tests.support.runs import train_command as _cli
@@ -219,3 +220,8 @@ def test_two_process_checkpoint_resumes_in_two_and_in_one_process(runs, tmp_path
                                err_msg=name)
   steps = [s for s, _ in _loss_records(again_one)]
   assert steps == sorted(set(steps)) and steps[-1] == 30
+
+
+def test_every_training_record_names_the_products_dtype(trained_2l):
+  records = [r for r in read_metrics(trained_2l.workdir / "metrics.jsonl") if "loss" in r]
+  assert records and {r["compute_dtype"] for r in records} <= {"float32", "bfloat16"}
