@@ -14,27 +14,15 @@ plan (models, heads, what it measures, a rough time) and a progress line per ste
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from absl import app, flags
 
 from reproduce.atlas import Atlas, default_config
 from reproduce.atlas.plan import plan_text
 from reproduce.cli import USER_ERRORS, quiet_libraries, usage_error
-from reproduce.core.tl_config import parse_cli as parse_tl_config
 from reproduce.figure.estimate import first_run_plan, matmul_peak_flops
-from reproduce.figure.sources import FigureError, ModelSource
+from reproduce.figure.sources import FigureError, command_source
 from reproduce.host import CPU_DEVICES_HELP, split_cpu
-
-
-def _source(args) -> ModelSource:
-  try:
-    tl_config = (parse_tl_config(args.tl_config, bool(args.checkpoint)) if args.tl_config
-                 else None)
-  except ValueError as e:
-    usage_error(str(e))
-  return ModelSource(preset=args.preset, models_dir=Path(args.models_dir), corpus=args.corpus,
-                     checkpoint=args.checkpoint, tl_config=tl_config)
 
 
 def main(argv):
@@ -49,7 +37,7 @@ def main(argv):
   except ValueError as e:
     usage_error(str(e))
   started = time.time()
-  source = _source(FLAGS)
+  source = command_source(FLAGS, FLAGS.models_dir)
   config = default_config(FLAGS.preset)
   try:
     if not source.checkpoint and any(

@@ -20,7 +20,8 @@ from typing import Callable, Optional
 
 from reproduce.atlas import default_config
 from reproduce.atlas.plan import ablation_windows, work
-from reproduce.bench.figures import SHAPES, build_shape, run_measured, shape_folder
+from reproduce.bench.figures import (SHAPES, build_shape, prepare_store, run_measured,
+                                      shape_folder)
 from reproduce.core.model import ModelConfig
 from reproduce.host import cpu_description
 
@@ -36,9 +37,7 @@ def bench_atlas(shape: str, cache_dir: Optional[str] = None,
   parts = work(cfg, config, has_text=True)
   with tempfile.TemporaryDirectory(prefix=f"bench-atlas-{shape}-") as tmp:
     tmp = Path(tmp)
-    prepare = run_measured([sys.executable, "-c", (
-        "from reproduce.figure.sources import model_from_run; model_from_run('bench', "
-        f"{str(folder)!r}, log=lambda line: None)")], tmp / "prepare.log")
+    prepare = prepare_store(folder, tmp)
     log(f"bench atlas: corpus ready ({prepare['wall_s']}s)")
     result = run_measured([sys.executable, "-m", "reproduce.atlas", f"--checkpoint={folder}",
                            f"--out={tmp / 'atlas'}"], tmp / "atlas.log")

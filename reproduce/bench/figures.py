@@ -108,6 +108,14 @@ def _figure_command(name: str, folder: Path, workdir: Path) -> list:
           f"--workdir={workdir}"]
 
 
+def prepare_store(folder: Path, tmp: Path) -> dict:
+  """The token store of the corpus under the model folder's tokenizer, built once in a child
+  process before any timing; returns that process's measurements."""
+  return run_measured([sys.executable, "-c", (
+      "from reproduce.figure.sources import model_from_run; model_from_run('bench', "
+      f"{str(folder)!r}, log=lambda line: None)")], tmp / "prepare.log")
+
+
 def bench_figures(shape: str, only: Optional[Sequence[str]] = None,
                   cache_dir: Optional[str] = None,
                   log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> dict:
@@ -123,10 +131,7 @@ def bench_figures(shape: str, only: Optional[Sequence[str]] = None,
   figures = {}
   with tempfile.TemporaryDirectory(prefix=f"bench-figures-{shape}-") as tmp:
     tmp = Path(tmp)
-    # The token store of the corpus under this tokenizer, built once before any timing.
-    prepare = run_measured([sys.executable, "-c", (
-        "from reproduce.figure.sources import model_from_run; model_from_run('bench', "
-        f"{str(folder)!r}, log=lambda line: None)")], tmp / "prepare.log")
+    prepare = prepare_store(folder, tmp)
     log(f"bench figures: corpus ready ({prepare['wall_s']}s)")
     for name in names:
       figures[name] = run_measured(_figure_command(name, folder, tmp / "figures"),

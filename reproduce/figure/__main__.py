@@ -25,13 +25,12 @@ from absl import app, flags
 
 from reproduce.cli import USER_ERRORS, quiet_libraries, usage_error
 from reproduce.config import check_corpus_bound
-from reproduce.core.tl_config import parse_cli as parse_tl_config
 from reproduce.data.corpus import corpus_from_config
 from reproduce.figure.estimate import first_run_plan
 from reproduce.figure.report import seed_workdir, tally, write_index, write_seed_table
 from reproduce.figure.runner import (UnknownFigure, describe, figure_config, figure_module,
                                      figure_names, make_all, make_figure)
-from reproduce.figure.sources import FigureError, Model, ModelSource
+from reproduce.figure.sources import FigureError, Model, ModelSource, command_source
 from reproduce.host import CPU_DEVICES_HELP, split_cpu
 
 
@@ -52,16 +51,10 @@ def _figures_to_make(args) -> list:
 
 
 def _source(args) -> ModelSource:
-  """Where the models come from, as the flags say (a bad --tl_config stops here)."""
-  try:
-    tl_config = (parse_tl_config(args.tl_config, bool(args.checkpoint)) if args.tl_config
-                 else None)
-  except ValueError as e:
-    usage_error(str(e))
-  return ModelSource(preset=args.preset,
-                     models_dir=Path(args.models_dir or Path(args.workdir) / "models"),
-                     corpus=args.corpus, compute_dtype=args.compute_dtype,
-                     checkpoint=args.checkpoint, tl_config=tl_config)
+  """The figure command's model source (``sources.command_source`` with its dtype and models
+  folder)."""
+  return command_source(args, args.models_dir or Path(args.workdir) / "models",
+                        compute_dtype=args.compute_dtype)
 
 
 def _check_corpora(source: ModelSource, models) -> None:

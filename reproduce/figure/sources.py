@@ -17,10 +17,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 import jax
 import numpy as np
 
+from reproduce.cli import usage_error
 from reproduce.config import load_config
 from reproduce.core import scores
 from reproduce.core.loading import TrainingSnapshots, load_with_meta, training_snapshots
 from reproduce.core.model import ModelConfig
+from reproduce.core.tl_config import parse_cli as parse_tl_config
 from reproduce.core.weights import Weights, init_weights
 from reproduce.data import batches
 from reproduce.data.corpus import DEFAULT_HELDOUT_EVERY, resolve_corpus
@@ -188,6 +190,18 @@ class ModelSource:
         loaded[key] = model_from_run(name, workdir, tokens=result.tokens)
       models[name] = loaded[key]
     return models
+
+
+def command_source(args, models_dir, **more) -> ModelSource:
+  """Where a command's models come from, as its flags say (--preset, --corpus, --checkpoint,
+  --tl_config); a bad --tl_config stops here in one line, before any training."""
+  try:
+    tl_config = (parse_tl_config(args.tl_config, bool(args.checkpoint)) if args.tl_config
+                 else None)
+  except ValueError as e:
+    usage_error(str(e))
+  return ModelSource(preset=args.preset, models_dir=Path(models_dir), corpus=args.corpus,
+                     checkpoint=args.checkpoint, tl_config=tl_config, **more)
 
 
 def model_from_run(label: str, path, tokens: Optional[TokenizedCorpus] = None,

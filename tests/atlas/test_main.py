@@ -7,37 +7,16 @@ import re
 import subprocess
 import sys
 
-import jax
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
 
-import reproduce
-from reproduce.core.model import ModelConfig
-from reproduce.core.weights import init_weights
-
+from tests.support.helpers import hostile_model
 from tests.support.paths import ROOT
-
-HOSTILE = ["</script><b>X", "<img/src=x/onerror=alert(1)>", "<!--", "\"quoted'", "a&amp;b",
-           "\u2028", "]]>", "${1}", "{{BODY}}", "</SCRIPT >"]
 
 
 def _hostile_model(folder):
-  """A random 2-layer model with a word-level tokenizer of hostile tokens beside it (40 tokens),
-  and a corpus of them."""
-  words = HOSTILE + [f"w{i}" for i in range(38 - len(HOSTILE))]
-  vocab = {"<|endoftext|>": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}}
-  tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-  tok.pre_tokenizer = pre_tokenizers.Split(" ", "removed")
-  folder.mkdir(parents=True)
-  tok.save(str(folder / "tokenizer.json"))
-  cfg = ModelConfig(n_layers=2, n_heads=2, d_head=8, d_model=16, d_vocab=len(vocab), n_ctx=64)
-  reproduce.save_transformer_lens(folder / "model.npz", cfg, init_weights(cfg, jax.random.key(1)))
-  corpus = folder.parent / "text"
-  corpus.mkdir()
-  for i in range(12):  # every word many times, in a different order per file
-    order = [words[(i * 7 + j * (i + 3)) % len(words)] for j in range(400)]
-    (corpus / f"doc{i}.txt").write_text(" ".join(order), encoding="utf-8")
-  return folder / "model.npz", corpus
+  """A random 2-layer model with a word-level tokenizer of hostile tokens beside it, and a corpus
+  of them (``helpers.hostile_model``)."""
+  return hostile_model(folder, n_layers=2)
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,14 @@ hand-built weights, TransformerLens-format state dicts, dense circuits, and chec
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+import reproduce
 from reproduce.core.model import ModelConfig
-from reproduce.core.weights import Weights
+from reproduce.core.weights import Weights, init_weights
 
 
 MECHANISM = ("head_ablations", "induction_heads", "skip_trigrams")  # the mechanism figures
@@ -195,3 +197,28 @@ def word_tokenizer(path, words):
   path.parent.mkdir(parents=True, exist_ok=True)
   tok.save(str(path))
   return tok
+
+
+# Token strings that would be markup or end a script if a page took them as HTML.
+HOSTILE_TOKENS = ["</script><b>X", "<img/src=x/onerror=alert(1)>", "<!--", "\"quoted'",
+                  "a&amp;b", "\u2028", "]]>", "${1}", "{{BODY}}", "{{VIEWS}}", "</SCRIPT >"]
+
+
+def hostile_model(folder, n_layers: int = 2):
+  """(weights file, corpus folder): a random model with a word-level tokenizer of
+  ``HOSTILE_TOKENS`` (40 tokens in all: a small vocabulary) beside it, and a corpus of them."""
+  words = HOSTILE_TOKENS + [f"w{i}" for i in range(38 - len(HOSTILE_TOKENS))]
+  vocab = {"<|endoftext|>": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+  tok.pre_tokenizer = pre_tokenizers.Split(" ", "removed")
+  folder.mkdir(parents=True)
+  tok.save(str(folder / "tokenizer.json"))
+  cfg = ModelConfig(n_layers=n_layers, n_heads=2, d_head=8, d_model=16, d_vocab=len(vocab),
+                    n_ctx=64)
+  reproduce.save_transformer_lens(folder / "model.npz", cfg, init_weights(cfg, jax.random.key(1)))
+  corpus = folder.parent / f"text{n_layers}"
+  corpus.mkdir()
+  for i in range(12):  # every word many times, in a different order per file
+    order = [words[(i * 7 + j * (i + 3)) % len(words)] for j in range(400)]
+    (corpus / f"doc{i}.txt").write_text(" ".join(order), encoding="utf-8")
+  return folder / "model.npz", corpus
