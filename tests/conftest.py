@@ -1,5 +1,6 @@
 """Shared fixtures: a private token cache, the `test` presets, one tiny trained run, and the
-figures made once on the `test` preset.
+figures made once on the `test` preset (by a process of their own, on the second core, while the
+other tests run; the tests that read them run last).
 
 The tests' programs are tiny, so compiling them costs far more than running them: XLA's CPU
 backend compiles here without LLVM's optimisation passes (``--xla_backend_optimization_level=0``,
@@ -14,12 +15,16 @@ if os.environ.get("CIRCUITS_REPRO_TEST_XLA_OPT") != "1":  # before JAX starts it
   os.environ["XLA_FLAGS"] = " ".join(
       [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()
 
-import shutil  # pylint: disable=wrong-import-position
+import json  # pylint: disable=wrong-import-position
+import subprocess  # pylint: disable=wrong-import-position
+import sys  # pylint: disable=wrong-import-position
+from pathlib import Path  # pylint: disable=wrong-import-position
 
 import pytest  # pylint: disable=wrong-import-position
 
 from reproduce.config import load_config  # pylint: disable=wrong-import-position
 from tests.support.helpers import MECHANISM  # pylint: disable=wrong-import-position
+from tests.support.paths import ROOT  # pylint: disable=wrong-import-position
 
 
 @pytest.fixture(scope="session")
@@ -51,24 +56,61 @@ def trained_2l(make_config, tmp_path_factory):
   return train(make_config("attn2l"), workdir, log=lambda *_: None)
 
 
-@pytest.fixture(scope="session")
-def figures(tmp_path_factory, cache_dir, trained_2l):
-  """Runs every figure once on the `test` preset (models trained once, shared).  The 2-layer
-  model is the session's ``trained_2l`` (the same config), copied to where the figures look for
-  it: reused as already trained, not trained a second time."""
-  from reproduce.figure.runner import figure_names, make_figure  # pylint: disable=import-outside-toplevel
-  from reproduce.figure.sources import ModelSource  # pylint: disable=import-outside-toplevel
+def _uses_figures(item) -> bool:
+  return "figures" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(items):
+  """The tests that read the figures run last: the figures are made meanwhile (``figures``)."""
+  items[:] = [i for i in items if not _uses_figures(i)] + [i for i in items if _uses_figures(i)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _figures_job(request, tmp_path_factory, cache_dir):
+  """Starts making every figure in a process of its own (tests/support/figures_job.py) when the
+  session's first test runs, if any selected test needs the figures; ends it with the session.
+  ``CIRCUITS_REPRO_TEST_FIGURES_INLINE=1`` makes them in this process instead, when needed."""
+  if (os.environ.get("CIRCUITS_REPRO_TEST_FIGURES_INLINE") == "1"
+      or not any(_uses_figures(i) for i in request.session.items)):
+    yield None
+    return
   workdir = tmp_path_factory.mktemp("figures")
-  config, run = ModelSource("test", cache_dir=cache_dir).in_folder(workdir).run("attn2l")
-  assert config.to_dict() == trained_2l.config.to_dict()
-  shutil.copytree(trained_2l.workdir, run)
-  (run / "lock").unlink(missing_ok=True)
+  log = open(workdir.parent / "figures-job.log", "w")  # pylint: disable=consider-using-with
+  job = subprocess.Popen([sys.executable, "-m", "tests.support.figures_job", str(workdir),
+                          cache_dir], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+  yield workdir, job, Path(log.name)
+  if job.poll() is None:
+    job.kill()
+  job.wait()
+  log.close()
+
+
+@pytest.fixture(scope="session")
+def figures(_figures_job, tmp_path_factory, cache_dir):  # pylint: disable=redefined-outer-name
+  """Every figure made once on the `test` preset (models trained once, shared): (the figures'
+  folder, {figure: what make_figure returned}, {model key: Model}).  Made by the background job
+  above, then the models are read here as ``make_figure`` keeps them (trained, so only loaded)."""
+  from reproduce.figure.runner import figure_config, figure_names, make_figure  # pylint: disable=import-outside-toplevel
+  from reproduce.figure.sources import ModelSource  # pylint: disable=import-outside-toplevel
+  source = ModelSource("test", cache_dir=cache_dir)
   loaded = {}
-  summaries = {name: make_figure(name,
-                                 ModelSource("test", cache_dir=cache_dir),
-                                 workdir,
-                                 log=lambda *_: None,
-                                 loaded=loaded) for name in figure_names()}
+  if _figures_job is None:
+    workdir = tmp_path_factory.mktemp("figures")
+    summaries = {name: make_figure(name, source, workdir, log=lambda *_: None, loaded=loaded)
+                 for name in figure_names()}
+    return workdir, summaries, loaded
+  workdir, job, log = _figures_job
+  try:
+    job.wait(timeout=1800)
+  except subprocess.TimeoutExpired:
+    job.kill()
+    pytest.fail(f"the figures job took over 30 minutes; its log: {log}")
+  if job.returncode != 0:
+    pytest.fail(f"the figures job failed (exit status {job.returncode}):\n"
+                + log.read_text()[-5000:])
+  summaries = json.loads((workdir / "summaries.json").read_text())
+  models = sorted({m for name in figure_names() for m in figure_config(name, "test").models})
+  source.in_folder(workdir).models(models, loaded, log=lambda *_: None)
   return workdir, summaries, loaded
 
 
