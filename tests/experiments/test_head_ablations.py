@@ -79,9 +79,9 @@ def test_each_claim_fails_where_it_looks():
 
 
 def test_without_an_induction_head_every_claim_fails():
-  """The issue's case: prefix matching 0.1 at best and a previous-token score of 0.05 made all
-  three claims hold.  The strongest head stands in for the ablation, and every claim fails,
-  saying so."""
+  """A model with no induction head (prefix matching 0.1 at best, a previous-token score of 0.05)
+  once made all three claims hold.  The strongest head stands in for the ablation, and every
+  claim fails, saying so."""
   verdicts, claims = _verdicts(prefix=(0.1, 0.05, 0.0), prev_score=0.05)
   assert verdicts == {"induction_heads": False, "previous_token_head": False,
                       "other_heads": False}
