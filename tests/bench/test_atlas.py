@@ -4,6 +4,7 @@ reported beside the atlas's estimate, its steps and the counted work."""
 import pytest
 
 from reproduce.bench import atlas as bench_atlas_module
+from reproduce.bench import figures as bench_figures_module
 from reproduce.bench.atlas import bench_atlas
 
 
@@ -25,6 +26,7 @@ def test_the_report_holds_the_measurement_the_estimate_and_the_count(tmp_path, m
 
   monkeypatch.setattr(bench_atlas_module, "build_shape", lambda shape, folder, log: folder)
   monkeypatch.setattr(bench_atlas_module, "run_measured", run)
+  monkeypatch.setattr(bench_figures_module, "run_measured", run)  # its token-store step
   result = bench_atlas("paper", cache_dir=str(tmp_path), log=lambda line: None)
   assert result["atlas"]["peak_rss_gib"] == 2.5 and result["estimated_min"] == 9.5
   assert result["steps_s"] == [["circuits: eigenvalues, positivity, composition", 3.2],
