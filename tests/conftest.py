@@ -1,6 +1,7 @@
 """Shared fixtures: a private token cache, the `test` presets, one tiny trained run, and the
-figures made once on the `test` preset (by a process of their own, on the second core, while the
-other tests run; the tests that read them run last).
+figures made once on the `test` preset (by a process of their own, beside the tests, which read
+them last).  The default suite runs in two processes on a machine with two or more cores
+(tests/support/two_processes.py; ``CIRCUITS_REPRO_TEST_PROCESSES=1``: one).
 
 The tests' programs are tiny, so compiling them costs far more than running them: XLA's CPU
 backend compiles here without LLVM's optimisation passes (``--xla_backend_optimization_level=0``,
@@ -25,6 +26,8 @@ import pytest  # pylint: disable=wrong-import-position
 from reproduce.config import load_config  # pylint: disable=wrong-import-position
 from tests.support.helpers import MECHANISM  # pylint: disable=wrong-import-position
 from tests.support.paths import ROOT  # pylint: disable=wrong-import-position
+
+pytest_plugins = ("tests.support.two_processes",)  # the default suite on two cores
 
 
 @pytest.fixture(scope="session")
