@@ -75,17 +75,6 @@ def _split(items):
   return [m for m in modules if m not in theirs], [m for m in modules if m in theirs]
 
 
-def _folder(config) -> Path:
-  """A folder for the second process's list, output and temporary files: inside this session's
-  temporary folder, so that pytest's retention (the last three sessions) removes it in time."""
-  factory = getattr(config, "_tmp_path_factory", None)  # pytest's tmp_path_factory
-  if factory is None:
-    return Path(tempfile.mkdtemp(prefix="pytest-second-process-"))
-  folder = factory.getbasetemp() / "second-process"
-  folder.mkdir()
-  return folder
-
-
 @pytest.hookimpl(trylast=True)  # after the selection by -m and -k
 def pytest_collection_modifyitems(config, items):
   shard = os.environ.get(SHARD)
@@ -99,7 +88,7 @@ def pytest_collection_modifyitems(config, items):
     _, theirs = _split(items)
     if not theirs:
       return
-    folder = _folder(config)
+    folder = Path(tempfile.mkdtemp(prefix="pytest-second-process-"))
     (folder / "modules.json").write_text(json.dumps(theirs))
     log = folder / "output.txt"
     args = [*config.invocation_params.args, "-p", "no:cacheprovider",
