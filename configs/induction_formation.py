@@ -20,6 +20,10 @@ def get_config(preset: str = "cpu"):
   # late position, 499 when n_ctx ≥ 500, else the same fraction of n_ctx (scores.icl_positions).
   c.icl_windows = scores.ICL_WINDOWS  # 512, as in head_ablations (one definition, one number)
   c.loss_positions = 16  # evenly spaced positions per window for each snapshot's held-out loss
+  # Per-token losses at every position of the first 64 of those windows, at every snapshot
+  # (16,384 tokens at n_ctx 256): the vectors that the per-token-loss views and the ablations'
+  # before-and-after direction read (shared passes, ``formation``).
+  c.token_loss_windows = 64
   # A formed induction head: prefix matching 0.3 is ≥ 7× a uniform head's attention over the
   # probe's 100-token context; 0.1 (≈ 2–3× uniform) is "not formed" for the 1L claim.
   c.formed = 0.3

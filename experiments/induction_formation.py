@@ -54,13 +54,18 @@ def x_axis(model) -> str:
 
 
 def measure(config, model, cfg, weights, inputs, targets, pool) -> dict:
-  """One snapshot's ICL score, held-out loss and every head's prefix matching [L, H]."""
+  """One snapshot's ICL score (and its standard error over the windows), held-out loss, every
+  head's prefix matching [L, H], and its per-token losses [K, T] on the first K =
+  ``config.token_loss_windows`` held-out windows (every position: the same tokens for every
+  snapshot and every model of one corpus)."""
   icl = scores.in_context_learning_score(cfg, weights, inputs, targets,
                                          loss_positions=config.loss_positions)
   prefix = (np.asarray(scores.prefix_matching_score(cfg, weights, pool, model.bos_id))
             if cfg.n_layers else np.zeros((0, cfg.n_heads)))
-  return {"icl": icl["score"], "loss": icl["loss"],
-          "icl_positions": [icl["early_index"], icl["late_index"]], "prefix": prefix}
+  K = config.token_loss_windows
+  return {"icl": icl["score"], "icl_standard_error": icl["standard_error"], "loss": icl["loss"],
+          "icl_positions": [icl["early_index"], icl["late_index"]], "prefix": prefix,
+          "token_losses": scores.sequence_losses(cfg, weights, inputs[:K], targets[:K])}
 
 
 def trajectory(model, config):
@@ -188,10 +193,20 @@ def loss_bump(train_loss, lo, hi, min_points: int = 5, clear=None) -> dict:
   return out
 
 
+SHARED_SETTINGS = ("icl_windows", "loss_positions", "token_loss_windows", "window_ratio")
+
+
 def formation(config, model) -> dict:
   """The model's trajectory as arrays: ``tokens`` (its positions on ``x_axis``: tokens seen or
-  steps), ICL score, held-out loss, prefix matching [n, L, H], the best head's prefix matching,
-  the losses logged, and the formation window (``steepest_gain``)."""
+  steps), ICL score and its standard error, held-out loss, prefix matching [n, L, H], the best
+  head's prefix matching, per-token losses [n, K, T], the losses logged, and the formation
+  window (``steepest_gain``).  One pass over the snapshots per model and setting: every figure
+  that reads the trajectory shares it (``Model.shared``)."""
+  key = ("induction_formation.formation",) + tuple(config[k] for k in SHARED_SETTINGS)
+  return model.shared(key, lambda: _formation(config, model))
+
+
+def _formation(config, model) -> dict:
   traj = trajectory(model, config)
   tokens = np.asarray([r["x"] for r in traj], float)
   L, H = model.cfg.n_layers, model.cfg.n_heads
@@ -205,16 +220,27 @@ def formation(config, model) -> dict:
   return {"steps": [r["step"] for r in traj], "tokens": tokens, "axis": x_axis(model),
           "tokens_seen": [r["tokens"] for r in traj],
           "icl": np.asarray([r["icl"] for r in traj]),
+          "icl_standard_error": np.asarray([r["icl_standard_error"] for r in traj]),
+          "token_losses": np.stack([r["token_losses"] for r in traj]),
           "snapshot_loss": np.asarray([r["loss"] for r in traj]), "prefix": prefix, "flat": flat,
           "best_head": best_head, "best": best, "train_loss": train_loss,
           "heldout_loss": heldout_loss, "snapshots": snapshots, "gain": gain,
           "positions": traj[-1]["icl_positions"]}
 
 
+def formed_window(config, f):
+  """(first, last) position of the formation window to shade, or None where nothing forms: the
+  best head's steepest gain (``steepest_gain``) when that head ends ≥ ``config.formed``."""
+  gain = f["gain"]
+  if gain is None or f["best_head"] is None or f["best"][-1] < config.formed:
+    return None
+  return float(f["tokens"][gain[0]]), float(f["tokens"][gain[1]])
+
+
 def plot_row(config, axes, label, model, f) -> None:
   """One model's row: every head's prefix matching, the ICL score, the training loss."""
   L, H = model.cfg.n_layers, model.cfg.n_heads
-  tokens, prefix, icl, gain = f["tokens"], f["prefix"], f["icl"], f["gain"]
+  tokens, prefix, icl, window = f["tokens"], f["prefix"], f["icl"], formed_window(config, f)
   positions = f["positions"]
   train_loss, heldout_loss = f["train_loss"], f["heldout_loss"]
   missing = "" if f["snapshots"] else " (no training snapshots: final weights only)"
@@ -236,6 +262,11 @@ def plot_row(config, axes, label, model, f) -> None:
   ax.set_title(f"{label}: every head's prefix matching (layer 0 light blue){missing}",
                fontsize=9)
   axes[1].plot(x, icl[shown], "o-", ms=3, color="#2e86c1")
+  error = f["icl_standard_error"][shown]
+  if np.isfinite(error).any():
+    axes[1].fill_between(x, icl[shown] - error, icl[shown] + error, color="#2e86c1", alpha=0.2,
+                         lw=0, label="± 1 standard error over the windows")
+    axes[1].legend(fontsize=7)
   axes[1].axhline(0, color="#bbb", lw=0.8)
   axes[1].set_ylabel(f"ICL score: loss@{positions[1]} − loss@{positions[0]}")
   axes[1].set_title(f"{label}: in-context learning score{missing}", fontsize=9)
@@ -261,8 +292,8 @@ def plot_row(config, axes, label, model, f) -> None:
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())  # < 1 decade would label every minor tick
     ax.set_xlabel("tokens seen" if f["axis"] == "tokens" else "training steps")
-    if gain is not None:
-      ax.axvspan(tokens[gain[0]], tokens[gain[1]], color="#f5cba7", alpha=0.5, lw=0)
+    if window is not None:
+      ax.axvspan(*window, color="#f5cba7", alpha=0.5, lw=0)
   if any(prefix[-1].ravel() >= config.formed):
     axes[0].legend(fontsize=7)
 
@@ -322,6 +353,7 @@ def run(config, models, outdir):
     final_icl[label] = (L, float(f["icl"][-1]))
     numbers[label] = {"x_axis": f["axis"], "x": tokens, "steps": f["steps"],
                       "tokens": f["tokens_seen"], "icl": f["icl"],
+                      "icl_standard_error": f["icl_standard_error"],
                       "heldout_loss": f["snapshot_loss"], "prefix_matching": f["prefix"],
                       "icl_positions": f["positions"],
                       "snapshots": None if model.snapshots is None else

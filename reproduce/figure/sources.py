@@ -49,6 +49,16 @@ class Model:
   workdir: Optional[Path] = None  # the training run (snapshots, metrics) when known
   tokens: Optional[TokenizedCorpus] = None  # the corpus under this model's tokenizer
   snapshots: Optional[TrainingSnapshots] = None  # its training run's snapshots, when known
+  # Passes that several figures share (``shared``), kept for as long as the model is loaded.
+  memo: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+  def shared(self, key, compute: Callable[[], object]):
+    """``compute()``, run once per model and ``key`` (a hashable naming the pass and every
+    setting it depends on): figures made in one batch job share their passes over the snapshots.
+    """
+    if key not in self.memo:
+      self.memo[key] = compute()
+    return self.memo[key]
 
   @property
   def bos_id(self) -> int:

@@ -7,6 +7,7 @@ import types
 import numpy as np
 
 from reproduce.figure.runner import figure_config, figure_module
+from reproduce.figure.sources import Model
 
 
 formation = figure_module("induction_formation")
@@ -141,3 +142,31 @@ def test_the_constant_phase_comes_from_the_runs_config():
   assert formation.constant_phase(model) is None  # a downloaded folder: schedule unknown
   c = _bump_claim(curve(16e6, bump=0.3, lo=3e6, hi=6e6), 3e6, 6e6, clear=None)
   assert "learning-rate schedule is unknown" in c["criterion"]
+
+
+def test_a_window_is_shaded_only_where_a_head_forms():
+  config = figure_config("induction_formation", "test")
+  tokens = np.array([0, 1e6, 2e6, 4e6, 8e6])
+  formed = {"gain": (2, 3, 0.8), "best_head": 5, "best": np.array([0.0, 0.02, 0.05, 0.5, 0.6]),
+            "tokens": tokens}
+  assert formation.formed_window(config, formed) == (2e6, 4e6)
+  never = dict(formed, best=np.array([0.0, 0.01, 0.02, 0.05, 0.04]))  # a 1L model's best head
+  assert formation.formed_window(config, never) is None
+  assert formation.formed_window(config, dict(formed, gain=None)) is None
+
+
+def test_the_trajectory_is_measured_once_per_model_and_setting():
+  calls = []
+  model = Model("m", None, None, {})
+  original = formation._formation
+  try:
+    formation._formation = lambda config, m: calls.append(m) or {"n": len(calls)}
+    config = figure_config("induction_formation", "test")
+    first = formation.formation(config, model)
+    assert formation.formation(config, model) is first and len(calls) == 1
+    other = config.copy_and_resolve_references()
+    other.unlock()
+    other.icl_windows = config.icl_windows + 1
+    assert formation.formation(other, model) is not first and len(calls) == 2
+  finally:
+    formation._formation = original
