@@ -132,11 +132,15 @@ MEASURING_PACKAGES = ("core", "data", "figure")
 
 
 def measuring_sources(name: str) -> List[Path]:
-  """The source files figure ``name`` is made by: its module, its config file and every module
-  of ``MEASURING_PACKAGES``."""
+  """The source files figure ``name`` is made by: every module of ``MEASURING_PACKAGES``, then its
+  module and config file, and those of each figure it reads passes from (its module's optional
+  ``SHARES``, a tuple of figure names)."""
   package = Path(__file__).resolve().parents[1]
   files = sorted(p for folder in MEASURING_PACKAGES for p in (package / folder).rglob("*.py"))
-  return files + [Path(figure_module(name).__file__), Path(project_module("configs", name).__file__)]
+  for figure in (name,) + tuple(getattr(figure_module(name), "SHARES", ())):
+    files += [Path(figure_module(figure).__file__),
+              Path(project_module("configs", figure).__file__)]
+  return files
 
 
 def source_hash(files) -> str:

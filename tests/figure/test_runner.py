@@ -14,7 +14,8 @@ import pytest
 import reproduce
 from reproduce.figure.outputs import write_json
 from reproduce.figure.runner import (UnknownFigure, code_version, figure_config, figure_is_current,
-                                     figure_names, make_figure, measuring_sources, source_hash)
+                                     figure_module, figure_names, make_figure, measuring_sources,
+                                     source_hash)
 from reproduce.figure.sources import FigureError, ModelSource
 
 from tests.support.helpers import MECHANISM
@@ -240,3 +241,12 @@ def test_a_figure_is_keyed_on_the_code_that_measures_and_judges_it(tmp_path):
   before = source_hash([module])
   module.write_text("THRESHOLD = 0.4\n")
   assert source_hash([module]) != before
+
+
+def test_a_figure_is_keyed_on_the_figures_whose_passes_it_reads(monkeypatch):
+  monkeypatch.setattr(figure_module("bigram"), "SHARES", ("induction_formation",), raising=False)
+  sources = {p.relative_to(ROOT).as_posix() for p in measuring_sources("bigram")}
+  assert {"experiments/induction_formation.py", "configs/induction_formation.py"} <= sources
+  monkeypatch.delattr(figure_module("bigram"), "SHARES")
+  sources = {p.relative_to(ROOT).as_posix() for p in measuring_sources("bigram")}
+  assert "experiments/induction_formation.py" not in sources
