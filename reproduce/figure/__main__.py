@@ -58,11 +58,16 @@ def _source(args) -> ModelSource:
 
 
 def _check_corpora(source: ModelSource, models) -> None:
-  """Refuses, before any work, a corpus too small for the models' token budgets."""
+  """Refuses, before any work, a corpus too small for the models' token budgets (each corpus the
+  models name resolved once: listing the default corpus's files takes a second or more)."""
+  corpora = {}
   for name in sorted(models):
     config, _ = source.run(name)
+    spec = json.dumps(config.data.to_dict(), sort_keys=True, default=str)
     try:
-      check_corpus_bound(config, corpus_from_config(config.data))
+      if spec not in corpora:
+        corpora[spec] = corpus_from_config(config.data)
+      check_corpus_bound(config, corpora[spec])
     except USER_ERRORS as e:
       where = (" The paper preset is made for GPUs and TPUs and a corpus of ~1B+ tokens "
                "(--corpus=FILES; BUILD.md)." if source.preset == "paper" else "")

@@ -154,7 +154,10 @@ class ModelSource:
   def run(self, name: str):
     """(config, work directory) of the model ``configs/<name>.py:<preset>`` in ``models_dir``:
     ``<name>-<preset>-<config_hash>`` of the config with this source's replacements (a forced
-    dtype, seed or corpus trains into its own directory: its weights differ)."""
+    dtype, seed or corpus trains into its own directory: its weights differ).  The folder must be
+    set (``in_folder``): no model is trained into wherever the process happens to run."""
+    if self.models_dir is None:
+      raise ValueError("ModelSource.run needs models_dir: call in_folder(workdir) first")
     config = load_config(f"{name}:{self.preset}")
     config.unlock()
     if self.cache_dir:
@@ -166,7 +169,7 @@ class ModelSource:
     if self.compute_dtype:
       config.train.compute_dtype = self.compute_dtype
     config.lock()
-    return config, Path(self.models_dir or "models") / f"{name}-{self.preset}-{config_hash(config)}"
+    return config, Path(self.models_dir) / f"{name}-{self.preset}-{config_hash(config)}"
 
   def key(self, name: str) -> str:
     """The key under which a job keeps the model ``name`` loaded, shared by its figures."""

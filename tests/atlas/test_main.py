@@ -3,6 +3,7 @@ plan and progress lines, the files it writes and their links, token strings that
 every page, strict JSON with every null explained; a flag without its partner refused."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -28,8 +29,9 @@ def made(tmp_path_factory, cache_dir):
   out = tmp / "atlas"
   run = subprocess.run([sys.executable, "-m", "reproduce.atlas", f"--checkpoint={weights}",
                         f"--corpus={corpus}", f"--out={out}", "--preset=test"], cwd=ROOT,
-                       capture_output=True, text=True, env={"CIRCUITS_REPRO_CACHE": cache_dir,
-                                                            "PATH": "/usr/bin:/bin"})
+                       capture_output=True, text=True,
+                       env={"CIRCUITS_REPRO_CACHE": cache_dir, "PATH": "/usr/bin:/bin",
+                            "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")})  # the suite's compile flags
   assert run.returncode == 0, run.stderr[-3000:]
   return out, run.stdout
 

@@ -9,7 +9,9 @@ last measured (``durations.json``; a module it does not list counts half a secon
 second process is this command again, restricted to its modules (``CIRCUITS_REPRO_TEST_SHARD``
 names the file listing them), with its own temporary folder; its modules are deselected here.
 Its report (the summary line, and its failures) is printed at the end of this one's, and a
-failure there fails this command.
+failure there fails this command.  That folder (``pytest-second-process-*`` in the system's
+temporary folder) is removed when the second process passes, and kept, with its full output
+named in the report, when it fails.
 
 ``CIRCUITS_REPRO_TEST_PROCESSES=1`` keeps everything in one process; so do ``-m slow``,
 ``--collect-only``, ``--pdb``, ``--junitxml`` and a single core.
@@ -17,6 +19,7 @@ failure there fails this command.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -135,4 +138,8 @@ def pytest_terminal_summary(terminalreporter):
     lines = [line for line in lines if " passed" in line][-1:] or lines[-1:]
   for line in lines:
     terminalreporter.write_line(line)
-  terminalreporter.write_line(f"(its full output: {_second['log']})")
+  folder = _second["log"].parent
+  if failed:  # kept for reading: its output and the failed tests' temporary files
+    terminalreporter.write_line(f"(its full output: {_second['log']})")
+  else:
+    shutil.rmtree(folder, ignore_errors=True)
