@@ -197,7 +197,9 @@ def no_turn_1l_claim(label, tokens, angles, window, reference):
   turn = None if window is None else sharpest_turn(tokens, angles, *window)
   if window is None or reference is None or turn is None:
     why = ("no 2L formation window to compare in" if window is None or reference is None
-           else "no 1L turn defined in the 2L window")
+           else f"no 1L turn defined in the 2L window {window[0]:,.0f} → {window[1]:,.0f} tokens "
+           f"(the 1L snapshots reach {np.max(tokens):,.0f} tokens; a turn needs one at twice "
+           "its own)")
     return claim(figure="per_token_losses", what="no_turn_1l", model=label,
                  paper_says=NO_TURN_1L, statement=f"{label}: no comparable turn",
                  source=IH_PHASE_CHANGE, criterion=criterion,
@@ -323,12 +325,26 @@ def run(config, models, outdir):
       inside = (f["tokens"] >= window[0]) & (f["tokens"] <= window[1])
       ax.plot(xy[inside, 0], xy[inside, 1], "-", color="#e67e22", lw=3, zorder=1.5,
               label=f"{label}: formation window")
-    ax.annotate(f"{label} init", xy[0], fontsize=7)
+  ax.annotate("initialisation", coords[labels[0]][0], fontsize=7)
+  late = next((windows[l][0] / 4 for l in labels if windows[l] is not None), None)
+  if late is not None:  # the trajectories' last stretch, where the window lies, enlarged
+    inset = ax.inset_axes([0.07, 0.55, 0.4, 0.4])
+    for label in labels:
+      f, xy, window = fs[label], coords[label], windows[label]
+      keep = f["tokens"] >= late
+      inset.plot(xy[keep, 0], xy[keep, 1], "-", color="#bbb", lw=0.8)
+      inset.scatter(xy[keep, 0], xy[keep, 1], c=np.log10(f["tokens"][keep]), cmap="viridis",
+                    norm=norm, marker=markers[label], s=12)
+      if window is not None:
+        inside = (f["tokens"] >= window[0]) & (f["tokens"] <= window[1])
+        inset.plot(xy[inside, 0], xy[inside, 1], "-", color="#e67e22", lw=2.5, zorder=0)
+    inset.text(0.02, 0.02, f"from {late:,.0f} tokens", transform=inset.transAxes, fontsize=7)
+    inset.tick_params(labelsize=6)
   fig.colorbar(points, ax=ax, label="log10 tokens seen")
   ax.set_xlabel(f"PC1 ({explained[0]:.0%} of the variance)")
   ax.set_ylabel(f"PC2 ({explained[1]:.0%})" if len(explained) > 1 else "PC2")
   ax.set_title("per-token losses: one PCA over every snapshot of both models", fontsize=9)
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=7, loc="lower left")
   ax = axes[0, 1]
   for label in labels:
     f = fs[label]
@@ -353,7 +369,7 @@ def run(config, models, outdir):
                 label=f"{label} L{l}H{h}" + (" (induction head)" if best else ""))
     _shade(ax, windows[label])
   ax.axhline(0, color="#bbb", lw=0.8)
-  ax.set_ylabel("Σ_k prev_k · tr(W_E W_Q W_Kᵀ (W_E W_OV^k)ᵀ)")
+  ax.set_ylabel("trace, summed over layer-0 heads k × prev-token score of k")
   ax.set_title("previous-token K-composition QK trace, each later-layer head" if two else
                "K-composition trace: no model with two layers", fontsize=9)
   if two:
@@ -379,10 +395,12 @@ def run(config, models, outdir):
     axes[row, 0].set_title(f"{label}: Loss(tokens seen, context index), mean of "
                            f"{f['token_losses'].shape[1]} windows", fontsize=9)
     # each difference spans its two bins' centres
-    limit = np.nanmax(np.abs(derivative[shown])) if derivative.size else 1.0
+    # colours clipped at the 95th percentile of |∂|: the first bins' steep fall would wash out
+    # the rest of the context
+    limit = float(np.nanpercentile(np.abs(derivative[shown]), 95)) if derivative.size else 1.0
     mesh = axes[row, 1].pcolormesh(x, centres, derivative[shown].T, cmap="RdBu_r",
                                    shading="flat", vmin=-limit, vmax=limit)
-    fig.colorbar(mesh, ax=axes[row, 1], label="∂Loss/∂ln i_ctx (nats)")
+    fig.colorbar(mesh, ax=axes[row, 1], label="∂Loss/∂ln i_ctx (nats; clipped)", extend="both")
     axes[row, 1].set_title(f"{label}: ∂Loss/∂ln i_ctx between neighbouring log bins "
                            "(blue: later tokens predicted better)", fontsize=9)
     early = f["positions"][0] + 1  # the ICL score's early position as an i_ctx
