@@ -158,9 +158,11 @@ def late_context_slope(derivative, points, start):
 # ----------------------------------------------------------------------------------------------
 # The verdicts
 
-def turn_claim(label, tokens, angles, window, ratio):
+def turn_claim(label, tokens, angles, window, ratio, clear=None):
   """The 2L trajectory's sharpest turn lies in the formation window ``window`` (lo, hi) tokens;
-  fails where nothing formed (``window`` None) or no turn is defined."""
+  fails where nothing formed (``window`` None) or no turn is defined.  ``clear``, the run's
+  constant-learning-rate phase (``induction_formation.constant_phase``), is reported beside the
+  verdict, not part of it: the sharpest turn whose displacements both lie inside it."""
   criterion = (f"the largest change of direction of the PC1–PC2 trajectory (the angle between "
                f"successive displacements over a factor {ratio:g} in tokens each, at every "
                "snapshot where both are defined) is at a snapshot inside the formation window "
@@ -176,15 +178,21 @@ def turn_claim(label, tokens, angles, window, ratio):
   index, angle = best
   inside = bool(window[0] <= tokens[index] <= window[1])
   in_window = sharpest_turn(tokens, angles, *window)
+  steady = None if clear is None else sharpest_turn(tokens, angles, clear[0] * ratio,
+                                                    clear[1] / ratio)
   return claim(
       figure="per_token_losses", what="turn_in_window", model=label, paper_says=TURN,
       statement=f"{label}: its per-token-loss trajectory turns sharpest in the formation window",
       source=IH_PHASE_CHANGE, criterion=criterion,
       measured=f"sharpest turn {angle:.0f}° at {tokens[index]:,.0f} tokens; window "
       f"{window[0]:,.0f} → {window[1]:,.0f}" + ("" if in_window is None else
-                                                 f" (its sharpest {in_window[1]:.0f}°)"),
+                                                 f" (its sharpest {in_window[1]:.0f}°)")
+      + ("" if steady is None else f"; not tested: within the constant-learning-rate phase "
+         f"the sharpest is {steady[1]:.0f}° at {tokens[steady[0]]:,.0f} tokens"),
       value={"angle": angle, "tokens": float(tokens[index]), "window": list(window),
-             "in_window": None if in_window is None else in_window[1]},
+             "in_window": None if in_window is None else in_window[1],
+             "constant_learning_rate": None if steady is None else
+             {"angle": steady[1], "tokens": float(tokens[steady[0]])}},
       holds=inside)
 
 
@@ -434,7 +442,8 @@ def run(config, models, outdir):
     gain = f["gain"] if window is not None else None
     if model.cfg.n_layers >= 2:
       best = sharpest_turn(f["tokens"], angles[label], *window) if window is not None else None
-      claims.append(turn_claim(label, f["tokens"], angles[label], window, fc.window_ratio))
+      claims.append(turn_claim(label, f["tokens"], angles[label], window, fc.window_ratio,
+                               formation.constant_phase(model)))
       H = model.cfg.n_heads
       head = f["best_head"]
       trace = f["k_composition_trace"].reshape(len(f["tokens"]), -1)[:, head]

@@ -75,6 +75,9 @@ def test_the_turn_claims_hold_and_fail():
   assert views.turn_claim("m", TOKENS, turned, window, 2.0)["holds"]
   assert not views.turn_claim("m", TOKENS, late, window, 2.0)["holds"]
   assert not views.turn_claim("m", TOKENS, turned, None, 2.0)["holds"]  # nothing formed
+  # the constant-learning-rate phase is reported beside the verdict, never part of it
+  reported = views.turn_claim("m", TOKENS, late, window, 2.0, clear=(1e5, 64e5))
+  assert not reported["holds"] and reported["value"]["constant_learning_rate"]["tokens"] == 16e5
   straight = views.turn_angles(TOKENS, _path(99), 2.0)
   assert views.no_turn_1l_claim("m", TOKENS, straight, window, 90.0)["holds"]
   assert not views.no_turn_1l_claim("m", TOKENS, turned, window, 45.0)["holds"]
