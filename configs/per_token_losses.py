@@ -18,7 +18,7 @@ from reproduce.config import project_module
 
 def get_config(preset: str = "cpu"):
   c = ml_collections.ConfigDict()
-  c.models = ("attn1l", "attn2l")  # model configs (configs/<name>.py) trained at the preset and analysed
+  c.models = ("attn1l", "attn2l")  # model configs (configs/<name>.py), trained at the preset
   # The shared pass and formation window it reads: induction_formation's own settings, so the
   # two figures share one pass per model (Model.shared).
   c.formation = project_module("configs", "induction_formation").get_config(preset)

@@ -402,9 +402,8 @@ def run(config, models, outdir):
     fig.colorbar(mesh, ax=axes[row, 0], label="loss (nats)")
     axes[row, 0].set_title(f"{label}: Loss(tokens seen, context index), mean of "
                            f"{f['token_losses'].shape[1]} windows", fontsize=9)
-    # each difference spans its two bins' centres
-    # colours clipped at the 95th percentile of |∂|: the first bins' steep fall would wash out
-    # the rest of the context
+    # Each difference spans its two bins' centres; colours clipped at the 95th percentile of
+    # |∂|, else the first bins' steep fall washes out the rest of the context.
     limit = float(np.nanpercentile(np.abs(derivative[shown]), 95)) if derivative.size else 1.0
     mesh = axes[row, 1].pcolormesh(x, centres, derivative[shown].T, cmap="RdBu_r",
                                    shading="flat", vmin=-limit, vmax=limit)
