@@ -180,9 +180,11 @@ def head_k_composition_trace(W_Q, W_K, W_V_prev, W_O_prev, embed_gram) -> jax.Ar
   tr(W_E W_Q W_Kᵀ (W_E W_V^p W_O^p)ᵀ) over the vocabulary, IH's column-vector tr(W_Eᵀ W_Qᵀ W_K
   W_O^p W_V^p W_E): the summed score of every destination token with a source whose earlier
   token (read through p's OV) is the same token.  By the cyclic property it is the trace of the
-  [d_head, d_head] ``head_k_composition_qk_matrix``, W_Kᵀ (W_OV^pᵀ (W_Eᵀ W_E)) W_Q
-  (``embed_gram`` = W_Eᵀ W_E), unscaled by 1/sqrt(d_head)."""
-  return jnp.trace(head_k_composition_qk_matrix(W_Q, W_K, W_V_prev, W_O_prev, embed_gram))
+  [d_head, d_head] ``head_k_composition_qk_matrix``, W_Kᵀ W_O^pᵀ W_V^pᵀ (W_Eᵀ W_E) W_Q,
+  computed as Σ_ij (W_O^p W_K)_ij (W_V^pᵀ G W_Q)_ij (``embed_gram`` G = W_Eᵀ W_E): W_V^pᵀ G does
+  not depend on the reader, so lifted over readers it is formed once per writer, and each pair
+  costs d_head² · d_model.  Unscaled by 1/sqrt(d_head)."""
+  return jnp.sum((W_O_prev @ W_K) * ((W_V_prev.T @ embed_gram) @ W_Q))
 
 
 _qk = jax.jit(over_heads(head_qk, (0, 0, None)))
