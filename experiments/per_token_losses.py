@@ -52,8 +52,8 @@ TRACE = ("IH, \"Argument 1\" (the phase change is when induction heads form, thr
          "the previous-token heads grows during the \"phase change\"")
 LATE_CONTEXT = ("IH, \"Argument 1\": the derivative of the loss with respect to the log of the "
                 "token index shows the phase change: before it the loss \"largely stops "
-                "improving\" after the early tokens of the context, after it the loss keeps "
-                "improving further into the context")
+                "improving around token 50\", after it the loss \"continues to improve past "
+                "that point\"")
 
 
 # ----------------------------------------------------------------------------------------------
