@@ -24,6 +24,10 @@ def get_config(preset: str = "cpu"):
   # (16,384 tokens at n_ctx 256): the vectors that the per-token-loss views and the ablations'
   # before-and-after direction read (shared passes, ``formation``).
   c.token_loss_windows = 64
+  # Every head's previous-token score at every snapshot on the first 4 of those windows (1,016
+  # destinations at n_ctx 256: a standard error ≲ 0.015): only the weights of IH's
+  # previous-token K-composition trace, kept cheap (a forward pass with patterns per window).
+  c.previous_token_windows = 4
   # A formed induction head: prefix matching 0.3 is ≥ 7× a uniform head's attention over the
   # probe's 100-token context; 0.1 (≈ 2–3× uniform) is "not formed" for the 1L claim.
   c.formed = 0.3

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.ticker import NullFormatter
-from reproduce.core import scores
+from reproduce.core import circuits, scores
 from reproduce.figure.claims import claim
 from reproduce.figure.outputs import write_json
 from reproduce.figure.plotting import pyplot, save_figure
@@ -57,15 +57,24 @@ def measure(config, model, cfg, weights, inputs, targets, pool) -> dict:
   """One snapshot's ICL score (and its standard error over the windows), held-out loss, every
   head's prefix matching [L, H], and its per-token losses [K, T] on the first K =
   ``config.token_loss_windows`` held-out windows (every position: the same tokens for every
-  snapshot and every model of one corpus)."""
+  snapshot and every model of one corpus).  Also every head's previous-token score [L, H] on
+  the first ``config.previous_token_windows`` of them (``scores.previous_token_on``) and IH's
+  previous-token K-composition QK trace [L, H] (``circuits.previous_token_k_composition_trace``,
+  the weights as folded; NaN in layer 0; absent below two layers)."""
   icl = scores.in_context_learning_score(cfg, weights, inputs, targets,
                                          loss_positions=config.loss_positions)
   prefix = (np.asarray(scores.prefix_matching_score(cfg, weights, pool, model.bos_id))
             if cfg.n_layers else np.zeros((0, cfg.n_heads)))
   K = config.token_loss_windows
+  previous = (np.asarray(scores.previous_token_on(cfg, weights,
+                                                  inputs[:config.previous_token_windows]))
+              if cfg.n_layers else np.zeros((0, cfg.n_heads)))
+  trace = (circuits.previous_token_k_composition_trace(weights, previous)
+           if cfg.n_layers >= 2 else np.full((cfg.n_layers, cfg.n_heads), np.nan))
   return {"icl": icl["score"], "icl_standard_error": icl["standard_error"], "loss": icl["loss"],
           "icl_positions": [icl["early_index"], icl["late_index"]], "prefix": prefix,
-          "token_losses": scores.sequence_losses(cfg, weights, inputs[:K], targets[:K])}
+          "token_losses": scores.sequence_losses(cfg, weights, inputs[:K], targets[:K]),
+          "previous_token": previous, "k_composition_trace": trace}
 
 
 def trajectory(model, config):
@@ -193,13 +202,15 @@ def loss_bump(train_loss, lo, hi, min_points: int = 5, clear=None) -> dict:
   return out
 
 
-SHARED_SETTINGS = ("icl_windows", "loss_positions", "token_loss_windows", "window_ratio")
+SHARED_SETTINGS = ("icl_windows", "loss_positions", "token_loss_windows", "window_ratio",
+                   "previous_token_windows")
 
 
 def formation(config, model) -> dict:
   """The model's trajectory as arrays: ``tokens`` (its positions on ``x_axis``: tokens seen or
   steps), ICL score and its standard error, held-out loss, prefix matching [n, L, H], the best
-  head's prefix matching, per-token losses [n, K, T], the losses logged, and the formation
+  head's prefix matching, per-token losses [n, K, T], previous-token scores and the
+  previous-token K-composition trace [n, L, H] (``measure``), the losses logged, and the formation
   window (``steepest_gain``).  One pass over the snapshots per model and setting: every figure
   that reads the trajectory shares it (``Model.shared``)."""
   key = ("induction_formation.formation",) + tuple(config[k] for k in SHARED_SETTINGS)
@@ -222,6 +233,8 @@ def _formation(config, model) -> dict:
           "icl": np.asarray([r["icl"] for r in traj]),
           "icl_standard_error": np.asarray([r["icl_standard_error"] for r in traj]),
           "token_losses": np.stack([r["token_losses"] for r in traj]),
+          "previous_token": np.stack([r["previous_token"] for r in traj]),
+          "k_composition_trace": np.stack([r["k_composition_trace"] for r in traj]),
           "snapshot_loss": np.asarray([r["loss"] for r in traj]), "prefix": prefix, "flat": flat,
           "best_head": best_head, "best": best, "train_loss": train_loss,
           "heldout_loss": heldout_loss, "snapshots": snapshots, "gain": gain,

@@ -317,6 +317,7 @@ FIGURE_KERNELS = {  # figure → kernel families it runs on the device (the rest
     "ov_qk_scatter": ("eigen_matrices", "forward_patterns"),
     "term_importance": ("term_importance",),
     "induction_formation": ("forward_patterns", "icl_losses"),
+    "per_token_losses": ("forward_patterns", "icl_losses"),  # induction_formation's pass
     "head_ablations": ("forward_patterns", "icl_losses"), "induction_heads": ("forward_patterns",),
     "simplest_induction_head": (),  # a hand-built model, not one of the preset's
 }

@@ -174,6 +174,19 @@ def head_k_composition_qk_matrix(W_Q, W_K, W_V_prev, W_O_prev, embed_gram) -> ja
   return head_qk_eigen_matrix(W_Q, W_K, (W_V_prev @ W_O_prev).T @ embed_gram)
 
 
+def head_k_composition_trace(W_Q, W_K, W_V_prev, W_O_prev, embed_gram) -> jax.Array:
+  """The trace of one reading head's K-composition term with an earlier head p: a scalar.
+
+  tr(W_E W_Q W_Kᵀ (W_E W_V^p W_O^p)ᵀ) over the vocabulary, IH's column-vector tr(W_Eᵀ W_Qᵀ W_K
+  W_O^p W_V^p W_E): the summed score of every destination token with a source whose earlier
+  token (read through p's OV) is the same token.  By the cyclic property it is the trace of the
+  [d_head, d_head] ``head_k_composition_qk_matrix``, W_Kᵀ W_O^pᵀ W_V^pᵀ (W_Eᵀ W_E) W_Q,
+  computed as Σ_ij (W_O^p W_K)_ij (W_V^pᵀ G W_Q)_ij (``embed_gram`` G = W_Eᵀ W_E): W_V^pᵀ G does
+  not depend on the reader, so lifted over readers it is formed once per writer, and each pair
+  costs d_head² · d_model.  Unscaled by 1/sqrt(d_head)."""
+  return jnp.sum((W_O_prev @ W_K) * ((W_V_prev.T @ embed_gram) @ W_Q))
+
+
 _qk = jax.jit(over_heads(head_qk, (0, 0, None)))
 _ov = jax.jit(over_heads(head_ov, (0, 0, None, None)))
 _token_position_qk = jax.jit(over_heads(head_token_position_qk, (0, 0, 0, 0, None, None)))
@@ -402,6 +415,33 @@ def k_composition_qk_eigenvalues(w: Weights, prev_layer: int, prev_head: int) ->
   out = np.full(mats.shape[:-1], np.nan, np.complex128)
   out[prev_layer + 1:] = host_eigenvalues(mats[prev_layer + 1:])
   return out
+
+
+@jax.jit
+def k_composition_traces(w: Weights) -> jax.Array:
+  """``head_k_composition_trace`` of every (earlier head p, later head h) pair → [L, H, L, H],
+  entry [lp, p, l, h]: each writer in turn (vmap) against every reader (``over_heads``); NaN
+  unless lp < l."""
+  require_folded(w)
+  L, H = w.n_layers, w.n_heads
+  readers = over_heads(head_k_composition_trace, (0, 0, None, None, None))
+  writers = jax.vmap(readers, in_axes=(None, None, 0, 0, None))
+  flat = lambda a: a.reshape((L * H,) + a.shape[2:])
+  traces = writers(w.W_Q, w.W_K, flat(w.W_V), flat(w.W_O), embed_gram(w)).reshape(L, H, L, H)
+  earlier = jnp.arange(L)[:, None, None, None] < jnp.arange(L)[None, None, :, None]
+  return jnp.where(earlier, traces, jnp.nan)
+
+
+def previous_token_k_composition_trace(w: Weights, previous_token) -> np.ndarray:
+  """IH's previous-token K-composition QK trace of every head, [L, H]: Σ over the heads p of
+  earlier layers of previous_token[p] · ``head_k_composition_trace``(h, p), the traces weighted
+  by each writer's previous-token score ``previous_token`` [L, H]; NaN in layer 0 (no earlier
+  head)."""
+  traces = np.asarray(k_composition_traces(w), np.float64)
+  weights = np.asarray(previous_token, np.float64)[:, :, None, None]
+  earlier = np.isfinite(traces)
+  out = np.where(earlier, traces * weights, 0.0).sum((0, 1))
+  return np.where(earlier.any((0, 1)), out, np.nan)
 
 
 # ----------------------------------------------------------------------------------------------

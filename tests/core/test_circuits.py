@@ -236,3 +236,25 @@ def test_positional_attention_against_a_dense_softmax(folded_after_norm):
       np.testing.assert_allclose(got[l, h], expect, rtol=1e-4, atol=1e-6)
       np.testing.assert_allclose(circuits.positional_attention(w, 4, layer=l)[h], expect[:4, :4],
                                  rtol=1e-4, atol=1e-6)  # causal: the first rows alone
+
+
+def test_previous_token_k_composition_trace_is_the_trace_of_the_dense_vocab_matrix():
+  """IH's trace: for each later head h, Σ_p prev[p] · tr over the vocabulary of h's K-composition
+  term with p, W_E W_Q^h W_K^hᵀ (W_E W_V^p W_O^p)ᵀ, built dense here (23 × 23, explicit loops);
+  NaN in layer 0."""
+  _, w = random_model(n_layers=3, n_heads=2, d_head=4, d_model=12, d_vocab=23, std=0.5)
+  prev = np.array([[0.9, 0.1], [0.3, 0.7], [0.5, 0.2]])
+  got = circuits.previous_token_k_composition_trace(w, prev)
+  W = {k: np.asarray(getattr(w, k), np.float64) for k in ("W_E", "W_Q", "W_K", "W_V", "W_O")}
+  assert got.shape == (3, 2) and np.isnan(got[0]).all()
+  for l in range(1, 3):
+    for h in range(2):
+      want = 0.0
+      for lp in range(l):
+        for p in range(2):
+          dense = (W["W_E"] @ W["W_Q"][l, h] @ W["W_K"][l, h].T
+                   @ (W["W_E"] @ W["W_V"][lp, p] @ W["W_O"][lp, p]).T)  # [vocab, vocab]
+          want += prev[lp, p] * sum(dense[t, t] for t in range(dense.shape[0]))
+      np.testing.assert_allclose(got[l, h], want, rtol=1e-4, atol=1e-5)
+  traces = np.asarray(circuits.k_composition_traces(w))
+  assert np.isnan(traces[2, :, 1]).all() and np.isnan(traces[1, :, 1]).all()  # no later writer
