@@ -12,8 +12,11 @@ model cannot (IH: one-layer smeared-key models form induction heads and go throu
 change).
 
 Expected (cpu preset, 1,500 steps, 6.1M tokens): a head whose prefix matching passes 0.3 and a
-final ICL score below the vanilla 1L model's.  Measured (seed 0): see docs/METHODS.md,
-"Smeared keys".
+final ICL score below the vanilla 1L model's.  Measured (seed 0, the figure's passes over the 29
+snapshots): the best head's prefix matching 0.07 → 0.70 between 1.4M and 2.3M tokens (the
+formation window), 0.90 at the end, where no vanilla 1L head passes 0.04; final ICL −0.72 ±
+0.16 nats against the vanilla's −0.32 ± 0.16 (1.8 standard errors of the difference); held-out
+loss 2.75 against 3.25; learned σ(α) from 0.02 to 0.90 (five heads below 0.5).
 """
 
 from reproduce.config import project_module, with_model_fields

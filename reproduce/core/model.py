@@ -86,7 +86,12 @@ class ModelConfig:
     return cls(**{k: v for k, v in dict(config).items() if k in names})
 
   def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
+    """The fields as a dict; ``smear_keys`` only when on, so a vanilla model's record is the one
+    it had before the option existed."""
+    d = dataclasses.asdict(self)
+    if not self.smear_keys:
+      del d["smear_keys"]
+    return d
 
 
 def norm_scale(x: jax.Array, eps: float) -> jax.Array:

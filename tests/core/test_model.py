@@ -213,5 +213,8 @@ def test_head_values_read_the_smeared_keys():
 def test_smeared_keys_config_flag_is_checked():
   with pytest.raises(ValueError, match="smear_keys"):
     ModelConfig(1, 2, 4, 8, 13, 7, smear_keys=1)
-  assert ModelConfig.from_any({"n_layers": 1, "n_heads": 2, "d_head": 4, "d_model": 8,
-                               "d_vocab": 13, "n_ctx": 7}).smear_keys is False
+  plain = ModelConfig.from_any({"n_layers": 1, "n_heads": 2, "d_head": 4, "d_model": 8,
+                                "d_vocab": 13, "n_ctx": 7})
+  assert plain.smear_keys is False and "smear_keys" not in plain.to_dict()  # records unchanged
+  smeared = dataclasses.replace(plain, smear_keys=True)
+  assert ModelConfig.from_any(smeared.to_dict()) == smeared
