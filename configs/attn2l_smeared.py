@@ -12,11 +12,11 @@ cpu preset: the vanilla recipe (4 heads × 32, d_model 128, vocab 2048, n_ctx 25
 positions, AdamW 1e-2 after 200 warm-up steps, cosine over the last 25%) cut to 2,250 steps
 (9.2M tokens, half the vanilla run) with 32 snapshots.  The vanilla 2L forms its induction head
 between ~6M and ~11M tokens; the smeared 1L model (configs/attn1l_smeared.py, same schedule)
-formed one between 1.4M and 2.3M tokens (seed 0).  Expected: the smeared 2L forms by ~3M tokens too, well inside the
-constant-learning-rate phase: the cosine starts at step 1,738 here (7.1M tokens), 3,425 in the
-vanilla run, so both runs see the same schedule up to 7.1M tokens and "earlier" is measured on
-the same footing.  Not yet measured at this preset (no cpu run of it was
-affordable when it was written): the figure `smeared_keys` reports it.
+formed one between 1.4M and 2.3M tokens (seed 0).  Expected: the smeared 2L forms by ~3M
+tokens too, well inside the constant-learning-rate phase: the cosine starts at step 1,738 here
+(7.1M tokens), 3,425 in the vanilla run, so both runs see the same schedule up to 7.1M tokens
+and "earlier" is measured on the same footing.  Not measured at this preset when written (no
+cpu run of it was affordable then): the figure `smeared_keys` reports it.
 test and paper presets: attn2l's, smeared.
 """
 

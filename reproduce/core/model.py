@@ -9,8 +9,9 @@ parameters.  Per layer l and head h (row vectors, docs/METHODS.md, "Conventions"
 
 and logits = x W_U after the last layer.  With ``ModelConfig.smear_keys`` (IH's smeared keys)
 each head's keys are mixed with the previous position's, k'_j = σ(α) k_j + (1 − σ(α)) k_{j−1}
-(j ≥ 1; k'_0 = k_0), one trainable α per head (``Weights.smear``, ``smear_key_vectors``).  Biases (b_Q, b_K, b_V, b_O, b_U) are added where
-present, and with a norm every read of the stream is normalised first (see ``residual_stream``).
+(j ≥ 1; k'_0 = k_0), one trainable α per head (``Weights.smear``, ``smear_key_vectors``).
+Biases (b_Q, b_K, b_V, b_O, b_U) are added where present, and with a norm every read of the
+stream is normalised first (see ``residual_stream``).
 On request the forward also returns every layer's attention patterns and every head's output,
 and it accepts overrides: patterns to use instead of computing them, and per-head outputs to add
 to the residual stream instead of the computed ones
@@ -243,8 +244,8 @@ def _head_projections(w: Weights, l: int, qk_in, v_in, pos_qk, dt, rows=None, ne
   False): x W + b, with the positional terms ``pos_qk`` (``_positional_query_key``) added to q
   and k, and then, in a smeared-key model (``Weights.smear`` present), k smeared over
   positions (``smear_key_vectors``): the one place every attention path (explicit, blocked,
-  fused; ``head_values``) takes its keys from.  ``rows``: the query positions to compute q at (all T when None); ``need_qk=False``
-  returns (None, None, v).  Training takes heads first; analysis, which keeps no gradient, the
+  fused; ``head_values``) takes its keys from.  ``rows``: the query positions to compute q at
+  (all T when None); ``need_qk=False`` returns (None, None, v).  Training takes heads first; analysis, which keeps no gradient, the
   stream's own order (cheaper on CPU: no transposed copies)."""
   spec = "btd,hde->bhte" if heads_first else "btd,hde->bthe"
   add_bias = lambda a, b: a if b is None else a + (b[l][None, :, None, :] if heads_first else b[l])

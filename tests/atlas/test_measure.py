@@ -51,7 +51,7 @@ def test_qk_split_of_layer_0_is_the_circuits_terms():
 
 
 def test_the_qk_split_refuses_a_smeared_key_model():
-  """With smeared keys the stream's x W_K is not the key: the split would be wrong, so it refuses."""
+  """With smeared keys the stream's x W_K is not the key: the split would be wrong; it refuses."""
   cfg, w = random_model(n_layers=1, n_heads=2, d_head=4, d_model=12, d_vocab=23, n_ctx=10)
   w = w.replace(smear=jnp.zeros((1, 2)))
   tokens = jnp.zeros((1, 10), jnp.int32)

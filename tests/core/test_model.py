@@ -119,7 +119,7 @@ def test_override_shapes_are_checked():
 # Smeared keys (IH, "Argument 2")
 
 def _smeared(cfg, w, alpha):
-  """``cfg``/``w`` as a smeared-key model with every head's logit α = ``alpha`` (scalar or [L, H])."""
+  """``cfg``/``w`` as a smeared-key model with every head's α = ``alpha`` (scalar or [L, H])."""
   smear = jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), (cfg.n_layers, cfg.n_heads))
   return dataclasses.replace(cfg, smear_keys=True), w.replace(smear=smear)
 
