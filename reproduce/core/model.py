@@ -245,8 +245,9 @@ def _head_projections(w: Weights, l: int, qk_in, v_in, pos_qk, dt, rows=None, ne
   and k, and then, in a smeared-key model (``Weights.smear`` present), k smeared over
   positions (``smear_key_vectors``): the one place every attention path (explicit, blocked,
   fused; ``head_values``) takes its keys from.  ``rows``: the query positions to compute q at
-  (all T when None); ``need_qk=False`` returns (None, None, v).  Training takes heads first; analysis, which keeps no gradient, the
-  stream's own order (cheaper on CPU: no transposed copies)."""
+  (all T when None); ``need_qk=False`` returns (None, None, v).  Training takes heads first;
+  analysis, which keeps no gradient, the stream's own order (cheaper on CPU: no transposed
+  copies)."""
   spec = "btd,hde->bhte" if heads_first else "btd,hde->bthe"
   add_bias = lambda a, b: a if b is None else a + (b[l][None, :, None, :] if heads_first else b[l])
   v_of = lambda: add_bias(mixed_einsum(spec, v_in, w.W_V[l], dt), w.b_V)
