@@ -34,6 +34,10 @@ VARIANTS = ("test", "cpu", "paper")
 flags.disclaim_key_flags()  # --config is a key flag of the command that calls define_config_flag
 
 
+# Model fields that a config may add to ``base_config``'s (unlocking it), with their default.
+OPTIONAL_MODEL_FIELDS = {"smear_keys": False}
+
+
 def base_config(n_layers: int) -> ml_collections.ConfigDict:
   """Every field a config may set, with its default (the CPU preset's architecture)."""
   c = ml_collections.ConfigDict()
@@ -52,6 +56,9 @@ def base_config(n_layers: int) -> ml_collections.ConfigDict:
   c.model.norm = "none"  # "none" keeps every circuit exact; "ln" adds gain-only layer norm
   c.model.init_std = 0.02  # std of the initial weights
   c.model.qk_init_std = -1.0  # std of the initial W_Q, W_K; negative: same as init_std
+  # Not here: model.smear_keys (IH's smeared keys, ``ModelConfig.smear_keys``), which only the
+  # smeared-key configs set (``OPTIONAL_MODEL_FIELDS``), so that every other config's hash, the
+  # key of its run directory, stays as it was.
 
   c.data = ml_collections.ConfigDict()
   c.data.corpus = "stdlib"  # "stdlib" or comma-separated local files, directories, globs
@@ -120,6 +127,22 @@ def preset(n_layers: int, variant: str, **overrides: Mapping[str, Any]) -> ml_co
   return c
 
 
+def with_model_fields(c: ml_collections.ConfigDict, name: str, **fields
+                      ) -> ml_collections.ConfigDict:
+  """``c`` renamed ``name`` (its own run directories and labels) with optional model fields
+  (``OPTIONAL_MODEL_FIELDS``) added, locked again."""
+  unknown = set(fields) - set(OPTIONAL_MODEL_FIELDS)
+  if unknown:
+    raise ValueError(f"unknown optional model fields {sorted(unknown)}; expected some of "
+                     f"{sorted(OPTIONAL_MODEL_FIELDS)}")
+  c.unlock()
+  c.name = name
+  for field, value in fields.items():
+    c.model[field] = value
+  c.lock()
+  return c
+
+
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks every value; raises ValueError naming the first bad field."""
   ModelConfig.from_any(c)  # architecture checks
@@ -134,6 +157,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   need(m.pos_init in POSITION_INITS, "model.pos_init", m.pos_init,
        f"must be one of {POSITION_INITS}")
   need(m.init_std > 0, "model.init_std", m.init_std, "must be > 0")
+  if "smear_keys" in m:
+    need(isinstance(m.smear_keys, bool), "model.smear_keys", m.smear_keys, "must be True or False")
   need(m.d_vocab >= 258, "model.d_vocab", m.d_vocab, "byte-level BPE needs at least 258")
   need(isinstance(d.corpus, str) and d.corpus.strip(), "data.corpus", d.corpus,
        "must name 'stdlib' or local files")
@@ -203,7 +228,9 @@ def from_dict(d: Mapping[str, Any]) -> ml_collections.ConfigDict:
       unknown.append(section)
     elif isinstance(value, Mapping):
       for field, v in value.items():
-        if field not in c[section]:
+        if section == "model" and field in OPTIONAL_MODEL_FIELDS and field not in c.model:
+          c.model[field] = v
+        elif field not in c[section]:
           unknown.append(f"{section}.{field}")
         else:
           c[section][field] = v

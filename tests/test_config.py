@@ -130,3 +130,19 @@ def test_parse_flags_prints_one_error_line_and_exits_2(capsys):
   assert e.value.code == 2
   err = capsys.readouterr().err
   assert err == "error: Unknown command line flag 'no_such_flag'\n", err
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("variant", ["test", "cpu", "paper"])
+def test_smeared_key_configs_are_the_vanilla_recipes_with_smeared_keys(layers, variant):
+  """The smeared configs add ``model.smear_keys`` and their own name to the vanilla recipe; the
+  vanilla configs hold no such field, so their hashes (their run directories) are unchanged."""
+  vanilla = load_config(f"attn{layers}l:{variant}").to_dict()
+  smeared = load_config(f"attn{layers}l_smeared:{variant}").to_dict()
+  assert "smear_keys" not in vanilla["model"]
+  assert smeared["name"] == f"attn{layers}l_smeared" and smeared["model"].pop("smear_keys") is True
+  if (layers, variant) == (2, "cpu"):  # a smeared 2L forms early: it trains half as long
+    assert smeared["train"].pop("steps") < vanilla["train"].pop("steps")
+    smeared["train"].pop("n_snapshots"), vanilla["train"].pop("n_snapshots")
+  assert {**smeared, "name": vanilla["name"]} == vanilla
+  assert from_dict(load_config(f"attn{layers}l_smeared:{variant}").to_dict()).model.smear_keys

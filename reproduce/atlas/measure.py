@@ -37,6 +37,7 @@ from reproduce.atlas.plan import ablation_windows, scored_positions
 from reproduce.config import project_module
 from reproduce.core import circuits, scores
 from reproduce.core.model import forward, norm_scale
+from reproduce.core.weights import require_unsmeared
 from reproduce.figure.roles import HeadRoles, head_roles
 from reproduce.figure.sources import FigureError, Model, initial_weights
 
@@ -104,6 +105,7 @@ def qk_term_shares(model: Model, tokens, head_outputs) -> Dict[str, np.ndarray]:
   (a term can take a negative share when it cancels the others); NaN where the scores do not
   vary (a zero QK).  Needs ``separable_qk``."""
   cfg, w = model.cfg, model.weights
+  require_unsmeared(w, "the QK term shares")
   T = tokens.shape[1]
   pos = jnp.asarray(w.W_pos[:T])
   W_Q_pos, W_K_pos = w.positional_readers

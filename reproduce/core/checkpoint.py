@@ -25,7 +25,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from reproduce.core.weights import POSITIONAL_READER_NAMES, Weights
+from reproduce.core.weights import POSITIONAL_READER_NAMES, SMEAR_NAME, Weights
 
 FORMAT = "circuits-repro/1"
 
@@ -109,12 +109,17 @@ def _unpack(tree, like):
                       tree, like)
 
 
-def _without_absent_readers(tree):
-  """``tree`` with each ``Weights`` in it as a dict of its fields less the positional readers
-  it lacks (W_Q_pos, W_K_pos None): the layout of optimiser states saved before they existed."""
+# Optional weights that ``Weights`` gained after runs had saved optimiser states without them,
+# newest first: an older state lacks that field and every one after it (when absent, None).
+LATER_WEIGHT_FIELDS = ((SMEAR_NAME,), POSITIONAL_READER_NAMES)
+
+
+def _without_absent(tree, names):
+  """``tree`` with each ``Weights`` in it as a dict of its fields less those of ``names`` it
+  lacks (None): the layout of optimiser states saved before those fields existed."""
   def plain(w):
     return {f.name: getattr(w, f.name) for f in dataclasses.fields(w)
-            if not (f.name in POSITIONAL_READER_NAMES and getattr(w, f.name) is None)}
+            if not (f.name in names and getattr(w, f.name) is None)}
   return jax.tree.map(lambda x: plain(x) if isinstance(x, Weights) else x, tree,
                       is_leaf=lambda x: isinstance(x, Weights))
 
@@ -191,20 +196,26 @@ class RunCheckpoints:
 
   def _restore_arrays(self, step: int, weights_like: Weights, opt_state_like: Any) -> dict:
     """The weights and optimiser state of ``step``, shaped as ``weights_like`` and
-    ``opt_state_like``.  Optimiser states written before ``Weights`` had its positional readers
-    (W_Q_pos, W_K_pos) hold no entry for them: when the current layout does not match, those
-    are read with the readers left out of the target, then put back as None."""
+    ``opt_state_like``.  Optimiser states written before ``Weights`` had some of its optional
+    fields (``LATER_WEIGHT_FIELDS``: the smeared-key logits, before them the positional readers
+    W_Q_pos, W_K_pos) hold no entry for them: when the current layout does not match, the
+    older layouts are tried in turn, those fields read left out of the target, then put back
+    as None."""
     abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
     read = lambda opt_target: self.resumable.restore(step, args=ocp.args.Composite(
         weights=ocp.args.StandardRestore(abstract(_pack(weights_like.to_dict()))),
         opt_state=ocp.args.StandardRestore(abstract(_pack(opt_target))),
         meta=ocp.args.JsonRestore()))
-    try:
-      return read(opt_state_like)
-    except ValueError as e:
-      if "tree structures do not match" not in str(e):
-        raise
-    restored = dict(read(_without_absent_readers(opt_state_like)))
+    layouts = [()] + [sum(LATER_WEIGHT_FIELDS[:i + 1], ()) for i in range(len(LATER_WEIGHT_FIELDS))]
+    for n, names in enumerate(layouts):
+      try:
+        restored = dict(read(_without_absent(opt_state_like, names) if names else opt_state_like))
+        break
+      except ValueError as e:
+        if "tree structures do not match" not in str(e) or n == len(layouts) - 1:
+          raise
+    if not names:
+      return restored
     is_weights = lambda x: isinstance(x, Weights)
     restored["opt_state"] = jax.tree.map(
         lambda like, got: Weights(**got) if is_weights(like) else got,

@@ -17,7 +17,9 @@ vmap leaves work on unmapped inputs unbatched, so shared products are computed o
 Biases are left out, as in TransformerLens (``weights.biases_as_weights`` folds a no-norm
 model's biases into the weights).  Layer norm must be folded first (``reproduce.load``,
 ``weights.fold_for_analysis``; the circuits are then exact up to the per-token 1/σ): every
-function here raises ``weights.UnfoldedLayerNormError`` on weights with layer-norm gains.
+function here raises ``weights.UnfoldedLayerNormError`` on weights with layer-norm gains, and
+each that reads W_Q, W_K (QK circuits, positional terms, Q/K-composition, skip-trigrams)
+``weights.SmearedKeysError`` on a smeared-key model, whose keys W_K alone does not give.
 Positional terms read W_pos through ``Weights.positional_readers``: W_Q_pos, W_K_pos where a
 folded LN(x) + W_pos model has them (the raw W_Q, W_K, which positions meet unscaled by γ and
 outside the norm, so those terms carry no 1/σ), else W_Q, W_K.
@@ -38,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reproduce.core.kernels import MASKED
-from reproduce.core.weights import Weights, require_folded
+from reproduce.core.weights import Weights, require_folded, require_unsmeared
 
 
 class Factored(NamedTuple):
@@ -205,6 +207,7 @@ def qk_circuit(w: Weights, full: bool = True) -> Factored:
   entry [dest token, src token] (the token-token term; positions add separate terms, below).
   """
   require_folded(w)
+  require_unsmeared(w, "the QK circuit")
   return _qk(w.W_Q, w.W_K, w.W_E if full else None)
 
 
@@ -225,6 +228,7 @@ def positional_qk(w: Weights) -> jax.Array:
   "shortformer" positions the whole positional part of a layer-0 score (plus the cross terms,
   ``token_position_qk``)."""
   require_folded(w)
+  require_unsmeared(w, "the positional QK circuit")
   return over_heads(head_positional_qk, (0, 0, None))(*w.positional_readers, w.W_pos)
 
 
@@ -233,6 +237,7 @@ def token_position_qk(w: Weights) -> Tuple[Factored, Factored]:
   and W_pos W_Q_pos (W_E W_K)ᵀ [L, H, n_ctx, vocab], unscaled (W_Q_pos, W_K_pos: the
   positional readers, W_Q, W_K where the model has none apart)."""
   require_folded(w)
+  require_unsmeared(w, "the token-position QK terms")
   return _token_position_qk(w.W_Q, w.W_K, *w.positional_readers, w.W_E, w.W_pos)
 
 
@@ -243,6 +248,7 @@ def positional_attention(w: Weights, n_ctx: int = 0, layer: Optional[int] = None
   the model's context), or [H, T, T] of one ``layer``.  Only the first T positions are
   computed."""
   require_folded(w)
+  require_unsmeared(w, "positional attention")
   return _positional_attention(w, n_ctx or w.W_pos.shape[0], layer)
 
 
@@ -284,6 +290,7 @@ def qk_eigen_matrices(w: Weights, full: bool = True) -> jax.Array:
   """``head_qk_eigen_matrix`` of every head, [L, H, d_head, d_head]: full W_Kᵀ (W_Eᵀ W_E) W_Q
   (W_Eᵀ W_E computed once) or plain W_Kᵀ W_Q."""
   require_folded(w)
+  require_unsmeared(w, "the QK eigenvalues")
   return _qk_eigen(w.W_Q, w.W_K, embed_gram(w) if full else None)
 
 
@@ -369,6 +376,8 @@ def composition_scores(w: Weights, kind: str, permuted: bool = False) -> jax.Arr
   require_folded(w)
   if kind not in COMPOSITION_KINDS:  # as reader_factors would, even with no layer pair
     raise ValueError(f"composition kind must be one of {COMPOSITION_KINDS}, got {kind!r}")
+  if kind != "v":  # V-composition reads W_V W_O only, which smeared keys leave alone
+    require_unsmeared(w, f"{kind.upper()}-composition scores")
   L, H = w.n_layers, w.n_heads
   out = jnp.zeros((L, H, L, H), jnp.float32)
   pairs = [(l1, l2) for l2 in range(L) for l1 in range(l2)]
@@ -402,6 +411,7 @@ def k_composition_qk_matrices(w: Weights, prev_layer: int, prev_head: int) -> ja
   """``head_k_composition_qk_matrix`` of every later head with head p = (prev_layer,
   prev_head), [L, H, d_head, d_head]; layers ≤ prev_layer are NaN."""
   require_folded(w)
+  require_unsmeared(w, "the K-composition QK term")
   mats = _k_composition(w.W_Q, w.W_K, w.W_V[prev_layer, prev_head],
                         w.W_O[prev_layer, prev_head], embed_gram(w))
   later = jnp.arange(w.n_layers) > prev_layer
@@ -456,6 +466,7 @@ def skip_trigrams(w: Weights, source_tokens, k: int = 10):
   out_logits.  Only the rows/columns asked for are computed.
   """
   require_folded(w)
+  require_unsmeared(w, "skip-trigrams")
   src = jnp.asarray(source_tokens)
   dest_scores, dest_tokens = qk_circuit(w, full=True).top_k_in_columns(src, k)
   dest_scores = dest_scores / jnp.sqrt(jnp.float32(w.d_head))

@@ -7,8 +7,11 @@ parameters.  Per layer l and head h (row vectors, docs/METHODS.md, "Conventions"
     A = softmax(causal(q kᵀ / sqrt(d_head)))          [dest, src]
     head output = A v W_O                             added to the residual stream x
 
-and logits = x W_U after the last layer.  Biases (b_Q, b_K, b_V, b_O, b_U) are added where
-present, and with a norm every read of the stream is normalised first (see ``residual_stream``).
+and logits = x W_U after the last layer.  With ``ModelConfig.smear_keys`` (IH's smeared keys)
+each head's keys are mixed with the previous position's, k'_j = σ(α) k_j + (1 − σ(α)) k_{j−1}
+(j ≥ 1; k'_0 = k_0), one trainable α per head (``Weights.smear``, ``smear_key_vectors``).
+Biases (b_Q, b_K, b_V, b_O, b_U) are added where present, and with a norm every read of the
+stream is normalised first (see ``residual_stream``).
 On request the forward also returns every layer's attention patterns and every head's output,
 and it accepts overrides: patterns to use instead of computing them, and per-head outputs to add
 to the residual stream instead of the computed ones
@@ -47,6 +50,7 @@ class ModelConfig:
   norm: str = "none"  # "none", "ln" (gain, optional bias) or "lnpre" (no gain/bias); see above
   pos_after_norm: bool = False  # shortformer + norm: LN(x) + W_pos (True, TL) or LN(x + W_pos)
   eps: float = 1e-5  # added to the variance inside the norm
+  smear_keys: bool = False  # IH's smeared keys: k'_j = σ(α) k_j + (1 − σ(α)) k_{j−1} per head
 
   def __post_init__(self):
     for name in ("n_heads", "d_head", "d_model", "d_vocab", "n_ctx"):
@@ -62,6 +66,8 @@ class ModelConfig:
       raise ValueError(f"model.pos_after_norm must be True or False, got {self.pos_after_norm!r}")
     if not float(self.eps) > 0:
       raise ValueError(f"model.eps must be positive, got {self.eps!r}")
+    if not isinstance(self.smear_keys, bool):
+      raise ValueError(f"model.smear_keys must be True or False, got {self.smear_keys!r}")
 
   @property
   def positions_after_norm(self) -> bool:
@@ -81,7 +87,12 @@ class ModelConfig:
     return cls(**{k: v for k, v in dict(config).items() if k in names})
 
   def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
+    """The fields as a dict; ``smear_keys`` only when on, so a vanilla model's record is the one
+    it had before the option existed."""
+    d = dataclasses.asdict(self)
+    if not self.smear_keys:
+      del d["smear_keys"]
+    return d
 
 
 def norm_scale(x: jax.Array, eps: float) -> jax.Array:
@@ -203,25 +214,40 @@ def _positional_query_key(w: Weights, l: int, pos, dt):
 
 def _fused_attention(w: Weights, l: int, qk_in, v_in, pos_qk, dt, attention: str):
   """Layer ``l``'s heads through ``jax.nn.dot_product_attention`` ("xla" or "cudnn"), [B, T, D]
-  without b_O: the same maths, patterns never materialised by cuDNN's flash kernel."""
-  q, k, v = (mixed_einsum("btd,hde->bthe", a, W[l], dt) + (0.0 if b is None else b[l])
-             for a, W, b in ((qk_in, w.W_Q, w.b_Q), (qk_in, w.W_K, w.b_K),
-                             (v_in, w.W_V, w.b_V)))
-  if pos_qk is not None:
-    q, k = q + pos_qk[0], k + pos_qk[1]
+  without b_O: the same maths (q, k, v from ``_head_projections``), patterns never materialised
+  by cuDNN's flash kernel."""
+  q, k, v = _head_projections(w, l, qk_in, v_in, pos_qk, dt, heads_first=False)
   cast = (lambda a: a.astype(dt)) if dt is not None else (lambda a: a)
   z = jax.nn.dot_product_attention(cast(q), cast(k), cast(v), is_causal=True,
                                    implementation=attention)  # [B, T, H, E]
   return mixed_einsum("bthe,hed->btd", z, w.W_O[l], dt)
 
 
+def smear_key_vectors(k: jax.Array, alpha: jax.Array, time_axis: int) -> jax.Array:
+  """IH's smeared keys: k'_j = σ(α_h) k_j + (1 − σ(α_h)) k_{j−1} for j ≥ 1 and k'_0 = k_0, with
+  σ the logistic function and ``alpha`` [H] one logit per head; ``k`` [B, H, T, E]
+  (``time_axis`` 2) or [B, T, H, E] (``time_axis`` 1), float32."""
+  s = jax.nn.sigmoid(alpha.astype(jnp.float32))
+  s = s[:, None, None] if time_axis == 2 else s[:, None]  # broadcast over (T, E) or over E
+  first = jax.lax.slice_in_dim(k, 0, 1, axis=time_axis)
+  previous = jnp.concatenate([first, jax.lax.slice_in_dim(k, 0, k.shape[time_axis] - 1,
+                                                          axis=time_axis)], axis=time_axis)
+  smeared = s * k + (1 - s) * previous
+  is_first = (jnp.arange(k.shape[time_axis]) == 0).reshape(
+      (-1,) + (1,) * (k.ndim - time_axis - 1))
+  return jnp.where(is_first, k, smeared)
+
+
 def _head_projections(w: Weights, l: int, qk_in, v_in, pos_qk, dt, rows=None, need_qk=True,
                       heads_first: bool = True):
   """Layer ``l``'s (q, k, v), [B, H, T, d_head] each ([B, T, H, d_head] with ``heads_first``
   False): x W + b, with the positional terms ``pos_qk`` (``_positional_query_key``) added to q
-  and k.  ``rows``: the query positions to compute q at (all T when None); ``need_qk=False``
-  returns (None, None, v).  Training takes heads first; analysis, which keeps no gradient, the
-  stream's own order (cheaper on CPU: no transposed copies)."""
+  and k, and then, in a smeared-key model (``Weights.smear`` present), k smeared over
+  positions (``smear_key_vectors``): the one place every attention path (explicit, blocked,
+  fused; ``head_values``) takes its keys from.  ``rows``: the query positions to compute q at
+  (all T when None); ``need_qk=False`` returns (None, None, v).  Training takes heads first;
+  analysis, which keeps no gradient, the stream's own order (cheaper on CPU: no transposed
+  copies)."""
   spec = "btd,hde->bhte" if heads_first else "btd,hde->bthe"
   add_bias = lambda a, b: a if b is None else a + (b[l][None, :, None, :] if heads_first else b[l])
   v_of = lambda: add_bias(mixed_einsum(spec, v_in, w.W_V[l], dt), w.b_V)
@@ -236,6 +262,8 @@ def _head_projections(w: Weights, l: int, qk_in, v_in, pos_qk, dt, rows=None, ne
   add_positions = lambda a, p: a if p is None else a + (jnp.swapaxes(p, 0, 1) if heads_first else p)
   q = add_positions(add_bias(mixed_einsum(spec, qk_rows, w.W_Q[l], dt), w.b_Q), pos_q)
   k = add_positions(add_bias(mixed_einsum(spec, qk_in, w.W_K[l], dt), w.b_K), pos_k)
+  if w.smear is not None:
+    k = smear_key_vectors(k, w.smear[l], 2 if heads_first else 1)
   return q, k, v_of()
 
 

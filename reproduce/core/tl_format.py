@@ -235,8 +235,11 @@ def from_state_dict(arrays: Dict[str, np.ndarray], tl_config: Optional[dict] = N
 def to_state_dict(cfg: ModelConfig, weights: Weights) -> Dict[str, np.ndarray]:
   """Our weights under TransformerLens names, with explicit zero biases where we have none
   (naming only: ``tl_config_of`` says whether TransformerLens computes the same function).
-  Refuses positional readers (W_Q_pos, W_K_pos of a folded LN(x) + W_pos model): TransformerLens
-  has no place for them."""
+  Refuses positional readers (W_Q_pos, W_K_pos of a folded LN(x) + W_pos model) and smeared
+  keys (``Weights.smear``): TransformerLens has no place for them."""
+  if weights.smear is not None or getattr(cfg, "smear_keys", False):
+    raise WeightFormatError(
+        "this is a smeared-key model (model.smear_keys), which TransformerLens cannot express")
   if weights.W_Q_pos is not None or weights.W_K_pos is not None:
     raise WeightFormatError(
         "these weights have separate positional readers (W_Q_pos, W_K_pos: a folded layer-norm "

@@ -17,6 +17,13 @@ Optional parts (``None`` when absent, and then omitted from ``to_dict``):
     b_Q, b_K, b_V [L, H, d_head]    b_O [L, d_model]    b_U [vocab]        biases
     ln_gain, ln_bias [L, d_model]   ln_final, ln_final_bias [d_model]      layer norm (norm="ln")
     W_Q_pos, W_K_pos [L, H, d_model, d_head]    positional readers (folded LN(x) + W_pos models)
+    smear [L, H]                    smeared-key logits α (``ModelConfig.smear_keys`` models)
+
+Smeared keys (IH, "Argument 2"): each head's keys become k'_j = σ(α) k_j + (1 − σ(α)) k_{j−1}
+(j ≥ 1, k'_0 = k_0) after its biases and positional terms (``model.smear_key_vectors``).  Only
+models with ``ModelConfig.smear_keys`` carry ``smear``, and they must.  The circuit functions
+that read W_Q and W_K describe unsmeared keys only, so they refuse such weights
+(``require_unsmeared``).
 
 Normalisation (``ModelConfig.norm``): "none"; "ln", (x − mean)/sqrt(var + eps) · gain (+ bias)
 wherever the residual stream is read; "lnpre", the same without gain or bias (TransformerLens's
@@ -45,10 +52,20 @@ WEIGHT_NAMES = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_U")
 BIAS_NAMES = ("b_Q", "b_K", "b_V", "b_O", "b_U")
 NORM_NAMES = ("ln_gain", "ln_bias", "ln_final", "ln_final_bias")
 POSITIONAL_READER_NAMES = ("W_Q_pos", "W_K_pos")
+SMEAR_NAME = "smear"
+# Initial α of a smeared-key model: 0, so σ(α) = 1/2 (each key starts as the mean of its own
+# position's and the previous one's), where the logistic is steepest: neither the vanilla key
+# (σ → 1) nor the pure previous-position key (σ → 0) is favoured, and the gradient moves α
+# fastest.  A constant, so it draws no random numbers (the other weights are drawn as without it).
+SMEAR_INIT = 0.0
 
 
 class UnfoldedLayerNormError(ValueError):
   """Circuit maths asked of weights that still carry layer-norm gains or biases."""
+
+
+class SmearedKeysError(ValueError):
+  """Circuit maths on W_Q, W_K asked of a smeared-key model, whose keys they do not describe."""
 
 
 @jax.tree_util.register_dataclass
@@ -74,6 +91,7 @@ class Weights:
   ln_final_bias: Optional[Any] = None
   W_Q_pos: Optional[Any] = None
   W_K_pos: Optional[Any] = None
+  smear: Optional[Any] = None
 
   @property
   def n_layers(self) -> int:
@@ -139,6 +157,16 @@ def require_folded(w: Weights, what: str = "circuit analysis") -> None:
         "reproduce.core.weights.fold_for_analysis(config, weights)")
 
 
+def require_unsmeared(w: Weights, what: str = "this circuit analysis") -> None:
+  """Raises SmearedKeysError if ``w`` has smeared keys (``Weights.smear``): W_Q W_Kᵀ then
+  scores a key mixed with the previous position's, which no QK circuit here accounts for."""
+  if w.smear is not None:
+    raise SmearedKeysError(
+        f"{what} reads W_Q/W_K as the keys, but this is a smeared-key model (k'_j = σ(α) k_j + "
+        "(1 − σ(α)) k_{j−1}): its QK circuits are not W_Q W_Kᵀ; use forward-pass measures "
+        "(patterns, prefix matching, ICL) instead")
+
+
 def check_weights(cfg: ModelConfig, w: Weights) -> None:
   """Raises ValueError naming the first weight whose shape does not match ``cfg``."""
   L, H, D, dh, V, T = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_vocab, cfg.n_ctx
@@ -165,6 +193,22 @@ def check_weights(cfg: ModelConfig, w: Weights) -> None:
     if tuple(got.shape) != optional[name]:
       raise ValueError(f"weight {name} has shape {tuple(got.shape)}, expected {optional[name]}")
   _check_positional_readers(cfg, w)
+  _check_smear(cfg, w)
+
+
+def _check_smear(cfg: ModelConfig, w: Weights) -> None:
+  """``smear`` [L, H] present exactly when ``cfg.smear_keys``."""
+  smeared = bool(getattr(cfg, "smear_keys", False))
+  if w.smear is None:
+    if smeared:
+      raise ValueError("model.smear_keys is True but the weights have no smear logits "
+                       f"(weight {SMEAR_NAME}, [n_layers, n_heads])")
+    return
+  if not smeared:
+    raise ValueError(f"weight {SMEAR_NAME} is present but model.smear_keys is False")
+  if tuple(w.smear.shape) != (cfg.n_layers, cfg.n_heads):
+    raise ValueError(f"weight {SMEAR_NAME} has shape {tuple(w.smear.shape)}, expected "
+                     f"{(cfg.n_layers, cfg.n_heads)}")
 
 
 def _check_positional_readers(cfg: ModelConfig, w: Weights) -> None:
@@ -202,7 +246,9 @@ def init_weights(cfg: ModelConfig, key: jax.Array, *, init_std: float = 0.02,
   """Random initial weights: every matrix ~ N(0, init_std²); W_Q and W_K ~ N(0, qk_init_std²).
 
   ``pos_init="sinusoidal"`` gives fixed sinusoidal positions times ``pos_scale`` (the trainer keeps
-  them frozen); ``"learned"`` gives N(0, (init_std·pos_scale)²).
+  them frozen); ``"learned"`` gives N(0, (init_std·pos_scale)²).  A ``smear_keys`` model also
+  gets ``smear`` [L, H] = ``SMEAR_INIT`` (σ(α) = 1/2), drawing nothing: its other weights are
+  those of the same config without smeared keys.
   """
   if pos_init not in POSITION_INITS:
     raise ValueError(f"model.pos_init must be one of {POSITION_INITS}, got {pos_init!r}")
@@ -221,6 +267,8 @@ def init_weights(cfg: ModelConfig, key: jax.Array, *, init_std: float = 0.02,
       W_U=normal(k[6], (D, V), init_std),
       ln_gain=jnp.ones((L, D), jnp.float32) if cfg.norm == "ln" else None,
       ln_final=jnp.ones((D,), jnp.float32) if cfg.norm == "ln" else None,
+      smear=(jnp.full((L, H), SMEAR_INIT, jnp.float32) if getattr(cfg, "smear_keys", False)
+             else None),
   )
 
 
@@ -327,5 +375,7 @@ def biases_as_weights(cfg: ModelConfig, w: Weights) -> tuple:
     out[name] = np.concatenate([W[name], b[:, :, None, :]], axis=2)
   b_U = W.pop("b_U", np.zeros(V)) + offsets[L] @ W["W_U"]
   out["W_U"] = np.concatenate([W["W_U"], b_U[None]], axis=0)
+  if SMEAR_NAME in W:  # keys are smeared after the (now linear) bias: unchanged
+    out[SMEAR_NAME] = W[SMEAR_NAME]
   cfg = dataclasses.replace(cfg, d_model=D + 1)
   return cfg, Weights.from_dict({k: jnp.asarray(v, jnp.float32) for k, v in out.items()})

@@ -9,6 +9,7 @@ from reproduce.atlas import default_config, measure
 from reproduce.bench.figures import SHAPES
 from reproduce.core import circuits
 from reproduce.core.model import ModelConfig, forward
+from reproduce.core.weights import SmearedKeysError
 from reproduce.figure.sources import Model
 
 from tests.support.helpers import random_model
@@ -47,6 +48,15 @@ def test_qk_split_of_layer_0_is_the_circuits_terms():
       assert shares[k][0, h] == pytest.approx(sums[k] / total_sq, abs=2e-4), (h, k)
     assert sum(shares[k][0, h] for k in sums) == pytest.approx(1.0, abs=1e-4)
 
+
+
+def test_the_qk_split_refuses_a_smeared_key_model():
+  """With smeared keys the stream's x W_K is not the key: the split would be wrong; it refuses."""
+  cfg, w = random_model(n_layers=1, n_heads=2, d_head=4, d_model=12, d_vocab=23, n_ctx=10)
+  w = w.replace(smear=jnp.zeros((1, 2)))
+  tokens = jnp.zeros((1, 10), jnp.int32)
+  with pytest.raises(SmearedKeysError, match="QK term shares"):
+    measure.qk_term_shares(Model("m", cfg, w, meta={}), tokens, None)
 
 def test_positional_distance_is_the_mean_total_variation_from_the_positional_pattern():
   cfg, w = random_model(n_layers=2, n_heads=2, d_head=4, d_model=12, d_vocab=23, n_ctx=10,

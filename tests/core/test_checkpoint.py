@@ -1,7 +1,8 @@
 """reproduce.core.checkpoint: checkpoints and snapshots read back bit for bit with the sha256 of
 every array recorded; corrupt checkpoints are detected, set aside and resumed past (in process and
 through the training command); non-finite weights and another config's checkpoint are refused;
-old optimiser layouts restore; snapshot steps are log-spaced."""
+old optimiser layouts restore; a smeared-key model's α round-trips; snapshot steps are
+log-spaced."""
 
 import dataclasses
 import hashlib
@@ -74,13 +75,15 @@ def test_non_finite_weights_are_refused(trained_2l, tmp_path):
     reproduce.load(step_dir)
 
 
-def test_an_optimiser_state_saved_before_the_positional_readers_resumes(tmp_path):
-  """Runs trained before ``Weights`` gained W_Q_pos / W_K_pos saved their optimiser state as a
-  dataclass without them: written here by such a class, it restores into today's layout."""
+@pytest.mark.parametrize("missing", [("smear",), ("W_Q_pos", "W_K_pos", "smear")],
+                         ids=["before smeared keys", "before the positional readers"])
+def test_an_optimiser_state_saved_before_later_weight_fields_resumes(tmp_path, missing):
+  """Runs trained before ``Weights`` gained its smeared-key logits (``smear``), or before that
+  W_Q_pos / W_K_pos, saved their optimiser state as a dataclass without them: written here by
+  such a class, it restores into today's layout."""
   cfg = reproduce.ModelConfig(2, 2, 4, 8, 11, 6)
   weights = init_weights(cfg, jax.random.key(0))
-  old_fields = [f.name for f in dataclasses.fields(reproduce.Weights)
-                if f.name not in ("W_Q_pos", "W_K_pos")]
+  old_fields = [f.name for f in dataclasses.fields(reproduce.Weights) if f.name not in missing]
   OldWeights = jax.tree_util.register_dataclass(
       dataclasses.make_dataclass("OldWeights", [(n, object, None) for n in old_fields],
                                  frozen=True))
@@ -228,3 +231,24 @@ def test_checkpoint_steps_lists_only_finished_step_folders(tmp_path):
   (tmp_path / "5").write_text("a file, not a step folder")
   assert checkpoint.checkpoint_steps(tmp_path) == [3, 10]
   assert checkpoint.checkpoint_steps(tmp_path / "absent") == []
+
+
+def test_a_smeared_key_model_round_trips_its_logits(tmp_path):
+  """``smear`` is a weight like the others: saved, restored (resumable checkpoint and the plain
+  reader), and trained by the optimiser whose state comes back with it."""
+  cfg = reproduce.ModelConfig(2, 2, 4, 8, 11, 6, smear_keys=True)
+  weights = init_weights(cfg, jax.random.key(0))
+  weights = weights.replace(smear=weights.smear + np.array([[0.5, -1.0], [2.0, 0.25]], np.float32))
+  tx = optax.adamw(1e-3)
+  state = tx.init(weights)
+  ckpts = checkpoint.RunCheckpoints(tmp_path)
+  ckpts.save(3, weights, state, {"step": 3})
+  ckpts.wait()
+  step, got, got_state, _ = ckpts.restore_latest(weights, tx.init(weights), log=pytest.fail)
+  ckpts.close()
+  assert step == 3 and jax.tree.structure(got_state) == jax.tree.structure(state)
+  np.testing.assert_array_equal(np.asarray(got.smear), np.asarray(weights.smear))
+  assert got_state[0].mu.smear is not None
+  plain, meta = checkpoint.load_checkpoint(tmp_path / "checkpoints" / "3")
+  assert meta["weight_shapes"]["smear"] == [2, 2]
+  np.testing.assert_array_equal(np.asarray(plain.smear), np.asarray(weights.smear))

@@ -207,6 +207,15 @@ def test_positional_readers_are_checked_and_never_saved_as_transformer_lens(tmp_
     check_weights(cfg, w.replace(W_Q_pos=w.W_Q_pos[:, :1]))
 
 
+def test_a_smeared_key_model_is_never_saved_as_transformer_lens(tmp_path):
+  cfg, w = random_model(n_layers=1)
+  cfg = dataclasses.replace(cfg, smear_keys=True)
+  w = w.replace(smear=np.zeros((1, cfg.n_heads), np.float32))
+  with pytest.raises(WeightFormatError, match="smeared-key model") as e:
+    reproduce.save_transformer_lens(tmp_path / "smeared.npz", cfg, w)
+  assert "\n" not in str(e.value) and not (tmp_path / "smeared.npz").exists()
+
+
 @pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
 def test_round_trip_and_parity(tmp_path, suffix):
   cfg, w = random_model(n_layers=2)

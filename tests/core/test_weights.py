@@ -10,11 +10,13 @@ import pytest
 
 from reproduce.core import circuits
 from reproduce.core.model import ModelConfig, forward
-from reproduce.core.weights import (Weights, biases_as_weights, check_weights, fold_for_analysis,
-                                    init_weights, sinusoidal_positions)
+from reproduce.core.weights import (SMEAR_INIT, SmearedKeysError, Weights, biases_as_weights,
+                                    check_weights, fold_for_analysis, init_weights,
+                                    require_unsmeared, sinusoidal_positions)
 
 from tests.support.helpers import (dense_head_circuits as _dense, nonzero_eigs as _nonzero_eigs,
-                                   random_model, same_multiset as _same_multiset)
+                                   random_model, same_multiset as _same_multiset,
+                                   with_random_biases)
 
 
 @pytest.mark.slow  # every circuit function on a 3-layer model
@@ -199,3 +201,37 @@ def test_fold_for_analysis_unembedding_against_a_dense_reference(norm, pos, afte
   _, folded = fold_for_analysis(cfg, w)
   np.testing.assert_allclose(folded.W_U, W_U, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(folded.b_U, b_U, rtol=1e-5, atol=1e-6)
+
+
+def test_smeared_key_logits_are_made_checked_and_kept_by_the_transforms():
+  """``init_weights`` gives ``smear`` = SMEAR_INIT [L, H] only to smear_keys models and draws the
+  other weights as without it; ``check_weights`` wants it exactly there; folding and
+  ``biases_as_weights`` keep it (and the function)."""
+  cfg = ModelConfig(2, 3, 4, 12, 23, 10)
+  smeared = dataclasses.replace(cfg, smear_keys=True)
+  plain_w = init_weights(cfg, jax.random.key(1))
+  w = init_weights(smeared, jax.random.key(1))
+  assert plain_w.smear is None and w.smear.shape == (2, 3)
+  np.testing.assert_array_equal(np.asarray(w.smear), SMEAR_INIT)
+  for name, a in plain_w.to_dict().items():
+    np.testing.assert_array_equal(np.asarray(getattr(w, name)), np.asarray(a))
+  check_weights(smeared, w)
+  with pytest.raises(ValueError, match="smear is present but model.smear_keys is False"):
+    check_weights(cfg, w)
+  with pytest.raises(ValueError, match="model.smear_keys is True but the weights have no smear"):
+    check_weights(smeared, plain_w)
+  with pytest.raises(ValueError, match=r"weight smear has shape \(2, 2\), expected \(2, 3\)"):
+    check_weights(smeared, w.replace(smear=w.smear[:, :2]))
+  _, w = random_model(n_layers=2, seed=3)
+  w = with_random_biases(w.replace(smear=np.array([[0.4, -1.0, 2.0], [1.0, 0.0, -0.5]],
+                                                  np.float32)), seed=3)
+  tokens = np.random.default_rng(3).integers(0, 23, (2, 10))
+  logits, _ = forward(smeared, w, tokens)
+  for transform in (fold_for_analysis, biases_as_weights):
+    cfg2, w2 = transform(smeared, w)
+    np.testing.assert_allclose(np.asarray(w2.smear), np.asarray(w.smear), rtol=1e-6)
+    again, _ = forward(cfg2, w2, tokens)
+    np.testing.assert_allclose(jax.nn.log_softmax(again), jax.nn.log_softmax(logits),
+                               rtol=1e-4, atol=1e-4)
+  with pytest.raises(SmearedKeysError, match="smeared-key model"):
+    require_unsmeared(w, "a test")

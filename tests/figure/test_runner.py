@@ -27,8 +27,8 @@ FIGURES = figure_names()
 # The batch job's and index.html's order: each figure module's ORDER.
 ORDER = ("bigram", "skip_trigrams", "positional_heads", "ov_eigenvalues", "eigen_hist",
          "composition_scores", "induction_attention", "ov_qk_scatter", "term_importance",
-         "induction_formation", "per_token_losses", "head_ablations", "induction_heads",
-         "simplest_induction_head")
+         "induction_formation", "per_token_losses", "smeared_keys", "head_ablations",
+         "induction_heads", "simplest_induction_head")
 
 
 # Figures that only draw: FW states no claim about what they show.
@@ -96,8 +96,9 @@ def test_a_new_figure_module_is_found_without_editing_the_runner(tmp_path, monke
 
 def test_models_are_trained_once_and_shared(figures):
   workdir, _, loaded = figures
-  assert sorted(loaded) == ["attn0l:test", "attn1l:test", "attn2l:test"]
-  assert len(list((workdir / "models").iterdir())) == 3
+  assert sorted(loaded) == ["attn0l:test", "attn1l:test", "attn1l_smeared:test", "attn2l:test",
+                            "attn2l_smeared:test"]
+  assert len(list((workdir / "models").iterdir())) == 5
 
 
 @pytest.mark.parametrize("name", MECHANISM)
