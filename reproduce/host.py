@@ -59,6 +59,13 @@ def cpu_has_amx() -> bool:
   return "amx_bf16" in cpu_name_and_flags()[1]
 
 
+def cpu_has_avx512_bf16() -> bool:
+  """Whether the CPU has AVX512-BF16 dot products (e.g. AMD Zen 4 and Zen 5 without AMX): XLA's
+  bfloat16 products there make the cpu presets' training step about 1.3× faster than float32
+  ones (docs/SPEED.md)."""
+  return "avx512_bf16" in cpu_name_and_flags()[1]
+
+
 def cpu_description() -> str:
   """One line: model name, usable cores, and the vector/matrix units that matter here."""
   name, flags = cpu_name_and_flags()

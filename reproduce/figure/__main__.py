@@ -166,8 +166,9 @@ def define_flags():
   flags.DEFINE_alias("train_corpus", "corpus")
   flags.DEFINE_enum("compute_dtype", None, ["float32", "bfloat16"],
                     "force the training step's product dtype for the models trained here "
-                    "(default: the configs' 'auto': bfloat16 on accelerators and CPUs with AMX, "
-                    "float32 elsewhere); forced runs train into their own directories")
+                    "(default: the configs' 'auto': bfloat16 on accelerators and on CPUs with AMX "
+                    "or AVX512-BF16, float32 elsewhere); forced runs train into their own "
+                    "directories")
   flags.DEFINE_integer("seeds", 1, "train every model with this many seeds (0, 1, …) and report "
                        "per claim how many it holds for; seed 0's figures go to --workdir, seed "
                        "s's to <workdir>/seed<s>")

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from reproduce.figure.sources import ModelSource
+from reproduce.host import cpu_has_amx
 from reproduce.train.plan import plan_step
 
 
@@ -48,8 +49,22 @@ def model_flops_per_token(m) -> float:
 # and layer on top (softmax, mask, their backward, and attention's products that stay float32),
 # fitted on the 1L and 2L models.  The fits and how close they come are in docs/SPEED.md.
 # Each run adds its start-up, each figure its analysis.  Printed as a rough estimate.
-PRODUCT_SPEED_VS_FLOAT32_PEAK = {"float32": 0.62, "bfloat16": 1.43}
-ATTENTION_SCORE_FLOPS = {"float32": 480, "bfloat16": 640}
+# On CPUs with AVX512-BF16 but no AMX ("bfloat16_avx512") nothing was fitted: the float32
+# constants over the 1.4× that bfloat16 products gained there, step against step (bench
+# compare, docs/PERFORMANCE.md).
+AVX512_BF16_STEP_GAIN = 1.4
+PRODUCT_SPEED_VS_FLOAT32_PEAK = {"float32": 0.62, "bfloat16": 1.43,
+                                 "bfloat16_avx512": 0.62 * AVX512_BF16_STEP_GAIN}
+ATTENTION_SCORE_FLOPS = {"float32": 480, "bfloat16": 640,
+                         "bfloat16_avx512": 480 / AVX512_BF16_STEP_GAIN}
+
+
+def product_kind(compute_dtype: str, platform: str) -> str:
+  """The key of the constants above: ``compute_dtype``, or "bfloat16_avx512" for bfloat16
+  products on a CPU without AMX."""
+  if compute_dtype == "bfloat16" and platform == "cpu" and not cpu_has_amx():
+    return "bfloat16_avx512"
+  return compute_dtype
 SECONDS_PER_RUN = 3
 SECONDS_PER_FIGURE = 10
 
@@ -93,7 +108,7 @@ def first_run_plan(models, n_figures: int, source: ModelSource, seeds: int = 1) 
         continue
       dtype = plan_step(c, len(jax.devices()), jax.default_backend(),
                         check_cudnn=False).compute_dtype
-      seconds = estimated_training_seconds(c, peak, dtype)
+      seconds = estimated_training_seconds(c, peak, product_kind(dtype, jax.default_backend()))
       total += seconds
       tokens = c.train.steps * c.train.batch_size * c.model.n_ctx
       amount = f"{tokens / 1e9:.1f}B" if tokens >= 1e9 else f"{tokens / 1e6:.1f}M"

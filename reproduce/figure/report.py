@@ -155,8 +155,31 @@ def _summary_section(summaries, seeds: dict) -> str:
   return "<section id='summary'>" + "".join(out) + "</section>"
 
 
+# Claims whose verdict on some training seed differed between float32 and bfloat16 products
+# (the same three seeds, the same code; docs/RECIPE.md, "Claims across seeds", both tables):
+# claim id → how.
+DTYPE_SENSITIVE_CLAIMS = {
+    "induction_formation.loss_bump.attn2l": "1 of 3 seeds in either dtype, not the same seed",
+    "head_ablations.previous_token_head.attn2l": "3 of 3 seeds in bfloat16, 1 in float32",
+    "induction_heads.layer0_averaging_head.attn2l": "3 of 3 seeds in bfloat16, 2 in float32",
+}
+
+
+def _dtype_note(dtypes) -> str:
+  """Which products this run's models trained with, and the claims that depend on it."""
+  used = ", ".join(sorted(dtypes)) or "unknown (no training record)"
+  sensitive = "; ".join(f"<code>{html.escape(i)}</code> ({html.escape(how)})"
+                        for i, how in DTYPE_SENSITIVE_CLAIMS.items())
+  return (f"<p>This run's models trained with <b>{html.escape(used)}</b> products (bfloat16 on "
+          "accelerators and on CPUs with AMX or AVX512-BF16, float32 elsewhere, unless forced). "
+          "Trained weights depend on the products' dtype. On the same three training seeds, these "
+          f"claims' verdicts differed between the two dtypes: {sensitive}; every other claim "
+          "had the same verdict on every seed (docs/RECIPE.md, \"Claims across seeds\").</p>")
+
+
 def _models_section(summaries) -> str:
-  """One row per model analysed: its shape, tokens seen and how its training ended."""
+  """One row per model analysed: its shape, tokens seen, how its training ended and the
+  products' dtype, after a note on the dtype and the claims that depend on it."""
   models = {}
   for _, summary in summaries:
     for label, m in summary["models"].items():
@@ -173,9 +196,8 @@ def _models_section(summaries) -> str:
                 f"<td>{number('heldout_loss', '{:.3f}')}</td>"
                 f"<td>{number('seconds', '{:.0f} s')}</td>"
                 f"<td>{html.escape(t.get('compute_dtype', '—'))}</td></tr>")
-  return ("<section id='models'><h2>Models</h2><p>Trained weights depend on the products' dtype "
-          "(bfloat16 on accelerators and CPUs with AMX, float32 elsewhere, unless forced): claims "
-          "that differ between the two are listed in docs/RECIPE.md.</p><table><tr><th>model</th>"
+  dtypes = {m.get("training", {}).get("compute_dtype") for _, m in models.values()} - {None}
+  return ("<section id='models'><h2>Models</h2>" + _dtype_note(dtypes) + "<table><tr><th>model</th>"
           "<th>layers</th><th>heads</th><th>d_model</th><th>tokens trained</th><th>final training "
           "loss</th><th>held-out loss</th><th>training time</th><th>products</th></tr>"
           + "".join(rows) + "</table></section>")

@@ -9,4 +9,6 @@ directory (``workdir``) and the loop that ties them together (``loop``).
 # model's run directory in the figures' models folder, so the next run trains anew instead of
 # reusing weights the new code would not produce.  Refactors that keep the weights bit for bit
 # leave it alone.
-TRAINING_CODE_VERSION = 1
+# Version 2: CPUs with AVX512-BF16 but no AMX train with bfloat16 products by default (they
+# trained in float32 before).
+TRAINING_CODE_VERSION = 2

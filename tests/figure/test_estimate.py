@@ -55,7 +55,8 @@ def test_the_training_time_estimate_by_hand():
   flops = 6 * (m.d_model * m.d_vocab + 2 * 4 * m.d_model * m.n_heads * m.d_head) \
       + 12 * 2 * m.n_heads * m.d_head * m.n_ctx
   assert estimate.model_flops_per_token(m) == flops
-  for dtype, speed, score in (("float32", 0.62, 480), ("bfloat16", 1.43, 640)):
+  for dtype, speed, score in (("float32", 0.62, 480), ("bfloat16", 1.43, 640),
+                              ("bfloat16_avx512", 0.62 * 1.4, 480 / 1.4)):
     per_token = flops / speed + score * 2 * m.n_heads * m.n_ctx / 2
     want = 3 + t.steps * t.batch_size * m.n_ctx * per_token / 1e9
     assert estimate.estimated_training_seconds(config, 1e9, dtype) == pytest.approx(want)
@@ -76,3 +77,12 @@ def test_the_paper_preset_planned_on_a_cpu_says_days_and_points_to_build(tmp_pat
   assert " days on this machine" in plan and "min on this machine" not in plan
   assert "10.5B tokens" in plan
   assert "made for accelerators" in plan and "BUILD.md" in plan
+
+
+def test_bfloat16_without_amx_has_constants_of_its_own(monkeypatch):
+  monkeypatch.setattr(estimate, "cpu_has_amx", lambda: False)
+  assert estimate.product_kind("bfloat16", "cpu") == "bfloat16_avx512"
+  assert estimate.product_kind("float32", "cpu") == "float32"
+  assert estimate.product_kind("bfloat16", "gpu") == "bfloat16"
+  monkeypatch.setattr(estimate, "cpu_has_amx", lambda: True)
+  assert estimate.product_kind("bfloat16", "cpu") == "bfloat16"

@@ -39,6 +39,13 @@ def test_index_page_shows_every_figure(figures):
   for c in claims:  # the summary shows what the paper says, not our statement
     assert html.escape(c.get("paper_says") or f"(control) {c['statement']}") in summary
   assert "<section id='models'>" in page and "tokens trained" in page
+  models = page.split("<section id='models'>")[1].split("</section>")[0]
+  dtypes = {m["training"]["compute_dtype"] for s in summaries.values()
+            for m in s["models"].values() if "compute_dtype" in m.get("training", {})}
+  assert f"trained with <b>{', '.join(sorted(dtypes))}</b> products" in models
+  ids = {c["id"] for c in claims}
+  for claim_id in report.DTYPE_SENSITIVE_CLAIMS:  # named as the figures name them
+    assert claim_id in ids and f"<code>{claim_id}</code>" in models
   assert 'href="induction_attention/induction_attention_attn2l.html"' in page
   assert "controls: 0 of 0" not in page and "paper claims: 0 of 0" not in page
 
@@ -76,3 +83,11 @@ def test_the_report_reads_a_metrics_log_cut_short_as_training_does(tmp_path):
   metrics.write_text('{"step": 10, "loss": 3.5}\nnot json\n{"step": 30, "loss": 2.0}\n')
   with pytest.raises(ValueError, match=r"metrics.jsonl:2 is not a metrics record"):
     report.training_record(tmp_path)
+
+
+def test_the_dtype_note_names_the_products_used_and_the_claims_that_depend_on_them():
+  note = report._dtype_note({"bfloat16"})
+  assert "trained with <b>bfloat16</b> products" in note
+  assert all(f"<code>{i}</code>" in note for i in report.DTYPE_SENSITIVE_CLAIMS)
+  assert "<b>unknown (no training record)</b>" in report._dtype_note(set())
+  assert "<b>bfloat16, float32</b>" in report._dtype_note({"float32", "bfloat16"})

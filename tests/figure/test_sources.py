@@ -204,6 +204,6 @@ def test_a_training_code_version_bump_trains_into_new_run_directories(tmp_path, 
   source = ModelSource("test", models_dir=tmp_path)
   config, today = source.run("attn2l")
   assert today.name == f"attn2l-test-{sources.config_hash(config)}"
-  monkeypatch.setattr(sources, "TRAINING_CODE_VERSION", 2)
+  monkeypatch.setattr(sources, "TRAINING_CODE_VERSION", sources.TRAINING_CODE_VERSION + 1)
   _, bumped = source.run("attn2l")
   assert bumped != today and bumped.parent == today.parent

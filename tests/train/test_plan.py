@@ -9,8 +9,11 @@ from reproduce.train.plan import CPU_SLICE_TOKENS, plan_step
 
 def test_plan_rules(make_config, monkeypatch):
   c = make_config("attn2l", train=dict(batch_size=8))
-  for amx, dtype in ((True, "bfloat16"), (False, "float32")):  # bf16 products only with AMX
+  # bf16 products where the CPU has them natively (AMX, or AVX512-BF16), float32 elsewhere
+  for amx, avx512_bf16, dtype in ((True, True, "bfloat16"), (False, True, "bfloat16"),
+                                  (True, False, "bfloat16"), (False, False, "float32")):
     monkeypatch.setattr(reproduce.train.plan, "cpu_has_amx", lambda amx=amx: amx)
+    monkeypatch.setattr(reproduce.train.plan, "cpu_has_avx512_bf16", lambda x=avx512_bf16: x)
     plan = plan_step(c, 1, "cpu")
     assert plan.compute_dtype == dtype and any(f"auto → {dtype}" in r for r in plan.reasons)
   cpu = plan_step(c, 1, "cpu")
