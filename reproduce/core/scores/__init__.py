@@ -27,7 +27,8 @@ from reproduce.core.scores.ablations import (ablated_position_losses, pattern_pr
 from reproduce.core.scores.direct_path import bigram_statistics, pair_logits
 from reproduce.core.scores.losses import (ICL_WINDOWS, ablations_icl, icl_of_losses,
                                           icl_positions, in_context_learning_score,
-                                          position_losses, repeat_loss_drop, sequence_losses,
+                                          pattern_preserving_repeat_drops, position_losses,
+                                          repeat_loss_drop, sequence_losses,
                                           spread_positions)
 from reproduce.core.scores.patterns import (COPYING_MIN_ATTENDED, COPYING_MIN_DEFINED,
                                             PREFIX_LENGTH, PREFIX_REPEATS, PREFIX_SAMPLES,

@@ -140,15 +140,18 @@ def pattern_preserving_losses(config, w: Weights, inputs, targets, groups: Seque
 
   (N̄_l the norm's linear part with layer l's recorded scale: (δ − mean δ) / s_l · gain; δ
   itself for no norm; the first sum is 0 at l₀ since δ is 0 there); the losses are those of
-  N(x + δ) W_U + b_U with the final norm's recorded scale.  Windows go ``chunk`` at a time
+  N(x + δ) W_U + b_U with the final norm's recorded scale.  Only the first max(positions) + 1
+  tokens are run, and the last layer's δ only at the positions asked.  Windows go ``chunk`` at a time
   (default: as many as fit ``kernels.CHUNK_BYTES`` with every layer's patterns and head
   outputs, float32).  Compiled once per architecture, window length, positions and groups'
   lowest layers: every snapshot of a run reuses it."""
   cfg = ModelConfig.from_any(config)
   inputs = jnp.atleast_2d(jnp.asarray(inputs, jnp.int32))
   targets = jnp.atleast_2d(jnp.asarray(targets, jnp.int32))
-  L, H, T = cfg.n_layers, cfg.n_heads, inputs.shape[1]
   positions = None if positions is None else tuple(int(p) for p in positions)
+  if positions is not None:  # the model is causal: the tokens after the last position are idle
+    inputs, targets = inputs[:, :max(positions) + 1], targets[:, :max(positions) + 1]
+  L, H, T = cfg.n_layers, cfg.n_heads, inputs.shape[1]
   starts = tuple(min((int(l) for l, _ in g), default=L) for g in groups)
   keep = np.ones((len(groups), max(L, 1), H), np.float32)
   for g, heads in enumerate(groups):
@@ -183,19 +186,19 @@ def _pattern_preserving_losses(cfg: ModelConfig, w: Weights, inputs, targets, po
     pick = (lambda a: a) if positions is None else (lambda a: a[:, jnp.asarray(positions)])
     y = pick(y)
 
-    def losses(delta):
-      return stream_losses(cfg, w, pick(final + delta), y,
-                           None if final_scale is None else pick(final_scale))
+    rows = lambda a, l: a if l < L - 1 or positions is None else a[:, :, jnp.asarray(positions)]
 
     def ablated(start, mask):  # mask [L, H]: 1 keeps a head
-      delta = jnp.zeros_like(final)
+      delta = jnp.zeros_like(final)  # [b, T, D]; after the last layer only at the positions asked
       for l in range(start, L):
-        if l > start:
+        write = -jnp.einsum("bhtd,h->btd", rows(outputs[l], l), 1 - mask[l])
+        if l > start:  # the kept heads carry δ on, through the recorded patterns
           v = jnp.einsum("btd,hde->bhte", linear(l, delta), w.W_V[l])
-          z = jnp.einsum("bhts,bhse->bhte", patterns[l], v)
-          delta = delta + jnp.einsum("bhte,h,hed->btd", z, mask[l], w.W_O[l])
-        delta = delta - jnp.einsum("bhtd,h->btd", outputs[l], 1 - mask[l])
-      return losses(delta)
+          z = jnp.einsum("bhts,bhse->bhte", rows(patterns[l], l), v)
+          write = write + jnp.einsum("bhte,h,hed->btd", z, mask[l], w.W_O[l])
+        delta = (pick(delta) if l == L - 1 else delta) + write
+      x = pick(final) + (delta if start < L else 0.0)
+      return stream_losses(cfg, w, x, y, None if final_scale is None else pick(final_scale))
 
     out = [None] * len(starts)
     for start in sorted(set(starts)):
