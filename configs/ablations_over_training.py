@@ -26,7 +26,7 @@ def get_config(preset: str = "cpu"):
   c.formation = project_module("configs", "induction_formation").get_config(preset)
   # Snapshots measured per model: the cost is snapshots × heads × K windows × T tokens of
   # unembedding; an evenly spaced subset of the log-spaced snapshots (0: every snapshot).
-  c.snapshots = {"test": 0, "cpu": 10}.get(preset, 16)
+  c.snapshots = {"test": 0, "cpu": 8}.get(preset, 16)
   # IH, "Argument 3": ablating the induction heads removes "almost all" of the in-context
   # learning, read as at least nine tenths (as in head_ablations).
   c.almost_all = 0.9

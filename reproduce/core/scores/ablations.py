@@ -193,9 +193,9 @@ def _pattern_preserving_losses(cfg: ModelConfig, w: Weights, inputs, targets, po
       for l in range(start, L):
         write = -jnp.einsum("bhtd,h->btd", rows(outputs[l], l), 1 - mask[l])
         if l > start:  # the kept heads carry δ on, through the recorded patterns
-          v = jnp.einsum("btd,hde->bhte", linear(l, delta), w.W_V[l])
-          z = jnp.einsum("bhts,bhse->bhte", rows(patterns[l], l), v)
-          write = write + jnp.einsum("bhte,h,hed->btd", z, mask[l], w.W_O[l])
+          v = jnp.einsum("btd,hde->bthe", linear(l, delta), w.W_V[l]) * mask[l][:, None]
+          z = jnp.einsum("bhts,bshe->bthe", rows(patterns[l], l), v)
+          write = write + jnp.einsum("bthe,hed->btd", z, w.W_O[l])
         delta = (pick(delta) if l == L - 1 else delta) + write
       x = pick(final) + (delta if start < L else 0.0)
       return stream_losses(cfg, w, x, y, None if final_scale is None else pick(final_scale))
