@@ -27,7 +27,8 @@ FIGURES = figure_names()
 # The batch job's and index.html's order: each figure module's ORDER.
 ORDER = ("bigram", "skip_trigrams", "positional_heads", "ov_eigenvalues", "eigen_hist",
          "composition_scores", "induction_attention", "ov_qk_scatter", "term_importance",
-         "induction_formation", "head_ablations", "induction_heads", "simplest_induction_head")
+         "induction_formation", "head_ablations", "ablations_over_training", "induction_heads",
+         "simplest_induction_head")
 
 
 # Figures that only draw: FW states no claim about what they show.
