@@ -9,7 +9,9 @@ already holds (``formation``: ``token_losses`` [n, K, T]).  Per head and snapsho
 
 - ΔICL = ICL(ablated) − ICL(clean), ICL = loss at the late position − at the early one
   (``scores.icl_positions``), with its paired standard error over the K windows (per window:
-  Δ loss late − Δ loss early).  ΔICL > 0: the ablation removes in-context learning;
+  Δ loss late − Δ loss early).  ΔICL > 0: the ablation removes in-context learning; the share
+  removed, −ΔICL / ICL, takes the clean ICL score of the shared pass on all its windows (512 on
+  the cpu preset), which K = 64 windows' two tokens each would leave uncertain by ~0.5 nats;
 - the projection Δℓ · u of the per-token loss change Δℓ = ℓ(ablated) − ℓ(clean) (flattened over
   the K × T tokens) on the unit before-and-after vector u = (ℓ_end − ℓ_start) / ‖ℓ_end − ℓ_start‖,
   ℓ_start and ℓ_end the clean per-token losses of the 2L model at the start and the end of its
@@ -98,7 +100,11 @@ def induction_heads(prefix_final, formed: float):
 
 def measure_model(config, model, f, u, reference_inputs):
   """The numbers of one model at its chosen snapshots (``choose_snapshots``), one snapshot in
-  memory at a time.  Groups: every head alone, then the induction heads together (if any)."""
+  memory at a time.  Groups: every head alone, then the induction heads together (if any).
+  ``icl``: the clean ICL score of the shared pass on all its windows (512 on the cpu preset),
+  against which the shares removed are taken (two single-token losses per window make the
+  score on K = 64 windows, ``icl_k``, uncertain by about 0.5 nats); ΔICL itself is paired on the
+  K windows."""
   fc = config.formation
   L, H = model.cfg.n_layers, model.cfg.n_heads
   inputs, targets = model.heldout_windows(fc.icl_windows)
@@ -121,9 +127,11 @@ def measure_model(config, model, f, u, reference_inputs):
     del cfg, w
   stack = lambda key: np.stack([r[key] for r in rows])  # [S, G]
   clean = np.asarray(f["token_losses"])[index]  # [S, K, T]
-  icl, icl_error = icl_change(clean[:, :, early].T, clean[:, :, late].T)
+  icl_k, icl_k_error = icl_change(clean[:, :, early].T, clean[:, :, late].T)
   return {"index": index, "tokens": np.asarray(f["tokens"])[index], "heads": heads,
-          "induction": induction, "icl": icl, "icl_standard_error": icl_error,
+          "induction": induction, "icl": np.asarray(f["icl"])[index],
+          "icl_standard_error": np.asarray(f["icl_standard_error"])[index],
+          "icl_windows": int(fc.icl_windows), "icl_k": icl_k, "icl_k_standard_error": icl_k_error,
           "pp": stack("pp"), "pp_error": stack("pp_error"), "full": stack("full"),
           "full_error": stack("full_error"), "projection": stack("projection"),
           "gain": None if gain is None else (int(gain[0]), int(gain[1])),
@@ -233,10 +241,10 @@ def claims_of(config, label, m) -> list:
       criterion=f"the final model's induction heads (prefix matching ≥ "
       f"{config.formation.formed:g}, layers ≥ 1) ablated together, patterns and norm scales "
       f"held at the unablated run's; pooled over the snapshots from the window's end on, "
-      f"−Σ ΔICL / Σ ICL ≥ {config.almost_all} (IH's \"almost all\": at most a tenth left), on "
-      f"{sizes}",
-      measured=missing + (f"{names} {where}: share removed {share:.2f} (ΔICL "
-                          f"{np.mean(m['pp'][after, G]):+.3f} nats against ICL "
+      f"−Σ ΔICL / Σ ICL ≥ {config.almost_all} (IH's \"almost all\": at most a tenth left), "
+      f"ΔICL paired on {sizes}, the ICL score on the shared pass's {m['icl_windows']}",
+      measured=missing + (f"{names} {where}: share removed {share:.2f} (mean ΔICL "
+                          f"{np.mean(m['pp'][after, G]):+.3f} nats against a mean ICL score of "
                           f"{np.mean(m['icl'][after]):+.3f})" if not missing else ""),
       value={"share_removed": share, "heads": names}, holds=holds))
   # 2. before the window, far less
@@ -329,18 +337,21 @@ def plot(config, results, windows, outdir) -> None:
                             (1, "full", "full ablation (later patterns recomputed)")):
       ax = axes[row, col]
       ax.plot(x, -m["icl"][shown], ":", color="#1c2833", lw=1.2,
-              label="− ICL: all of it removed")
+              label=f"− ICL ({m['icl_windows']} windows): all of it removed")
+      ax.fill_between(x, -m["icl"][shown] - m["icl_standard_error"][shown],
+                      -m["icl"][shown] + m["icl_standard_error"][shown], color="#1c2833",
+                      alpha=0.08, lw=0)
       for g, lh in enumerate(heads):
         strong = lh in induction
         ax.plot(x, m[key][shown, g], "--" if key == "full" else "-", color=colours[lh],
-                lw=1.6 if strong else 0.8, label=head_name(lh) if strong or G <= 8 else None)
+                lw=2.4 if strong else 0.8, label=head_name(lh) if strong or G <= 8 else None)
         if strong:
           ax.fill_between(x, m[key][shown, g] - m[f"{key}_error"][shown, g],
                           m[key][shown, g] + m[f"{key}_error"][shown, g], color=colours[lh],
                           alpha=0.15, lw=0)
       if len(heads) < m[key].shape[1]:
-        ax.plot(x, m[key][shown, G], "-" if key == "pp" else "--", color="black", lw=2,
-                label="induction heads together")
+        ax.plot(x, m[key][shown, G], "-." if key == "pp" else (0, (2, 2)), color="black",
+                lw=1.1, label="induction heads together")
       ax.axhline(0, color="#bbb", lw=0.8)
       ax.set_ylabel("ΔICL = ICL(ablated) − ICL (nats)")
       ax.set_title(f"{label}: {title}, one head at a time ({m['windows']} windows)", fontsize=9)
@@ -348,9 +359,9 @@ def plot(config, results, windows, outdir) -> None:
     if np.isfinite(m["projection"]).any():
       for g, lh in enumerate(heads):
         ax.plot(x, m["projection"][shown, g], color=colours[lh],
-                lw=1.6 if lh in induction else 0.8)
+                lw=2.4 if lh in induction else 0.8)
       if len(heads) < m["projection"].shape[1]:
-        ax.plot(x, m["projection"][shown, G], color="black", lw=2)
+        ax.plot(x, m["projection"][shown, G], "-.", color="black", lw=1.1)
       ax.axhline(0, color="#bbb", lw=0.8)
       ax.set_ylabel("Δℓ · u (nats)")
       ax.set_title(f"{label}: loss change along the before-and-after vector u", fontsize=9)

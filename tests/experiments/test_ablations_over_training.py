@@ -100,7 +100,8 @@ def _numbers(induction_after=0.95, induction_start=0.05, other=-0.02, projection
           "pp_error": np.full((S, 5), 0.01), "full": share, "full_error": np.full((S, 5), 0.01),
           "projection": projection, "gain": (3, 5), "formed": formed, "windows": 64,
           "positions": [2, 29], "same_tokens": True, "axis": "tokens", "layers": 2,
-          "no_vector": ""}
+          "no_vector": "", "icl_windows": 512, "icl_standard_error": np.full(S, 0.1),
+          "icl_k": np.full(S, -1.1), "icl_k_standard_error": np.full(S, 0.4)}
 
 
 def _verdicts(**kw):
