@@ -350,7 +350,7 @@ def plot(config, results, windows, outdir) -> None:
                           m[key][shown, g] + m[f"{key}_error"][shown, g], color=colours[lh],
                           alpha=0.15, lw=0)
       if len(heads) < m[key].shape[1]:
-        ax.plot(x, m[key][shown, G], "-." if key == "pp" else (0, (2, 2)), color="black",
+        ax.plot(x, m[key][shown, G], ls="-." if key == "pp" else (0, (2, 2)), color="black",
                 lw=1.1, label="induction heads together")
       ax.axhline(0, color="#bbb", lw=0.8)
       ax.set_ylabel("ΔICL = ICL(ablated) − ICL (nats)")

@@ -129,3 +129,13 @@ def test_without_a_formation_window_every_claim_fails():
   verdicts, claims = _verdicts(formed=False)
   assert not any(verdicts.values())
   assert all("no formation window" in c["measured"] for c in claims)
+
+
+def test_the_plot_draws_the_induction_heads_and_the_window(tmp_path):
+  """Hand-made numbers with an induction head, its group and a window; one model without a
+  before-and-after vector."""
+  config = figure_config("ablations_over_training", "test")
+  without = dict(_numbers(), projection=np.full((4, 5), np.nan), no_vector="other tokens")
+  figure.plot(config, {"two": _numbers(), "other": without}, {"two": (1e3, 2e3), "other": None},
+              tmp_path)
+  assert (tmp_path / "ablations_over_training.png").stat().st_size > 5000
