@@ -4,16 +4,17 @@ At training snapshots of each model (an evenly spaced subset of the run's log-sp
 ``choose_snapshots``; the formation window's two ends always among them), every head is ablated
 in turn with the patterns and norm scales of the unablated run held fixed
 (``scores.pattern_preserving_losses``: only the value paths downstream of the head change), on
-the K held-out windows whose clean per-token losses the shared pass of ``induction_formation``
-already holds (``formation``: ``token_losses`` [n, K, T]).  Per head and snapshot:
+the held-out windows of the shared pass of ``induction_formation`` (``formation``).  Per head
+and snapshot:
 
 - ΔICL = ICL(ablated) − ICL(clean), ICL = loss at the late position − at the early one
-  (``scores.icl_positions``), with its paired standard error over the K windows (per window:
-  Δ loss late − Δ loss early).  ΔICL > 0: the ablation removes in-context learning; the share
-  removed, −ΔICL / ICL, takes the clean ICL score of the shared pass on all its windows (512 on
-  the cpu preset), which K = 64 windows' two tokens each would leave uncertain by ~0.5 nats;
+  (``scores.icl_positions``), with its paired standard error over windows (per window: Δ loss
+  late − Δ loss early), on all the shared pass's ICL windows (512 on the cpu preset: K = 64
+  windows' two tokens each would leave an induction head's ΔICL uncertain by ~0.2 nats).
+  ΔICL > 0: the ablation removes in-context learning; −ΔICL / ICL is the share removed;
 - the projection Δℓ · u of the per-token loss change Δℓ = ℓ(ablated) − ℓ(clean) (flattened over
-  the K × T tokens) on the unit before-and-after vector u = (ℓ_end − ℓ_start) / ‖ℓ_end − ℓ_start‖,
+  the K × T tokens of the first K windows, whose clean per-token losses the shared pass holds,
+  ``token_losses`` [n, K, T]) on the unit before-and-after vector u = (ℓ_end − ℓ_start) / ‖ℓ_end − ℓ_start‖,
   ℓ_start and ℓ_end the clean per-token losses of the 2L model at the start and the end of its
   formation window (its best head's steepest gain, ``formation()["gain"]``).  The same u for
   every model with the same held-out tokens.  A negative projection: ablating the head undoes
@@ -74,21 +75,33 @@ def icl_change(delta_early, delta_late):
   return d.mean(axis=0), error
 
 
-def ablate_snapshot(cfg, w, inputs, targets, clean, groups, early: int, late: int, u):
-  """One snapshot's ablations of ``groups`` on the K windows: pattern-preserving ΔICL and its
-  standard error, the full ablation's, and the projection of the per-token loss change on u
-  (NaN without u), [G] each.  ``clean``: the clean per-token losses [K, T] of the shared pass."""
-  pp = scores.pattern_preserving_losses(cfg, w, inputs, targets, groups)  # [K, G, T]
-  d = pp - np.asarray(clean)[:, None, :]
+def ablate_snapshot(cfg, w, windows, token_windows, clean_tokens, groups, early: int,
+                    late: int, u):
+  """One snapshot's ablations of ``groups``, [G] each: ΔICL with the patterns preserved and
+  fully, with their paired standard errors, on ``windows`` (inputs, targets: all the shared
+  pass's ICL windows, losses at ``early`` and ``late`` only, the clean ones from the same pass:
+  an empty group); the clean ICL score there; and the projection on u of the per-token loss
+  change on ``token_windows`` (the K windows) against their clean per-token losses
+  ``clean_tokens`` [K, T] (NaN without u, and that pass skipped).  In a 1-layer model every
+  head is in the last layer, where the two ablations coincide: one pass serves both."""
+  inputs, targets = windows
+  both = [[]] + list(groups)
   full = np.asarray(scores.ablated_position_losses(cfg, w, inputs, targets, (early, late),
-                                                   groups))  # [K, G, 2]
-  df = full - np.asarray(clean)[:, None, [early, late]]
-  pp_icl, pp_error = icl_change(d[:, :, early], d[:, :, late])
-  full_icl, full_error = icl_change(df[:, :, 0], df[:, :, 1])
-  projection = (np.einsum("kgt,kt->g", d, u.reshape(d.shape[0], d.shape[2]))
-                if u is not None else np.full(len(groups), np.nan))
-  return {"pp": pp_icl, "pp_error": pp_error, "full": full_icl, "full_error": full_error,
-          "projection": projection}
+                                                   both))  # [N, 1 + G, 2]
+  pp = full if cfg.n_layers == 1 else scores.pattern_preserving_losses(
+      cfg, w, inputs, targets, both, positions=(early, late))
+  out = {}
+  for key, losses in (("pp", pp), ("full", full)):
+    d = losses[:, 1:] - losses[:, :1]
+    out[key], out[f"{key}_error"] = icl_change(d[:, :, 0], d[:, :, 1])
+  out["icl"], out["icl_error"] = icl_change(pp[:, 0, 0], pp[:, 0, 1])
+  if u is None:
+    out["projection"] = np.full(len(groups), np.nan)
+    return out
+  x, y = token_windows
+  d = scores.pattern_preserving_losses(cfg, w, x, y, groups) - np.asarray(clean_tokens)[:, None]
+  out["projection"] = np.einsum("kgt,kt->g", d, u.reshape(d.shape[0], d.shape[2]))
+  return out
 
 
 def induction_heads(prefix_final, formed: float):
@@ -101,16 +114,14 @@ def induction_heads(prefix_final, formed: float):
 def measure_model(config, model, f, u, reference_inputs):
   """The numbers of one model at its chosen snapshots (``choose_snapshots``), one snapshot in
   memory at a time.  Groups: every head alone, then the induction heads together (if any).
-  ``icl``: the clean ICL score of the shared pass on all its windows (512 on the cpu preset),
-  against which the shares removed are taken (two single-token losses per window make the
-  score on K = 64 windows, ``icl_k``, uncertain by about 0.5 nats); ΔICL itself is paired on the
-  K windows."""
+  ΔICL on all the shared pass's ICL windows (512 on the cpu preset: two single-token losses per
+  window leave the score on K = 64 windows uncertain by ~0.5 nats, and an induction head's ΔICL
+  by ~0.2); the projection on its K windows, whose clean per-token losses it holds."""
   fc = config.formation
   L, H = model.cfg.n_layers, model.cfg.n_heads
-  inputs, targets = model.heldout_windows(fc.icl_windows)
+  inputs, targets = (np.asarray(a) for a in model.heldout_windows(fc.icl_windows))
   K = f["token_losses"].shape[1]
-  inputs, targets = np.asarray(inputs[:K]), np.asarray(targets[:K])
-  same = reference_inputs is not None and np.array_equal(inputs, reference_inputs)
+  same = reference_inputs is not None and np.array_equal(inputs[:K], reference_inputs)
   u_here = u if same else None
   early, late = (int(p) for p in f["positions"])
   heads = [(l, h) for l in range(L) for h in range(H)]
@@ -122,16 +133,13 @@ def measure_model(config, model, f, u, reference_inputs):
   rows = []
   for i in index:
     cfg, w, _ = model.snapshots.load(int(i))
-    rows.append(ablate_snapshot(cfg, w, inputs, targets, f["token_losses"][i], groups, early,
-                                late, u_here))
+    rows.append(ablate_snapshot(cfg, w, (inputs, targets), (inputs[:K], targets[:K]),
+                                f["token_losses"][i], groups, early, late, u_here))
     del cfg, w
   stack = lambda key: np.stack([r[key] for r in rows])  # [S, G]
-  clean = np.asarray(f["token_losses"])[index]  # [S, K, T]
-  icl_k, icl_k_error = icl_change(clean[:, :, early].T, clean[:, :, late].T)
   return {"index": index, "tokens": np.asarray(f["tokens"])[index], "heads": heads,
-          "induction": induction, "icl": np.asarray(f["icl"])[index],
-          "icl_standard_error": np.asarray(f["icl_standard_error"])[index],
-          "icl_windows": int(fc.icl_windows), "icl_k": icl_k, "icl_k_standard_error": icl_k_error,
+          "induction": induction, "icl": stack("icl"), "icl_standard_error": stack("icl_error"),
+          "icl_windows": int(inputs.shape[0]),
           "pp": stack("pp"), "pp_error": stack("pp_error"), "full": stack("full"),
           "full_error": stack("full_error"), "projection": stack("projection"),
           "gain": None if gain is None else (int(gain[0]), int(gain[1])),
@@ -227,7 +235,6 @@ def claims_of(config, label, m) -> list:
   where = (f"over the {int(after.sum())} chosen snapshots from the window's end "
            f"({tokens[after][0]:,.0f} tokens) on" if after.any() else "")
   names = "+".join(head_name(x) for x in induction) or "none"
-  sizes = f"{m['windows']} held-out windows"
   out = []
   # 1. the induction heads together, after the window
   if missing:
@@ -242,7 +249,7 @@ def claims_of(config, label, m) -> list:
       f"{config.formation.formed:g}, layers ≥ 1) ablated together, patterns and norm scales "
       f"held at the unablated run's; pooled over the snapshots from the window's end on, "
       f"−Σ ΔICL / Σ ICL ≥ {config.almost_all} (IH's \"almost all\": at most a tenth left), "
-      f"ΔICL paired on {sizes}, the ICL score on the shared pass's {m['icl_windows']}",
+      f"on {m['icl_windows']} held-out windows",
       measured=missing + (f"{names} {where}: share removed {share:.2f} (mean ΔICL "
                           f"{np.mean(m['pp'][after, G]):+.3f} nats against a mean ICL score of "
                           f"{np.mean(m['icl'][after]):+.3f})" if not missing else ""),
@@ -354,7 +361,8 @@ def plot(config, results, windows, outdir) -> None:
                 lw=1.1, label="induction heads together")
       ax.axhline(0, color="#bbb", lw=0.8)
       ax.set_ylabel("ΔICL = ICL(ablated) − ICL (nats)")
-      ax.set_title(f"{label}: {title}, one head at a time ({m['windows']} windows)", fontsize=9)
+      ax.set_title(f"{label}: {title}, one head at a time ({m['icl_windows']} windows)",
+                   fontsize=9)
     ax = axes[row, 2]
     if np.isfinite(m["projection"]).any():
       for g, lh in enumerate(heads):
@@ -364,7 +372,8 @@ def plot(config, results, windows, outdir) -> None:
         ax.plot(x, m["projection"][shown, G], "-.", color="black", lw=1.1)
       ax.axhline(0, color="#bbb", lw=0.8)
       ax.set_ylabel("Δℓ · u (nats)")
-      ax.set_title(f"{label}: loss change along the before-and-after vector u", fontsize=9)
+      ax.set_title(f"{label}: loss change along the before-and-after vector u "
+                   f"({m['windows']} windows × every position)", fontsize=9)
     else:
       ax.set_title(f"{label}: loss change along the before-and-after vector", fontsize=9)
       ax.text(0.5, 0.5, "no before-and-after vector:\n" + m["no_vector"], ha="center",

@@ -33,36 +33,38 @@ def test_the_before_and_after_vector_is_the_unit_loss_change_over_the_window():
 
 def test_one_snapshot_against_the_definitions():
   """ΔICL and its paired standard error, and the projection, from losses of the forward with
-  overrides (``pattern_preserving_logits``) and of zero W_O, with loops over windows and tokens."""
+  overrides (``pattern_preserving_logits``) and of zero W_O, with loops over windows and tokens;
+  the ICL windows (6) and the per-token windows (the first 4) as in the figure."""
   cfg, w = random_model(n_layers=2, n_heads=2, n_ctx=12, seed=1, pos="standard", std=0.6)
   rng = np.random.default_rng(2)
-  inputs = rng.integers(0, cfg.d_vocab, (5, cfg.n_ctx))
-  targets = rng.integers(0, cfg.d_vocab, (5, cfg.n_ctx))
-  clean = np.asarray(token_losses(scores.pattern_preserving_logits(cfg, w, inputs, []), targets))
-  u = rng.normal(size=5 * cfg.n_ctx)
+  inputs = rng.integers(0, cfg.d_vocab, (6, cfg.n_ctx))
+  targets = rng.integers(0, cfg.d_vocab, (6, cfg.n_ctx))
+  losses_of = lambda weights, group: np.asarray(token_losses(
+      scores.pattern_preserving_logits(cfg, weights, inputs, group), targets))
+  clean = losses_of(w, [])
+  u = rng.normal(size=4 * cfg.n_ctx)
   u /= np.linalg.norm(u)
   groups = [[(0, 0)], [(1, 1)], [(0, 1), (1, 0)]]
-  got = figure.ablate_snapshot(cfg, w, inputs, targets, clean, groups, 2, 10, u)
+  got = figure.ablate_snapshot(cfg, w, (inputs, targets), (inputs[:4], targets[:4]), clean[:4],
+                               groups, 2, 10, u)
+  score = [clean[k, 10] - clean[k, 2] for k in range(6)]
+  assert got["icl"] == pytest.approx(sum(score) / 6, abs=1e-4)
   for g, group in enumerate(groups):
-    kept = np.asarray(token_losses(scores.pattern_preserving_logits(cfg, w, inputs, group),
-                                   targets))
-    full = np.asarray(token_losses(
-        scores.pattern_preserving_logits(cfg, scores.zero_ablated(w, group), inputs, []),
-        targets))
+    kept, full = losses_of(w, group), losses_of(scores.zero_ablated(w, group), [])
     for key, losses in (("pp", kept), ("full", full)):
       per_window = [(losses[k, 10] - clean[k, 10]) - (losses[k, 2] - clean[k, 2])
-                    for k in range(5)]
-      mean = sum(per_window) / 5
-      error = np.sqrt(sum((d - mean) ** 2 for d in per_window) / 4 / 5)
+                    for k in range(6)]
+      mean = sum(per_window) / 6
+      error = np.sqrt(sum((d - mean) ** 2 for d in per_window) / 5 / 6)
       assert got[key][g] == pytest.approx(mean, abs=1e-4)
       assert got[f"{key}_error"][g] == pytest.approx(error, abs=1e-4)
     dot = sum((kept[k, t] - clean[k, t]) * u[k * cfg.n_ctx + t]
-              for k in range(5) for t in range(cfg.n_ctx))
+              for k in range(4) for t in range(cfg.n_ctx))
     assert got["projection"][g] == pytest.approx(dot, abs=1e-4)
   assert abs(got["pp"][0] - got["full"][0]) > 1e-3  # a layer-0 head: the two differ
   assert got["pp"][1] == pytest.approx(got["full"][1], abs=1e-4)  # last layer: the same
-  assert np.isnan(figure.ablate_snapshot(cfg, w, inputs, targets, clean, groups[:1], 2, 10,
-                                         None)["projection"]).all()
+  assert np.isnan(figure.ablate_snapshot(cfg, w, (inputs, targets), (inputs[:4], targets[:4]),
+                                         clean[:4], groups[:1], 2, 10, None)["projection"]).all()
 
 
 def test_the_verdicts_hold_and_fail():
@@ -100,8 +102,7 @@ def _numbers(induction_after=0.95, induction_start=0.05, other=-0.02, projection
           "pp_error": np.full((S, 5), 0.01), "full": share, "full_error": np.full((S, 5), 0.01),
           "projection": projection, "gain": (3, 5), "formed": formed, "windows": 64,
           "positions": [2, 29], "same_tokens": True, "axis": "tokens", "layers": 2,
-          "no_vector": "", "icl_windows": 512, "icl_standard_error": np.full(S, 0.1),
-          "icl_k": np.full(S, -1.1), "icl_k_standard_error": np.full(S, 0.4)}
+          "no_vector": "", "icl_windows": 512, "icl_standard_error": np.full(S, 0.1)}
 
 
 def _verdicts(**kw):

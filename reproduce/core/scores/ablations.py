@@ -141,10 +141,10 @@ def pattern_preserving_losses(config, w: Weights, inputs, targets, groups: Seque
   (N̄_l the norm's linear part with layer l's recorded scale: (δ − mean δ) / s_l · gain; δ
   itself for no norm; the first sum is 0 at l₀ since δ is 0 there); the losses are those of
   N(x + δ) W_U + b_U with the final norm's recorded scale.  Only the first max(positions) + 1
-  tokens are run, and the last layer's δ only at the positions asked.  Windows go ``chunk`` at a time
-  (default: as many as fit ``kernels.CHUNK_BYTES`` with every layer's patterns and head
-  outputs, float32).  Compiled once per architecture, window length, positions and groups'
-  lowest layers: every snapshot of a run reuses it."""
+  tokens are run, and the last layer's δ only at the positions asked.  Windows go ``chunk`` at
+  a time (default: as many as fit ``kernels.CHUNK_BYTES`` with every layer's patterns and head
+  outputs, float32).  Compiled once per architecture, window count and length, positions and
+  groups' lowest layers: every snapshot of a run reuses it."""
   cfg = ModelConfig.from_any(config)
   inputs = jnp.atleast_2d(jnp.asarray(inputs, jnp.int32))
   targets = jnp.atleast_2d(jnp.asarray(targets, jnp.int32))
