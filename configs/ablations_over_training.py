@@ -5,9 +5,9 @@ patterns preserved, across training.
 
 At an evenly spaced subset of each model's log-spaced training snapshots (the formation
 window's two ends always in it), each head of the 1L and 2L models is ablated with every pattern
-and norm scale held at the unablated run's, on the K = 64 held-out windows whose clean
-per-token losses ``induction_formation``'s shared pass holds.  Plotted per head: the change in
-the ICL score, beside the full ablation's, and the per-token loss change projected on the unit
+and norm scale held at the unablated run's, on ``induction_formation``'s held-out windows.
+Plotted per head: the change in the ICL score (on all its ICL windows), beside the full
+ablation's, and the per-token loss change on its K = 64 per-token windows projected on the unit
 before-and-after vector (the 2L model's per-token losses at its window's end minus its start).
 Claims (2L, IH "Argument 3", pattern-preserving): after the window the induction heads together
 remove almost all (≥ 0.9) of the ICL, at the window's start at most a quarter of that; most other
@@ -24,8 +24,9 @@ def get_config(preset: str = "cpu"):
   c.models = ("attn1l", "attn2l")  # model configs (configs/<name>.py) trained at the preset
   # The shared pass this figure reads (windows, per-token losses, formation window, ``formed``).
   c.formation = project_module("configs", "induction_formation").get_config(preset)
-  # Snapshots measured per model: the cost is snapshots × heads × K windows × T tokens of
-  # unembedding; an evenly spaced subset of the log-spaced snapshots (0: every snapshot).
+  # Snapshots measured per model, an evenly spaced subset of the log-spaced snapshots (0: every
+  # snapshot): the cost per snapshot is one pass over the ICL windows per kind of ablation and
+  # heads × K windows × T tokens of unembedding for the projection.
   c.snapshots = {"test": 0, "cpu": 8}.get(preset, 16)
   # IH, "Argument 3": ablating the induction heads removes "almost all" of the in-context
   # learning, read as at least nine tenths (as in head_ablations).
