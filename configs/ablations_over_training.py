@@ -27,7 +27,7 @@ def get_config(preset: str = "cpu"):
   # Snapshots measured per model, an evenly spaced subset of the log-spaced snapshots (0: every
   # snapshot): the cost per snapshot is one pass over the ICL windows per kind of ablation and
   # heads × K windows × T tokens of unembedding for the projection.
-  c.snapshots = {"test": 0, "cpu": 8}.get(preset, 16)
+  c.snapshots = {"test": 0, "cpu": 5}.get(preset, 16)
   # IH, "Argument 3": ablating the induction heads removes "almost all" of the in-context
   # learning, read as at least nine tenths (as in head_ablations).
   c.almost_all = 0.9

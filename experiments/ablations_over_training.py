@@ -126,7 +126,7 @@ def measure_model(config, model, f, u, reference_inputs):
   early, late = (int(p) for p in f["positions"])
   heads = [(l, h) for l in range(L) for h in range(H)]
   induction = induction_heads(f["prefix"][-1], fc.formed)
-  groups = [[x] for x in heads] + ([induction] if induction else [])
+  groups = [[x] for x in heads] + ([induction] if len(induction) > 1 else [])
   gain = f["gain"]
   index = choose_snapshots(len(f["tokens"]), config.snapshots,
                            () if gain is None else gain[:2])
@@ -136,9 +136,14 @@ def measure_model(config, model, f, u, reference_inputs):
     rows.append(ablate_snapshot(cfg, w, (inputs, targets), (inputs[:K], targets[:K]),
                                 f["token_losses"][i], groups, early, late, u_here))
     del cfg, w
-  stack = lambda key: np.stack([r[key] for r in rows])  # [S, G]
+
+  def stack(key):  # [S, G], the induction heads together last (one head: its own column)
+    a = np.stack([r[key] for r in rows])
+    return np.concatenate([a, a[:, [heads.index(induction[0])]]], 1) if len(induction) == 1 \
+        else a
   return {"index": index, "tokens": np.asarray(f["tokens"])[index], "heads": heads,
-          "induction": induction, "icl": stack("icl"), "icl_standard_error": stack("icl_error"),
+          "induction": induction, "icl": np.array([r["icl"] for r in rows]),
+          "icl_standard_error": np.array([r["icl_error"] for r in rows]),
           "icl_windows": int(inputs.shape[0]),
           "pp": stack("pp"), "pp_error": stack("pp_error"), "full": stack("full"),
           "full_error": stack("full_error"), "projection": stack("projection"),
