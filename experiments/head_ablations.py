@@ -176,7 +176,7 @@ def plot(config, label, ab: Ablations, outdir, picture: str) -> None:
     colour = ("#c0392b" if (l, h) in ab.induction else "#2471a3" if (l, h) == ab.prev
               else "#95a5a6")
     bars.append((ab.roles.label(l, h).replace(" (", "\n("), s, colour, full_share.get((l, h))))
-  fig, axes = plt.subplots(1, 2, figsize=(max(10, 1.4 * len(bars) * 2), 3.6), sharey=True)
+  fig, axes = plt.subplots(1, 2, figsize=(max(13, 1.1 * len(bars) * 2), 3.6), sharey=True)
   for ax, key, title in ((axes[0], "repeat_drop",
                           f"loss drop on repeated tokens (unablated {base['repeat_drop']:.2f} "
                           "nats)"),
