@@ -1,15 +1,18 @@
-"""Figure `head_ablations` (IH, 'Argument 3': knock-outs): zero one head's output and measure what
-the model loses in context.
+"""Figure `head_ablations` (IH, 'Argument 3': knock-outs): ablate one head and measure what the
+model loses in context.
 
     python -m reproduce.figure --name head_ablations
 
-Every head of the 2L model is zero-ablated in turn (its W_O set to 0, so later layers read the
-ablated stream), and so are all induction heads together.  Measured: the fraction of the loss
-drop on repeated random tokens (first occurrence → repeat) and of the in-context-learning score
-that the ablation removes.  Claims (IH, "Argument 3"): ablating the induction heads removes
-almost all (≥ 0.9) of both; ablating most of the other heads of their layers removes little
-(< 0.1).  Control: fully ablating the previous-token head that feeds them removes most (≥ 0.5)
-of both (FW's mechanism; IH's ablations preserve the patterns, so no paper statement is about it).
+Every head of the 2L model is ablated in turn, and so are all induction heads together, two
+ways: with every attention pattern (and norm scale) held at the unablated run's, IH's
+pattern-preserving ablation, and fully (W_O = 0, later layers reading the ablated stream and
+recomputing their patterns).  On the 2L model the two coincide for the layer-1 heads.
+Measured: the fraction of the loss drop on repeated random tokens (first occurrence → repeat)
+and of the in-context-learning score that the ablation removes.  Claims (IH, "Argument 3",
+pattern-preserving): ablating the induction heads removes almost all (≥ 0.9) of both; ablating
+most of the other heads of their layers removes little (< 0.1).  Control: fully ablating the
+previous-token head that feeds them removes most (≥ 0.5) of both (FW's mechanism; IH's
+ablations preserve the patterns, so no paper statement is about it).
 """
 
 import ml_collections

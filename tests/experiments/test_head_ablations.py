@@ -1,5 +1,6 @@
 """experiments/head_ablations.py: the ablated group is every head passing the induction
-criterion; one layer is refused."""
+criterion; one layer is refused; the paper claims read the pattern-preserving ablation and the
+control the full one."""
 
 import numpy as np
 import pytest
@@ -32,11 +33,15 @@ def test_head_ablations_needs_two_layers(tmp_path):
 
 
 def _ablations(prefix=(0.6, 0.05, 0.0), prev_score=0.9, removed_induction=0.95,
-               removed_prev=0.8, removed_other=0.0, icl=-0.8):
+               removed_prev=0.8, removed_other=0.0, icl=-0.8, removed_prev_kept=0.05,
+               removed_other_full=None):
   """``Ablations`` of a 2-layer × 3-head model made by hand: L0H0 the previous-token head
   (score ``prev_score``), layer 1's prefix-matching scores ``prefix``; the share of both the
   repeat-loss drop (4 nats unablated) and the ICL score (``icl`` unablated) that ablating the
-  induction heads together, the previous-token head and each other head removes."""
+  induction heads together and each other head removes, patterns preserved (``single``) and
+  fully (``full_single``, the same unless ``removed_other_full``); the previous-token head
+  removes ``removed_prev`` fully and ``removed_prev_kept`` with the patterns preserved (which
+  keep the induction heads' patterns)."""
   ablations = figure_module("head_ablations")
   roles = HeadRoles(previous_token=np.array([[prev_score, 0.1, 0.0], [0.0, 0.0, 0.0]]),
                     induction=np.array([[0.0, 0.0, 0.0], prefix]), threshold=0.3)
@@ -45,13 +50,16 @@ def _ablations(prefix=(0.6, 0.05, 0.0), prev_score=0.9, removed_induction=0.95,
   left = lambda share: {"repeat_drop": 4.0 * (1 - share), "icl": icl * (1 - share),
                         "icl_standard_error": 0.1}
   single = {(l, h): left(removed_other) for l in range(2) for h in range(3)}
-  single[prev] = left(removed_prev)
+  full_single = {(l, h): left(removed_other if removed_other_full is None
+                              else removed_other_full) for l in range(2) for h in range(3)}
+  single[prev], full_single[prev] = left(removed_prev_kept), left(removed_prev)
   for x in induction:
-    single[x] = left(removed_induction)
+    single[x] = full_single[x] = left(removed_induction)
   others = {layer: [(l, h) for l, h in single if l == layer and (l, h) not in set(induction) | {prev}]
             for layer in sorted({l for l, _ in induction} | {prev[0]})}
   return ablations.Ablations(roles, induction, prev, base, single, left(removed_induction), others,
-                             fallback, {"windows": 512, "positions": [24, 249]})
+                             fallback, {"windows": 512, "positions": [24, 249]}, full_single,
+                             left(removed_induction))
 
 
 def _verdicts(**kw):
@@ -76,6 +84,18 @@ def test_each_claim_fails_where_it_looks():
   assert not _verdicts(removed_prev=0.2)[0]["previous_token_head"]
   assert not _verdicts(removed_other=0.3)[0]["other_heads"]  # each removes more than a tenth
   assert not _verdicts(icl=0.2)[0]["induction_heads"]  # no in-context learning to remove
+
+
+def test_the_paper_claims_read_the_pattern_preserving_ablation_and_the_control_the_full_one():
+  """The previous-token head's control holds on the full ablation although, with the patterns
+  preserved, it removes little; the other heads' claim holds on the pattern-preserving numbers
+  although the full ablation of each removes a third, and fails the other way round."""
+  verdicts, claims = _verdicts(removed_prev=0.8, removed_prev_kept=0.0)
+  assert verdicts["previous_token_head"]
+  assert not _verdicts(removed_prev=0.2, removed_prev_kept=0.9)[0]["previous_token_head"]
+  assert _verdicts(removed_other=0.0, removed_other_full=0.3)[0]["other_heads"]
+  assert not _verdicts(removed_other=0.3, removed_other_full=0.0)[0]["other_heads"]
+  assert "full ablation" in claims[0]["measured"]
 
 
 def test_without_an_induction_head_every_claim_fails():

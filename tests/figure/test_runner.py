@@ -28,7 +28,7 @@ FIGURES = figure_names()
 ORDER = ("bigram", "skip_trigrams", "positional_heads", "ov_eigenvalues", "eigen_hist",
          "composition_scores", "induction_attention", "ov_qk_scatter", "term_importance",
          "induction_formation", "per_token_losses", "smeared_keys", "head_ablations",
-         "induction_heads", "simplest_induction_head")
+         "ablations_over_training", "induction_heads", "simplest_induction_head")
 
 
 # Figures that only draw: FW states no claim about what they show.

@@ -13,7 +13,7 @@ One module per topic; every public name is re-exported here, so ``scores.X`` rea
 - ``losses``: next-token losses in chunks of windows, IH's in-context-learning score (also with
   groups of heads ablated), the loss drop on repeated tokens;
 - ``ablations``: zero-ablated heads, and the losses at chosen positions with groups of heads
-  ablated, from one shared pass;
+  ablated (fully, or with every pattern preserved: IH's "Argument 3"), from one shared pass;
 - ``direct_path``: the direct path W_E W_U as a bigram model against the corpus's bigram table;
 - ``skip_trigrams``: the full QK and OV circuits restricted to a token set (ranked
   skip-trigrams, the own-logit rank of each token in its OV row) and skip-trigram counts.
@@ -22,11 +22,13 @@ Imports point one way: ``ablations`` ← ``losses`` ← ``patterns``; ``direct_p
 ``skip_trigrams`` stand alone.
 """
 
-from reproduce.core.scores.ablations import ablated_position_losses, zero_ablated
+from reproduce.core.scores.ablations import (ablated_position_losses, pattern_preserving_logits,
+                                             pattern_preserving_losses, zero_ablated)
 from reproduce.core.scores.direct_path import bigram_statistics, pair_logits
 from reproduce.core.scores.losses import (ICL_WINDOWS, ablations_icl, icl_of_losses,
                                           icl_positions, in_context_learning_score,
-                                          position_losses, repeat_loss_drop, sequence_losses,
+                                          pattern_preserving_repeat_drops, position_losses,
+                                          repeat_loss_drop, sequence_losses,
                                           spread_positions)
 from reproduce.core.scores.patterns import (COPYING_MIN_ATTENDED, COPYING_MIN_DEFINED,
                                             PREFIX_LENGTH, PREFIX_REPEATS, PREFIX_SAMPLES,

@@ -1,6 +1,13 @@
-"""Zero-ablation of heads: the weights with heads' W_O set to 0 (total, not direct-only, ablation),
-and the per-window losses at chosen positions with each group of heads ablated, from one shared
-unablated pass.
+"""Ablations of heads, two kinds (docs/METHODS.md, "Pattern-preserving ablation"):
+
+- full (total) zero-ablation: the head's W_O set to 0, every later pattern recomputed from the
+  ablated stream (``zero_ablated``, ``ablated_position_losses``);
+- pattern-preserving ablation (IH, "Argument 3"): the head's output zeroed with every attention
+  pattern, and every norm scale, held at the unablated run's, so only the value paths downstream
+  of the head change (``pattern_preserving_logits``, ``pattern_preserving_losses``).  In an
+  attention-only model without norm it removes exactly every path term through the head.
+
+Both measure many groups of heads from one shared unablated pass.
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from reproduce.core.kernels import items_per_chunk, map_in_chunks
-from reproduce.core.model import ModelConfig, head_values, token_losses, unembed, window_bytes
+from reproduce.core.model import (ModelConfig, forward, head_values, residual_stream,
+                                  stream_losses, token_losses, unembed, window_bytes)
 from reproduce.core.weights import Weights
 
 
@@ -96,6 +104,108 @@ def _ablated_position_losses(cfg: ModelConfig, w: Weights, inputs, targets, posi
       streams_g = jax.lax.map(lambda m: ablated(start, m), keep[jnp.asarray(members)])
       for i, g in enumerate(members):
         out[g] = token_losses(unembed(cfg, w, streams_g[i]), y)  # [b, P]
+    return jnp.stack(out, axis=1)  # [b, G, P]
+
+  return map_in_chunks(windows, (inputs, targets), chunk)
+
+
+def pattern_preserving_logits(config, w: Weights, tokens, heads: Sequence) -> jax.Array:
+  """The definition, by the forward's overrides: logits [B, T, V] with the heads in ``heads``
+  zeroed (``zero_ablated``) and every attention pattern, and with a norm every norm scale
+  sqrt(var + eps), forced to those of the unablated run.  Frozen patterns make each layer's
+  write linear in the stream it reads; frozen scales keep the norm linear too (a layer norm
+  whose scale followed the ablated stream would not be), so the ablation changes only the value
+  paths downstream of the heads."""
+  cfg = ModelConfig.from_any(config)
+  tokens = jnp.atleast_2d(jnp.asarray(tokens))
+  _, recorded = forward(cfg, w, tokens, return_patterns=True, return_norm_scales=True)
+  scales = recorded["norm_scales"] if cfg.norm != "none" else None
+  return forward(cfg, zero_ablated(w, heads), tokens, patterns=recorded["patterns"],
+                 norm_scales=scales)[0]
+
+
+def pattern_preserving_losses(config, w: Weights, inputs, targets, groups: Sequence,
+                              positions: Optional[Sequence[int]] = None,
+                              chunk: Optional[int] = None) -> np.ndarray:
+  """Per-window next-token losses [B, G, P] with each group of heads ((layer, head) pairs; the
+  empty group: the model itself) ablated with the patterns preserved
+  (``pattern_preserving_logits``), at ``positions`` (all T when None).
+
+  From one unablated pass per chunk of windows, shared by every group: it records each layer's
+  patterns A_l [B, H, T, T], norm scales s_l and head outputs o_lh = A_lh v_lh W_O^lh, and the
+  final stream x.  With patterns and scales frozen, the ablated final stream is x + δ, where δ
+  starts at 0 below the group's lowest layer l₀ and each layer l ≥ l₀ adds
+
+      δ ← δ + Σ_{h kept} A_lh (N̄_l(δ) W_V^lh) W_O^lh − Σ_{h ablated} o_lh
+
+  (N̄_l the norm's linear part with layer l's recorded scale: (δ − mean δ) / s_l · gain; δ
+  itself for no norm; the first sum is 0 at l₀ since δ is 0 there); the losses are those of
+  N(x + δ) W_U + b_U with the final norm's recorded scale.  Only the first max(positions) + 1
+  tokens are run, and the last layer's δ only at the positions asked.  Windows go ``chunk`` at
+  a time (default: as many as fit ``kernels.CHUNK_BYTES`` with every layer's patterns and head
+  outputs, float32).  Compiled once per architecture, window count and length, positions and
+  groups' lowest layers: every snapshot of a run reuses it."""
+  cfg = ModelConfig.from_any(config)
+  inputs = jnp.atleast_2d(jnp.asarray(inputs, jnp.int32))
+  targets = jnp.atleast_2d(jnp.asarray(targets, jnp.int32))
+  positions = None if positions is None else tuple(int(p) for p in positions)
+  if positions is not None:  # the model is causal: the tokens after the last position are idle
+    inputs, targets = inputs[:, :max(positions) + 1], targets[:, :max(positions) + 1]
+  L, H, T = cfg.n_layers, cfg.n_heads, inputs.shape[1]
+  starts = tuple(min((int(l) for l, _ in g), default=L) for g in groups)
+  keep = np.ones((len(groups), max(L, 1), H), np.float32)
+  for g, heads in enumerate(groups):
+    for l, h in heads:
+      keep[g, l, h] = 0
+  if chunk is None:
+    recorded = 4 * L * H * T * (T + cfg.d_model) + 4 * T * cfg.d_model * (L + H + 4)
+    chunk = items_per_chunk(window_bytes(cfg, T) + recorded, inputs.shape[0])
+  return np.asarray(_pattern_preserving_losses(cfg, w, inputs, targets, positions, starts,
+                                               jnp.asarray(keep), chunk))
+
+
+def _norm_linear(cfg: ModelConfig, w: Weights, l: int, d, scale):
+  """The linear part of layer ``l``'s norm at the frozen ``scale``: (d − mean d) / scale, times
+  the gain for "ln" (its bias cancels in a difference of streams); d itself for no norm."""
+  if cfg.norm == "none":
+    return d
+  y = (d - d.mean(-1, keepdims=True)) / scale
+  return y * w.ln_gain[l] if cfg.norm == "ln" else y
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "positions", "starts", "chunk"))
+def _pattern_preserving_losses(cfg: ModelConfig, w: Weights, inputs, targets, positions, starts,
+                               keep, chunk: int):
+  L = cfg.n_layers
+
+  def windows(x, y):
+    final, patterns, outputs, scales = residual_stream(
+        cfg, w, x, keep_patterns=True, keep_head_outputs=True, keep_norm_scales=True)
+    linear = lambda l, d: _norm_linear(cfg, w, l, d, scales[l] if scales else None)
+    final_scale = scales[L] if scales else None
+    pick = (lambda a: a) if positions is None else (lambda a: a[:, jnp.asarray(positions)])
+    y = pick(y)
+
+    rows = lambda a, l: a if l < L - 1 or positions is None else a[:, :, jnp.asarray(positions)]
+
+    def ablated(start, mask):  # mask [L, H]: 1 keeps a head
+      delta = jnp.zeros_like(final)  # [b, T, D]; after the last layer only at the positions asked
+      for l in range(start, L):
+        write = -jnp.einsum("bhtd,h->btd", rows(outputs[l], l), 1 - mask[l])
+        if l > start:  # the kept heads carry δ on, through the recorded patterns
+          v = jnp.einsum("btd,hde->bthe", linear(l, delta), w.W_V[l]) * mask[l][:, None]
+          z = jnp.einsum("bhts,bshe->bthe", rows(patterns[l], l), v)
+          write = write + jnp.einsum("bthe,hed->btd", z, w.W_O[l])
+        delta = (pick(delta) if l == L - 1 else delta) + write
+      x = pick(final) + (delta if start < L else 0.0)
+      return stream_losses(cfg, w, x, y, None if final_scale is None else pick(final_scale))
+
+    out = [None] * len(starts)
+    for start in sorted(set(starts)):
+      members = [g for g, st in enumerate(starts) if st == start]
+      got = jax.lax.map(lambda m: ablated(start, m), keep[jnp.asarray(members)])
+      for i, g in enumerate(members):
+        out[g] = got[i]
     return jnp.stack(out, axis=1)  # [b, G, P]
 
   return map_in_chunks(windows, (inputs, targets), chunk)

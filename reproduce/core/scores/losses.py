@@ -17,7 +17,7 @@ import numpy as np
 
 from reproduce.core.kernels import items_per_chunk, map_in_chunks
 from reproduce.core.model import ModelConfig, residual_stream, stream_losses, window_bytes
-from reproduce.core.scores.ablations import ablated_position_losses
+from reproduce.core.scores.ablations import ablated_position_losses, pattern_preserving_losses
 from reproduce.core.weights import Weights
 
 
@@ -104,12 +104,16 @@ def icl_of_losses(early_losses, late_losses, early: int, late: int) -> Dict[str,
           "windows": int(len(per_window))}
 
 
-def ablations_icl(config, w: Weights, inputs, targets, groups: Sequence) -> list:
+def ablations_icl(config, w: Weights, inputs, targets, groups: Sequence,
+                  preserve_patterns: bool = False) -> list:
   """The ICL score (``icl_of_losses``) with each group of heads ((layer, head) pairs; the empty
-  group: the model itself) zero-ablated, from one shared pass (``ablated_position_losses``)."""
+  group: the model itself) zero-ablated, from one shared pass: fully
+  (``ablated_position_losses``), or with every pattern preserved (``preserve_patterns``,
+  ``pattern_preserving_losses``)."""
   early, late = icl_positions(inputs.shape[1])
-  losses = np.asarray(ablated_position_losses(config, w, inputs, targets, (early, late),
-                                              groups))  # [B, G, 2]
+  ablate = pattern_preserving_losses if preserve_patterns else ablated_position_losses
+  losses = np.asarray(ablate(config, w, inputs, targets, positions=(early, late),
+                             groups=groups))  # [B, G, 2]
   return [icl_of_losses(losses[:, g, 0], losses[:, g, 1], early, late)
           for g in range(len(groups))]
 
@@ -122,3 +126,16 @@ def repeat_loss_drop(config, w: Weights, tokens: np.ndarray, length: int) -> Dic
   losses = sequence_losses(config, w, tokens[:, :-1], tokens[:, 1:])  # target t+1
   first, repeat = losses[:, :length].mean(), losses[:, length:].mean()
   return {"first": float(first), "repeat": float(repeat), "drop": float(first - repeat)}
+
+
+def pattern_preserving_repeat_drops(config, w: Weights, tokens: np.ndarray, length: int,
+                                    groups: Sequence) -> list:
+  """``repeat_loss_drop`` with each group of heads ablated with every pattern preserved
+  (``pattern_preserving_losses``; the empty group: the model itself), from one shared pass."""
+  tokens = np.asarray(tokens)
+  losses = pattern_preserving_losses(config, w, tokens[:, :-1], tokens[:, 1:], groups)
+  out = []
+  for g in range(len(groups)):
+    first, repeat = losses[:, g, :length].mean(), losses[:, g, length:].mean()
+    out.append({"first": float(first), "repeat": float(repeat), "drop": float(first - repeat)})
+  return out

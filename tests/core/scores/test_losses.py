@@ -77,3 +77,29 @@ def test_icl_positions_are_ihs_tokens_50_and_500_or_their_fractions():
   assert scores.icl_positions(512) == (49, 499) and scores.icl_positions(2048) == (49, 499)
   assert scores.icl_positions(256) == (24, 249)
   assert scores.icl_positions(100) == (9, 97)
+
+
+def test_pattern_preserving_repeat_drops_and_icl_against_the_forward_with_overrides():
+  """Each group's repeat-loss drop and ICL score with the patterns preserved, against the losses
+  of ``pattern_preserving_logits`` averaged with loops; the empty group is the model itself."""
+  cfg, w = _model("none", "shortformer")
+  n = 4
+  tokens = scores.repeated_sequences(np.arange(1, cfg.d_vocab), 0, n, 2, samples=3, seed=2)
+  groups = [[], [(0, 1)], [(1, 0), (0, 0)]]
+  got = scores.pattern_preserving_repeat_drops(cfg, w, tokens, n, groups)
+  assert got[0] == pytest.approx(scores.repeat_loss_drop(cfg, w, tokens, n), rel=1e-4, abs=1e-5)
+  rng = np.random.default_rng(3)
+  windows = rng.integers(0, cfg.d_vocab, (5, cfg.n_ctx + 1))
+  icl = scores.ablations_icl(cfg, w, windows[:, :-1], windows[:, 1:], groups,
+                             preserve_patterns=True)
+  early, late = scores.icl_positions(cfg.n_ctx)
+  for g, group in enumerate(groups):
+    losses = np.asarray(token_losses(
+        scores.pattern_preserving_logits(cfg, w, tokens[:, :-1], group), tokens[:, 1:]))
+    first = np.mean([losses[b, t] for b in range(3) for t in range(0, n)])
+    repeat = np.mean([losses[b, t] for b in range(3) for t in range(n, 2 * n)])
+    assert got[g]["drop"] == pytest.approx(first - repeat, rel=1e-4, abs=1e-5)
+    losses = np.asarray(token_losses(
+        scores.pattern_preserving_logits(cfg, w, windows[:, :-1], group), windows[:, 1:]))
+    score = np.mean([losses[b, late] - losses[b, early] for b in range(5)])
+    assert icl[g]["score"] == pytest.approx(score, rel=1e-4, abs=1e-5)
