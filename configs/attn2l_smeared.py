@@ -9,20 +9,19 @@ one trainable α per head starting at 0 (σ = 1/2; docs/METHODS.md, "Smeared key
 smeared-key models go through the phase change earlier than vanilla ones.
 
 cpu preset: the vanilla recipe (4 heads × 32, d_model 128, vocab 2048, n_ctx 256, sinusoidal
-positions, AdamW 1e-2 after 200 warm-up steps, cosine over the last 25%) cut to 2,250 steps
-(9.2M tokens, half the vanilla run) with 32 snapshots.  The vanilla 2L forms its induction head
-between ~6M and ~11M tokens; the smeared 1L model (configs/attn1l_smeared.py, same schedule)
-formed one between 1.4M and 2.3M tokens (seed 0).  Expected: the smeared 2L forms by ~3M
-tokens too, well inside the constant-learning-rate phase: the cosine starts at step 1,738 here
-(7.1M tokens), 3,425 in the vanilla run, so both runs see the same schedule up to 7.1M tokens
-and "earlier" is measured on the same footing.  Not measured at this preset when written (no
-cpu run of it was affordable then): the figure `smeared_keys` reports it.
+positions, AdamW 1e-2 after 200 warm-up steps, cosine over the last 25%) cut to 1,500 steps
+(6.1M tokens, a third of the vanilla run, the 1L recipe's length) with 32 snapshots.  The
+vanilla 2L forms its induction head between ~4M and ~9M tokens.  A first run of 2,250 steps
+(seed 0, bf16 products) formed it by step 500 (2.0M tokens: the best layer-1 head's prefix
+matching at the periodic evaluations 0.04 at step 250, 0.74 at 500, 0.81 at 1,000, 0.87 at
+2,250), so the run stops at 1,500: the cosine starts at step 1,125 (4.6M tokens), and both runs
+see the same schedule up to 4.6M tokens, so "earlier" is measured on the same footing.
 test and paper presets: attn2l's, smeared.
 """
 
 from reproduce.config import project_module, with_model_fields
 
-CPU_STEPS = 2250
+CPU_STEPS = 1500
 CPU_SNAPSHOTS = 32
 
 
