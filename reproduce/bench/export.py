@@ -25,8 +25,10 @@ from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec as P
 
 from reproduce.config import load_config
 from reproduce.core import circuits, paths, scores
+from reproduce.core.scores import ablations
 from reproduce.core.kernels import items_per_chunk
 from reproduce.core.model import ModelConfig, forward
+from reproduce.core.model import window_bytes as model_window_bytes
 from reproduce.core.weights import init_weights
 from reproduce.figure.runner import figure_config, figure_names
 from reproduce.train.plan import StepPlan, plan_step
@@ -272,6 +274,7 @@ def _kernels(cfg, preset: str):
   icl = figure_config("induction_formation", preset).icl_windows
   windows = figure_config("term_importance", preset).windows
   frozen = lambda b: jax.ShapeDtypeStruct((L, b, H, T, T), jnp.float32)
+  pp_T = max(scores.icl_positions(T)) + 1  # the pattern-preserving pass stops at the late position
   # pylint: disable=protected-access
   frozen_run, recursion_step, first_order, term_window_bytes = (
       paths._frozen_run, paths._recursion_step, paths._first_order_losses, paths._window_bytes)
@@ -301,6 +304,8 @@ def _kernels(cfg, preset: str):
             jax.ShapeDtypeStruct((L * H, r, cfg.d_vocab), jnp.float32)))],
       "icl_losses": [("icl_losses", lambda w, x, y: scores.position_losses(
           cfg, w, x, y, scores.icl_positions(T)), (w, tokens(icl), tokens(icl)))],
+      "pattern_preserving": [("pattern_preserving", _pattern_preserving_kernel(cfg, icl),
+                              (w, tokens(icl, pp_T), tokens(icl, pp_T)))],
       "positional": [("positional", lambda w: circuits.positional_attention(w, T), (w,))],
       "skip_trigrams": [("skip_trigrams", lambda w, src: circuits.skip_trigrams(w, src, 3),
                          (w, jax.ShapeDtypeStruct((8,), jnp.int32)))],
@@ -308,6 +313,25 @@ def _kernels(cfg, preset: str):
   if L == 0:  # a bigram model: no heads, so only the forward
     families = {"forward_patterns": families["forward_patterns"]}
   return families, host
+
+
+def _pattern_preserving_kernel(cfg, windows: int):
+  """The jitted part of ``scores.pattern_preserving_losses`` as the ablation figures call it:
+  every head ablated alone (and the model itself), losses at the ICL score's two positions."""
+  L, H = cfg.n_layers, cfg.n_heads
+  groups = [()] + [((l, h),) for l in range(L) for h in range(H)]
+  positions = tuple(scores.icl_positions(cfg.n_ctx))
+  T = max(positions) + 1
+  starts = tuple(min((l for l, _ in g), default=L) for g in groups)
+  keep = np.ones((len(groups), max(L, 1), H), np.float32)
+  for g, heads in enumerate(groups):
+    for l, h in heads:
+      keep[g, l, h] = 0
+  recorded = 4 * L * H * T * (T + cfg.d_model) + 4 * T * cfg.d_model * (L + H + 4)
+  chunk = items_per_chunk(model_window_bytes(cfg, T) + recorded, windows)
+  # pylint: disable-next=protected-access
+  return lambda w, x, y: ablations._pattern_preserving_losses(cfg, w, x, y, positions, starts,
+                                                              jnp.asarray(keep), chunk)
 
 
 FIGURE_KERNELS = {  # figure → kernel families it runs on the device (the rest is host NumPy)
@@ -318,7 +342,9 @@ FIGURE_KERNELS = {  # figure → kernel families it runs on the device (the rest
     "term_importance": ("term_importance",),
     "induction_formation": ("forward_patterns", "icl_losses"),
     "per_token_losses": ("forward_patterns", "icl_losses"),  # induction_formation's pass
-    "head_ablations": ("forward_patterns", "icl_losses"), "induction_heads": ("forward_patterns",),
+    "smeared_keys": ("forward_patterns", "icl_losses"),  # induction_formation's pass
+    "head_ablations": ("forward_patterns", "icl_losses", "pattern_preserving"),
+    "ablations_over_training": ("pattern_preserving",), "induction_heads": ("forward_patterns",),
     "simplest_induction_head": (),  # a hand-built model, not one of the preset's
 }
 

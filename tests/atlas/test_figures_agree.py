@@ -69,8 +69,8 @@ def test_atlas_rows_are_the_figures_numbers(atlas):
   assert r["icl_score"]["positions"] == ab["icl_score"]["positions"]
   same(r["icl_score"]["value"], ab["unablated"]["icl"], rtol=1e-4, atol=1e-5)
   same(r["icl_score"]["standard_error"], ab["unablated"]["icl_standard_error"], rtol=1e-3)
-  for h in r["heads"]:
-    single = ab["single"][h["name"]]
+  for h in r["heads"]:  # the atlas zero-ablates (full ablation): head_ablations' comparison
+    single = ab["full_single"][h["name"]]
     same(h["scores"]["ablation_icl"]["value"], single["icl"], rtol=1e-4, atol=1e-5)
     removed = h["scores"]["ablation_icl_removed"]
     if removed["value"] is not None:

@@ -3,12 +3,13 @@ read from a metrics log cut short."""
 
 import html
 import json
+from pathlib import Path
 
 import pytest
 
 from reproduce.figure import report
 from reproduce.figure.claims import claim
-from reproduce.figure.runner import figure_names
+from reproduce.figure.runner import figure_module, figure_names
 
 FIGURES = figure_names()
 
@@ -43,9 +44,10 @@ def test_index_page_shows_every_figure(figures):
   dtypes = {m["training"]["compute_dtype"] for s in summaries.values()
             for m in s["models"].values() if "compute_dtype" in m.get("training", {})}
   assert f"trained with <b>{', '.join(sorted(dtypes))}</b> products" in models
-  ids = {c["id"] for c in claims}
   for claim_id in report.DTYPE_SENSITIVE_CLAIMS:  # named as the figures name them
-    assert claim_id in ids and f"<code>{claim_id}</code>" in models
+    figure, what, model = claim_id.split(".", 2)
+    assert f'"{what}"' in Path(figure_module(figure).__file__).read_text()
+    assert model in ("attn0l", "attn1l", "attn2l") and f"<code>{claim_id}</code>" in models
   assert 'href="induction_attention/induction_attention_attn2l.html"' in page
   assert "controls: 0 of 0" not in page and "paper claims: 0 of 0" not in page
 
