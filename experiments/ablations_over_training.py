@@ -366,7 +366,7 @@ def plot(config, results, windows, outdir) -> None:
                 lw=1.1, label="induction heads together")
       ax.axhline(0, color="#bbb", lw=0.8)
       ax.set_ylabel("ΔICL = ICL(ablated) − ICL (nats)")
-      ax.set_title(f"{label}: {title}, one head at a time ({m['icl_windows']} windows)",
+      ax.set_title(f"{label}: {title},\none head at a time ({m['icl_windows']} windows)",
                    fontsize=9)
     ax = axes[row, 2]
     if np.isfinite(m["projection"]).any():
@@ -377,7 +377,7 @@ def plot(config, results, windows, outdir) -> None:
         ax.plot(x, m["projection"][shown, G], "-.", color="black", lw=1.1)
       ax.axhline(0, color="#bbb", lw=0.8)
       ax.set_ylabel("Δℓ · u (nats)")
-      ax.set_title(f"{label}: loss change along the before-and-after vector u "
+      ax.set_title(f"{label}: loss change along the before-and-after vector u\n"
                    f"({m['windows']} windows × every position)", fontsize=9)
     else:
       ax.set_title(f"{label}: loss change along the before-and-after vector", fontsize=9)
