@@ -322,11 +322,7 @@ def _pattern_preserving_kernel(cfg, windows: int):
   groups = [()] + [((l, h),) for l in range(L) for h in range(H)]
   positions = tuple(scores.icl_positions(cfg.n_ctx))
   T = max(positions) + 1
-  starts = tuple(min((l for l, _ in g), default=L) for g in groups)
-  keep = np.ones((len(groups), max(L, 1), H), np.float32)
-  for g, heads in enumerate(groups):
-    for l, h in heads:
-      keep[g, l, h] = 0
+  starts, keep = ablations.group_masks(groups, L, H)
   recorded = 4 * L * H * T * (T + cfg.d_model) + 4 * T * cfg.d_model * (L + H + 4)
   chunk = items_per_chunk(model_window_bytes(cfg, T) + recorded, windows)
   # pylint: disable-next=protected-access

@@ -37,6 +37,18 @@ def zero_ablated(w: Weights, heads: Sequence) -> Weights:
   return w.replace(W_O=jnp.asarray(W_O))
 
 
+def group_masks(groups: Sequence, n_layers: int, n_heads: int):
+  """(starts, keep) of groups of heads ((layer, head) pairs): each group's lowest ablated layer
+  (``n_layers`` for the empty group), and keep [G, max(L, 1), H], 1 for a head the group keeps
+  and 0 for one it ablates."""
+  starts = tuple(min((int(l) for l, _ in g), default=n_layers) for g in groups)
+  keep = np.ones((len(groups), max(n_layers, 1), n_heads), np.float32)
+  for g, heads in enumerate(groups):
+    for l, h in heads:
+      keep[g, l, h] = 0
+  return starts, keep
+
+
 def ablated_position_losses(config, w: Weights, inputs, targets, positions,
                             groups: Sequence = ((),), chunk: Optional[int] = None):
   """Per-window losses at ``positions`` with each group of heads zero-ablated, [B, G, P]:
@@ -55,11 +67,7 @@ def ablated_position_losses(config, w: Weights, inputs, targets, positions,
   cfg = ModelConfig.from_any(config)
   positions = tuple(int(p) for p in positions)
   L, H, T = cfg.n_layers, cfg.n_heads, max(positions) + 1
-  starts = tuple(min((int(l) for l, _ in g), default=L) for g in groups)
-  keep = np.ones((len(groups), max(L, 1), H), np.float32)
-  for g, heads in enumerate(groups):
-    for l, h in heads:
-      keep[g, l, h] = 0
+  starts, keep = group_masks(groups, L, H)
   if chunk is None:
     width = max(cfg.d_model, H * cfg.d_head)
     chunk = items_per_chunk(window_bytes(cfg, T) + 4 * T * (2 * L + 1) * width, inputs.shape[0])
@@ -152,11 +160,7 @@ def pattern_preserving_losses(config, w: Weights, inputs, targets, groups: Seque
   if positions is not None:  # the model is causal: the tokens after the last position are idle
     inputs, targets = inputs[:, :max(positions) + 1], targets[:, :max(positions) + 1]
   L, H, T = cfg.n_layers, cfg.n_heads, inputs.shape[1]
-  starts = tuple(min((int(l) for l, _ in g), default=L) for g in groups)
-  keep = np.ones((len(groups), max(L, 1), H), np.float32)
-  for g, heads in enumerate(groups):
-    for l, h in heads:
-      keep[g, l, h] = 0
+  starts, keep = group_masks(groups, L, H)
   if chunk is None:
     recorded = 4 * L * H * T * (T + cfg.d_model) + 4 * T * cfg.d_model * (L + H + 4)
     chunk = items_per_chunk(window_bytes(cfg, T) + recorded, inputs.shape[0])
