@@ -61,7 +61,7 @@ def cpu_has_amx() -> bool:
 
 def cpu_has_avx512_bf16() -> bool:
   """Whether the CPU has AVX512-BF16 dot products (e.g. AMD Zen 4 and Zen 5 without AMX): XLA's
-  bfloat16 products there make the cpu presets' training step 1.4–1.5× faster than float32
+  bfloat16 products there make the cpu presets' training step about 1.4× faster than float32
   ones (docs/PERFORMANCE.md, "Training against TransformerLens")."""
   return "avx512_bf16" in cpu_name_and_flags()[1]
 

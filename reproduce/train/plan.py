@@ -45,7 +45,7 @@ def plan_step(config, n_devices: int, platform: str, check_cudnn: bool = True) -
 
   compute_dtype "auto": bfloat16 on GPU/TPU, on CPUs with AMX, whose bfloat16 products run
   several times faster than float32 ones, and on CPUs with AVX512-BF16, where the step runs
-  1.4–1.5× faster (docs/PERFORMANCE.md); float32 on other CPUs.  The claims hold alike on three
+  about 1.4× faster (docs/PERFORMANCE.md); float32 on other CPUs.  The claims hold alike on three
   seeds in either dtype, bar those listed on the landing page (docs/RECIPE.md).
   attention "auto": cuDNN's fused kernel on GPU; on CPU causal query blocks with a hand-written
   backward (``kernels.blocked_causal_attention``), which skip the fully masked blocks above the
