@@ -174,7 +174,8 @@ def _dtype_note(dtypes) -> str:
           "accelerators and on CPUs with AMX or AVX512-BF16, float32 elsewhere, unless forced). "
           "Trained weights depend on the products' dtype. On the same three training seeds, these "
           f"claims' verdicts differed between the two dtypes: {sensitive}; every other claim "
-          "had the same verdict on every seed (docs/RECIPE.md, \"Claims across seeds\").</p>")
+          "measured in both had the same verdict on every seed (docs/RECIPE.md, \"Claims "
+          "across seeds\").</p>")
 
 
 def _models_section(summaries) -> str:
