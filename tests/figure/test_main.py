@@ -87,8 +87,8 @@ def _finished_figures(workdir):
 @pytest.mark.slow  # three runs of the batch job: 1-3 minutes on 2 cores
 def test_killed_batch_job_continues_where_it_stopped(tmp_path, cache_dir):
   workdir = tmp_path / "figures"
-  runs = {m: ModelSource("test", models_dir=workdir / "models").run(m)[1]
-          for m in ("attn0l", "attn1l", "attn2l")}
+  models = {m for n in FIGURES for m in figure_config(n, "test").models}
+  runs = {m: ModelSource("test", models_dir=workdir / "models").run(m)[1] for m in models}
   checkpoints = lambda m: {int(p.name) for p in (runs[m] / "checkpoints").glob("*")
                            if p.name.isdigit()}
 
