@@ -34,7 +34,7 @@ from reproduce.figure.claims import claim
 from reproduce.figure.outputs import write_json
 from reproduce.figure.plotting import pyplot, save_figure
 from reproduce.figure.runner import figure_module
-from reproduce.figure.sources import FigureError
+from reproduce.figure.sources import FigureError, has_snapshots
 
 DESCRIPTION = ("Per-token-loss PCA trajectories, Loss(tokens, context index) and its log-index "
                "derivative, and the previous-token K-composition trace, 1L vs 2L")
@@ -300,13 +300,13 @@ def run(config, models, outdir):
     raise FigureError("per_token_losses: the models' per-token losses are not on the same "
                       "held-out tokens (different corpora, tokenizers or contexts): no shared "
                       "PCA basis")
-  plt = pyplot()
   labels = list(models)
-  fs = {label: formation.formation(fc, models[label]) for label in labels}
-  for label in labels:
-    if not fs[label]["snapshots"]:
+  for label in labels:  # before the pass over the snapshots, not after it
+    if not has_snapshots(models[label]):
       raise FigureError(f"per_token_losses: {label} has no training snapshots (a weight file): "
                         "these views need the trajectory")
+  plt = pyplot()
+  fs = {label: formation.formation(fc, models[label]) for label in labels}
   windows = {label: formation.formed_window(fc, fs[label]) for label in labels}
   rows = np.concatenate([fs[l]["token_losses"].reshape(len(fs[l]["tokens"]), -1) for l in labels])
   scores, _, explained = pca(rows)

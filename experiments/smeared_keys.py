@@ -27,7 +27,7 @@ from reproduce.figure.claims import claim
 from reproduce.figure.outputs import write_json
 from reproduce.figure.plotting import pyplot, save_figure
 from reproduce.figure.runner import figure_module
-from reproduce.figure.sources import FigureError
+from reproduce.figure.sources import FigureError, has_snapshots
 
 DESCRIPTION = "Smeared keys: prefix matching and ICL over training, smeared beside vanilla (1L, 2L)"
 ORDER = 105  # after induction_formation (100), whose passes it reads
@@ -161,10 +161,10 @@ def run(config, models, outdir):
   _require(models)
   fcfg = config.formation
   formation = figure_module("induction_formation").formation
-  f = {name: formation(fcfg, models[name]) for pair in PAIRS for name in pair}
-  for name, got in f.items():
-    if not got["snapshots"]:
+  for name in (n for pair in PAIRS for n in pair):  # before the passes over the snapshots
+    if not has_snapshots(models[name]):
       raise FigureError(f"smeared_keys needs training snapshots of every model; {name} has none")
+  f = {name: formation(fcfg, models[name]) for pair in PAIRS for name in pair}
   sigmas = {smeared: learned_sigma(models[smeared]) for _, smeared in PAIRS}
   plt = pyplot()
   fig = plt.figure(figsize=(15, 7.6), layout="constrained")

@@ -111,3 +111,12 @@ def test_it_shares_induction_formation_s_pass():
   assert views.SHARES == ("induction_formation",)
   shared = figure_module("induction_formation").SHARED_SETTINGS
   assert all(config.formation[k] == own[k] for k in shared)
+
+
+def test_a_model_without_snapshots_is_refused_before_any_pass(tmp_path, monkeypatch):
+  from reproduce.figure.sources import FigureError, Model
+  formation = figure_module("induction_formation")
+  monkeypatch.setattr(formation, "formation", lambda *a: pytest.fail("a pass was made"))
+  with pytest.raises(FigureError, match="no training snapshots"):
+    views.run(figure_config("per_token_losses", "test"), {"m": Model("m", None, None, {})},
+              tmp_path)

@@ -64,3 +64,12 @@ def test_it_reads_induction_formation_s_shared_pass_with_its_settings():
   assert config.formation.to_dict() == formation.to_dict()
   assert smeared_keys.SHARES == ("induction_formation",)
   assert smeared_keys.ORDER > figure_module("induction_formation").ORDER
+
+
+def test_a_model_without_snapshots_is_refused_before_any_pass(tmp_path, monkeypatch):
+  from reproduce.figure.sources import Model
+  formation = figure_module("induction_formation")
+  monkeypatch.setattr(formation, "formation", lambda *a: pytest.fail("a pass was made"))
+  models = {n: Model(n, None, None, {}) for pair in smeared_keys.PAIRS for n in pair}
+  with pytest.raises(FigureError, match="training snapshots"):
+    smeared_keys.run(figure_config("smeared_keys", "test"), models, tmp_path)
