@@ -278,6 +278,21 @@ def items_per_chunk(bytes_per_item: int, total: int, budget: Optional[int] = Non
   return int(max(1, min(int(total), int(budget) // max(1, int(bytes_per_item)))))
 
 
+# On CPU, the most bytes one step of a pass over windows works on: steps this size stay in the
+# caches, where 256 MiB steps left them (2-core AMD EPYC, Zen 4, cpu 2L model: the 512-window ICL
+# pass 1.42 s at 57 windows per step, 0.51 s at 4–5; docs/SPEED.md, "Cache-sized window steps").
+CPU_WINDOW_BYTES = 24 << 20  # 24 MiB
+
+
+def windows_per_chunk(bytes_per_window: int, total: int) -> int:
+  """Windows per step of a pass over ``total`` windows (``items_per_chunk``): within
+  ``CHUNK_BYTES`` everywhere and, on CPU, within ``CPU_WINDOW_BYTES`` too."""
+  budget = CHUNK_BYTES
+  if jax.default_backend() == "cpu":
+    budget = min(budget, CPU_WINDOW_BYTES)
+  return items_per_chunk(bytes_per_window, total, budget)
+
+
 def map_in_chunks(fn, xs, chunk: int):
   """``fn(*batch)`` over the leading axis of the arrays ``xs`` (a tuple), ``chunk`` items per
   call: ``jax.lax.map`` over [n / chunk, chunk, ...], so only one chunk's intermediates exist at

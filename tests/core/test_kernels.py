@@ -231,6 +231,15 @@ def test_items_per_chunk_follows_the_budget():
   assert kernels.items_per_chunk(10_000, 5, budget=1000) == 1  # never fewer than one
 
 
+def test_windows_per_chunk_is_cache_sized_on_cpu(monkeypatch):
+  window = 4 << 20  # about one window of the cpu 2L model's ICL pass
+  assert jax.default_backend() == "cpu"
+  assert kernels.windows_per_chunk(window, 512) == kernels.CPU_WINDOW_BYTES // window
+  assert kernels.windows_per_chunk(window, 512) < kernels.items_per_chunk(window, 512)
+  monkeypatch.setattr(kernels, "CHUNK_BYTES", 1)  # the memory bound still wins where smaller
+  assert kernels.windows_per_chunk(window, 512) == 1
+
+
 def test_map_in_chunks_pads_and_drops_the_padding():
   x = jnp.arange(7.0)[:, None] * jnp.ones((7, 3))
   for chunk in (1, 2, 3, 7):

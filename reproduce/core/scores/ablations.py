@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reproduce.core.kernels import items_per_chunk, map_in_chunks
+from reproduce.core.kernels import map_in_chunks, windows_per_chunk
 from reproduce.core.model import (ModelConfig, forward, head_values, residual_stream,
                                   stream_losses, token_losses, unembed, window_bytes)
 from reproduce.core.weights import Weights
@@ -70,7 +70,7 @@ def ablated_position_losses(config, w: Weights, inputs, targets, positions,
   starts, keep = group_masks(groups, L, H)
   if chunk is None:
     width = max(cfg.d_model, H * cfg.d_head)
-    chunk = items_per_chunk(window_bytes(cfg, T) + 4 * T * (2 * L + 1) * width, inputs.shape[0])
+    chunk = windows_per_chunk(window_bytes(cfg, T) + 4 * T * (2 * L + 1) * width, inputs.shape[0])
   return _ablated_position_losses(cfg, w, jnp.asarray(inputs), jnp.asarray(targets), positions,
                                   starts, jnp.asarray(keep), chunk)
 
@@ -163,7 +163,7 @@ def pattern_preserving_losses(config, w: Weights, inputs, targets, groups: Seque
   starts, keep = group_masks(groups, L, H)
   if chunk is None:
     recorded = 4 * L * H * T * (T + cfg.d_model) + 4 * T * cfg.d_model * (L + H + 4)
-    chunk = items_per_chunk(window_bytes(cfg, T) + recorded, inputs.shape[0])
+    chunk = windows_per_chunk(window_bytes(cfg, T) + recorded, inputs.shape[0])
   return np.asarray(_pattern_preserving_losses(cfg, w, inputs, targets, positions, starts,
                                                jnp.asarray(keep), chunk))
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reproduce.core.kernels import items_per_chunk, map_in_chunks
+from reproduce.core.kernels import map_in_chunks, windows_per_chunk
 from reproduce.core.model import ModelConfig, residual_stream, stream_losses, window_bytes
 from reproduce.core.scores.ablations import ablated_position_losses, pattern_preserving_losses
 from reproduce.core.weights import Weights
@@ -40,7 +40,7 @@ def sequence_losses(config, w: Weights, inputs, targets) -> np.ndarray:
   cfg = ModelConfig.from_any(config)
   inputs = jnp.atleast_2d(jnp.asarray(inputs, jnp.int32))
   targets = jnp.atleast_2d(jnp.asarray(targets, jnp.int32))
-  chunk = items_per_chunk(window_bytes(cfg, inputs.shape[1]), inputs.shape[0])
+  chunk = windows_per_chunk(window_bytes(cfg, inputs.shape[1]), inputs.shape[0])
   return np.asarray(_sequence_losses(cfg, w, inputs, targets, chunk))
 
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reproduce.core import circuits
-from reproduce.core.kernels import items_per_chunk, map_in_chunks
+from reproduce.core.kernels import map_in_chunks, windows_per_chunk
 from reproduce.core.model import ModelConfig, forward, residual_stream, window_bytes
 from reproduce.core.scores.losses import sequence_losses
 from reproduce.core.weights import Weights
@@ -142,7 +142,7 @@ def pattern_statistics(config, w: Weights, tokens, statistics: tuple, mask=None)
   mask = jnp.zeros((B, T), bool) if mask is None else jnp.asarray(mask, bool)
   if cfg.n_layers == 0:
     raise ValueError("pattern statistics need a model with attention layers")
-  chunk = items_per_chunk(window_bytes(cfg, T), B)
+  chunk = windows_per_chunk(window_bytes(cfg, T), B)
   out = _pattern_statistics(cfg, w, tokens, mask, tuple(statistics), chunk)
   return tuple(np.swapaxes(np.asarray(o), 0, 1) for o in out)
 
