@@ -9,19 +9,21 @@ one trainable α per head starting at 0 (σ = 1/2; docs/METHODS.md, "Smeared key
 smeared-key models go through the phase change earlier than vanilla ones.
 
 cpu preset: the vanilla recipe (4 heads × 32, d_model 128, vocab 2048, n_ctx 256, sinusoidal
-positions, AdamW 1e-2 after 200 warm-up steps, cosine over the last 25%) cut to 1,500 steps
-(6.1M tokens, a third of the vanilla run, the 1L recipe's length) with 32 snapshots.  The
-vanilla 2L forms its induction head between ~4M and ~9M tokens.  A first run of 2,250 steps
-(seed 0, bf16 products) formed it by step 500 (2.0M tokens: the best layer-1 head's prefix
-matching at the periodic evaluations 0.04 at step 250, 0.74 at 500, 0.81 at 1,000, 0.87 at
-2,250), so the run stops at 1,500: the cosine starts at step 1,125 (4.6M tokens), and both runs
-see the same schedule up to 4.6M tokens, so "earlier" is measured on the same footing.
+positions, AdamW 1e-2 after 200 warm-up steps, cosine over the last 25%) cut to 1,000 steps
+(4.1M tokens) with 32 snapshots.  The vanilla 2L forms its induction head between ~4M and ~11M
+tokens.  A first run of 2,250 steps (seed 0, bf16 products) formed it by step 500 (2.0M tokens:
+the best layer-1 head's prefix matching at the periodic evaluations 0.04 at step 250, 0.74 at
+500, 0.81 at 1,000, 0.87 at 2,250), so the run was cut to 1,500 steps; at 1,500 steps the
+formation windows of seeds 0, 1, 2 ended at 1.8M, 3.0M and 1.8M tokens (docs/RECIPE.md), so it
+was cut again, to 1,000: the cosine starts at step 750 (3.07M tokens), after every seed's
+window, and both runs see the same schedule up to there, so "earlier" is measured on the same
+footing.
 test and paper presets: attn2l's, smeared.
 """
 
 from reproduce.config import project_module, with_model_fields
 
-CPU_STEPS = 1500
+CPU_STEPS = 1000
 CPU_SNAPSHOTS = 32
 
 

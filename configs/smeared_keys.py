@@ -23,6 +23,12 @@ def get_config(preset: str = "cpu"):
   # induction_formation's settings at this preset: the same per-snapshot passes (shared) and its
   # thresholds: formed (prefix matching ≥ 0.3), unformed (< 0.1), the window's token ratio.
   c.formation = project_module("configs", "induction_formation").get_config(preset)
+  # The smeared models' own passes (no other figure reads them) leave out what this figure never
+  # reads: the per-token losses and the previous-token scores and traces.
+  c.smeared_formation = project_module("configs", "induction_formation").get_config(preset)
+  with c.smeared_formation.unlocked():
+    c.smeared_formation.token_loss_windows = 0
+    c.smeared_formation.previous_token_windows = 0
   # "Gains ICL": the smeared 1L's final ICL score below the vanilla 1L's by more than this many
   # standard errors of the difference, sqrt(se_smeared² + se_vanilla²) (each over the windows).
   c.standard_errors = 2.0

@@ -60,21 +60,26 @@ def measure(config, model, cfg, weights, inputs, targets, pool) -> dict:
   snapshot and every model of one corpus).  Also every head's previous-token score [L, H] on
   the first ``config.previous_token_windows`` of them (``scores.previous_token_on``) and IH's
   previous-token K-composition QK trace [L, H] (``circuits.previous_token_k_composition_trace``,
-  the weights as folded; NaN in layer 0; absent below two layers)."""
+  the weights as folded; NaN in layer 0; absent below two layers).  A pass that sets K or the
+  previous-token windows to 0 skips that part: no per-token losses ([0, T]), NaN scores and
+  traces."""
   icl = scores.in_context_learning_score(cfg, weights, inputs, targets,
                                          loss_positions=config.loss_positions)
+  L, H, T = cfg.n_layers, cfg.n_heads, inputs.shape[1]
   prefix = (np.asarray(scores.prefix_matching_score(cfg, weights, pool, model.bos_id))
-            if cfg.n_layers else np.zeros((0, cfg.n_heads)))
+            if L else np.zeros((0, H)))
   K = config.token_loss_windows
-  previous = (np.asarray(scores.previous_token_on(cfg, weights,
-                                                  inputs[:config.previous_token_windows]))
-              if cfg.n_layers else np.zeros((0, cfg.n_heads)))
-  trace = (circuits.previous_token_k_composition_trace(weights, previous)
-           if cfg.n_layers >= 2 else np.full((cfg.n_layers, cfg.n_heads), np.nan))
+  token_losses = (scores.sequence_losses(cfg, weights, inputs[:K], targets[:K]) if K
+                  else np.zeros((0, T), np.float32))
+  previous, trace = np.full((L, H), np.nan), np.full((L, H), np.nan)
+  if L and config.previous_token_windows:
+    previous = np.asarray(scores.previous_token_on(cfg, weights,
+                                                   inputs[:config.previous_token_windows]))
+    if L >= 2:
+      trace = circuits.previous_token_k_composition_trace(weights, previous)
   return {"icl": icl["score"], "icl_standard_error": icl["standard_error"], "loss": icl["loss"],
           "icl_positions": [icl["early_index"], icl["late_index"]], "prefix": prefix,
-          "token_losses": scores.sequence_losses(cfg, weights, inputs[:K], targets[:K]),
-          "previous_token": previous, "k_composition_trace": trace}
+          "token_losses": token_losses, "previous_token": previous, "k_composition_trace": trace}
 
 
 def trajectory(model, config):

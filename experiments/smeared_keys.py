@@ -164,7 +164,8 @@ def run(config, models, outdir):
   for name in (n for pair in PAIRS for n in pair):  # before the passes over the snapshots
     if not has_snapshots(models[name]):
       raise FigureError(f"smeared_keys needs training snapshots of every model; {name} has none")
-  f = {name: formation(fcfg, models[name]) for pair in PAIRS for name in pair}
+  f = {name: formation(config.smeared_formation if smeared else fcfg, models[name])
+       for pair in PAIRS for name, smeared in zip(pair, (False, True))}
   sigmas = {smeared: learned_sigma(models[smeared]) for _, smeared in PAIRS}
   plt = pyplot()
   fig = plt.figure(figsize=(15, 7.6), layout="constrained")

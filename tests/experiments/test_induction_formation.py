@@ -5,6 +5,7 @@ share is of the fall from initialisation."""
 import types
 
 import numpy as np
+import pytest
 
 from reproduce.figure.runner import figure_config, figure_module
 from reproduce.figure.sources import Model
@@ -170,3 +171,26 @@ def test_the_trajectory_is_measured_once_per_model_and_setting():
     assert formation.formation(other, model) is not first and len(calls) == 2
   finally:
     formation._formation = original
+
+
+def test_a_pass_without_token_loss_or_previous_token_windows_skips_them(monkeypatch):
+  from reproduce.core import scores
+  from tests.support.helpers import random_model
+  cfg, w = random_model(n_layers=2, n_ctx=40, d_vocab=23)
+  tokens = np.random.default_rng(0).integers(2, 23, (6, 41))
+  config = figure_config("induction_formation", "test").copy_and_resolve_references()
+  model = types.SimpleNamespace(bos_id=1)
+  pool = np.arange(2, 23)
+  full = formation.measure(config, model, cfg, w, tokens[:, :-1], tokens[:, 1:], pool)
+  with config.unlocked():
+    config.token_loss_windows = 0
+    config.previous_token_windows = 0
+  for skipped in ("sequence_losses", "previous_token_on"):
+    monkeypatch.setattr(scores, skipped, lambda *a, **k: pytest.fail("computed what is skipped"))
+  lean = formation.measure(config, model, cfg, w, tokens[:, :-1], tokens[:, 1:], pool)
+  assert lean["token_losses"].shape == (0, 40)
+  assert np.isnan(lean["previous_token"]).all() and np.isnan(lean["k_composition_trace"]).all()
+  assert full["token_losses"].shape[1] == 40 and np.isfinite(full["previous_token"]).all()
+  for same in ("icl", "icl_standard_error", "loss"):
+    assert lean[same] == full[same]
+  np.testing.assert_array_equal(lean["prefix"], full["prefix"])

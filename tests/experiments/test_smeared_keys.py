@@ -62,6 +62,8 @@ def test_it_reads_induction_formation_s_shared_pass_with_its_settings():
   config = figure_config("smeared_keys", "cpu")
   formation = figure_config("induction_formation", "cpu")
   assert config.formation.to_dict() == formation.to_dict()
+  lean = dict(formation.to_dict(), token_loss_windows=0, previous_token_windows=0)
+  assert config.smeared_formation.to_dict() == lean  # the smeared models' own, leaner passes
   assert smeared_keys.SHARES == ("induction_formation",)
   assert smeared_keys.ORDER > figure_module("induction_formation").ORDER
 
