@@ -13,11 +13,12 @@ positions, AdamW 1e-2 after 200 warm-up steps, cosine over the last 25%) cut to 
 (4.1M tokens) with 32 snapshots.  The vanilla 2L forms its induction head between ~4M and ~11M
 tokens.  A first run of 2,250 steps (seed 0, bf16 products) formed it by step 500 (2.0M tokens:
 the best layer-1 head's prefix matching at the periodic evaluations 0.04 at step 250, 0.74 at
-500, 0.81 at 1,000, 0.87 at 2,250), so the run was cut to 1,500 steps; at 1,500 steps the
-formation windows of seeds 0, 1, 2 ended at 1.8M, 3.0M and 1.8M tokens (docs/RECIPE.md), so it
-was cut again, to 1,000: the cosine starts at step 750 (3.07M tokens), after every seed's
-window, and both runs see the same schedule up to there, so "earlier" is measured on the same
-footing.
+500, 0.81 at 1,000, 0.87 at 2,250), so the run was cut to 1,500 steps; there the formation
+windows of seeds 0, 1, 2 ended at 1.8M, 3.0M and 1.8M tokens, so it was cut again, to 1,000
+(docs/RECIPE.md): the cosine starts at step 750 (3.07M tokens), and both runs see the same
+schedule up to there, so "earlier" is measured on the same footing.  At 1,000 steps the best
+head first reaches 0.3 at 1.6M, 2.1M and 1.3M tokens (seeds 0, 1, 2), inside the shared
+schedule; seed 1's window, 1.6M → 3.3M, ends just after it.
 test and paper presets: attn2l's, smeared.
 """
 

@@ -35,7 +35,7 @@ from reproduce.figure.claims import claim
 from reproduce.figure.outputs import write_json
 from reproduce.figure.plotting import pyplot, save_figure
 from reproduce.figure.runner import figure_module
-from reproduce.figure.sources import require_tokens
+from reproduce.figure.sources import has_snapshots, require_tokens
 
 DESCRIPTION = ("Each head's pattern-preserving ablation over training: its ΔICL, beside the full "
                "ablation's, and its loss change along the before-and-after vector")
@@ -406,28 +406,31 @@ def reference_model(models, formations):
 def run(config, models, outdir):
   formation_module = figure_module("induction_formation")
   fc = config.formation
-  formations, claims, results, windows = {}, [], {}, {}
+  claims, results, windows, numbers = [], {}, {}, {}
   for label, model in models.items():
     require_tokens(model, "ablations_over_training")
-    formations[label] = formation_module.formation(fc, model)
-  ref = reference_model(models, formations)
+  usable = {}  # the models with training snapshots and a layer: the others skipped before a pass
+  for label, model in models.items():
+    if has_snapshots(model) and model.cfg.n_layers:
+      usable[label] = model
+    else:
+      print(f"ablations_over_training: {label} has no training snapshots (or no layer); "
+            "skipped")
+      numbers[label] = {"missing": "training snapshots"}
+  formations = {label: formation_module.formation(fc, model) for label, model in usable.items()}
+  ref = reference_model(usable, formations)
   u, ref_inputs = None, None
   if ref is not None:
     f = formations[ref]
     u = before_and_after(f["token_losses"], f["gain"])
     ref_inputs = np.asarray(models[ref].heldout_windows(fc.icl_windows)[0][:f["token_losses"]
                                                                           .shape[1]])
-  numbers = {"before_and_after": None if ref is None else {
+  numbers["before_and_after"] = None if ref is None else {
       "model": ref, "start": float(formations[ref]["tokens"][formations[ref]["gain"][0]]),
       "end": float(formations[ref]["tokens"][formations[ref]["gain"][1]]),
-      "formed": formation_module.formed_window(fc, formations[ref]) is not None}}
-  for label, model in models.items():
+      "formed": formation_module.formed_window(fc, formations[ref]) is not None}
+  for label, model in usable.items():
     f = formations[label]
-    if not f["snapshots"] or model.cfg.n_layers == 0:
-      print(f"ablations_over_training: {label} has no training snapshots (or no layer); "
-            "skipped")
-      numbers[label] = {"missing": "training snapshots"}
-      continue
     m = measure_model(config, model, f, u, ref_inputs)
     results[label] = m
     windows[label] = formation_module.formed_window(fc, f)

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reproduce.core.kernels import low_rank_update_losses, windows_per_chunk
+from reproduce.core.kernels import items_per_chunk, low_rank_update_losses
 from reproduce.core.model import (ModelConfig, forward, residual_stream, stream_losses,
                                   unembed_input, window_bytes)
 from reproduce.core.weights import Weights
@@ -252,7 +252,7 @@ def term_importance(config, w: Weights, inputs, targets) -> Dict[str, np.ndarray
   inputs = jnp.atleast_2d(jnp.asarray(inputs, jnp.int32))
   targets = jnp.atleast_2d(jnp.asarray(targets, jnp.int32))
   L, H, (B, T) = cfg.n_layers, cfg.n_heads, inputs.shape
-  chunk = windows_per_chunk(_window_bytes(cfg, T), B)
+  chunk = items_per_chunk(_window_bytes(cfg, T), B)
   full, losses = 0.0, np.zeros(L + 1)
   by_layer, by_head = np.zeros(L), np.zeros((L, H))
   head_unembeds = _head_unembeds(cfg, w) if L else None

@@ -2,6 +2,8 @@
 snapshot's measurements against the definitions with loops, and every verdict on hand-made
 numbers, holding and failing."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -140,3 +142,15 @@ def test_the_plot_draws_the_induction_heads_and_the_window(tmp_path):
   figure.plot(config, {"two": _numbers(), "other": without}, {"two": (1e3, 2e3), "other": None},
               tmp_path)
   assert (tmp_path / "ablations_over_training.png").stat().st_size > 5000
+
+
+def test_a_model_without_snapshots_is_skipped_before_any_pass(tmp_path, monkeypatch):
+  from reproduce.core.model import ModelConfig
+  from reproduce.figure.sources import Model
+  formation = figure_module("induction_formation")
+  monkeypatch.setattr(formation, "formation", lambda *a: pytest.fail("a pass was made"))
+  cfg = ModelConfig(2, 2, 4, 8, 11, 16)
+  model = Model("m", cfg, None, {}, tokens=object())
+  figure.run(figure_config("ablations_over_training", "test"), {"m": model}, tmp_path)
+  got = json.loads((tmp_path / "ablations_over_training.json").read_text())
+  assert got == {"m": {"missing": "training snapshots"}, "before_and_after": None}
