@@ -135,7 +135,8 @@ def run(config, models, outdir):
     fig, (ax, tab) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1, 1.2]})
     order = np.argsort(pairs["count"])  # frequent pairs drawn last, on top
     dots = ax.scatter(pairs["log_empirical"][order], pairs["log_model"][order], s=3,
-                      c=np.log10(pairs["count"][order]), cmap="viridis", alpha=0.6)
+                      c=np.log10(pairs["count"][order]), cmap="viridis", alpha=0.6,
+                      rasterized=True)  # ~50k dots: an image inside the SVG (10 MB of paths)
     colorbar(fig, dots, ax, "log10(times the pair occurs in the training tokens)",
                         pad=0.02)
     lo = min(pairs["log_empirical"].min(), pairs["log_model"].min())
