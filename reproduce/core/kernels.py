@@ -278,19 +278,24 @@ def items_per_chunk(bytes_per_item: int, total: int, budget: Optional[int] = Non
   return int(max(1, min(int(total), int(budget) // max(1, int(bytes_per_item)))))
 
 
-# On CPU, the most bytes one step of a pass over windows works on: steps this size stay in the
-# caches, where 256 MiB steps left them (2-core AMD EPYC, Zen 4, cpu 2L model: the 512-window ICL
-# pass 1.42 s at 57 windows per step, 0.51 s at 4–5; docs/SPEED.md, "Cache-sized window steps").
-CPU_WINDOW_BYTES = 24 << 20  # 24 MiB
+# On CPU, one step of a pass over windows works on about this many bytes, so that it stays in the
+# caches (2-core AMD EPYC, Zen 4, cpu 2L model: the 512-window ICL pass 1.42 s at 57 windows per
+# step, 0.58 s at 4, 0.73 s at 5), but on no fewer than CPU_MIN_WINDOWS windows where memory
+# allows: large windows want company (attn-only-2l shape, 8 windows: 1.70 s one at a time,
+# 1.14 s two, 0.73 s four; docs/SPEED.md, "Cache-sized window steps on CPU").
+CPU_WINDOW_BYTES = 20 << 20  # 20 MiB: 4 windows of that ICL pass
+CPU_MIN_WINDOWS = 4
 
 
 def windows_per_chunk(bytes_per_window: int, total: int) -> int:
-  """Windows per step of a pass over ``total`` windows (``items_per_chunk``): within
-  ``CHUNK_BYTES`` everywhere and, on CPU, within ``CPU_WINDOW_BYTES`` too."""
-  budget = CHUNK_BYTES
-  if jax.default_backend() == "cpu":
-    budget = min(budget, CPU_WINDOW_BYTES)
-  return items_per_chunk(bytes_per_window, total, budget)
+  """Windows per step of a pass over ``total`` windows: as many as fit ``CHUNK_BYTES``
+  (``items_per_chunk``, the memory bound) and, on CPU, no more than fit ``CPU_WINDOW_BYTES`` or
+  ``CPU_MIN_WINDOWS``, whichever is more."""
+  most = items_per_chunk(bytes_per_window, total)
+  if jax.default_backend() != "cpu":
+    return most
+  cached = items_per_chunk(bytes_per_window, total, CPU_WINDOW_BYTES)
+  return min(most, max(cached, CPU_MIN_WINDOWS))
 
 
 def map_in_chunks(fn, xs, chunk: int):

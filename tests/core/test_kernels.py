@@ -231,12 +231,17 @@ def test_items_per_chunk_follows_the_budget():
   assert kernels.items_per_chunk(10_000, 5, budget=1000) == 1  # never fewer than one
 
 
-def test_windows_per_chunk_is_cache_sized_on_cpu(monkeypatch):
-  window = 4 << 20  # about one window of the cpu 2L model's ICL pass
+def test_windows_per_chunk_is_cache_sized_on_cpu_but_not_below_a_few_windows(monkeypatch):
   assert jax.default_backend() == "cpu"
+  window = 4 << 20  # about one window of the cpu 2L model's ICL pass
   assert kernels.windows_per_chunk(window, 512) == kernels.CPU_WINDOW_BYTES // window
   assert kernels.windows_per_chunk(window, 512) < kernels.items_per_chunk(window, 512)
-  monkeypatch.setattr(kernels, "CHUNK_BYTES", 1)  # the memory bound still wins where smaller
+  assert kernels.windows_per_chunk(window, 3) == 3  # never more than there are
+  large = 40 << 20  # no two fit the cache budget: CPU_MIN_WINDOWS, within the memory bound
+  assert kernels.windows_per_chunk(large, 512) == kernels.CPU_MIN_WINDOWS
+  huge = 112 << 20  # an attn-only-2l window: the memory bound's 2
+  assert kernels.windows_per_chunk(huge, 512) == kernels.items_per_chunk(huge, 512) == 2
+  monkeypatch.setattr(kernels, "CHUNK_BYTES", 1)  # the memory bound always wins
   assert kernels.windows_per_chunk(window, 512) == 1
 
 
