@@ -49,14 +49,15 @@ def model_flops_per_token(m) -> float:
 # and layer on top (softmax, mask, their backward, and attention's products that stay float32),
 # fitted on the 1L and 2L models.  The fits and how close they come are in docs/SPEED.md.
 # Each run adds its start-up, each figure its analysis.  Printed as a rough estimate.
-# On CPUs with AVX512-BF16 but no AMX ("bfloat16_avx512") nothing was fitted: the float32
-# constants over the 1.4× that bfloat16 products gained there, step against step (bench
-# compare, docs/PERFORMANCE.md).
-AVX512_BF16_STEP_GAIN = 1.4
-PRODUCT_SPEED_VS_FLOAT32_PEAK = {"float32": 0.62, "bfloat16": 1.43,
-                                 "bfloat16_avx512": 0.62 * AVX512_BF16_STEP_GAIN}
-ATTENTION_SCORE_FLOPS = {"float32": 480, "bfloat16": 640,
-                         "bfloat16_avx512": 480 / AVX512_BF16_STEP_GAIN}
+# On CPUs with AVX512-BF16 but no AMX ("bfloat16_avx512") the same two constants were fitted
+# on one idle cold run of the main job on a 2-core AMD EPYC (Zen 4, family 25), 2026-12-06,
+# against the probe's typical reading there (205 GFLOP/s; 186–214 over four starts that day):
+# the 0L model gives the product speed, the 1L and 2L models (vanilla and smeared) the attention
+# constant; each run's estimate then comes within 9% of its time (docs/PERFORMANCE.md).  Until
+# then they were the float32 ones over a 1.4× step gain, which put that job at 16 minutes where
+# it took 11.7.
+PRODUCT_SPEED_VS_FLOAT32_PEAK = {"float32": 0.62, "bfloat16": 1.43, "bfloat16_avx512": 1.42}
+ATTENTION_SCORE_FLOPS = {"float32": 480, "bfloat16": 640, "bfloat16_avx512": 455}
 
 
 def product_kind(compute_dtype: str, platform: str) -> str:
