@@ -3,7 +3,7 @@
 Patterns are [L, B, H, T(dest), T(src)] as returned by ``forward(..., return_patterns=True)``;
 every score comes back as [L, H] unless said otherwise.  The figures measure on many full-length
 windows through ``pattern_statistics`` and ``sequence_losses`` instead, which compute the same
-numbers window chunk by window chunk (sized from ``kernels.CHUNK_BYTES``), never holding every
+numbers window chunk by window chunk (sized by ``kernels.windows_per_chunk``), never holding every
 window's patterns or logits.
 
 One module per topic; every public name is re-exported here, so ``scores.X`` reaches all of them:

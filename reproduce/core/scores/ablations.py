@@ -62,7 +62,7 @@ def ablated_position_losses(config, w: Weights, inputs, targets, positions,
     unablated stream after layer l less its heads' writes there (z_h W_O^h), and runs only the
     layers above l, with its heads there zeroed.
 
-  Windows go ``chunk`` at a time (default: as many as fit ``kernels.CHUNK_BYTES`` with one
+  Windows go ``chunk`` at a time (default: ``kernels.windows_per_chunk`` of a window with one
   layer's attention and every layer's stream and head values, float32)."""
   cfg = ModelConfig.from_any(config)
   positions = tuple(int(p) for p in positions)
@@ -150,7 +150,7 @@ def pattern_preserving_losses(config, w: Weights, inputs, targets, groups: Seque
   itself for no norm; the first sum is 0 at l₀ since δ is 0 there); the losses are those of
   N(x + δ) W_U + b_U with the final norm's recorded scale.  Only the first max(positions) + 1
   tokens are run, and the last layer's δ only at the positions asked.  Windows go ``chunk`` at
-  a time (default: as many as fit ``kernels.CHUNK_BYTES`` with every layer's patterns and head
+  a time (default: ``kernels.windows_per_chunk`` of a window with every layer's patterns and head
   outputs, float32).  Compiled once per architecture, window count and length, positions and
   groups' lowest layers: every snapshot of a run reuses it."""
   cfg = ModelConfig.from_any(config)

@@ -2,8 +2,8 @@
 loss at a late position minus at an early one; also with groups of heads zero-ablated) and the
 loss drop on repeated tokens.
 
-``sequence_losses`` computes the losses window chunk by window chunk (sized from
-``kernels.CHUNK_BYTES``), never holding every window's logits.
+``sequence_losses`` computes the losses window chunk by window chunk (sized by
+``kernels.windows_per_chunk``), never holding every window's logits.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ and its probe, the copying score, attention by offset and resting on BOS.
 Patterns are [L, B, H, T(dest), T(src)] as returned by ``forward(..., return_patterns=True)``;
 every score comes back as [L, H] unless said otherwise.  The figures measure on many full-length
 windows through ``pattern_statistics`` instead, which computes the same numbers window chunk by
-window chunk (sized from ``kernels.CHUNK_BYTES``), never holding every window's patterns.
+window chunk (sized by ``kernels.windows_per_chunk``), never holding every window's patterns.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def pattern_statistics(config, w: Weights, tokens, statistics: tuple, mask=None)
   ``PrefixMatching``) of every layer's attention patterns on ``tokens`` [B, T] → one [L, B, …]
   array per statistic.
 
-  Windows go through in chunks sized by ``model.window_bytes`` from ``kernels.CHUNK_BYTES``, and
+  Windows go through in chunks (``kernels.windows_per_chunk`` of ``model.window_bytes``), and
   the logits are never computed: only a chunk's patterns exist at once.  ``mask`` [B, T] is
   what ``MaskedBos`` and ``MaskedTopOffBos`` read."""
   cfg = ModelConfig.from_any(config)
