@@ -28,7 +28,6 @@ from reproduce.core import circuits, paths, scores
 from reproduce.core.scores import ablations
 from reproduce.core.kernels import items_per_chunk
 from reproduce.core.model import ModelConfig, forward
-from reproduce.core.model import window_bytes as model_window_bytes
 from reproduce.core.weights import init_weights
 from reproduce.figure.runner import figure_config, figure_names
 from reproduce.train.plan import StepPlan, plan_step
@@ -323,8 +322,7 @@ def _pattern_preserving_kernel(cfg, windows: int):
   positions = tuple(scores.icl_positions(cfg.n_ctx))
   T = max(positions) + 1
   starts, keep = ablations.group_masks(groups, L, H)
-  recorded = 4 * L * H * T * (T + cfg.d_model) + 4 * T * cfg.d_model * (L + H + 4)
-  chunk = items_per_chunk(model_window_bytes(cfg, T) + recorded, windows)
+  chunk = items_per_chunk(ablations.pattern_preserving_window_bytes(cfg, T), windows)
   # pylint: disable-next=protected-access
   return lambda w, x, y: ablations._pattern_preserving_losses(cfg, w, x, y, positions, starts,
                                                               jnp.asarray(keep), chunk)

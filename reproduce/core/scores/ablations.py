@@ -162,10 +162,17 @@ def pattern_preserving_losses(config, w: Weights, inputs, targets, groups: Seque
   L, H, T = cfg.n_layers, cfg.n_heads, inputs.shape[1]
   starts, keep = group_masks(groups, L, H)
   if chunk is None:
-    recorded = 4 * L * H * T * (T + cfg.d_model) + 4 * T * cfg.d_model * (L + H + 4)
-    chunk = windows_per_chunk(window_bytes(cfg, T) + recorded, inputs.shape[0])
+    chunk = windows_per_chunk(pattern_preserving_window_bytes(cfg, T), inputs.shape[0])
   return np.asarray(_pattern_preserving_losses(cfg, w, inputs, targets, positions, starts,
                                                jnp.asarray(keep), chunk))
+
+
+def pattern_preserving_window_bytes(cfg: ModelConfig, T: int) -> int:
+  """Bytes one window of T tokens holds in ``pattern_preserving_losses``: one layer's attention
+  and the stream (``model.window_bytes``) plus what it records, every layer's patterns and head
+  outputs and the streams and norm scales, float32."""
+  L, H, D = cfg.n_layers, cfg.n_heads, cfg.d_model
+  return window_bytes(cfg, T) + 4 * L * H * T * (T + D) + 4 * T * D * (L + H + 4)
 
 
 def _norm_linear(cfg: ModelConfig, w: Weights, l: int, d, scale):
