@@ -60,9 +60,9 @@ def measure(config, model, cfg, weights, inputs, targets, pool) -> dict:
   snapshot and every model of one corpus).  Also every head's previous-token score [L, H] on
   the first ``config.previous_token_windows`` of them (``scores.previous_token_on``) and IH's
   previous-token K-composition QK trace [L, H] (``circuits.previous_token_k_composition_trace``,
-  the weights as folded; NaN in layer 0; absent below two layers).  A pass that sets K or the
-  previous-token windows to 0 skips that part: no per-token losses ([0, T]), NaN scores and
-  traces."""
+  the weights as folded; NaN in layer 0, below two layers and in a smeared-key model, whose
+  keys W_K does not give).  A pass that sets K or the previous-token windows to 0 skips that
+  part: no per-token losses ([0, T]), NaN scores and traces."""
   icl = scores.in_context_learning_score(cfg, weights, inputs, targets,
                                          loss_positions=config.loss_positions)
   L, H, T = cfg.n_layers, cfg.n_heads, inputs.shape[1]
@@ -75,7 +75,7 @@ def measure(config, model, cfg, weights, inputs, targets, pool) -> dict:
   if L and config.previous_token_windows:
     previous = np.asarray(scores.previous_token_on(cfg, weights,
                                                    inputs[:config.previous_token_windows]))
-    if L >= 2:
+    if L >= 2 and weights.smear is None:
       trace = circuits.previous_token_k_composition_trace(weights, previous)
   return {"icl": icl["score"], "icl_standard_error": icl["standard_error"], "loss": icl["loss"],
           "icl_positions": [icl["early_index"], icl["late_index"]], "prefix": prefix,

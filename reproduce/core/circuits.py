@@ -433,6 +433,7 @@ def k_composition_traces(w: Weights) -> jax.Array:
   entry [lp, p, l, h]: each writer in turn (vmap) against every reader (``over_heads``); NaN
   unless lp < l."""
   require_folded(w)
+  require_unsmeared(w, "the K-composition traces")
   L, H = w.n_layers, w.n_heads
   readers = over_heads(head_k_composition_trace, (0, 0, None, None, None))
   writers = jax.vmap(readers, in_axes=(None, None, 0, 0, None))

@@ -259,6 +259,8 @@ def test_previous_token_k_composition_trace_is_the_trace_of_the_dense_vocab_matr
       np.testing.assert_allclose(got[l, h], want, rtol=1e-4, atol=1e-5)
   traces = np.asarray(circuits.k_composition_traces(w))
   assert np.isnan(traces[2, :, 1]).all() and np.isnan(traces[1, :, 1]).all()  # no later writer
+
+
 def test_circuits_that_read_the_keys_refuse_a_smeared_key_model_in_one_line(model):
   """W_Q W_Kᵀ is not a smeared-key model's QK circuit: every function reading W_Q, W_K refuses;
   those reading W_V, W_O only (OV circuits, V-composition) still run."""
@@ -269,6 +271,9 @@ def test_circuits_that_read_the_keys_refuse_a_smeared_key_model_in_one_line(mode
              lambda: circuits.qk_eigenvalues(w), lambda: circuits.composition_scores(w, "k"),
              lambda: circuits.composition_scores(w, "q"),
              lambda: circuits.k_composition_qk_matrices(w, 0, 1),
+             lambda: circuits.k_composition_traces(w),
+             lambda: circuits.previous_token_k_composition_trace(
+                 w, np.ones((cfg.n_layers, cfg.n_heads))),
              lambda: circuits.skip_trigrams(w, [1, 2])]
   for call in refused:
     with pytest.raises(SmearedKeysError) as e:

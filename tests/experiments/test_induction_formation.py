@@ -194,3 +194,18 @@ def test_a_pass_without_token_loss_or_previous_token_windows_skips_them(monkeypa
   for same in ("icl", "icl_standard_error", "loss"):
     assert lean[same] == full[same]
   np.testing.assert_array_equal(lean["prefix"], full["prefix"])
+
+
+def test_a_smeared_key_model_gets_no_k_composition_trace():
+  """W_Q, W_K do not give a smeared-key model's keys (``circuits`` refuses them): its pass
+  measures everything else and leaves the trace NaN."""
+  import dataclasses
+  from tests.support.helpers import random_model
+  cfg, w = random_model(n_layers=2, n_ctx=40, d_vocab=23)
+  cfg, w = dataclasses.replace(cfg, smear_keys=True), w.replace(smear=np.zeros((2, 3), np.float32))
+  tokens = np.random.default_rng(0).integers(2, 23, (6, 41))
+  config = figure_config("induction_formation", "test")
+  got = formation.measure(config, types.SimpleNamespace(bos_id=1), cfg, w, tokens[:, :-1],
+                          tokens[:, 1:], np.arange(2, 23))
+  assert np.isnan(got["k_composition_trace"]).all()
+  assert np.isfinite(got["previous_token"]).all() and np.isfinite(got["icl"])
