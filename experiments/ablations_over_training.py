@@ -388,8 +388,7 @@ def plot(config, results, windows, outdir) -> None:
       ax.set_xscale("log")
       ax.xaxis.set_minor_formatter(NullFormatter())
       ax.set_xlabel("tokens seen" if m["axis"] == "tokens" else "training steps")
-      if windows.get(label) is not None:
-        ax.axvspan(*windows[label], color="#f5cba7", alpha=0.5, lw=0)
+      figure_module("induction_formation").shade_window(ax, windows.get(label))
     axes[row, 0].legend(fontsize=6, ncol=2)
   save_figure(fig, outdir, "ablations_over_training")
 
@@ -407,10 +406,9 @@ def run(config, models, outdir):
   formation_module = figure_module("induction_formation")
   fc = config.formation
   claims, results, windows, numbers = [], {}, {}, {}
-  for label, model in models.items():
-    require_tokens(model, "ablations_over_training")
   usable = {}  # the models with training snapshots and a layer: the others skipped before a pass
   for label, model in models.items():
+    require_tokens(model, "ablations_over_training")
     if has_snapshots(model) and model.cfg.n_layers:
       usable[label] = model
     else:

@@ -255,6 +255,13 @@ def formed_window(config, f):
   return float(f["tokens"][gain[0]]), float(f["tokens"][gain[1]])
 
 
+def shade_window(ax, window, label=None) -> None:
+  """Shades the formation window (``formed_window``: (first, last) tokens; None: nothing) on a
+  plot over training, in the one colour every figure over training uses for it."""
+  if window is not None:
+    ax.axvspan(*window, color="#f5cba7", alpha=0.5, lw=0, label=label)
+
+
 def plot_row(config, axes, label, model, f) -> None:
   """One model's row: every head's prefix matching, the ICL score, the training loss."""
   L, H = model.cfg.n_layers, model.cfg.n_heads
@@ -310,8 +317,7 @@ def plot_row(config, axes, label, model, f) -> None:
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())  # < 1 decade would label every minor tick
     ax.set_xlabel("tokens seen" if f["axis"] == "tokens" else "training steps")
-    if window is not None:
-      ax.axvspan(*window, color="#f5cba7", alpha=0.5, lw=0)
+    shade_window(ax, window)
   if any(prefix[-1].ravel() >= config.formed):
     axes[0].legend(fontsize=7)
 

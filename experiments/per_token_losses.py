@@ -288,11 +288,6 @@ def _x_edges(x):
   return np.concatenate([[x[0] ** 2 / mid[0]], mid, [x[-1] ** 2 / mid[-1]]])
 
 
-def _shade(ax, window):
-  if window is not None:
-    ax.axvspan(*window, color="#f5cba7", alpha=0.5, lw=0, label="formation window")
-
-
 def run(config, models, outdir):
   formation = figure_module("induction_formation")
   fc = config.formation
@@ -359,7 +354,7 @@ def run(config, models, outdir):
     shown = np.isfinite(angles[label])
     ax.plot(f["tokens"][shown], angles[label][shown], marker=markers[label], ms=3, label=label)
   window_2l = next((windows[l] for l in labels if models[l].cfg.n_layers >= 2), None)
-  _shade(ax, window_2l)
+  formation.shade_window(ax, window_2l, "formation window")
   ax.set_ylabel("change of direction in PC1–PC2 (degrees)")
   ax.set_title(f"turn at each snapshot: displacements over ×{fc.window_ratio:g} tokens before "
                "and after", fontsize=9)
@@ -375,7 +370,7 @@ def run(config, models, outdir):
         ax.plot(f["tokens"][shown], f["k_composition_trace"][shown, l, h],
                 lw=1.8 if best else 0.8, color="#c0392b" if best else None,
                 label=f"{label} L{l}H{h}" + (" (induction head)" if best else ""))
-    _shade(ax, windows[label])
+    formation.shade_window(ax, windows[label], "formation window")
   ax.axhline(0, color="#bbb", lw=0.8)
   ax.set_ylabel("trace, summed over layer-0 heads k × prev-token score of k")
   ax.set_title("previous-token K-composition QK trace, each later-layer head" if two else
