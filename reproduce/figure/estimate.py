@@ -59,6 +59,9 @@ def model_flops_per_token(m) -> float:
 PRODUCT_SPEED_VS_FLOAT32_PEAK = {"float32": 0.62, "bfloat16": 1.43, "bfloat16_avx512": 1.42}
 ATTENTION_SCORE_FLOPS = {"float32": 480, "bfloat16": 640, "bfloat16_avx512": 455}
 
+SECONDS_PER_RUN = 3
+SECONDS_PER_FIGURE = 10
+
 
 def product_kind(compute_dtype: str, platform: str) -> str:
   """The key of the constants above: ``compute_dtype``, or "bfloat16_avx512" for bfloat16
@@ -66,8 +69,6 @@ def product_kind(compute_dtype: str, platform: str) -> str:
   if compute_dtype == "bfloat16" and platform == "cpu" and not cpu_has_amx():
     return "bfloat16_avx512"
   return compute_dtype
-SECONDS_PER_RUN = 3
-SECONDS_PER_FIGURE = 10
 
 
 def estimated_training_seconds(config, peak_flops: float, compute_dtype: str) -> float:
